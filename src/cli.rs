@@ -1,0 +1,283 @@
+//! Command line and mount-helper options into a validated `Config`.
+//!
+//! Non-obvious problems:
+//! 1. Every flag also works as a `-o key[=value]` mount option (`_` or `-` alike), because
+//!    mount(8) and fstab pass options that way. `-o` items are translated into flags and parsed
+//!    again by clap, so both spellings share one parser and one set of error messages.
+//! 2. mount.fuse3 and fstab add options meant for mount(8) or systemd (`dev`, `suid`, `_netdev`,
+//!    `nofail`, `x-systemd.*`...): they are accepted and ignored. Anything else unknown is an error.
+//! 3. No option takes a secret: credentials come only from the AWS chain, never from argv where
+//!    `ps` would show them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{CacheConfig, Config, DaemonConfig, FsConfig, StoreConfig};
+
+/// Mount an S3 bucket as a local filesystem.
+#[derive(Debug, Parser)]
+#[command(name = "bucketfs", version, args_override_self = true)]
+pub struct Args {
+    /// What to mount: BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX
+    pub source: String,
+
+    /// Where to mount it (an existing directory)
+    pub mountpoint: PathBuf,
+
+    /// Mount options, comma-separated: any flag below as key[=value], e.g. -o ro,region=eu-west-1
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph, SeaweedFS...)
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region (default: from the AWS profile or environment, else us-east-1)
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Named AWS profile from ~/.aws/config and ~/.aws/credentials
+    #[arg(long)]
+    pub profile: Option<String>,
+
+    /// Address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT
+    #[arg(long)]
+    pub force_path_style: bool,
+
+    /// Refuse every change to the bucket (EROFS)
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Owner of all files (default: the user who mounts)
+    #[arg(long)]
+    pub uid: Option<u32>,
+
+    /// Group of all files (default: the group of the user who mounts)
+    #[arg(long)]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files, in octal
+    #[arg(long, value_parser = parse_mode, default_value = "644")]
+    pub file_mode: u16,
+
+    /// Permission bits of directories, in octal
+    #[arg(long, value_parser = parse_mode, default_value = "755")]
+    pub dir_mode: u16,
+
+    /// Let users other than the one who mounts access the mount
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// How long attributes and listings are cached (e.g. 5s, 500ms, 1m; 0 disables)
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub metadata_ttl: Duration,
+
+    /// How long a missing name is remembered (default: the metadata TTL)
+    #[arg(long, value_parser = parse_duration)]
+    pub negative_ttl: Option<Duration>,
+
+    /// Memory budget of the block cache and read-ahead (e.g. 512MiB, 2GiB)
+    #[arg(long, value_parser = parse_size, default_value = "512MiB")]
+    pub cache_size: u64,
+
+    /// Stay in the foreground instead of detaching once mounted
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+
+    /// Write logs to this file (default: stderr in the foreground, nowhere in the background)
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Options that mount(8), mount.fuse3, fstab or systemd pass and that have no meaning here.
+const IGNORED_OPTIONS: &[&str] = &[
+    "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
+    "strictatime", "nodiratime", "async", "sync", "auto", "noauto", "nofail", "_netdev", "user",
+    "nouser", "users", "owner", "group", "defaults", "default_permissions",
+];
+
+/// Flags that may be given as `-o` items (in their `--flag` spelling, without the dashes).
+const FLAG_OPTIONS: &[&str] = &[
+    "endpoint-url", "region", "profile", "force-path-style", "read-only", "uid", "gid",
+    "file-mode", "dir-mode", "allow-other", "metadata-ttl", "negative-ttl", "cache-size",
+    "foreground", "log-level", "log-file",
+];
+
+/// Translates one `-o` list into command-line flags.
+pub fn mount_options_to_flags(list: &str) -> Result<Vec<String>, String> {
+    let mut flags = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        if IGNORED_OPTIONS.contains(&key) || key.starts_with("x-") || key == "comment" {
+            continue;
+        }
+        let flag = match key {
+            "ro" => "read-only".to_string(),
+            other => other.replace('_', "-"),
+        };
+        if !FLAG_OPTIONS.contains(&flag.as_str()) {
+            return Err(format!("unknown mount option '{key}'"));
+        }
+        flags.push(match value {
+            Some(v) => format!("--{flag}={v}"),
+            None => format!("--{flag}"),
+        });
+    }
+    Ok(flags)
+}
+
+/// Parses argv, `-o` options included.
+pub fn parse_args<I, T>(argv: I) -> Result<Args, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    let first = Args::try_parse_from(&argv)?;
+    if first.options.is_empty() {
+        return Ok(first);
+    }
+    let mut full = argv;
+    for list in &first.options {
+        let flags = mount_options_to_flags(list).map_err(|msg| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{msg}\n"))
+        })?;
+        full.extend(flags.into_iter().map(Into::into));
+    }
+    Args::try_parse_from(full)
+}
+
+/// Splits `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX` into bucket and prefix; the prefix is
+/// empty or ends in `/`.
+pub fn parse_source(source: &str) -> Result<(String, String), String> {
+    let (bucket, prefix) = match source.strip_prefix("s3://") {
+        Some(rest) => rest.split_once('/').unwrap_or((rest, "")),
+        None => source.split_once(':').unwrap_or((source, "")),
+    };
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if bucket.is_empty() || !bucket.chars().all(valid) {
+        return Err(format!(
+            "'{source}' is not a bucket: expected BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX"
+        ));
+    }
+    let prefix = prefix.trim_start_matches('/');
+    let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    };
+    Ok((bucket.to_string(), prefix))
+}
+
+/// Parses an octal permission mode such as `644`, `0644` or `0o644`.
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    let digits = s.trim_start_matches("0o");
+    match u16::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!("'{s}' is not an octal mode like 644")),
+    }
+}
+
+/// Parses a byte size with an optional binary unit: `512MiB`, `512M`, `2GiB`, `65536`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let shift = match unit.trim() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("'{s}' is not a size like 512MiB")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 512MiB"))?;
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses a duration: `5s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 5s or 500ms"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" | "min" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("'{s}' is not a duration like 5s or 500ms")),
+    }
+}
+
+impl Args {
+    /// Validates the arguments into a `Config`.
+    pub fn into_config(self) -> Result<Config, String> {
+        let (bucket, prefix) = parse_source(&self.source)?;
+        if self.cache_size < (4 << 20) {
+            return Err(format!(
+                "--cache-size {} is too small: give at least 4MiB",
+                self.cache_size
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(format!("--log-level '{}' is not valid: {e}", self.log_level));
+        }
+        let mountpoint = std::path::absolute(&self.mountpoint)
+            .map_err(|e| format!("mount point {}: {e}", self.mountpoint.display()))?;
+        let mut store = StoreConfig::new(bucket.clone());
+        store.endpoint_url = self.endpoint_url;
+        store.region = self.region;
+        store.profile = self.profile;
+        store.force_path_style = self.force_path_style;
+        // SAFETY: geteuid and getegid cannot fail and touch no memory.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let fs = FsConfig {
+            prefix: prefix.clone(),
+            read_only: self.read_only,
+            uid: self.uid.unwrap_or(euid),
+            gid: self.gid.unwrap_or(egid),
+            file_mode: self.file_mode,
+            dir_mode: self.dir_mode,
+            metadata_ttl: self.metadata_ttl,
+            negative_ttl: self.negative_ttl.unwrap_or(self.metadata_ttl),
+        };
+        let cache = CacheConfig {
+            budget: self.cache_size,
+            ..CacheConfig::default()
+        };
+        let daemon = DaemonConfig {
+            mountpoint,
+            foreground: self.foreground,
+            allow_other: self.allow_other,
+            log_level: self.log_level,
+            log_file: self.log_file,
+            fs_name: if prefix.is_empty() { bucket } else { format!("{bucket}:{prefix}") },
+            fuse_threads: 4,
+        };
+        Ok(Config {
+            store,
+            fs,
+            cache,
+            daemon,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! Plain configuration structs with their defaults; `cli.rs` fills them, each component takes
+//! its own part.
+//!
+//! Non-obvious problems:
+//! 1. Defaults live here, once, so that `docs/CONFIGURATION.md` and the code can be checked
+//!    against one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a mount needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How to reach the bucket.
+    pub store: StoreConfig,
+    /// Filesystem semantics.
+    pub fs: FsConfig,
+    /// Block cache and read-ahead.
+    pub cache: CacheConfig,
+    /// Process and mount behaviour.
+    pub daemon: DaemonConfig,
+}
+
+/// How to reach the bucket.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Bucket name.
+    pub bucket: String,
+    /// Custom endpoint (MinIO, Ceph, SeaweedFS...); `None` for AWS.
+    pub endpoint_url: Option<String>,
+    /// Region override; `None` lets the AWS chain decide.
+    pub region: Option<String>,
+    /// Named profile in `~/.aws/config`.
+    pub profile: Option<String>,
+    /// `http://endpoint/bucket/key` instead of `http://bucket.endpoint/key`.
+    pub force_path_style: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed to wait for a response head, per attempt.
+    pub read_timeout: Duration,
+    /// Time allowed for a whole GET including its body, retries included.
+    pub request_timeout: Duration,
+    /// Attempts per request (first try included) for retryable failures.
+    pub max_attempts: u32,
+}
+
+impl StoreConfig {
+    /// Defaults for `bucket`.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            endpoint_url: None,
+            region: None,
+            profile: None,
+            force_path_style: false,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(120),
+            max_attempts: 4,
+        }
+    }
+}
+
+/// Filesystem semantics.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Key prefix the mount shows: empty or ending in `/`.
+    pub prefix: String,
+    /// Refuse every mutation with EROFS (always true until the write path lands).
+    pub read_only: bool,
+    /// Owner of every file and directory.
+    pub uid: u32,
+    /// Group of every file and directory.
+    pub gid: u32,
+    /// Permission bits of files.
+    pub file_mode: u16,
+    /// Permission bits of directories.
+    pub dir_mode: u16,
+    /// How long attributes and listings are trusted.
+    pub metadata_ttl: Duration,
+    /// How long "no such name" is trusted.
+    pub negative_ttl: Duration,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            read_only: false,
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Block cache and read-ahead.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Memory budget for cached and in-flight blocks, in bytes.
+    pub budget: u64,
+    /// Size of one ranged GET and one cache entry.
+    pub block_size: u64,
+    /// Largest read-ahead window of one sequential reader, in bytes.
+    pub max_readahead: u64,
+}
+
+/// 1 MiB blocks: large enough that a GET's fixed cost (a round trip, a request's CPU) is small
+/// next to its transfer, small enough that a random 4 KiB read does not pull megabytes.
+pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            budget: 512 << 20,
+            block_size: DEFAULT_BLOCK_SIZE,
+            max_readahead: 64 << 20,
+        }
+    }
+}
+
+/// Process and mount behaviour.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Where to mount (absolute).
+    pub mountpoint: PathBuf,
+    /// Stay attached to the terminal instead of detaching once mounted.
+    pub foreground: bool,
+    /// Let other users see the mount (FUSE `allow_other`).
+    pub allow_other: bool,
+    /// tracing filter, e.g. `info` or `bucketfs=debug`.
+    pub log_level: String,
+    /// Where logs go in background mode; `None` discards them.
+    pub log_file: Option<PathBuf>,
+    /// Name shown as the mount's source in /proc/mounts.
+    pub fs_name: String,
+    /// Threads reading FUSE requests.
+    pub fuse_threads: usize,
+}

@@ -1,0 +1,304 @@
+//! Build store and filesystem, mount, report readiness, serve until unmounted or signalled.
+//!
+//! Non-obvious problems:
+//! 1. Without `--foreground` the command must return only once the mount is live (exit 0) or has
+//!    failed (non-zero, one line on stderr). We fork before any thread exists; the child mounts and
+//!    writes "OK" or the error through a pipe that the parent waits on.
+//! 2. Checks that need no network (mount point, /dev/fuse, fusermount3, an existing or dead
+//!    mount) run before the fork, so their messages reach the terminal directly.
+//! 3. The bucket is checked with HeadBucket before mounting, so a wrong bucket, refused
+//!    credentials or an unreachable endpoint fail the command instead of every later `ls`.
+//! 4. An external `umount` ends fuser's session loop; SIGTERM, SIGINT and SIGHUP unmount from a
+//!    signal task, which ends it the same way; both exit 0.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fuser::{MountOption, SessionACL};
+
+use crate::cache::BlockCache;
+use crate::config::{Config, StoreConfig};
+use crate::fs::Fs;
+use crate::fuse::FuseAdapter;
+use crate::store::s3::S3Store;
+use crate::store::{ObjectStore, StoreError, StoreErrorKind};
+
+/// How long the start-up bucket check may take, retries included, before the mount gives up.
+const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Threads of the tokio runtime: S3 work is I/O-bound, a few more threads than cores keep
+/// replies flowing while some tasks assemble blocks.
+const RUNTIME_THREADS: usize = 4;
+
+/// Mounts according to `config` and serves until unmounted.
+pub fn run(config: Config) -> Result<()> {
+    preflight(&config.daemon.mountpoint)?;
+    if config.daemon.foreground {
+        init_logging(&config, true)?;
+        return serve(config, None);
+    }
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet (no runtime, no logger), so the child may continue.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(read_end);
+            detach()?;
+            init_logging(&config, false)?;
+            let mut ready = std::fs::File::from(write_end);
+            if let Err(e) = serve(config, Some(&mut ready)) {
+                let _ = write!(ready, "{e:#}");
+                tracing::error!("{e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        _child => {
+            drop(write_end);
+            let mut answer = String::new();
+            std::fs::File::from(read_end)
+                .read_to_string(&mut answer)
+                .context("waiting for the daemon")?;
+            match answer.as_str() {
+                "OK" => Ok(()),
+                "" => Err(anyhow!("the daemon exited during start-up (see --log-file)")),
+                msg => Err(anyhow!("{msg}")),
+            }
+        }
+    }
+}
+
+/// Starts a new session and points stdio at /dev/null, so the daemon outlives the terminal and
+/// holds no pipe of whoever started it.
+fn detach() -> Result<()> {
+    // SAFETY: plain syscalls on descriptors we own; /dev/null is opened just before.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null < 0 {
+            bail!("open /dev/null: {}", std::io::Error::last_os_error());
+        }
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        if null > 2 {
+            libc::close(null);
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config, foreground: bool) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.daemon.log_level)
+        .map_err(|e| anyhow!("--log-level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match &config.daemon.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+        }
+        None if foreground => builder.with_writer(std::io::stderr).init(),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Checks that need no network, with messages that name the fix.
+pub fn preflight(mountpoint: &Path) -> Result<()> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("mount point {shown} is not a directory"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mount point {shown} does not exist: create it first (mkdir -p {shown})")
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mount point {shown} is a dead FUSE mount (Transport endpoint is not connected) left by \
+             a daemon that stopped: clean it with `fusermount3 -u {shown}`, then mount again"
+        ),
+        Err(e) => bail!("mount point {shown}: {e}"),
+    }
+    if let Some(fstype) = mounted_fstype(mountpoint) {
+        if fstype.starts_with("fuse") {
+            bail!("{shown} is already mounted ({fstype}): unmount it first (fusermount3 -u {shown})");
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the FUSE module (modprobe fuse) or pass the device into the container");
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && find_in_path("fusermount3").is_none() && find_in_path("fusermount").is_none() {
+        bail!("fusermount3 is missing: install the fuse3 package (apt-get install fuse3)");
+    }
+    Ok(())
+}
+
+fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The filesystem type mounted exactly at `mountpoint`, from /proc/self/mountinfo.
+fn mounted_fstype(mountpoint: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = mountpoint.to_str()?;
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = unescape_mountinfo(left.split(' ').nth(4)?);
+        (point == wanted).then(|| right.split(' ').next().unwrap_or("").to_string())
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Turns a failed start-up bucket check into a message that says what to fix.
+fn startup_message(store: &StoreConfig, err: &StoreError) -> String {
+    let bucket = &store.bucket;
+    let endpoint = store.endpoint_url.as_deref().unwrap_or("AWS S3");
+    match err.kind {
+        StoreErrorKind::NoSuchBucket | StoreErrorKind::NotFound => {
+            format!("bucket '{bucket}' does not exist at {endpoint}: check the bucket name (and --region, --endpoint-url)")
+        }
+        StoreErrorKind::AccessDenied => format!(
+            "access to bucket '{bucket}' denied ({}): check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE / --profile) and their permissions",
+            err.message
+        ),
+        StoreErrorKind::Unreachable | StoreErrorKind::Timeout => format!(
+            "cannot reach the S3 endpoint {endpoint}: check --endpoint-url, --region and the network ({})",
+            err.message
+        ),
+        _ => format!("cannot use bucket '{bucket}' at {endpoint}: {}", err.message),
+    }
+}
+
+/// Checks the bucket, mounts, reports readiness, and runs until unmounted.
+fn serve(config: Config, ready: Option<&mut std::fs::File>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_THREADS)
+        .thread_name("bucketfs-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&config.store)));
+    let check = rt.block_on(tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()));
+    match check {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("{}", startup_message(&config.store, &e)),
+        Err(_) => bail!(
+            "{}",
+            startup_message(
+                &config.store,
+                &StoreError::new(StoreErrorKind::Timeout, format!("no answer in {STARTUP_CHECK_TIMEOUT:?}"))
+            )
+        ),
+    }
+
+    let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache));
+    let fs = Arc::new(Fs::new(store, cache, config.fs.clone()));
+    let adapter = FuseAdapter::new(fs, rt.handle().clone());
+
+    let mut options = vec![
+        MountOption::FSName(config.daemon.fs_name.clone()),
+        MountOption::Subtype("bucketfs".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if config.fs.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if config.daemon.allow_other { SessionACL::All } else { SessionACL::Owner };
+    fuse_config.n_threads = Some(config.daemon.fuse_threads);
+    fuse_config.clone_fd = true;
+
+    let mountpoint = &config.daemon.mountpoint;
+    let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    tracing::info!(
+        bucket = %config.store.bucket,
+        prefix = %config.fs.prefix,
+        mountpoint = %mountpoint.display(),
+        "mounted"
+    );
+    if let Some(ready) = ready {
+        let _ = ready.write_all(b"OK");
+    }
+
+    let mut unmounter = session.unmount_callable();
+    let shown = mountpoint.display().to_string();
+    rt.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: unmounting {shown}");
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!("unmount of {shown} failed: {e}");
+            }
+        })
+        .await;
+    });
+    let result = session.run();
+    tracing::info!("unmounted; exiting");
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result.context("FUSE session ended with an error")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup()];
+    let mut streams: Vec<_> = kinds.into_iter().filter_map(|k| signal(k).ok()).collect();
+    let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
+    futures::future::select_all(waits).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/mnt/with\040space"), "/mnt/with space");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn missing_mount_point_names_the_fix() {
+        let err = preflight(Path::new("/nonexistent/bucketfs-test")).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Inode numbers derived from paths, so an object keeps its number across remounts.
+//!
+//! Non-obvious problems:
+//! 1. The number is a 64-bit FNV-1a hash of the path in the mount (stable across Rust releases,
+//!    unlike `DefaultHasher`); 0 and 1 are reserved (1 is the root).
+//! 2. Two paths may hash alike: the later one probes upward to the next free number. Which path
+//!    gets the probed number depends on the order they were seen, so stability across remounts
+//!    holds for all paths but colliding ones (odds about n²/2⁶⁵).
+//! 3. Entries are never forgotten for now: an inode number stays valid for the life of the mount,
+//!    which costs memory proportional to the paths seen.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// An inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    /// The mount's root directory.
+    pub const ROOT: Ino = Ino(1);
+}
+
+/// FNV-1a, 64 bit: tiny, and its output is fixed by its definition.
+pub fn path_hash(path: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    path.bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// Two-way map between paths (relative to the mount root, no leading or trailing `/`) and inode
+/// numbers.
+#[derive(Debug)]
+pub struct InodeTable {
+    by_ino: HashMap<Ino, Arc<str>>,
+    by_path: HashMap<Arc<str>, Ino>,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    /// A table holding only the root (path "").
+    pub fn new() -> Self {
+        let root: Arc<str> = Arc::from("");
+        Self {
+            by_ino: HashMap::from([(Ino::ROOT, Arc::clone(&root))]),
+            by_path: HashMap::from([(root, Ino::ROOT)]),
+        }
+    }
+
+    /// The inode number of `path`, assigning one if the path is new.
+    pub fn ino_for(&mut self, path: &str) -> Ino {
+        if let Some(ino) = self.by_path.get(path) {
+            return *ino;
+        }
+        let mut candidate = path_hash(path);
+        while candidate <= Ino::ROOT.0 || self.by_ino.contains_key(&Ino(candidate)) {
+            candidate = candidate.wrapping_add(1);
+        }
+        let ino = Ino(candidate);
+        let path: Arc<str> = Arc::from(path);
+        self.by_ino.insert(ino, Arc::clone(&path));
+        self.by_path.insert(path, ino);
+        ino
+    }
+
+    /// The path of `ino`, if known.
+    pub fn path(&self, ino: Ino) -> Option<Arc<str>> {
+        self.by_ino.get(&ino).cloned()
+    }
+
+    /// Number of known inodes, root included.
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    /// Never true: the root is always there.
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_one_and_paths_are_stable_across_tables() {
+        let mut a = InodeTable::new();
+        let mut b = InodeTable::new();
+        assert_eq!(a.ino_for(""), Ino::ROOT);
+        let x = a.ino_for("dir/file.txt");
+        let _ = b.ino_for("other");
+        assert_eq!(b.ino_for("dir/file.txt"), x, "same path, same number in a new table");
+        assert_eq!(a.ino_for("dir/file.txt"), x);
+        assert_eq!(&*a.path(x).unwrap(), "dir/file.txt");
+        assert_eq!(x.0, path_hash("dir/file.txt"));
+    }
+
+    #[test]
+    fn collisions_probe_to_a_free_number() {
+        let mut t = InodeTable::new();
+        let first = t.ino_for("a");
+        // Force a collision: pretend another path already holds the hash of "b".
+        let taken = Ino(path_hash("b"));
+        t.by_ino.insert(taken, Arc::from("squatter"));
+        let b = t.ino_for("b");
+        assert_ne!(b, taken);
+        assert_eq!(b.0, taken.0.wrapping_add(1));
+        assert_ne!(b, first);
+        assert_eq!(&*t.path(b).unwrap(), "b");
+    }
+
+    #[test]
+    fn reserved_numbers_are_never_given_out() {
+        assert!(path_hash("") > 1);
+        let mut t = InodeTable::new();
+        for i in 0..10_000 {
+            let ino = t.ino_for(&format!("f{i}"));
+            assert!(ino.0 > 1);
+        }
+        assert_eq!(t.len(), 10_001);
+    }
+}

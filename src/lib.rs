@@ -1,0 +1,24 @@
+//! bucketfs: mount an S3 bucket as a local filesystem with FUSE.
+//!
+//! Crate map (dependencies point down):
+//! - `cli`: command line and `-o` mount options into a validated [`config::Config`].
+//! - `config`: plain configuration structs and their defaults.
+//! - `daemon`: checks, fork and readiness, mount, signals, exit.
+//! - `fuse`: the only module that speaks FUSE (fuser); spawns each request onto tokio.
+//! - `fs`: the FUSE-agnostic filesystem: inode table, listings, attributes, handles.
+//! - `cache`: the block cache and read-ahead.
+//! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), and an in-memory one (`memory`).
+//! - `error`: errno-carrying errors and the store-error-to-errno table.
+//!
+//! Read flow: kernel READ → `fuse` → `fs::Fs::read` (handle → key + ETag) → `cache::BlockCache`
+//! (hit, or ranged GET with `If-Match`; sequential readers start read-ahead).
+//! Listing flow: OPENDIR → `fs::list` pages ListObjectsV2 → entries with attributes → READDIRPLUS.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod store;

@@ -1,0 +1,130 @@
+//! The only door to S3: one narrow trait named after the S3 calls we make.
+//!
+//! `s3.rs` implements it with aws-sdk-s3 for real buckets; `memory.rs` implements it in memory for
+//! unit tests of logic and counts requests. Callers hold `Arc<dyn ObjectStore>`.
+//!
+//! Non-obvious problems:
+//! 1. Keys are full bucket keys (the mount prefix included); the filesystem adds and strips it.
+//! 2. ETags are kept exactly as the server sent them, quotes included, because `If-Match` wants
+//!    them back that way.
+//! 3. Errors are classified into a small `StoreErrorKind` here, so that `error.rs` can map them to
+//!    an errno in one place and no AWS type leaks above this module.
+
+pub mod memory;
+pub mod s3;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// What a HEAD or a listing says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Full key in the bucket.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag as sent by the server, quotes included.
+    pub etag: String,
+    /// Last-Modified.
+    pub last_modified: SystemTime,
+}
+
+/// One page of a ListObjectsV2 answer.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Objects directly under the prefix (with a delimiter) or all below it (without).
+    pub objects: Vec<ObjectMeta>,
+    /// Common prefixes, each ending in the delimiter.
+    pub common_prefixes: Vec<String>,
+    /// Token for the next page; `None` when the server says the listing is complete.
+    pub next_continuation_token: Option<String>,
+}
+
+/// Where a listing page starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ListStart {
+    /// The first page.
+    #[default]
+    Beginning,
+    /// A continuation token from the previous page.
+    Token(String),
+    /// Keys strictly after this one (`StartAfter`).
+    After(String),
+}
+
+/// A ListObjectsV2 request.
+#[derive(Debug, Clone)]
+pub struct ListRequest {
+    /// Key prefix.
+    pub prefix: String,
+    /// Delimiter, normally `/`.
+    pub delimiter: Option<String>,
+    /// Where to start.
+    pub start: ListStart,
+    /// Page size (the server may return fewer).
+    pub max_keys: i32,
+}
+
+/// How a store request failed, in the few classes the filesystem cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The key does not exist.
+    NotFound,
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// Credentials were refused or lack permission.
+    AccessDenied,
+    /// `If-Match` failed: the object changed.
+    PreconditionFailed,
+    /// The requested range is outside the object.
+    InvalidRange,
+    /// The endpoint could not be reached (DNS, refused connection, TLS).
+    Unreachable,
+    /// The request timed out after retries.
+    Timeout,
+    /// Anything else (5xx after retries, malformed answers).
+    Other,
+}
+
+/// A failed store request: its class and a message safe to show (never a secret).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    /// The class of failure.
+    pub kind: StoreErrorKind,
+    /// Human-readable detail, including the S3 error code when there is one.
+    pub message: String,
+}
+
+impl StoreError {
+    /// Builds an error of `kind` with `message`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The S3 calls bucketfs makes. Every S3 request goes through this trait.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
+    /// HeadBucket: does the bucket exist and may we use it?
+    async fn head_bucket(&self) -> Result<(), StoreError>;
+
+    /// HeadObject: metadata of one key, `Ok(None)` when it does not exist.
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
+
+    /// ListObjectsV2: one page.
+    async fn list_objects_v2(&self, request: &ListRequest) -> Result<ListPage, StoreError>;
+
+    /// GetObject of `range` (start inclusive, end exclusive) with `If-Match: etag`.
+    async fn get_object_range(
+        &self,
+        key: &str,
+        etag: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError>;
+}
