@@ -39,7 +39,7 @@ pub fn run(config: Config) -> Result<()> {
     preflight(&config.daemon.mountpoint)?;
     if config.daemon.foreground {
         init_logging(&config, true)?;
-        return serve(config, None);
+        return serve(config, &mut None);
     }
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
@@ -55,9 +55,12 @@ pub fn run(config: Config) -> Result<()> {
             drop(read_end);
             detach()?;
             init_logging(&config, false)?;
-            let mut ready = std::fs::File::from(write_end);
-            if let Err(e) = serve(config, Some(&mut ready)) {
-                let _ = write!(ready, "{e:#}");
+            std::panic::set_hook(Box::new(|info| tracing::error!("bug: {info}")));
+            let mut ready = Some(std::fs::File::from(write_end));
+            if let Err(e) = serve(config, &mut ready) {
+                if let Some(mut pipe) = ready {
+                    let _ = write!(pipe, "{e:#}");
+                }
                 tracing::error!("{e:#}");
                 std::process::exit(1);
             }
@@ -207,7 +210,9 @@ fn startup_message(store: &StoreConfig, err: &StoreError) -> String {
 }
 
 /// Checks the bucket, mounts, reports readiness, and runs until unmounted.
-fn serve(config: Config, ready: Option<&mut std::fs::File>) -> Result<()> {
+/// `ready` is the start-up pipe of a background daemon: it gets "OK" and is closed once the mount
+/// is live, and stays open for the caller to report an error otherwise.
+fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_THREADS)
         .thread_name("bucketfs-io")
@@ -215,7 +220,7 @@ fn serve(config: Config, ready: Option<&mut std::fs::File>) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&config.store)));
-    let check = rt.block_on(tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()));
+    let check = rt.block_on(async { tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()).await });
     match check {
         Ok(Ok(())) => {}
         Ok(Err(e)) => bail!("{}", startup_message(&config.store, &e)),
@@ -256,8 +261,8 @@ fn serve(config: Config, ready: Option<&mut std::fs::File>) -> Result<()> {
         mountpoint = %mountpoint.display(),
         "mounted"
     );
-    if let Some(ready) = ready {
-        let _ = ready.write_all(b"OK");
+    if let Some(mut pipe) = ready.take() {
+        let _ = pipe.write_all(b"OK");
     }
 
     let mut unmounter = session.unmount_callable();
