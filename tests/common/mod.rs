@@ -219,7 +219,17 @@ impl Bucket {
         let body = ByteStream::from(body.into());
         s.rt.block_on(s.client.put_object().bucket(&self.name).key(key).body(body).send())
             .map(|_| ())
-            .map_err(|e| format!("{}", aws_sdk_s3::error::DisplayErrorContext(e)))
+            .map_err(|e| format!("{:?}", e.into_service_error()).chars().take(200).collect())
+    }
+
+    /// Every key in the bucket, as the server stored it.
+    pub fn keys(&self) -> Vec<String> {
+        let s = server();
+        let out = s
+            .rt
+            .block_on(s.client.list_objects_v2().bucket(&self.name).send())
+            .expect("list");
+        out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
     }
 
     /// Puts many small objects concurrently.
