@@ -97,16 +97,51 @@ pub struct Args {
 
 /// Options that mount(8), mount.fuse3, fstab or systemd pass and that have no meaning here.
 const IGNORED_OPTIONS: &[&str] = &[
-    "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
-    "strictatime", "nodiratime", "async", "sync", "auto", "noauto", "nofail", "_netdev", "user",
-    "nouser", "users", "owner", "group", "defaults", "default_permissions",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "async",
+    "sync",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "defaults",
+    "default_permissions",
 ];
 
 /// Flags that may be given as `-o` items (in their `--flag` spelling, without the dashes).
 const FLAG_OPTIONS: &[&str] = &[
-    "endpoint-url", "region", "profile", "force-path-style", "read-only", "uid", "gid",
-    "file-mode", "dir-mode", "allow-other", "metadata-ttl", "negative-ttl", "cache-size",
-    "foreground", "log-level", "log-file",
+    "endpoint-url",
+    "region",
+    "profile",
+    "force-path-style",
+    "read-only",
+    "uid",
+    "gid",
+    "file-mode",
+    "dir-mode",
+    "allow-other",
+    "metadata-ttl",
+    "negative-ttl",
+    "cache-size",
+    "foreground",
+    "log-level",
+    "log-file",
 ];
 
 /// Translates one `-o` list into command-line flags.
@@ -190,7 +225,9 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
 /// Parses a byte size with an optional binary unit: `512MiB`, `512M`, `2GiB`, `65536`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
-    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
     let (number, unit) = lower.split_at(split);
     let shift = match unit.trim() {
         "" | "b" => 0,
@@ -236,7 +273,10 @@ impl Args {
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            return Err(format!("--log-level '{}' is not valid: {e}", self.log_level));
+            return Err(format!(
+                "--log-level '{}' is not valid: {e}",
+                self.log_level
+            ));
         }
         let mountpoint = std::path::absolute(&self.mountpoint)
             .map_err(|e| format!("mount point {}: {e}", self.mountpoint.display()))?;
@@ -267,7 +307,11 @@ impl Args {
             allow_other: self.allow_other,
             log_level: self.log_level,
             log_file: self.log_file,
-            fs_name: if prefix.is_empty() { bucket } else { format!("{bucket}:{prefix}") },
+            fs_name: if prefix.is_empty() {
+                bucket
+            } else {
+                format!("{bucket}:{prefix}")
+            },
             fuse_threads: 4,
         };
         Ok(Config {

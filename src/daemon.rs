@@ -47,7 +47,8 @@ pub fn run(config: Config) -> Result<()> {
         bail!("pipe: {}", std::io::Error::last_os_error());
     }
     // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: no other thread exists yet (no runtime, no logger), so the child may continue.
     match unsafe { libc::fork() } {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
@@ -74,7 +75,9 @@ pub fn run(config: Config) -> Result<()> {
                 .context("waiting for the daemon")?;
             match answer.as_str() {
                 "OK" => Ok(()),
-                "" => Err(anyhow!("the daemon exited during start-up (see --log-file)")),
+                "" => Err(anyhow!(
+                    "the daemon exited during start-up (see --log-file)"
+                )),
                 msg => Err(anyhow!("{msg}")),
             }
         }
@@ -112,7 +115,10 @@ fn init_logging(config: &Config, foreground: bool) -> Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
         }
         None if foreground => builder.with_writer(std::io::stderr).init(),
         None => {}
@@ -137,7 +143,9 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
     }
     if let Some(fstype) = mounted_fstype(mountpoint) {
         if fstype.starts_with("fuse") {
-            bail!("{shown} is already mounted ({fstype}): unmount it first (fusermount3 -u {shown})");
+            bail!(
+                "{shown} is already mounted ({fstype}): unmount it first (fusermount3 -u {shown})"
+            );
         }
     }
     if !Path::new("/dev/fuse").exists() {
@@ -220,7 +228,8 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&config.store)));
-    let check = rt.block_on(async { tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()).await });
+    let check = rt
+        .block_on(async { tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()).await });
     match check {
         Ok(Ok(())) => {}
         Ok(Err(e)) => bail!("{}", startup_message(&config.store, &e)),
@@ -228,7 +237,10 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             "{}",
             startup_message(
                 &config.store,
-                &StoreError::new(StoreErrorKind::Timeout, format!("no answer in {STARTUP_CHECK_TIMEOUT:?}"))
+                &StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("no answer in {STARTUP_CHECK_TIMEOUT:?}")
+                )
             )
         ),
     }
@@ -248,7 +260,11 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     }
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = options;
-    fuse_config.acl = if config.daemon.allow_other { SessionACL::All } else { SessionACL::Owner };
+    fuse_config.acl = if config.daemon.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     fuse_config.n_threads = Some(config.daemon.fuse_threads);
     fuse_config.clone_fd = true;
 
@@ -285,7 +301,11 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup()];
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+    ];
     let mut streams: Vec<_> = kinds.into_iter().filter_map(|k| signal(k).ok()).collect();
     let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
     futures::future::select_all(waits).await;

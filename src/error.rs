@@ -39,7 +39,10 @@ impl FsError {
 
     /// True when this is an expected answer (not worth a warning in the log).
     pub fn is_expected(&self) -> bool {
-        matches!(self.errno, libc::ENOENT | libc::EROFS | libc::ENOTDIR | libc::EISDIR)
+        matches!(
+            self.errno,
+            libc::ENOENT | libc::EROFS | libc::ENOTDIR | libc::EISDIR
+        )
     }
 }
 

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -98,7 +98,12 @@ impl FuseAdapter {
         self.rt.spawn(task(Arc::clone(&self.fs)));
     }
 
-    fn dir_entries(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+    fn dir_entries(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> FsResult<Vec<(u64, DirEntry)>> {
         let dir_attr = Attr {
             ino: Ino(ino.0),
             ..self.fs.root_attr()
@@ -109,7 +114,11 @@ impl FuseAdapter {
         });
         let skip_listing = offset.saturating_sub(2) as usize;
         let listing = self.fs.readdir(fh.0, skip_listing)?;
-        let dots = dots.into_iter().enumerate().skip(offset as usize).map(|(i, e)| (i as u64 + 1, e));
+        let dots = dots
+            .into_iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e));
         let rest = listing
             .into_iter()
             .enumerate()
@@ -174,7 +183,16 @@ impl Filesystem for FuseAdapter {
         reply.error(errno("setattr", FsError::read_only()));
     }
 
-    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _r: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno("mknod", FsError::read_only()));
     }
 
@@ -268,7 +286,14 @@ impl Filesystem for FuseAdapter {
         reply.error(errno("write", FsError::read_only()));
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -299,7 +324,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         match self.dir_entries(ino, fh, offset) {
             Ok(entries) => {
                 for (next, entry) in entries {
@@ -340,12 +372,28 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(STATFS_BLOCKS, STATFS_BLOCKS, STATFS_BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
+        reply.statfs(
+            STATFS_BLOCKS,
+            STATFS_BLOCKS,
+            STATFS_BLOCKS,
+            1 << 32,
+            1 << 32,
+            4096,
+            255,
+            4096,
+        );
     }
 }

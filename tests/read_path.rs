@@ -49,16 +49,34 @@ fn browse_nested_implicit_and_marker_directories() {
             "with space.txt"
         ])
     );
-    assert_eq!(fs::read_to_string(m.path.join("top.txt")).unwrap(), "top level\n");
+    assert_eq!(
+        fs::read_to_string(m.path.join("top.txt")).unwrap(),
+        "top level\n"
+    );
     assert_eq!(fs::read(m.path.join("empty.bin")).unwrap(), b"");
     assert_eq!(fs::metadata(m.path.join("empty.bin")).unwrap().len(), 0);
-    assert_eq!(fs::read_to_string(m.path.join("with space.txt")).unwrap(), "space\n");
-    assert_eq!(fs::read_to_string(m.path.join("unicodé ✓.txt")).unwrap(), "unicode\n");
-    assert_eq!(fs::read_to_string(m.path.join("plus+sign.txt")).unwrap(), "plus\n");
-    assert_eq!(fs::read_to_string(m.path.join("per%cent.txt")).unwrap(), "percent\n");
+    assert_eq!(
+        fs::read_to_string(m.path.join("with space.txt")).unwrap(),
+        "space\n"
+    );
+    assert_eq!(
+        fs::read_to_string(m.path.join("unicodé ✓.txt")).unwrap(),
+        "unicode\n"
+    );
+    assert_eq!(
+        fs::read_to_string(m.path.join("plus+sign.txt")).unwrap(),
+        "plus\n"
+    );
+    assert_eq!(
+        fs::read_to_string(m.path.join("per%cent.txt")).unwrap(),
+        "percent\n"
+    );
     assert!(fs::metadata(m.path.join("marker-only")).unwrap().is_dir());
     assert!(names(&m.path.join("marker-only")).is_empty());
-    assert!(fs::metadata(m.path.join("docs/deep")).unwrap().is_dir(), "implicit directory");
+    assert!(
+        fs::metadata(m.path.join("docs/deep")).unwrap().is_dir(),
+        "implicit directory"
+    );
     assert_eq!(
         fs::read_to_string(m.path.join("docs/deep/er/file.txt")).unwrap(),
         "deep\n"
@@ -66,23 +84,47 @@ fn browse_nested_implicit_and_marker_directories() {
     let meta = fs::metadata(m.path.join("docs/readme.md")).unwrap();
     assert_eq!(meta.len(), 9);
     assert_eq!(meta.mode() & 0o7777, 0o644);
-    assert_eq!(fs::metadata(m.path.join("docs")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::metadata(m.path.join("docs")).unwrap().mode() & 0o7777,
+        0o755
+    );
     assert_eq!(
         fs::metadata(m.path.join("nope")).unwrap_err().kind(),
         ErrorKind::NotFound
     );
 
     // Real tools: find sees every file, ls -l lists, cp and rsync copy out byte for byte.
-    let find = Command::new("find").arg(&m.path).arg("-type").arg("f").output().unwrap();
+    let find = Command::new("find")
+        .arg(&m.path)
+        .arg("-type")
+        .arg("f")
+        .output()
+        .unwrap();
     assert!(find.status.success());
     assert_eq!(String::from_utf8_lossy(&find.stdout).lines().count(), 8);
-    let ls = Command::new("ls").arg("-l").arg(m.path.join("docs")).output().unwrap();
-    assert!(ls.status.success(), "{}", String::from_utf8_lossy(&ls.stderr));
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(m.path.join("docs"))
+        .output()
+        .unwrap();
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
     assert!(String::from_utf8_lossy(&ls.stdout).contains("readme.md"));
     let out = common::run_dir().join(format!("copy-{}", b.name));
-    let cp = Command::new("cp").arg("-r").arg(&m.path).arg(&out).status().unwrap();
+    let cp = Command::new("cp")
+        .arg("-r")
+        .arg(&m.path)
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(cp.success());
-    assert_eq!(fs::read_to_string(out.join("docs/deep/er/file.txt")).unwrap(), "deep\n");
+    assert_eq!(
+        fs::read_to_string(out.join("docs/deep/er/file.txt")).unwrap(),
+        "deep\n"
+    );
     let rsync_out = common::run_dir().join(format!("rsync-{}", b.name));
     if let Ok(status) = Command::new("rsync")
         .arg("-r")
@@ -91,7 +133,10 @@ fn browse_nested_implicit_and_marker_directories() {
         .status()
     {
         assert!(status.success(), "rsync -r out of the mount failed");
-        assert_eq!(fs::read_to_string(rsync_out.join("unicodé ✓.txt")).unwrap(), "unicode\n");
+        assert_eq!(
+            fs::read_to_string(rsync_out.join("unicodé ✓.txt")).unwrap(),
+            "unicode\n"
+        );
     }
     let _ = fs::remove_dir_all(out);
     let _ = fs::remove_dir_all(rsync_out);
@@ -110,7 +155,11 @@ fn directory_of_2500_entries_pages_through_listings() {
     let got = names(&m.path.join("big"));
     assert_eq!(got.len(), 2504);
     assert!(got.contains("f00000.txt") && got.contains("f02499.txt") && got.contains("f01999.d"));
-    let ls = Command::new("ls").arg("-l").arg(m.path.join("big")).output().unwrap();
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(m.path.join("big"))
+        .output()
+        .unwrap();
     assert!(ls.status.success());
     // "total N" plus one line per entry.
     assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 2505);
@@ -151,7 +200,12 @@ fn large_object_reads_back_identical_sequentially_and_at_random_offsets() {
     assert_eq!(file.read_at(&mut buf, data.len() as u64 + 10).unwrap(), 0);
 
     let copy = common::run_dir().join(format!("{}.copy", b.name));
-    assert!(Command::new("cp").arg(&path).arg(&copy).status().unwrap().success());
+    assert!(Command::new("cp")
+        .arg(&path)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
     assert_eq!(sha256(&fs::read(&copy).unwrap()), sha256(&data));
     fs::remove_file(copy).unwrap();
 }
@@ -165,9 +219,19 @@ fn prefix_mount_shows_only_what_is_under_the_prefix() {
     b.put("database.txt", "not under data/");
     for source in [format!("{}:data/", b.name), format!("s3://{}/data", b.name)] {
         let m = Mount::new(&source, "prefix", &[]);
-        assert_eq!(names(&m.path), set(&["inside.txt", "sub"]), "source {source}");
-        assert_eq!(fs::read_to_string(m.path.join("inside.txt")).unwrap(), "yes");
-        assert_eq!(fs::read_to_string(m.path.join("sub/deeper.txt")).unwrap(), "deeper");
+        assert_eq!(
+            names(&m.path),
+            set(&["inside.txt", "sub"]),
+            "source {source}"
+        );
+        assert_eq!(
+            fs::read_to_string(m.path.join("inside.txt")).unwrap(),
+            "yes"
+        );
+        assert_eq!(
+            fs::read_to_string(m.path.join("sub/deeper.txt")).unwrap(),
+            "deeper"
+        );
         assert!(fs::metadata(m.path.join("outside.txt")).is_err());
     }
 }
@@ -183,7 +247,10 @@ fn hostile_keys_are_left_out_without_breaking_the_listing() {
     let too_long = format!("d/{}", "n".repeat(256));
     for key in ["d/./dot", "d/../dotdot", "d/.", too_long.as_str()] {
         if let Err(e) = b.try_put(key, "x") {
-            eprintln!("server refused {key}: {}", e.lines().next().unwrap_or_default());
+            eprintln!(
+                "server refused {key}: {}",
+                e.lines().next().unwrap_or_default()
+            );
         }
     }
     b.put(&format!("d/{}", "m".repeat(255)), "just fits");
@@ -200,10 +267,22 @@ fn hostile_keys_are_left_out_without_breaking_the_listing() {
     }
     assert_eq!(names(&dir), expected);
     assert!(fs::metadata(dir.join("data-marker")).unwrap().is_dir());
-    assert!(names(&dir.join("data-marker")).is_empty(), "the marker's data is not a file");
-    assert!(fs::metadata(dir.join("shadowed")).unwrap().is_dir(), "the directory wins");
-    assert_eq!(fs::read_to_string(dir.join("shadowed/child.txt")).unwrap(), "child");
-    assert_eq!(fs::read_to_string(dir.join("m".repeat(255))).unwrap(), "just fits");
+    assert!(
+        names(&dir.join("data-marker")).is_empty(),
+        "the marker's data is not a file"
+    );
+    assert!(
+        fs::metadata(dir.join("shadowed")).unwrap().is_dir(),
+        "the directory wins"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("shadowed/child.txt")).unwrap(),
+        "child"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("m".repeat(255))).unwrap(),
+        "just fits"
+    );
     assert_eq!(fs::read_to_string(dir.join("good.txt")).unwrap(), "good");
 }
 
@@ -265,9 +344,15 @@ fn every_mutation_is_refused_with_erofs() {
     erofs(fs::write(m.path.join("file.txt"), "x").map(|_| ()));
     erofs(fs::create_dir(m.path.join("newdir")));
     erofs(fs::remove_file(m.path.join("file.txt")));
-    erofs(fs::rename(m.path.join("file.txt"), m.path.join("moved.txt")));
+    erofs(fs::rename(
+        m.path.join("file.txt"),
+        m.path.join("moved.txt"),
+    ));
     erofs(std::os::unix::fs::symlink("file.txt", m.path.join("link")));
-    assert_eq!(fs::read_to_string(m.path.join("file.txt")).unwrap(), "keep me");
+    assert_eq!(
+        fs::read_to_string(m.path.join("file.txt")).unwrap(),
+        "keep me"
+    );
 }
 
 #[test]
@@ -276,15 +361,24 @@ fn unmount_and_sigterm_end_the_daemon() {
     b.put("f", "x");
     let m = Mount::new(&b.name, "lifecycle", &[]);
     let pid = m.daemon_pid().expect("daemon running");
-    assert!(m.unmount(), "daemon {pid} still running after fusermount3 -u");
+    assert!(
+        m.unmount(),
+        "daemon {pid} still running after fusermount3 -u"
+    );
     assert!(!common::is_mounted(&m.path));
 
     let m = Mount::new(&b.name, "lifecycle", &[]);
     let pid = m.daemon_pid().expect("daemon running");
     // SAFETY: sending a signal to the daemon this test started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    assert!(common::wait_gone(pid, Duration::from_secs(10)), "SIGTERM did not end the daemon");
-    assert!(!common::is_mounted(&m.path), "SIGTERM left the mount behind");
+    assert!(
+        common::wait_gone(pid, Duration::from_secs(10)),
+        "SIGTERM did not end the daemon"
+    );
+    assert!(
+        !common::is_mounted(&m.path),
+        "SIGTERM left the mount behind"
+    );
 
     // Foreground mode: the process itself serves, and exits 0 after an unmount.
     let path = common::mount_point("foreground");
@@ -294,16 +388,28 @@ fn unmount_and_sigterm_end_the_daemon() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !common::is_mounted(&path) {
         assert!(Instant::now() < deadline, "foreground mount never appeared");
-        assert!(child.try_wait().unwrap().is_none(), "foreground bucketfs exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "foreground bucketfs exited early"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "x");
-    assert!(Command::new("fusermount3").arg("-u").arg(&path).status().unwrap().success());
-    let status = wait_child(&mut child, Duration::from_secs(10)).expect("foreground daemon did not exit");
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
+    let status =
+        wait_child(&mut child, Duration::from_secs(10)).expect("foreground daemon did not exit");
     assert!(status.success());
 }
 
-fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
@@ -322,11 +428,21 @@ fn expect_failure(mut cmd: Command) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_child(&mut child, Duration::from_secs(60)).expect("bucketfs hung instead of failing");
+    let status =
+        wait_child(&mut child, Duration::from_secs(60)).expect("bucketfs hung instead of failing");
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(!status.success(), "bucketfs succeeded unexpectedly");
-    assert_eq!(stderr.trim().lines().count(), 1, "one clear line, got: {stderr}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one clear line, got: {stderr}"
+    );
     stderr
 }
 
@@ -341,7 +457,10 @@ fn start_up_errors_are_one_clear_line_and_a_non_zero_exit() {
     let mut wrong = common::bucketfs_command(&b.name, &path, &[]);
     wrong.env("AWS_SECRET_ACCESS_KEY", "wrong-secret");
     let err = expect_failure(wrong);
-    assert!(err.contains("denied") && err.contains("credentials"), "{err}");
+    assert!(
+        err.contains("denied") && err.contains("credentials"),
+        "{err}"
+    );
     assert!(!err.contains("wrong-secret"), "secret leaked: {err}");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -354,13 +473,20 @@ fn start_up_errors_are_one_clear_line_and_a_non_zero_exit() {
 
     let missing = path.join("does-not-exist");
     let err = expect_failure(common::bucketfs_command(&b.name, &missing, &[]));
-    assert!(err.contains("does not exist") && err.contains("mkdir"), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("mkdir"),
+        "{err}"
+    );
 
     let m = Mount::at(&b.name, path.clone(), &[]);
     let err = expect_failure(common::bucketfs_command(&b.name, &m.path, &[]));
     assert!(err.contains("already mounted"), "{err}");
 
-    let err = expect_failure(common::bucketfs_command(&b.name, &path, &["-o", "bogus_option"]));
+    let err = expect_failure(common::bucketfs_command(
+        &b.name,
+        &path,
+        &["-o", "bogus_option"],
+    ));
     assert!(err.contains("unknown mount option 'bogus_option'"), "{err}");
     assert!(!common::is_mounted(&path.join("does-not-exist")));
 }

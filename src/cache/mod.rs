@@ -72,7 +72,9 @@ impl BlockCache {
             store,
             block_size,
             max_readahead_blocks,
-            blocks: Mutex::new(LruCache::new(NonZeroUsize::new(capacity).expect("capacity >= 4"))),
+            blocks: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).expect("capacity >= 4"),
+            )),
         }
     }
 

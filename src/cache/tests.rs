@@ -1,1 +1,134 @@
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
+use super::*;
+use crate::config::CacheConfig;
+use crate::store::memory::MemoryStore;
+use crate::store::ObjectStore;
+
+const BLOCK: u64 = 64 << 10;
+
+fn setup(budget_blocks: u64, data: &[u8]) -> (Arc<MemoryStore>, Arc<BlockCache>, Arc<ObjectId>) {
+    let store = Arc::new(MemoryStore::new());
+    store.put("obj", data.to_vec());
+    let config = CacheConfig {
+        budget: budget_blocks * BLOCK,
+        block_size: BLOCK,
+        max_readahead: 8 * BLOCK,
+    };
+    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    let cache = Arc::new(BlockCache::new(dyn_store, &config));
+    let etag = futures::executor::block_on(store.head_object("obj"))
+        .unwrap()
+        .unwrap()
+        .etag;
+    let object = Arc::new(ObjectId {
+        key: "obj".into(),
+        etag,
+    });
+    (store, cache, object)
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn reads_span_blocks_and_stop_at_the_end() {
+    let d = data(3 * BLOCK as usize + 100);
+    let (_, cache, obj) = setup(16, &d);
+    let state = Mutex::default();
+    let size = d.len() as u64;
+    let got = cache
+        .read(&obj, size, &state, BLOCK - 10, 20)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &d[BLOCK as usize - 10..BLOCK as usize + 10]);
+    let tail = cache
+        .read(&obj, size, &state, size - 50, 4096)
+        .await
+        .unwrap();
+    assert_eq!(&tail[..], &d[d.len() - 50..]);
+    assert!(cache
+        .read(&obj, size, &state, size, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_block_is_fetched_once_and_eviction_keeps_the_budget() {
+    let d = data(32 * BLOCK as usize);
+    let (store, cache, obj) = setup(4, &d);
+    let size = d.len() as u64;
+    for _ in 0..3 {
+        // Random (non-sequential) reads of the same block: one GET, no read-ahead.
+        let state = Mutex::default();
+        cache
+            .read(&obj, size, &state, 5 * BLOCK + 7, 100)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.counts.get.load(Ordering::Relaxed), 1);
+    for i in (0..32).rev().step_by(2) {
+        let state = Mutex::default();
+        let got = cache
+            .read(&obj, size, &state, i * BLOCK + 1, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            &d[(i * BLOCK + 1) as usize..(i * BLOCK + 11) as usize]
+        );
+        assert!(cache.len() <= cache.capacity(), "cache over budget");
+    }
+    assert_eq!(cache.capacity(), 4);
+}
+
+#[tokio::test]
+async fn sequential_readers_get_growing_read_ahead() {
+    let d = data(64 * BLOCK as usize);
+    let (store, cache, obj) = setup(64, &d);
+    let size = d.len() as u64;
+    let state = Mutex::default();
+    let mut offset = 0;
+    let mut out = Vec::new();
+    while offset < size {
+        let got = cache
+            .read(&obj, size, &state, offset, 32 << 10)
+            .await
+            .unwrap();
+        offset += got.len() as u64;
+        out.extend_from_slice(&got);
+    }
+    assert_eq!(out, d);
+    // Let spawned read-ahead tasks finish, then check every block was fetched exactly once.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(store.counts.get.load(Ordering::Relaxed), 64);
+    let s = state.lock().unwrap();
+    assert_eq!(s.window, 8, "window grew to the maximum");
+}
+
+#[tokio::test]
+async fn a_replaced_object_fails_with_estale() {
+    let d = data(4 * BLOCK as usize);
+    let (store, cache, obj) = setup(16, &d);
+    let state = Mutex::default();
+    cache
+        .read(&obj, d.len() as u64, &state, 0, 10)
+        .await
+        .unwrap();
+    store.put("obj", vec![1u8; d.len()]);
+    let err = cache
+        .read(&obj, d.len() as u64, &Mutex::default(), 3 * BLOCK, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno, libc::ESTALE);
+    // The block read before the change is still served from the old version's cache entry,
+    // never mixed with the new object's bytes.
+    let again = cache
+        .read(&obj, d.len() as u64, &Mutex::default(), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(&again[..], &d[..10]);
+}

@@ -1,1 +1,113 @@
+use std::time::Duration;
 
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+    parse_args(std::iter::once("bucketfs").chain(args.iter().copied()))
+}
+
+#[test]
+fn sources_split_into_bucket_and_prefix() {
+    assert_eq!(parse_source("b").unwrap(), ("b".into(), "".into()));
+    assert_eq!(
+        parse_source("b:data").unwrap(),
+        ("b".into(), "data/".into())
+    );
+    assert_eq!(
+        parse_source("b:data/x/").unwrap(),
+        ("b".into(), "data/x/".into())
+    );
+    assert_eq!(
+        parse_source("s3://b/data/").unwrap(),
+        ("b".into(), "data/".into())
+    );
+    assert_eq!(parse_source("s3://b").unwrap(), ("b".into(), "".into()));
+    assert_eq!(parse_source("s3://b/").unwrap(), ("b".into(), "".into()));
+    assert!(parse_source("").is_err());
+    assert!(parse_source(":x").is_err());
+    assert!(parse_source("bad bucket").is_err());
+}
+
+#[test]
+fn sizes_durations_and_modes_parse() {
+    assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+    assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+    assert_eq!(parse_size("65536").unwrap(), 65536);
+    assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+    assert!(parse_size("lots").is_err());
+    assert!(parse_size("99999999999TiB").is_err());
+    assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    assert!(parse_duration("soon").is_err());
+    assert_eq!(parse_mode("644").unwrap(), 0o644);
+    assert_eq!(parse_mode("0o755").unwrap(), 0o755);
+    assert!(parse_mode("999").is_err());
+    assert!(parse_mode("17777").is_err());
+}
+
+#[test]
+fn mount_options_become_flags() {
+    let args = parse(&[
+        "bucket:pre",
+        "/mnt/x",
+        "-o",
+        "ro,allow_other,region=eu-west-1,dev,suid,_netdev,x-systemd.automount,metadata_ttl=2s",
+    ])
+    .unwrap();
+    assert!(args.read_only && args.allow_other);
+    assert_eq!(args.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(args.metadata_ttl, Duration::from_secs(2));
+    let config = args.into_config().unwrap();
+    assert_eq!(config.store.bucket, "bucket");
+    assert_eq!(config.fs.prefix, "pre/");
+    assert!(config.fs.read_only);
+    assert_eq!(config.fs.negative_ttl, Duration::from_secs(2));
+    assert_eq!(config.daemon.fs_name, "bucket:pre/");
+}
+
+#[test]
+fn flags_and_options_may_repeat() {
+    let args = parse(&[
+        "b",
+        "/m",
+        "--read-only",
+        "-o",
+        "ro",
+        "-o",
+        "cache-size=64MiB",
+    ])
+    .unwrap();
+    assert!(args.read_only);
+    assert_eq!(args.cache_size, 64 << 20);
+}
+
+#[test]
+fn unknown_or_bad_options_are_errors() {
+    let err = parse(&["b", "/m", "-o", "nonsense"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown mount option 'nonsense'"), "{err}");
+    assert!(parse(&["b", "/m", "--no-such-flag"]).is_err());
+    assert!(parse(&["b", "/m", "-o", "uid=abc"]).is_err());
+    let small = parse(&["b", "/m", "--cache-size", "1MiB"]).unwrap();
+    assert!(small.into_config().unwrap_err().contains("too small"));
+    let level = parse(&["b", "/m", "--log-level", "=[bad"]).unwrap();
+    assert!(level.into_config().is_err());
+}
+
+#[test]
+fn defaults_are_documented_values() {
+    let config = parse(&["b", "relative/mnt"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert!(config.daemon.mountpoint.is_absolute());
+    assert_eq!(config.fs.file_mode, 0o644);
+    assert_eq!(config.fs.dir_mode, 0o755);
+    assert_eq!(config.fs.metadata_ttl, Duration::from_secs(5));
+    assert_eq!(config.cache.budget, 512 << 20);
+    assert!(!config.fs.read_only && !config.daemon.foreground);
+    assert_eq!(config.daemon.fs_name, "b");
+}

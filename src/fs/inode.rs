@@ -96,7 +96,11 @@ mod tests {
         assert_eq!(a.ino_for(""), Ino::ROOT);
         let x = a.ino_for("dir/file.txt");
         let _ = b.ino_for("other");
-        assert_eq!(b.ino_for("dir/file.txt"), x, "same path, same number in a new table");
+        assert_eq!(
+            b.ino_for("dir/file.txt"),
+            x,
+            "same path, same number in a new table"
+        );
         assert_eq!(a.ino_for("dir/file.txt"), x);
         assert_eq!(&*a.path(x).unwrap(), "dir/file.txt");
         assert_eq!(x.0, path_hash("dir/file.txt"));

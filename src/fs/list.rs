@@ -61,7 +61,9 @@ pub async fn list_children(
         let last_key = page.objects.last().map(|o| o.key.clone());
         let last_prefix = page.common_prefixes.last().cloned();
         for object in page.objects {
-            let Some(name) = object.key.strip_prefix(prefix) else { continue };
+            let Some(name) = object.key.strip_prefix(prefix) else {
+                continue;
+            };
             if valid_name(name) {
                 files.insert(name.to_string(), object);
             }
@@ -77,12 +79,10 @@ pub async fn list_children(
         }
         start = match page.next_continuation_token {
             Some(token) => ListStart::Token(token),
-            None if returned >= PAGE_SIZE as usize => {
-                match last_key.max(last_prefix) {
-                    Some(last) => ListStart::After(last),
-                    None => break,
-                }
-            }
+            None if returned >= PAGE_SIZE as usize => match last_key.max(last_prefix) {
+                Some(last) => ListStart::After(last),
+                None => break,
+            },
             None => break,
         };
     }
@@ -128,7 +128,11 @@ mod tests {
                 ("z".into(), true)
             ]
         );
-        assert_eq!(names(&s, "marker/").await, vec![], "the marker is not a file");
+        assert_eq!(
+            names(&s, "marker/").await,
+            vec![],
+            "the marker is not a file"
+        );
         assert_eq!(names(&s, "z/").await, vec![("deep".into(), true)]);
     }
 

@@ -176,7 +176,14 @@ impl Fs {
         let ino = t.inodes.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
         let expires = Instant::now() + self.config.metadata_ttl;
-        t.nodes.insert(ino, NodeState { kind, meta, expires });
+        t.nodes.insert(
+            ino,
+            NodeState {
+                kind,
+                meta,
+                expires,
+            },
+        );
         attr
     }
 
@@ -202,7 +209,10 @@ impl Fs {
                     };
                 }
             }
-            if t.negative.get(&(parent, name.to_string())).is_some_and(|e| *e > now) {
+            if t.negative
+                .get(&(parent, name.to_string()))
+                .is_some_and(|e| *e > now)
+            {
                 return Err(FsError::not_found());
             }
         }
@@ -296,12 +306,20 @@ impl Fs {
                 Child::File(meta) => (Kind::File, Some(meta)),
             };
             let attr = self.attr(child_ino, kind, meta.as_ref());
-            t.nodes.insert(child_ino, NodeState { kind, meta, expires });
+            t.nodes.insert(
+                child_ino,
+                NodeState {
+                    kind,
+                    meta,
+                    expires,
+                },
+            );
             entries.push(DirEntry { name, attr });
         }
         let entries = Arc::new(entries);
         t.listings.insert(ino, (Arc::clone(&entries), expires));
-        t.negative.retain(|(parent, _), e| *parent != ino && *e > Instant::now());
+        t.negative
+            .retain(|(parent, _), e| *parent != ino && *e > Instant::now());
         entries
     }
 
@@ -340,7 +358,7 @@ impl Fs {
             let t = self.tables.lock().unwrap();
             t.nodes.get(&ino).and_then(|n| n.meta.clone())
         };
-        let meta = meta.ok_or_else(|| FsError::not_found())?;
+        let meta = meta.ok_or_else(FsError::not_found)?;
         let file = OpenFile {
             object: Arc::new(ObjectId {
                 key: meta.key,

@@ -14,7 +14,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
+use super::{
+    ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
+};
 
 /// Requests served so far, per S3 call.
 #[derive(Debug, Default)]
@@ -89,8 +91,12 @@ impl ObjectStore for MemoryStore {
                 break;
             }
             let rest = &key[request.prefix.len()..];
-            let entry = match request.delimiter.as_deref().and_then(|d| rest.find(d).map(|i| (d, i))) {
-                Some((d, i)) => format!("{}{}", request.prefix, &rest[..i + d.len()]),
+            let rolled_up = request
+                .delimiter
+                .as_deref()
+                .and_then(|d| rest.find(d).map(|i| &rest[..i + d.len()]));
+            let entry = match rolled_up {
+                Some(common) => format!("{}{common}", request.prefix),
                 None => key.clone(),
             };
             if after.as_ref().is_some_and(|a| entry.as_str() <= a.as_str()) {
@@ -104,10 +110,10 @@ impl ObjectStore for MemoryStore {
                 break;
             }
             count += 1;
-            if entry == *key {
-                page.objects.push(Self::meta(key, body, etag));
-            } else {
+            if rolled_up.is_some() {
                 page.common_prefixes.push(entry.clone());
+            } else {
+                page.objects.push(Self::meta(key, body, etag));
             }
             last = Some(entry);
         }
@@ -122,9 +128,9 @@ impl ObjectStore for MemoryStore {
     ) -> Result<Bytes, StoreError> {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
         let objects = self.objects.lock().unwrap();
-        let (body, current) = objects
-            .get(key)
-            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("NoSuchKey: {key}")))?;
+        let (body, current) = objects.get(key).ok_or_else(|| {
+            StoreError::new(StoreErrorKind::NotFound, format!("NoSuchKey: {key}"))
+        })?;
         if current != etag {
             return Err(StoreError::new(
                 StoreErrorKind::PreconditionFailed,
@@ -133,7 +139,10 @@ impl ObjectStore for MemoryStore {
         }
         let len = body.len() as u64;
         if range.start >= len && len > 0 {
-            return Err(StoreError::new(StoreErrorKind::InvalidRange, "InvalidRange"));
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidRange,
+                "InvalidRange",
+            ));
         }
         let end = range.end.min(len);
         Ok(body.slice(range.start.min(len) as usize..end as usize))

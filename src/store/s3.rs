@@ -19,7 +19,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
+use super::{
+    ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
+};
 use crate::config::StoreConfig;
 
 /// Region used when neither the options nor the AWS chain name one: S3-compatible servers
@@ -80,7 +82,11 @@ where
     match &err {
         SdkError::TimeoutError(_) => StoreError::new(K::Timeout, format!("{what}: timed out")),
         SdkError::DispatchFailure(failure) => {
-            let kind = if failure.is_timeout() { K::Timeout } else { K::Unreachable };
+            let kind = if failure.is_timeout() {
+                K::Timeout
+            } else {
+                K::Unreachable
+            };
             StoreError::new(kind, format!("{what}: {}", DisplayErrorContext(&err)))
         }
         SdkError::ServiceError(service) => {
@@ -95,7 +101,11 @@ where
                 | (401 | 403, _) => K::AccessDenied,
                 _ => K::Other,
             };
-            let code = if code.is_empty() { "no error code".to_string() } else { code };
+            let code = if code.is_empty() {
+                "no error code".to_string()
+            } else {
+                code
+            };
             StoreError::new(kind, format!("{what}: {code} (HTTP {status})"))
         }
         _ => StoreError::new(K::Other, format!("{what}: {}", DisplayErrorContext(&err))),
@@ -123,7 +133,13 @@ impl ObjectStore for S3Store {
     }
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        let result = self.client.head_object().bucket(&self.bucket).key(key).send().await;
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
         match result {
             Ok(out) => Ok(Some(ObjectMeta {
                 key: key.to_string(),
@@ -215,7 +231,10 @@ impl ObjectStore for S3Store {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(
                 StoreErrorKind::Timeout,
-                format!("{what}: no complete answer within {:?}", self.request_timeout),
+                format!(
+                    "{what}: no complete answer within {:?}",
+                    self.request_timeout
+                ),
             )),
         }
     }

@@ -33,7 +33,11 @@ fn weed_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("weed")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("weed"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     if let Some(p) = candidates.into_iter().find(|p| p.is_file()) {
         return p;
@@ -67,10 +71,15 @@ fn free_base_port() -> u16 {
 }
 
 fn clean_stale_dirs(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(pid) = name.strip_prefix("run-").and_then(|p| p.parse::<u32>().ok()) {
+        if let Some(pid) = name
+            .strip_prefix("run-")
+            .and_then(|p| p.parse::<u32>().ok())
+        {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
@@ -138,12 +147,10 @@ fn start_server() -> Server {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().expect("start weed");
+            let mut child = cmd.spawn().expect("start weed");
             tx.send(child.id()).unwrap();
             // Stay alive for the whole test run: the server dies when this thread does.
-            loop {
-                std::thread::park();
-            }
+            let _ = child.wait();
         })
         .unwrap();
     let weed_pid = rx.recv().unwrap();
@@ -217,19 +224,33 @@ impl Bucket {
     pub fn try_put(&self, key: &str, body: impl Into<Vec<u8>>) -> Result<(), String> {
         let s = server();
         let body = ByteStream::from(body.into());
-        s.rt.block_on(s.client.put_object().bucket(&self.name).key(key).body(body).send())
-            .map(|_| ())
-            .map_err(|e| format!("{:?}", e.into_service_error()).chars().take(200).collect())
+        s.rt.block_on(
+            s.client
+                .put_object()
+                .bucket(&self.name)
+                .key(key)
+                .body(body)
+                .send(),
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            format!("{:?}", e.into_service_error())
+                .chars()
+                .take(200)
+                .collect()
+        })
     }
 
     /// Every key in the bucket, as the server stored it.
     pub fn keys(&self) -> Vec<String> {
         let s = server();
-        let out = s
-            .rt
-            .block_on(s.client.list_objects_v2().bucket(&self.name).send())
-            .expect("list");
-        out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+        let out =
+            s.rt.block_on(s.client.list_objects_v2().bucket(&self.name).send())
+                .expect("list");
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
     }
 
     /// Puts many small objects concurrently.
@@ -334,7 +355,11 @@ impl Mount {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        assert!(is_mounted(&path), "bucketfs returned 0 but {} is not mounted", path.display());
+        assert!(
+            is_mounted(&path),
+            "bucketfs returned 0 but {} is not mounted",
+            path.display()
+        );
         Self { path, log }
     }
 
@@ -382,7 +407,11 @@ pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
         .unwrap_or(true)
 }
 
@@ -390,11 +419,15 @@ fn is_zombie(pid: u32) -> bool {
 pub fn daemon_pid_for(mountpoint: &Path) -> Option<u32> {
     let want = mountpoint.to_str()?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let is_ours = args.first().is_some_and(|a| a.ends_with(b"bucketfs"));
-        if is_ours && args.iter().any(|a| *a == want.as_bytes()) && !is_zombie(pid) {
+        if is_ours && args.contains(&want.as_bytes()) && !is_zombie(pid) {
             return Some(pid);
         }
     }
@@ -404,7 +437,8 @@ pub fn daemon_pid_for(mountpoint: &Path) -> Option<u32> {
 pub fn is_mounted(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = path.to_str().unwrap().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 pub fn sha256(data: &[u8]) -> String {
