@@ -126,18 +126,18 @@ fn browse_nested_implicit_and_marker_directories() {
         "deep\n"
     );
     let rsync_out = common::run_dir().join(format!("rsync-{}", b.name));
-    if let Ok(status) = Command::new("rsync")
+    let rsync = Command::new("rsync")
         .arg("-r")
         .arg(format!("{}/", m.path.display()))
         .arg(&rsync_out)
         .status()
-    {
-        assert!(status.success(), "rsync -r out of the mount failed");
-        assert_eq!(
-            fs::read_to_string(rsync_out.join("unicodé ✓.txt")).unwrap(),
-            "unicode\n"
-        );
-    }
+        .expect("rsync is installed by tests/setup.sh");
+    assert!(rsync.success(), "rsync -r out of the mount failed");
+    assert_eq!(
+        fs::read_to_string(rsync_out.join("unicodé ✓.txt")).unwrap(),
+        "unicode\n"
+    );
+    assert_eq!(fs::read(rsync_out.join("empty.bin")).unwrap(), b"");
     let _ = fs::remove_dir_all(out);
     let _ = fs::remove_dir_all(rsync_out);
 }

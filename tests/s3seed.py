@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Creates a bucket and puts small objects on an S3 endpoint, with only the standard library
+(SigV4, path-style). Used by tests/demo.sh to seed the sample bucket.
+
+usage: s3seed.py ENDPOINT BUCKET KEY=TEXT [KEY=TEXT ...]   (credentials from AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY; region us-east-1)
+"""
+import datetime
+import hashlib
+import hmac
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+def sign(key, msg):
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def request(endpoint, method, path, body=b""):
+    access, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    region, now = "us-east-1", datetime.datetime.now(datetime.timezone.utc)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    host = urllib.parse.urlparse(endpoint).netloc
+    path = urllib.parse.quote(path, safe="/~")
+    payload = hashlib.sha256(body).hexdigest()
+    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(
+        [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload]
+    )
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    k = sign(sign(sign(sign(("AWS4" + secret).encode(), day), region), "s3"), "aws4_request")
+    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"
+    )
+    del headers["host"]
+    req = urllib.request.Request(endpoint + path, data=body, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.status
+
+
+def main():
+    endpoint, bucket, items = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3:]
+    try:
+        request(endpoint, "PUT", f"/{bucket}")
+    except urllib.error.HTTPError as e:
+        if e.code != 409:  # BucketAlreadyOwnedByYou
+            raise
+    for item in items:
+        key, _, text = item.partition("=")
+        request(endpoint, "PUT", f"/{bucket}/{key}", text.encode())
+
+
+if __name__ == "__main__":
+    main()
