@@ -105,8 +105,14 @@ fn detach() -> Result<()> {
 }
 
 fn init_logging(config: &Config, foreground: bool) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.daemon.log_level)
-        .map_err(|e| anyhow!("--log-level: {e}"))?;
+    // fuser warns "Failed to umount filesystem" after every external unmount (the mount is
+    // already gone); keep its session module quiet unless the user asks for fuser's logs.
+    let mut level = config.daemon.log_level.clone();
+    if !level.contains("fuser") {
+        level.push_str(",fuser::session=error");
+    }
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| anyhow!("--log-level: {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match &config.daemon.log_file {
         Some(path) => {
@@ -268,6 +274,9 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     fuse_config.n_threads = Some(config.daemon.fuse_threads);
     fuse_config.clone_fd = true;
 
+    // Signal handlers go in before the mount: a SIGTERM right after readiness must unmount, not
+    // kill the process and leave a dead mount behind.
+    let signals = rt.block_on(async { install_signal_handlers() })?;
     let mountpoint = &config.daemon.mountpoint;
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
@@ -284,7 +293,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     let mut unmounter = session.unmount_callable();
     let shown = mountpoint.display().to_string();
     rt.spawn(async move {
-        wait_for_signal().await;
+        wait_for_signal(signals).await;
         tracing::info!("signal received: unmounting {shown}");
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = unmounter.unmount() {
@@ -299,15 +308,20 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     result.context("FUSE session ended with an error")
 }
 
-async fn wait_for_signal() {
+fn install_signal_handlers() -> Result<Vec<tokio::signal::unix::Signal>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [
+    [
         SignalKind::terminate(),
         SignalKind::interrupt(),
         SignalKind::hangup(),
-    ];
-    let mut streams: Vec<_> = kinds.into_iter().filter_map(|k| signal(k).ok()).collect();
-    let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
+    ]
+    .into_iter()
+    .map(|kind| signal(kind).context("installing signal handlers"))
+    .collect()
+}
+
+async fn wait_for_signal(mut signals: Vec<tokio::signal::unix::Signal>) {
+    let waits = signals.iter_mut().map(|s| Box::pin(s.recv()));
     futures::future::select_all(waits).await;
 }
 

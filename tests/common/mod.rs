@@ -6,6 +6,8 @@
 //! directory is named after our pid; directories of dead runs are removed at start.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

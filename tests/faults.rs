@@ -1,0 +1,153 @@
+//! Request costs and faults, seen through a counting, fault-injecting proxy between the mount and
+//! SeaweedFS.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::proxy::Proxy;
+use common::{pseudo_random, Bucket, Mount};
+
+fn proxy() -> Proxy {
+    let upstream = common::server()
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    Proxy::start(&upstream)
+}
+
+/// Runs `f` on a thread and fails the test if it has not finished within `limit` (a hang guard).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+#[test]
+fn ls_l_of_2500_entries_costs_three_lists_and_no_head_per_entry() {
+    let b = Bucket::new("costs");
+    let keys: Vec<String> = (0..2500).map(|i| format!("d/f{i:05}")).collect();
+    b.put_many(&keys, b"0123456789");
+    let p = proxy();
+    let m = Mount::new(&b.name, "costs", &["--endpoint-url", &p.endpoint]);
+    let (head0, list0) = (
+        p.counts().head.load(Ordering::SeqCst),
+        p.counts().list.load(Ordering::SeqCst),
+    );
+
+    let out = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(m.path.join("d"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2501);
+    let head = p.counts().head.load(Ordering::SeqCst) - head0;
+    let list = p.counts().list.load(Ordering::SeqCst) - list0;
+    // Looking up `d` itself: one HEAD + one LIST. Listing it: ceil(2500/1000) = 3 LISTs.
+    assert_eq!(head, 1, "HEADs during ls -l");
+    assert_eq!(list, 1 + 3, "LISTs during ls -l");
+    // stat of every entry after the listing: answered from the listing, no request.
+    for k in keys.iter().take(200) {
+        assert_eq!(fs::metadata(m.path.join(k)).unwrap().len(), 10);
+    }
+    assert_eq!(p.counts().head.load(Ordering::SeqCst) - head0, 1);
+    assert_eq!(p.counts().get.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_stalled_read_does_not_block_ls_elsewhere() {
+    let b = Bucket::new("stall");
+    let data = pseudo_random(32 << 20, 3);
+    b.put("big.bin", data.clone());
+    b.put("dir/small.txt", "small");
+    let p = proxy();
+    let m = Mount::new(
+        &b.name,
+        "stall",
+        &["--endpoint-url", &p.endpoint, "--metadata-ttl", "60s"],
+    );
+    let root = m.path.clone();
+    assert_eq!(fs::read_dir(&root).unwrap().count(), 2);
+    assert_eq!(
+        fs::read_to_string(root.join("dir/small.txt")).unwrap(),
+        "small"
+    );
+    let file = fs::File::open(root.join("big.bin")).unwrap();
+
+    p.stall();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0; 1 << 20];
+        let r = file.read_at(&mut buf, 20 << 20).map(|n| buf[..n].to_vec());
+        tx.send(()).unwrap();
+        r
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rx.try_recv().is_err(),
+        "the read should be stalled by the proxy"
+    );
+    let r2 = root.clone();
+    let names = within(
+        Duration::from_secs(10),
+        "ls during a stalled GET",
+        move || {
+            let n = fs::read_dir(&r2).unwrap().count();
+            let s = fs::read_to_string(r2.join("dir/small.txt")).unwrap();
+            (n, s)
+        },
+    );
+    assert_eq!(names, (2, "small".to_string()));
+    p.resume();
+    let got = within(
+        Duration::from_secs(60),
+        "the stalled read after resume",
+        move || reader.join().unwrap(),
+    )
+    .expect("read after resume");
+    assert_eq!(got, &data[20 << 20..21 << 20]);
+}
+
+#[test]
+fn a_dead_endpoint_gives_eio_within_bounded_time() {
+    let b = Bucket::new("dead");
+    b.put("file.bin", pseudo_random(8 << 20, 4));
+    b.put("unlisted/x", "x");
+    let p = proxy();
+    let m = Mount::new(
+        &b.name,
+        "dead",
+        &["--endpoint-url", &p.endpoint, "--metadata-ttl", "60s"],
+    );
+    let file = fs::File::open(m.path.join("file.bin")).unwrap();
+    p.kill();
+    let path = m.path.clone();
+    let listed = within(
+        Duration::from_secs(120),
+        "readdir against a dead endpoint",
+        move || fs::read_dir(path.join("unlisted")).map(|d| d.count()),
+    );
+    assert_eq!(listed.unwrap_err().raw_os_error(), Some(libc::EIO));
+    let read = within(
+        Duration::from_secs(120),
+        "read against a dead endpoint",
+        move || {
+            let mut buf = vec![0; 4096];
+            file.read_at(&mut buf, 6 << 20)
+        },
+    );
+    assert_eq!(read.unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert!(m.unmount(), "the daemon must still unmount and exit");
+}
