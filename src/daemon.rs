@@ -215,6 +215,10 @@ fn startup_message(store: &StoreConfig, err: &StoreError) -> String {
             "access to bucket '{bucket}' denied ({}): check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE / --profile) and their permissions",
             err.message
         ),
+        StoreErrorKind::NoCredentials => format!(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use --profile, SSO or an instance role ({})",
+            err.message
+        ),
         StoreErrorKind::Unreachable | StoreErrorKind::Timeout => format!(
             "cannot reach the S3 endpoint {endpoint}: check --endpoint-url, --region and the network ({})",
             err.message

@@ -53,7 +53,7 @@ pub type FsResult<T> = Result<T, FsError>;
 pub fn errno_for(kind: StoreErrorKind) -> i32 {
     match kind {
         StoreErrorKind::NotFound => libc::ENOENT,
-        StoreErrorKind::AccessDenied => libc::EACCES,
+        StoreErrorKind::AccessDenied | StoreErrorKind::NoCredentials => libc::EACCES,
         StoreErrorKind::PreconditionFailed => libc::ESTALE,
         StoreErrorKind::NoSuchBucket
         | StoreErrorKind::InvalidRange

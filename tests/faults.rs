@@ -151,3 +151,17 @@ fn a_dead_endpoint_gives_eio_within_bounded_time() {
     assert_eq!(read.unwrap_err().raw_os_error(), Some(libc::EIO));
     assert!(m.unmount(), "the daemon must still unmount and exit");
 }
+
+#[test]
+fn throttling_and_5xx_are_retried() {
+    let b = Bucket::new("retry");
+    let data = pseudo_random(4 << 20, 5);
+    b.put("f.bin", data.clone());
+    b.put("dir/x", "x");
+    let p = proxy();
+    let m = Mount::new(&b.name, "retry", &["--endpoint-url", &p.endpoint]);
+    p.fail_next(2);
+    assert_eq!(fs::read_dir(m.path.join("dir")).unwrap().count(), 1);
+    p.fail_next(2);
+    assert_eq!(fs::read(m.path.join("f.bin")).unwrap(), data);
+}

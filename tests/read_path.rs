@@ -463,6 +463,15 @@ fn start_up_errors_are_one_clear_line_and_a_non_zero_exit() {
     );
     assert!(!err.contains("wrong-secret"), "secret leaked: {err}");
 
+    let mut anonymous = common::bucketfs_command(&b.name, &path, &[]);
+    anonymous
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", &path)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let err = expect_failure(anonymous);
+    assert!(err.contains("no AWS credentials found"), "{err}");
+
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -512,4 +521,36 @@ fn mount_helper_options_are_accepted() {
     assert_eq!(fs::read_to_string(m.path.join("f.txt")).unwrap(), "helper");
     let e = fs::write(m.path.join("g"), "x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+}
+
+#[test]
+fn multi_gib_object_has_its_exact_size_and_reads_past_4_gib() {
+    let b = Bucket::new("multi-gib");
+    let part = pseudo_random(256 << 20, 9);
+    b.put("part.bin", part.clone());
+    // 18 server-side copies of a 256 MiB part: a 4.5 GiB object without sending 4.5 GiB.
+    let parts = 18u64;
+    b.multipart_copy("huge.bin", "part.bin", parts as i32);
+    let m = Mount::new(&b.name, "multi-gib", &[]);
+    let path = m.path.join("huge.bin");
+    let size = parts * part.len() as u64;
+    assert_eq!(fs::metadata(&path).unwrap().len(), size);
+    let listed = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name() == "huge.bin")
+        .unwrap();
+    assert_eq!(listed.metadata().unwrap().len(), size);
+    let file = fs::File::open(&path).unwrap();
+    for offset in [(4u64 << 30) + 12345, size - 4096, (1u64 << 32) - 10] {
+        let mut buf = vec![0; 4096];
+        let n = file.read_at(&mut buf, offset).unwrap();
+        let within = (offset % part.len() as u64) as usize;
+        let take = n.min(part.len() - within);
+        assert_eq!(
+            &buf[..take],
+            &part[within..within + take],
+            "offset {offset}"
+        );
+    }
 }

@@ -76,6 +76,8 @@ pub enum StoreErrorKind {
     NoSuchBucket,
     /// Credentials were refused or lack permission.
     AccessDenied,
+    /// No credentials could be loaded from the AWS chain.
+    NoCredentials,
     /// `If-Match` failed: the object changed.
     PreconditionFailed,
     /// The requested range is outside the object.

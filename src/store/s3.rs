@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
@@ -82,12 +82,15 @@ where
     match &err {
         SdkError::TimeoutError(_) => StoreError::new(K::Timeout, format!("{what}: timed out")),
         SdkError::DispatchFailure(failure) => {
+            let chain = error_chain(&err);
             let kind = if failure.is_timeout() {
                 K::Timeout
+            } else if failure.is_other() && chain.contains("credentials") {
+                K::NoCredentials
             } else {
                 K::Unreachable
             };
-            StoreError::new(kind, format!("{what}: {}", DisplayErrorContext(&err)))
+            StoreError::new(kind, format!("{what}: {chain}"))
         }
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -108,8 +111,27 @@ where
             };
             StoreError::new(kind, format!("{what}: {code} (HTTP {status})"))
         }
-        _ => StoreError::new(K::Other, format!("{what}: {}", DisplayErrorContext(&err))),
+        _ => StoreError::new(K::Other, format!("{what}: {}", error_chain(&err))),
     }
+}
+
+/// The error and its sources on one line, each message once: the SDK's own `Display` of a
+/// dispatch failure is a bare "dispatch failure", and its `Debug` is pages long.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {

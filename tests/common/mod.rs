@@ -243,6 +243,12 @@ impl Bucket {
         })
     }
 
+    pub fn delete(&self, key: &str) {
+        let s = server();
+        s.rt.block_on(s.client.delete_object().bucket(&self.name).key(key).send())
+            .unwrap_or_else(|e| panic!("delete {key}: {e:?}"));
+    }
+
     /// Every key in the bucket, as the server stored it.
     pub fn keys(&self) -> Vec<String> {
         let s = server();
@@ -253,6 +259,56 @@ impl Bucket {
             .iter()
             .filter_map(|o| o.key().map(str::to_string))
             .collect()
+    }
+
+    /// Builds `key` by multipart upload of `parts` server-side copies of `source`.
+    pub fn multipart_copy(&self, key: &str, source: &str, parts: i32) {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let s = server();
+        s.rt.block_on(async {
+            let upload = s
+                .client
+                .create_multipart_upload()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            let id = upload.upload_id().unwrap();
+            let mut done = Vec::new();
+            for n in 1..=parts {
+                let out = s
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.name)
+                    .key(key)
+                    .upload_id(id)
+                    .part_number(n)
+                    .copy_source(format!("{}/{source}", self.name))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("upload_part_copy {n}: {e:?}"));
+                let etag = out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap()
+                    .to_string();
+                done.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+            }
+            s.client
+                .complete_multipart_upload()
+                .bucket(&self.name)
+                .key(key)
+                .upload_id(id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(done))
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        });
     }
 
     /// Puts many small objects concurrently.

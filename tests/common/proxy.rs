@@ -17,6 +17,8 @@ pub struct Counts {
 
 #[derive(Default)]
 struct State {
+    /// Requests still to answer with 503 SlowDown instead of forwarding.
+    fail_next: AtomicU64,
     stalled: AtomicBool,
     dead: AtomicBool,
     counts: Counts,
@@ -52,10 +54,11 @@ impl Proxy {
                     streams.push(server.try_clone().unwrap());
                 }
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let reply = client.try_clone().unwrap();
                 let st1 = Arc::clone(&st);
                 let st2 = Arc::clone(&st);
-                std::thread::spawn(move || pump(client, server, &st1, true));
-                std::thread::spawn(move || pump(s2, c2, &st2, false));
+                std::thread::spawn(move || pump(client, server, &st1, Some(reply)));
+                std::thread::spawn(move || pump(s2, c2, &st2, None));
             }
         });
         Proxy { endpoint, state }
@@ -63,6 +66,11 @@ impl Proxy {
 
     pub fn counts(&self) -> &Counts {
         &self.state.counts
+    }
+
+    /// Answers the next `n` requests with 503 SlowDown, as a throttling S3 does.
+    pub fn fail_next(&self, n: u64) {
+        self.state.fail_next.store(n, Ordering::SeqCst);
     }
 
     /// Holds every byte in both directions until `resume`.
@@ -99,7 +107,9 @@ fn count_requests(chunk: &[u8], counts: &Counts) {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, client_side: bool) {
+/// Copies `from` to `to`; on the client side (`reply` is the client socket) counts requests and
+/// answers injected failures itself.
+fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, mut reply: Option<TcpStream>) {
     let mut buf = vec![0; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
@@ -112,7 +122,22 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, client_side: bool
         if state.dead.load(Ordering::SeqCst) {
             break;
         }
-        if client_side {
+        if let Some(client) = reply.as_mut() {
+            let injected = state
+                .fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if injected {
+                let body = "<Error><Code>SlowDown</Code><Message>injected</Message></Error>";
+                let response = format!(
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if client.write_all(response.as_bytes()).is_err() {
+                    break;
+                }
+                continue;
+            }
             count_requests(&buf[..n], &state.counts);
         }
         if to.write_all(&buf[..n]).is_err() {
