@@ -23,7 +23,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::{FsError, FsResult};
-use crate::fs::{Attr, DirEntry, Fs, Ino, Kind};
+use crate::fs::{Attr, Fs, Ino, Kind};
 
 /// Largest read the kernel sends and its read-ahead: 1 MiB, one cache block.
 const MAX_READ: u32 = 1 << 20;
@@ -98,32 +98,33 @@ impl FuseAdapter {
         self.rt.spawn(task(Arc::clone(&self.fs)));
     }
 
-    fn dir_entries(
+    /// Feeds the entries of directory handle `fh` after readdir `offset` to `add`, which returns
+    /// true once the reply buffer is full. Nothing is copied: a 100,000-entry directory is read
+    /// in thousands of calls, each starting where the last one stopped.
+    fn fill_dir(
         &self,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-    ) -> FsResult<Vec<(u64, DirEntry)>> {
+        mut add: impl FnMut(u64, &str, &Attr) -> bool,
+    ) -> FsResult<()> {
+        let entries = self.fs.readdir(fh.0)?;
         let dir_attr = Attr {
             ino: Ino(ino.0),
             ..self.fs.root_attr()
         };
-        let dots = [".", ".."].map(|name| DirEntry {
-            name: name.to_string(),
-            attr: dir_attr.clone(),
-        });
-        let skip_listing = offset.saturating_sub(2) as usize;
-        let listing = self.fs.readdir(fh.0, skip_listing)?;
-        let dots = dots
-            .into_iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, e)| (i as u64 + 1, e));
-        let rest = listing
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| ((skip_listing + i) as u64 + 3, e));
-        Ok(dots.chain(rest).collect())
+        for (i, name) in [".", ".."].into_iter().enumerate().skip(offset as usize) {
+            if add(i as u64 + 1, name, &dir_attr) {
+                return Ok(());
+            }
+        }
+        let skip = offset.saturating_sub(2) as usize;
+        for (i, entry) in entries.iter().enumerate().skip(skip) {
+            if add(i as u64 + 3, &entry.name, &entry.attr) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -332,19 +333,15 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.dir_entries(ino, fh, offset) {
-            Ok(entries) => {
-                for (next, entry) in entries {
-                    let kind = match entry.attr.kind {
-                        Kind::Dir => FileType::Directory,
-                        Kind::File => FileType::RegularFile,
-                    };
-                    if reply.add(INodeNo(entry.attr.ino.0), next, kind, &entry.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let filled = self.fill_dir(ino, fh, offset, |next, name, attr| {
+            let kind = match attr.kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+            };
+            reply.add(INodeNo(attr.ino.0), next, kind, name)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdir", e)),
         }
     }
@@ -358,16 +355,12 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl();
-        match self.dir_entries(ino, fh, offset) {
-            Ok(entries) => {
-                for (next, entry) in entries {
-                    let attr = file_attr(&entry.attr);
-                    if reply.add(attr.ino, next, &entry.name, &ttl, &attr, Generation(0)) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let filled = self.fill_dir(ino, fh, offset, |next, name, attr| {
+            let attr = file_attr(attr);
+            reply.add(attr.ino, next, name, &ttl, &attr, Generation(0))
+        });
+        match filled {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdirplus", e)),
         }
     }

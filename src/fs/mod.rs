@@ -331,13 +331,14 @@ impl Fs {
         Ok(fh)
     }
 
-    /// Entries of an open directory from index `offset` on (`.` and `..` not included).
-    pub fn readdir(&self, fh: u64, offset: usize) -> FsResult<Vec<DirEntry>> {
-        let dirs = self.dirs.lock().unwrap();
-        let entries = dirs
+    /// The entries of an open directory (`.` and `..` not included), as listed at opendir.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        self.dirs
+            .lock()
+            .unwrap()
             .get(&fh)
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))?;
-        Ok(entries.iter().skip(offset).cloned().collect())
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))
     }
 
     /// Closes a directory handle.

@@ -40,14 +40,14 @@ async fn listing_answers_lookups_without_head_requests() {
     );
 
     let fh = fs.opendir(dir.ino).await.unwrap();
-    let entries = fs.readdir(fh, 0).unwrap();
+    let entries = fs.readdir(fh).unwrap();
     assert_eq!(entries.len(), 1500);
     assert_eq!(
         store.counts.list.load(Ordering::Relaxed),
         3,
         "two pages of 1000"
     );
-    for e in &entries {
+    for e in entries.iter() {
         let attr = fs.lookup(dir.ino, &e.name).await.unwrap();
         assert_eq!(attr.size, 3);
         assert_eq!(fs.getattr(attr.ino).await.unwrap(), attr);
@@ -57,7 +57,7 @@ async fn listing_answers_lookups_without_head_requests() {
         1,
         "no HEAD per entry"
     );
-    assert_eq!(fs.readdir(fh, 1499).unwrap().len(), 1);
+    assert_eq!(fs.readdir(fh).unwrap().len(), 1500);
     fs.releasedir(fh);
 }
 
@@ -93,10 +93,10 @@ async fn a_prefix_mount_sees_only_its_prefix() {
     let fs = fs_over(&store, "p/");
     let fh = fs.opendir(Ino::ROOT).await.unwrap();
     let names: Vec<_> = fs
-        .readdir(fh, 0)
+        .readdir(fh)
         .unwrap()
-        .into_iter()
-        .map(|e| e.name)
+        .iter()
+        .map(|e| e.name.clone())
         .collect();
     assert_eq!(names, vec!["in.txt"]);
     let attr = fs.lookup(Ino::ROOT, "in.txt").await.unwrap();
