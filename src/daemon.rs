@@ -261,7 +261,9 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
 
     let mut options = vec![
         MountOption::FSName(config.daemon.fs_name.clone()),
-        MountOption::Subtype("bucketfs".to_string()),
+        // fuser's own Subtype option is only used by fusermount; as a kernel option the mount
+        // shows as `fuse.bucketfs` in /proc/mounts, as mount(8) and systemd expect.
+        MountOption::CUSTOM("subtype=bucketfs".to_string()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];

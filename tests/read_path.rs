@@ -35,6 +35,16 @@ fn browse_nested_implicit_and_marker_directories() {
     b.put("plus+sign.txt", "plus\n");
     b.put("per%cent.txt", "percent\n");
     let m = Mount::new(&b.name, "browse", &[]);
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == m.path.to_str())
+        .expect("mount listed");
+    assert!(
+        line.starts_with(&format!("{} ", b.name)),
+        "source is the bucket: {line}"
+    );
+    assert_eq!(line.split(' ').nth(2), Some("fuse.bucketfs"), "{line}");
 
     assert_eq!(
         names(&m.path),
