@@ -317,9 +317,13 @@ impl Fs {
             entries.push(DirEntry { name, attr });
         }
         let entries = Arc::new(entries);
+        // Expired listings and misses are dropped here, at a cost proportional to the listing
+        // just fetched, so neither cache outgrows what is still fresh.
+        let now = Instant::now();
+        t.listings.retain(|_, (_, e)| *e > now);
         t.listings.insert(ino, (Arc::clone(&entries), expires));
         t.negative
-            .retain(|(parent, _), e| *parent != ino && *e > Instant::now());
+            .retain(|(parent, _), e| *parent != ino && *e > now);
         entries
     }
 
