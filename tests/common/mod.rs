@@ -97,10 +97,28 @@ pub fn run_dir() -> PathBuf {
     dir
 }
 
+/// At process exit: removes this run's directory (server data, several GiB after the big-object
+/// test), unless a mount below it is still live, which must never be recursed into.
+extern "C" fn remove_run_dir() {
+    let dir = run_dir();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().to_string();
+    if info
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(&prefix)))
+    {
+        eprintln!("leaving {prefix}: a mount below it is still live");
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn start_server() -> Server {
     let root = std::env::temp_dir().join("bucketfs-tests");
     std::fs::create_dir_all(&root).unwrap();
     clean_stale_dirs(&root);
+    // SAFETY: registers a plain function to run at exit; it touches only the filesystem.
+    unsafe { libc::atexit(remove_run_dir) };
     let dir = run_dir();
     let data = dir.join("weed-data");
     std::fs::create_dir_all(&data).unwrap();
