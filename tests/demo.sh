@@ -28,6 +28,8 @@ mkdir -p "$mnt"
 cleanup() {
   fusermount3 -u "$mnt" 2>/dev/null || true
   kill "$weed_pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$weed_pid" 2>/dev/null || break; sleep 0.2; done
+  kill -9 "$weed_pid" 2>/dev/null || true
   wait "$weed_pid" 2>/dev/null || true
   rm -rf "$work"
 }
