@@ -32,16 +32,27 @@ cleanup() {
   kill -9 "$weed_pid" 2>/dev/null || true
   wait "$weed_pid" 2>/dev/null || true
   rm -rf "$work"
+  true
 }
 $keep || trap cleanup EXIT
 
-for _ in $(seq 1 120); do
-  python3 tests/s3seed.py "$endpoint" sample "hello.txt=Hello from bucketfs!
+seeded=false
+for _ in $(seq 1 240); do
+  if python3 tests/s3seed.py "$endpoint" sample "hello.txt=Hello from bucketfs!
 " "docs/readme.md=# A sample bucket
 " "photos/2026/beach.txt=(imagine a photo)
-" 2>/dev/null && break
+" 2>"$work/seed.err"; then
+    seeded=true
+    break
+  fi
+  kill -0 "$weed_pid" 2>/dev/null || break
   sleep 0.5
 done
+if ! $seeded; then
+  echo "demo: SeaweedFS did not come up; its log ends with:" >&2
+  tail -n 20 "$work/weed.log" "$work/seed.err" >&2
+  exit 1
+fi
 
 "$bin" sample "$mnt" --endpoint-url "$endpoint" --force-path-style
 echo "== ls -lR $mnt"
