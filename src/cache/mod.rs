@@ -109,7 +109,7 @@ impl BlockCache {
         let end = (offset + u64::from(len)).min(size);
         let first = offset / self.block_size;
         let last = (end - 1) / self.block_size;
-        self.plan_readahead(object, size, state, offset, end, first, last);
+        self.plan_readahead(object, size, state, offset..end);
 
         let fetches = (first..=last).map(|index| self.block(object, size, index));
         let blocks = futures::future::try_join_all(fetches).await?;
@@ -127,19 +127,19 @@ impl BlockCache {
         Ok(out.freeze())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Updates the reader's sequential state for a read of `range` and spawns fetches of the
+    /// blocks its window covers beyond the read.
     fn plan_readahead(
         self: &Arc<Self>,
         object: &Arc<ObjectId>,
         size: u64,
         state: &Mutex<ReadState>,
-        offset: u64,
-        end: u64,
-        first: u64,
-        last: u64,
+        range: std::ops::Range<u64>,
     ) {
+        let (offset, end) = (range.start, range.end);
+        let last = (end - 1) / self.block_size;
         let blocks_in_object = size.div_ceil(self.block_size);
-        let range = {
+        let ahead = {
             let mut s = state.lock().unwrap();
             let sequential = offset == s.next_offset;
             if !sequential {
@@ -154,12 +154,12 @@ impl BlockCache {
             if !sequential || self.max_readahead_blocks == 0 {
                 return;
             }
-            let from = (last + 1).max(s.prefetched_until).max(first);
+            let from = (last + 1).max(s.prefetched_until);
             let to = (last + 1 + s.window).min(blocks_in_object);
             s.prefetched_until = s.prefetched_until.max(to);
             from..to
         };
-        for index in range {
+        for index in ahead {
             let cache = Arc::clone(self);
             let object = Arc::clone(object);
             tokio::spawn(async move {

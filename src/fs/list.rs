@@ -40,12 +40,19 @@ pub fn valid_name(name: &str) -> bool {
         && !name.contains('\0')
 }
 
-/// Lists the children of the directory whose keys start with `prefix` (empty or ending in `/`),
-/// sorted by name.
-pub async fn list_children(
-    store: &dyn ObjectStore,
-    prefix: &str,
-) -> Result<BTreeMap<String, Child>, StoreError> {
+/// What one directory listing found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The valid children, sorted by name.
+    pub children: BTreeMap<String, Child>,
+    /// Whether any key at all starts with the prefix (a marker, or keys left out as invalid):
+    /// an empty `children` then is an empty directory, not a vanished one.
+    pub exists: bool,
+}
+
+/// Lists the children of the directory whose keys start with `prefix` (empty or ending in `/`).
+pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<Listing, StoreError> {
+    let mut exists = false;
     let mut files: BTreeMap<String, ObjectMeta> = BTreeMap::new();
     let mut dirs: BTreeSet<String> = BTreeSet::new();
     let mut start = ListStart::Beginning;
@@ -58,6 +65,7 @@ pub async fn list_children(
         };
         let page = store.list_objects_v2(&request).await?;
         let returned = page.objects.len() + page.common_prefixes.len();
+        exists |= returned > 0;
         let last_key = page.objects.last().map(|o| o.key.clone());
         let last_prefix = page.common_prefixes.last().cloned();
         for object in page.objects {
@@ -91,7 +99,7 @@ pub async fn list_children(
     for (name, meta) in files {
         children.entry(name).or_insert(Child::File(meta));
     }
-    Ok(children)
+    Ok(Listing { children, exists })
 }
 
 #[cfg(test)]
@@ -105,6 +113,7 @@ mod tests {
         list_children(store, prefix)
             .await
             .unwrap()
+            .children
             .into_iter()
             .map(|(n, c)| (n, c == Child::Dir))
             .collect()
@@ -134,6 +143,11 @@ mod tests {
             "the marker is not a file"
         );
         assert_eq!(names(&s, "z/").await, vec![("deep".into(), true)]);
+        assert!(
+            list_children(&s, "marker/").await.unwrap().exists,
+            "an empty marker dir exists"
+        );
+        assert!(!list_children(&s, "gone/").await.unwrap().exists);
     }
 
     #[tokio::test]
@@ -168,7 +182,7 @@ mod tests {
         for i in 0..2500 {
             s.put(&format!("big/f{i:05}"), "x");
         }
-        let children = list_children(&s, "big/").await.unwrap();
+        let children = list_children(&s, "big/").await.unwrap().children;
         assert_eq!(children.len(), 2500);
         assert_eq!(s.counts.list.load(Ordering::Relaxed), 3);
         assert_eq!(s.counts.head.load(Ordering::Relaxed), 0);
@@ -184,7 +198,7 @@ mod tests {
         }
         s.put("q/zz/", "");
         s.put("q/zz/inner", "x");
-        let children = list_children(&s, "q/").await.unwrap();
+        let children = list_children(&s, "q/").await.unwrap().children;
         assert_eq!(children.len(), 1000);
         assert_eq!(children.get("zz"), Some(&Child::Dir));
         assert_eq!(s.counts.list.load(Ordering::Relaxed), 2);

@@ -248,25 +248,30 @@ impl Fs {
         Ok(head?.map(|meta| (Kind::File, Some(meta))))
     }
 
-    /// Attributes of `ino`, from the cache while fresh, else from the store.
-    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+    /// Kind and object metadata of `ino`, from the cache while fresh, else from the store.
+    async fn node(&self, ino: Ino) -> FsResult<(Kind, Option<ObjectMeta>)> {
         if ino == Ino::ROOT {
-            return Ok(self.root_attr());
+            return Ok((Kind::Dir, None));
         }
         let path = {
             let t = self.tables.lock().unwrap();
             if let Some(node) = t.nodes.get(&ino) {
                 if node.expires > Instant::now() {
-                    return Ok(self.attr(ino, node.kind, node.meta.as_ref()));
+                    return Ok((node.kind, node.meta.clone()));
                 }
             }
             t.inodes.path(ino)
         };
         let path = path.ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))?;
-        match self.probe(&path).await? {
-            Some((kind, meta)) => Ok(self.remember(&path, kind, meta)),
-            None => Err(FsError::not_found()),
-        }
+        let (kind, meta) = self.probe(&path).await?.ok_or_else(FsError::not_found)?;
+        self.remember(&path, kind, meta.clone());
+        Ok((kind, meta))
+    }
+
+    /// Attributes of `ino`, from the cache while fresh, else from the store.
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let (kind, meta) = self.node(ino).await?;
+        Ok(self.attr(ino, kind, meta.as_ref()))
     }
 
     /// Lists directory `ino` (from the listing cache while fresh).
@@ -280,14 +285,12 @@ impl Fs {
             }
         }
         let path = self.path_of(ino)?;
-        let children = list_children(self.store.as_ref(), &self.dir_prefix(&path)).await?;
-        if children.is_empty() && ino != Ino::ROOT {
-            // A directory whose last key vanished: gone, unless it was just a stale listing.
-            if self.probe(&path).await?.is_none() {
-                return Err(FsError::not_found());
-            }
+        let listing = list_children(self.store.as_ref(), &self.dir_prefix(&path)).await?;
+        if !listing.exists && ino != Ino::ROOT {
+            // No key under the prefix any more: the directory is gone.
+            return Err(FsError::not_found());
         }
-        Ok(self.remember_listing(ino, &path, children))
+        Ok(self.remember_listing(ino, &path, listing.children))
     }
 
     fn remember_listing(
@@ -355,15 +358,10 @@ impl Fs {
         if write {
             return Err(FsError::read_only());
         }
-        let attr = self.getattr(ino).await?;
-        if attr.kind == Kind::Dir {
-            return Err(FsError::new(libc::EISDIR, "is a directory"));
-        }
-        let meta = {
-            let t = self.tables.lock().unwrap();
-            t.nodes.get(&ino).and_then(|n| n.meta.clone())
+        let meta = match self.node(ino).await? {
+            (Kind::File, Some(meta)) => meta,
+            _ => return Err(FsError::new(libc::EISDIR, "is a directory")),
         };
-        let meta = meta.ok_or_else(FsError::not_found)?;
         let file = OpenFile {
             object: Arc::new(ObjectId {
                 key: meta.key,
@@ -392,13 +390,22 @@ impl Fs {
             .await;
         if let Err(e) = &result {
             if e.errno == libc::ESTALE {
-                // The object changed: forget its attributes so the next open sees the new one.
-                let mut t = self.tables.lock().unwrap();
-                t.nodes.remove(&ino);
-                t.listings.clear();
+                self.forget_stale(ino);
             }
         }
         result
+    }
+
+    /// The object behind `ino` changed: drop its attributes and its parent's listing (which
+    /// holds the old ETag), so the next lookup and open see the new version.
+    fn forget_stale(&self, ino: Ino) {
+        let mut t = self.tables.lock().unwrap();
+        t.nodes.remove(&ino);
+        if let Some(path) = t.inodes.path(ino) {
+            let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+            let parent_ino = t.inodes.ino_for(parent);
+            t.listings.remove(&parent_ino);
+        }
     }
 
     /// Closes a file handle.

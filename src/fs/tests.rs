@@ -119,3 +119,33 @@ async fn files_open_read_only_and_directories_refuse_open() {
         libc::EBADF
     );
 }
+
+#[tokio::test]
+async fn a_stale_read_drops_the_parent_listing_so_reopen_sees_the_new_version() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("d/f", "old");
+    store.put("other/g", "g");
+    let fs = fs_over(&store, "");
+    let d = fs.lookup(Ino::ROOT, "d").await.unwrap();
+    let other = fs.lookup(Ino::ROOT, "other").await.unwrap();
+    fs.opendir(d.ino).await.unwrap();
+    fs.opendir(other.ino).await.unwrap();
+    let f = fs.lookup(d.ino, "f").await.unwrap();
+    let fh = fs.open(f.ino, false).await.unwrap();
+    store.put("d/f", "new!");
+    assert_eq!(
+        fs.read(f.ino, fh, 0, 10).await.unwrap_err().errno,
+        libc::ESTALE
+    );
+    let lists = store.counts.list.load(Ordering::Relaxed);
+    fs.lookup(other.ino, "g").await.unwrap();
+    assert_eq!(
+        store.counts.list.load(Ordering::Relaxed),
+        lists,
+        "other listings stay"
+    );
+    let f2 = fs.lookup(d.ino, "f").await.unwrap();
+    assert_eq!(f2.size, 4, "the lookup went back to the store");
+    let fh2 = fs.open(f2.ino, false).await.unwrap();
+    assert_eq!(&fs.read(f2.ino, fh2, 0, 10).await.unwrap()[..], b"new!");
+}

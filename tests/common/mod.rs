@@ -101,12 +101,8 @@ pub fn run_dir() -> PathBuf {
 /// test), unless a mount below it is still live, which must never be recursed into.
 extern "C" fn remove_run_dir() {
     let dir = run_dir();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = dir.to_string_lossy().to_string();
-    if info
-        .lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(&prefix)))
-    {
+    if mount_points().iter().any(|p| p.starts_with(&prefix)) {
         eprintln!("leaving {prefix}: a mount below it is still live");
         return;
     }
@@ -510,11 +506,17 @@ pub fn daemon_pid_for(mountpoint: &Path) -> Option<u32> {
     None
 }
 
-pub fn is_mounted(path: &Path) -> bool {
+/// Mount points of this mount namespace, as /proc/self/mountinfo spells them (a space is `\040`).
+fn mount_points() -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = path.to_str().unwrap().replace(' ', "\\040");
     info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect()
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_str().unwrap().replace(' ', "\\040");
+    mount_points().contains(&want)
 }
 
 pub fn sha256(data: &[u8]) -> String {
