@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{CacheConfig, Config, DaemonConfig, FsConfig, StoreConfig};
+use crate::config::{CacheConfig, Config, DaemonConfig, FsConfig, StoreConfig, UploadConfig};
+use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
 
 /// Mount an S3 bucket as a local filesystem.
 #[derive(Debug, Parser)]
@@ -78,9 +79,25 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
 
-    /// Memory budget of the block cache and read-ahead (e.g. 512MiB, 2GiB)
+    /// Memory budget: half for cached blocks and read-ahead, half for write buffers (e.g. 512MiB, 2GiB)
     #[arg(long, value_parser = parse_size, default_value = "512MiB")]
     pub cache_size: u64,
+
+    /// Size of the first 1,000 parts of an upload; later parts double every 1,000 (min 6MiB)
+    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    pub part_size: u64,
+
+    /// Parts of one file uploaded at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upload_concurrency: u16,
+
+    /// Directory for staging files of files changed in place (default: /var/tmp/bucketfs-UID)
+    #[arg(long, value_name = "PATH")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Disk space staging files may use together; writes past it fail with ENOSPC
+    #[arg(long, value_parser = parse_size, default_value = "10GiB")]
+    pub cache_dir_limit: u64,
 
     /// Stay in the foreground instead of detaching once mounted
     #[arg(short = 'f', long)]
@@ -139,6 +156,10 @@ const FLAG_OPTIONS: &[&str] = &[
     "metadata-ttl",
     "negative-ttl",
     "cache-size",
+    "part-size",
+    "upload-concurrency",
+    "cache-dir",
+    "cache-dir-limit",
     "foreground",
     "log-level",
     "log-file",
@@ -266,10 +287,16 @@ impl Args {
     /// Validates the arguments into a `Config`.
     pub fn into_config(self) -> Result<Config, String> {
         let (bucket, prefix) = parse_source(&self.source)?;
-        if self.cache_size < (4 << 20) {
+        if self.part_size > MAX_PART_SIZE || reach(self.part_size) < MAX_OBJECT_SIZE {
             return Err(format!(
-                "--cache-size {} is too small: give at least 4MiB",
-                self.cache_size
+                "--part-size {} is out of range: give 6MiB to 5GiB (S3 parts are at least 5MiB, and 10,000 of them must reach 5TiB)",
+                self.part_size
+            ));
+        }
+        if self.cache_size / 2 < 2 * self.part_size {
+            return Err(format!(
+                "--cache-size {} is too small for --part-size {}: give at least four parts' worth",
+                self.cache_size, self.part_size
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
@@ -296,10 +323,22 @@ impl Args {
             dir_mode: self.dir_mode,
             metadata_ttl: self.metadata_ttl,
             negative_ttl: self.negative_ttl.unwrap_or(self.metadata_ttl),
+            copy_limit: None,
         };
         let cache = CacheConfig {
-            budget: self.cache_size,
+            budget: self.cache_size - self.cache_size / 2,
             ..CacheConfig::default()
+        };
+        let upload = UploadConfig {
+            part_size: self.part_size,
+            concurrency: usize::from(self.upload_concurrency),
+            budget: self.cache_size / 2,
+            staging_dir: match self.cache_dir {
+                Some(dir) => std::path::absolute(&dir)
+                    .map_err(|e| format!("--cache-dir {}: {e}", dir.display()))?,
+                None => PathBuf::from(format!("/var/tmp/bucketfs-{euid}")),
+            },
+            staging_limit: self.cache_dir_limit,
         };
         let daemon = DaemonConfig {
             mountpoint,
@@ -318,6 +357,7 @@ impl Args {
             store,
             fs,
             cache,
+            upload,
             daemon,
         })
     }

@@ -22,10 +22,12 @@ use fuser::{MountOption, SessionACL};
 
 use crate::cache::BlockCache;
 use crate::config::{Config, StoreConfig};
-use crate::fs::Fs;
+use crate::fs::{Fs, Writes};
 use crate::fuse::FuseAdapter;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
+use crate::upload::staging::StagingDir;
+use crate::upload::{UploadTuning, WriteBudget};
 
 /// How long the start-up bucket check may take, retries included, before the mount gives up.
 const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -255,8 +257,23 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         ),
     }
 
+    let up = &config.upload;
+    let staging = StagingDir::new(&up.staging_dir, up.staging_limit).with_context(|| {
+        format!(
+            "cannot use {} for staging files: give a writable directory with --cache-dir",
+            up.staging_dir.display()
+        )
+    })?;
+    let writes = Writes {
+        tuning: UploadTuning {
+            part_size: up.part_size,
+            concurrency: up.concurrency,
+        },
+        budget: WriteBudget::new(up.budget),
+        staging,
+    };
     let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache));
-    let fs = Arc::new(Fs::new(store, cache, config.fs.clone()));
+    let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
     let adapter = FuseAdapter::new(fs, rt.handle().clone());
 
     let mut options = vec![

@@ -7,6 +7,8 @@
 //! 3. `.` and `..` take readdir offsets 1 and 2; entry i of the listing takes offset i + 3.
 //! 4. readdirplus is switched on at init, so `ls -l` gets attributes with the names and the
 //!    kernel sends no LOOKUP per entry.
+//! 5. close() sees only what flush returns (never release), so flush is where uploads commit
+//!    and report; release is replied to once the handle's leftovers are settled.
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -23,7 +25,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::{FsError, FsResult};
-use crate::fs::{Attr, Fs, Ino, Kind};
+use crate::fs::{Attr, Fs, Ino, Kind, OpenMode, RenameMode, SetAttr};
 
 /// Largest read the kernel sends and its read-ahead: 1 MiB, one cache block.
 const MAX_READ: u32 = 1 << 20;
@@ -57,11 +59,32 @@ fn errno(op: &str, err: FsError) -> Errno {
     Errno::from_i32(err.errno)
 }
 
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn reply_entry(op: &str, reply: ReplyEntry, ttl: &Duration, result: FsResult<Attr>) {
+    match result {
+        Ok(attr) => reply.entry(ttl, &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(op, e)),
+    }
+}
+
+fn reply_empty(op: &str, reply: ReplyEmpty, result: FsResult<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, e)),
+    }
+}
+
 fn file_attr(attr: &Attr) -> FileAttr {
-    let (kind, nlink, blocks) = match attr.kind {
-        Kind::Dir => (FileType::Directory, 2, 0),
-        Kind::File => (FileType::RegularFile, 1, attr.size.div_ceil(512)),
-    };
+    let nlink = if attr.kind == Kind::Dir { 2 } else { 1 };
+    let blocks = attr.size.div_ceil(512);
+    let kind = file_type(attr.kind);
     FileAttr {
         ino: INodeNo(attr.ino.0),
         size: attr.size,
@@ -130,11 +153,16 @@ impl FuseAdapter {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS;
+        // ATOMIC_O_TRUNC: O_TRUNC comes with the open instead of as a separate truncate, so the
+        // old object stays whole until the new content is committed.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
         if let Err(unsupported) = config.add_capabilities(wanted) {
             tracing::info!("kernel lacks FUSE capabilities {unsupported:?}");
         }
         let _ = config.set_max_readahead(MAX_READ);
+        let _ = config.set_max_write(MAX_READ);
         Ok(())
     }
 
@@ -166,13 +194,13 @@ impl Filesystem for FuseAdapter {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -181,72 +209,185 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno("setattr", FsError::read_only()));
+        let ttl = self.ttl();
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            }),
+        };
+        self.spawn(|fs| async move {
+            match fs.setattr(Ino(ino.0), change).await {
+                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
+                Err(e) => reply.error(errno("setattr", e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(|fs| async move {
+            match fs.readlink(Ino(ino.0)).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno("readlink", e)),
+            }
+        });
     }
 
     fn mknod(
         &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _r: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno("mknod", FsError::read_only()));
+        let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
+        self.spawn(|fs| async move {
+            let result = match name_str(&name) {
+                Ok(n) => fs.mknod(Ino(parent.0), n, mode & !umask, owner).await,
+                Err(e) => Err(e),
+            };
+            reply_entry("mknod", reply, &ttl, result);
+        });
     }
 
-    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(errno("mkdir", FsError::read_only()));
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
+        self.spawn(|fs| async move {
+            let result = match name_str(&name) {
+                Ok(n) => fs.mkdir(Ino(parent.0), n, mode & !umask, owner).await,
+                Err(e) => Err(e),
+            };
+            reply_entry("mkdir", reply, &ttl, result);
+        });
     }
 
-    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno("unlink", FsError::read_only()));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|fs| async move {
+            let result = match name_str(&name) {
+                Ok(n) => fs.unlink(Ino(parent.0), n).await,
+                Err(e) => Err(e),
+            };
+            reply_empty("unlink", reply, result);
+        });
     }
 
-    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno("rmdir", FsError::read_only()));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|fs| async move {
+            let result = match name_str(&name) {
+                Ok(n) => fs.rmdir(Ino(parent.0), n).await,
+                Err(e) => Err(e),
+            };
+            reply_empty("rmdir", reply, result);
+        });
     }
 
-    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
-        reply.error(errno("symlink", FsError::read_only()));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (ttl, name, owner) = (self.ttl(), link_name.to_owned(), (req.uid(), req.gid()));
+        let target = target.as_os_str().to_owned();
+        self.spawn(|fs| async move {
+            let result = match (name_str(&name), name_str(&target)) {
+                (Ok(n), Ok(t)) => fs.symlink(Ino(parent.0), n, t, owner).await,
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            reply_entry("symlink", reply, &ttl, result);
+        });
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno("rename", FsError::read_only()));
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        let mode = RenameMode {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        self.spawn(|fs| async move {
+            let result = match (name_str(&name), name_str(&newname)) {
+                (Ok(a), Ok(b)) => fs.rename(Ino(parent.0), a, Ino(newparent.0), b, mode).await,
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            reply_empty("rename", reply, result);
+        });
     }
 
     fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(errno("link", FsError::read_only()));
+        match self.fs.link() {
+            Ok(_) => unreachable!("hard links always fail"),
+            Err(e) => reply.error(errno("link", e)),
+        }
     }
 
     fn create(
         &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno("create", FsError::read_only()));
+        let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
+        let excl = flags & libc::O_EXCL != 0;
+        self.spawn(|fs| async move {
+            let result = match name_str(&name) {
+                Ok(n) => {
+                    fs.create(Ino(parent.0), n, mode & !umask, owner, excl)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((attr, fh)) => reply.created(
+                    &ttl,
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno("create", e)),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let mode = OpenMode {
+            write: flags.acc_mode() != OpenAccMode::O_RDONLY,
+            truncate: flags.0 & libc::O_TRUNC != 0,
+        };
         self.spawn(|fs| async move {
-            match fs.open(Ino(ino.0), write).await {
+            match fs.open(Ino(ino.0), mode).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", e)),
             }
@@ -276,26 +417,32 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno("write", FsError::read_only()));
+        let data = data.to_vec();
+        self.spawn(|fs| async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", e)),
+            }
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.spawn(|fs| async move { reply_empty("flush", reply, fs.flush(fh.0).await) });
     }
 
     fn release(
@@ -308,11 +455,25 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        self.spawn(|fs| async move {
+            fs.release(fh.0).await;
+            reply.ok();
+        });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        self.spawn(|fs| async move { reply_empty("fsync", reply, fs.flush(fh.0).await) });
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ds: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are in the bucket when their operation returns.
         reply.ok();
     }
 
@@ -334,11 +495,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let filled = self.fill_dir(ino, fh, offset, |next, name, attr| {
-            let kind = match attr.kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-            };
-            reply.add(INodeNo(attr.ino.0), next, kind, name)
+            reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), name)
         });
         match filled {
             Ok(()) => reply.ok(),

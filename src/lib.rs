@@ -7,11 +7,15 @@
 //! - `fuse`: the only module that speaks FUSE (fuser); spawns each request onto tokio.
 //! - `fs`: the FUSE-agnostic filesystem: inode table, listings, attributes, handles.
 //! - `cache`: the block cache and read-ahead.
+//! - `upload`: write buffers into PutObject or multipart uploads; staging files on disk.
 //! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), and an in-memory one (`memory`).
 //! - `error`: errno-carrying errors and the store-error-to-errno table.
 //!
 //! Read flow: kernel READ → `fuse` → `fs::Fs::read` (handle → key + ETag) → `cache::BlockCache`
 //! (hit, or ranged GET with `If-Match`; sequential readers start read-ahead).
+//! Write flow: CREATE/OPEN → a writer per inode → sequential bytes stream as parts
+//! (`upload::Upload`), other changes go to a staging file (`upload::staging`) → FLUSH/FSYNC
+//! commit: PutObject or CompleteMultipartUpload, errors returned to close()/fsync().
 //! Listing flow: OPENDIR → `fs::list` pages ListObjectsV2 → entries with attributes → READDIRPLUS.
 
 pub mod cache;
@@ -22,3 +26,4 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod store;
+pub mod upload;

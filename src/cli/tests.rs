@@ -107,7 +107,29 @@ fn defaults_are_documented_values() {
     assert_eq!(config.fs.file_mode, 0o644);
     assert_eq!(config.fs.dir_mode, 0o755);
     assert_eq!(config.fs.metadata_ttl, Duration::from_secs(5));
-    assert_eq!(config.cache.budget, 512 << 20);
+    assert_eq!(config.cache.budget, 256 << 20, "half the budget for reads");
+    assert_eq!(config.upload.budget, 256 << 20, "half for write buffers");
+    assert_eq!(config.upload.part_size, 8 << 20);
+    assert_eq!(config.upload.concurrency, 4);
     assert!(!config.fs.read_only && !config.daemon.foreground);
     assert_eq!(config.daemon.fs_name, "b");
+}
+
+#[test]
+fn part_sizes_that_cannot_reach_five_tib_are_refused() {
+    let err = parse(&["b", "/mnt", "--part-size", "5MiB"])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(err.contains("6MiB"), "{err}");
+    let err = parse(&["b", "/mnt", "-o", "part_size=64MiB,cache_size=128MiB"])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(err.contains("--cache-size"), "{err}");
+    let ok = parse(&["b", "/mnt", "-o", "cache_dir=/tmp/x,cache_dir_limit=1GiB"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(ok.upload.staging_limit, 1 << 30);
 }

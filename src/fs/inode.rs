@@ -8,6 +8,9 @@
 //!    holds for all paths but colliding ones (odds about n²/2⁶⁵).
 //! 3. Entries are never forgotten for now: an inode number stays valid for the life of the mount,
 //!    which costs memory proportional to the paths seen.
+//! 4. A rename keeps the numbers: the kernel still holds the moved inodes, so the moved path (and
+//!    everything below it) takes over the old numbers, and what the target path had is dropped.
+//!    After a remount the new paths get their own hashes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,6 +82,46 @@ impl InodeTable {
         self.by_ino.len()
     }
 
+    /// The inode number of `path`, if it has one.
+    pub fn get(&self, path: &str) -> Option<Ino> {
+        self.by_path.get(path).copied()
+    }
+
+    /// Gives `to` (and every path below it) the numbers `from` (and its descendants) had.
+    /// Returns the numbers moved.
+    pub fn rename(&mut self, from: &str, to: &str) -> Vec<Ino> {
+        let below = |p: &str, root: &str| {
+            p == root
+                || (p.len() > root.len() && p.starts_with(root) && p.as_bytes()[root.len()] == b'/')
+        };
+        let replaced: Vec<Arc<str>> = self
+            .by_path
+            .keys()
+            .filter(|p| below(p, to))
+            .cloned()
+            .collect();
+        for path in replaced {
+            if let Some(ino) = self.by_path.remove(&path) {
+                self.by_ino.remove(&ino);
+            }
+        }
+        let moved: Vec<(Arc<str>, Ino)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| below(p, from))
+            .map(|(p, i)| (Arc::clone(p), *i))
+            .collect();
+        let mut inos = Vec::with_capacity(moved.len());
+        for (path, ino) in moved {
+            self.by_path.remove(&path);
+            let new: Arc<str> = Arc::from(format!("{to}{}", &path[from.len()..]));
+            self.by_ino.insert(ino, Arc::clone(&new));
+            self.by_path.insert(new, ino);
+            inos.push(ino);
+        }
+        inos
+    }
+
     /// Never true: the root is always there.
     pub fn is_empty(&self) -> bool {
         self.by_ino.is_empty()
@@ -118,6 +161,28 @@ mod tests {
         assert_eq!(b.0, taken.0.wrapping_add(1));
         assert_ne!(b, first);
         assert_eq!(&*t.path(b).unwrap(), "b");
+    }
+
+    #[test]
+    fn rename_moves_numbers_with_the_subtree() {
+        let mut t = InodeTable::new();
+        let d = t.ino_for("d");
+        let f = t.ino_for("d/f");
+        let other = t.ino_for("dx/f");
+        let old_target = t.ino_for("e/g");
+        let _ = t.ino_for("e");
+        let moved = t.rename("d", "e");
+        assert_eq!(moved.len(), 2);
+        assert_eq!(t.get("e"), Some(d));
+        assert_eq!(t.get("e/f"), Some(f));
+        assert_eq!(&*t.path(f).unwrap(), "e/f");
+        assert_eq!(t.get("d"), None);
+        assert_eq!(t.path(old_target), None, "what the target had is dropped");
+        assert_eq!(
+            t.get("dx/f"),
+            Some(other),
+            "a sibling with a common prefix stays"
+        );
     }
 
     #[test]

@@ -9,10 +9,18 @@
 //!    cache for `negative_ttl`.
 //! 3. A file handle pins the ETag seen at open; every read is a GET with `If-Match`, so a replaced
 //!    object gives ESTALE instead of mixed bytes.
-//! 4. Until the write path lands, every mutation is refused with EROFS.
+//! 4. Listings carry no user metadata, so a file's mode, owner, mtime and symlink-ness come from
+//!    a HEAD (a lookup outside a fresh listing) or from what this mount wrote; both are kept per
+//!    ETag and reused by later listings of the same version. Never-HEADed objects show the
+//!    mount's defaults: `ls -l` stays one LIST per 1,000 entries.
+//! 5. Mutations update the cached listing of the parent in place, so `tar x` of a thousand files
+//!    answers its lookups from memory instead of a HEAD + LIST per name.
 
 pub mod inode;
 pub mod list;
+mod namespace;
+pub mod posix;
+mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +33,15 @@ use crate::cache::{BlockCache, ObjectId, ReadState};
 use crate::config::FsConfig;
 use crate::error::{FsError, FsResult};
 use crate::store::{ListRequest, ListStart, ObjectMeta, ObjectStore};
+use crate::upload::staging::StagingDir;
+use crate::upload::{UploadTuning, WriteBudget};
 pub use inode::Ino;
 use inode::InodeTable;
 use list::{list_children, valid_name, Child};
+pub use namespace::{RenameMode, SetAttr};
+use posix::Posix;
+pub use write::OpenMode;
+use write::Writer;
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +50,19 @@ pub enum Kind {
     File,
     /// A directory (a prefix).
     Dir,
+    /// A symbolic link (an object whose mode header says so; the body is the target).
+    Symlink,
+}
+
+/// Everything the write path needs besides the store.
+#[derive(Debug, Clone)]
+pub struct Writes {
+    /// Part size and parts in flight.
+    pub tuning: UploadTuning,
+    /// Memory shared by all write buffers.
+    pub budget: WriteBudget,
+    /// Where staging files go.
+    pub staging: Arc<StagingDir>,
 }
 
 /// Attributes of one node, FUSE-free.
@@ -76,9 +103,12 @@ struct NodeState {
 
 #[derive(Debug)]
 struct OpenFile {
-    object: Arc<ObjectId>,
+    /// The version seen at open (`None` for a file created by this handle).
+    object: Option<Arc<ObjectId>>,
     size: u64,
     state: Mutex<ReadState>,
+    /// Set for handles opened for writing.
+    writer: Option<Arc<Writer>>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +117,8 @@ struct Tables {
     nodes: HashMap<Ino, NodeState>,
     listings: HashMap<Ino, (Arc<Vec<DirEntry>>, Instant)>,
     negative: HashMap<(Ino, String), Instant>,
+    /// Files open for writing, by inode: every handle on one file shares its writer.
+    writers: HashMap<Ino, Arc<Writer>>,
 }
 
 /// The filesystem.
@@ -95,7 +127,9 @@ pub struct Fs {
     store: Arc<dyn ObjectStore>,
     cache: Arc<BlockCache>,
     config: FsConfig,
+    writes: Writes,
     mounted_at: SystemTime,
+    root_posix: Mutex<Posix>,
     tables: Mutex<Tables>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -110,14 +144,42 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
+/// The parent path and the name of `path`.
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// The POSIX headers of an object, when known.
+fn posix_of(meta: Option<&ObjectMeta>) -> Posix {
+    meta.and_then(|m| m.metadata.as_ref())
+        .map(Posix::from_metadata)
+        .unwrap_or_default()
+}
+
+/// File or symlink, from the object's mode header.
+fn object_kind(meta: &ObjectMeta) -> Kind {
+    if posix_of(Some(meta)).is_symlink() {
+        Kind::Symlink
+    } else {
+        Kind::File
+    }
+}
+
 impl Fs {
-    /// A filesystem over `store`, reading through `cache`.
-    pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<BlockCache>, config: FsConfig) -> Self {
+    /// A filesystem over `store`, reading through `cache` and writing through `writes`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        cache: Arc<BlockCache>,
+        config: FsConfig,
+        writes: Writes,
+    ) -> Self {
         Self {
             store,
             cache,
             config,
+            writes,
             mounted_at: SystemTime::now(),
+            root_posix: Mutex::default(),
             tables: Mutex::default(),
             dirs: Mutex::default(),
             files: Mutex::default(),
@@ -151,22 +213,35 @@ impl Fs {
             .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
     }
 
+    /// Attributes from what is known: the headers when present, else the mount's defaults.
+    /// `meta` is the object of a file or symlink, the `dir/` marker (if seen) of a directory.
     fn attr(&self, ino: Ino, kind: Kind, meta: Option<&ObjectMeta>) -> Attr {
+        let posix = if ino == Ino::ROOT {
+            *self.root_posix.lock().unwrap()
+        } else {
+            posix_of(meta)
+        };
         let (perm, size, mtime) = match kind {
             Kind::Dir => (self.config.dir_mode, 0, self.mounted_at),
-            Kind::File => {
-                let m = meta.expect("files have metadata");
-                (self.config.file_mode, m.size, m.last_modified)
+            Kind::File | Kind::Symlink => {
+                let (size, modified) =
+                    meta.map_or((0, self.mounted_at), |m| (m.size, m.last_modified));
+                let perm = if kind == Kind::Symlink {
+                    0o777
+                } else {
+                    self.config.file_mode
+                };
+                (perm, size, modified)
             }
         };
         Attr {
             ino,
             kind,
             size,
-            mtime,
-            perm,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            mtime: posix.mtime.unwrap_or(mtime),
+            perm: posix.mode.map_or(perm, |m| (m & 0o7777) as u16),
+            uid: posix.uid.unwrap_or(self.config.uid),
+            gid: posix.gid.unwrap_or(self.config.gid),
         }
     }
 
@@ -198,9 +273,13 @@ impl Fs {
             return Err(FsError::not_found());
         }
         let parent_path = self.path_of(parent)?;
+        let path = join(&parent_path, name);
         let now = Instant::now();
         {
             let t = self.tables.lock().unwrap();
+            if let Some(writer) = t.inodes.get(&path).and_then(|ino| t.writers.get(&ino)) {
+                return Ok(self.writer_attr(writer));
+            }
             if let Some((entries, expires)) = t.listings.get(&parent) {
                 if *expires > now {
                     return match entries.binary_search_by(|e| e.name.as_str().cmp(name)) {
@@ -216,7 +295,6 @@ impl Fs {
                 return Err(FsError::not_found());
             }
         }
-        let path = join(&parent_path, name);
         match self.probe(&path).await? {
             Some((kind, meta)) => Ok(self.remember(&path, kind, meta)),
             None => {
@@ -243,9 +321,15 @@ impl Fs {
         );
         let listing = listing?;
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
-            return Ok(Some((Kind::Dir, None)));
+            // A `dir/` marker sorts first; its headers hold the directory's mode and owner.
+            let marker = format!("{key}/");
+            let meta = match listing.objects.first() {
+                Some(o) if o.key == marker => self.store.head_object(&marker).await?,
+                _ => None,
+            };
+            return Ok(Some((Kind::Dir, meta)));
         }
-        Ok(head?.map(|meta| (Kind::File, Some(meta))))
+        Ok(head?.map(|meta| (object_kind(&meta), Some(meta))))
     }
 
     /// Kind and object metadata of `ino`, from the cache while fresh, else from the store.
@@ -270,6 +354,9 @@ impl Fs {
 
     /// Attributes of `ino`, from the cache while fresh, else from the store.
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        if let Some(writer) = self.writer_of(ino) {
+            return Ok(self.writer_attr(&writer));
+        }
         let (kind, meta) = self.node(ino).await?;
         Ok(self.attr(ino, kind, meta.as_ref()))
     }
@@ -304,11 +391,22 @@ impl Fs {
         let mut entries = Vec::with_capacity(children.len());
         for (name, child) in children {
             let child_ino = t.inodes.ino_for(&join(path, &name));
+            let known = t.nodes.get(&child_ino).and_then(|n| n.meta.as_ref());
             let (kind, meta) = match child {
-                Child::Dir => (Kind::Dir, None),
-                Child::File(meta) => (Kind::File, Some(meta)),
+                // A directory keeps the marker headers it was seen with.
+                Child::Dir => (Kind::Dir, known.filter(|m| m.key.ends_with('/')).cloned()),
+                Child::File(mut meta) => {
+                    // Headers read earlier for this very version still hold.
+                    if let Some(old) = known.filter(|m| m.etag == meta.etag && m.key == meta.key) {
+                        meta.metadata.clone_from(&old.metadata);
+                    }
+                    (object_kind(&meta), Some(meta))
+                }
             };
-            let attr = self.attr(child_ino, kind, meta.as_ref());
+            let attr = match t.writers.get(&child_ino) {
+                Some(writer) => self.writer_attr(writer),
+                None => self.attr(child_ino, kind, meta.as_ref()),
+            };
             t.nodes.insert(
                 child_ino,
                 NodeState {
@@ -318,6 +416,21 @@ impl Fs {
                 },
             );
             entries.push(DirEntry { name, attr });
+        }
+        // Files created here and not yet committed are not in the bucket yet, but they exist.
+        let pending: Vec<(String, Attr)> = t
+            .writers
+            .values()
+            .filter_map(|w| {
+                let p = w.path();
+                let (parent, name) = split(&p);
+                (parent == path).then(|| (name.to_string(), self.writer_attr(w)))
+            })
+            .collect();
+        for (name, attr) in pending {
+            if let Err(i) = entries.binary_search_by(|e| e.name.as_str().cmp(&name)) {
+                entries.insert(i, DirEntry { name, attr });
+            }
         }
         let entries = Arc::new(entries);
         // Expired listings and misses are dropped here, at a cost proportional to the listing
@@ -353,40 +466,75 @@ impl Fs {
         self.dirs.lock().unwrap().remove(&fh);
     }
 
-    /// Opens file `ino` for reading; `write` asks for write access.
-    pub async fn open(&self, ino: Ino, write: bool) -> FsResult<u64> {
-        if write {
+    /// Opens file `ino`; a handle opened for writing shares the file's writer.
+    pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
+        if mode.write && self.config.read_only {
             return Err(FsError::read_only());
         }
-        let meta = match self.node(ino).await? {
-            (Kind::File, Some(meta)) => meta,
-            _ => return Err(FsError::new(libc::EISDIR, "is a directory")),
+        let writer = self.writer_of(ino);
+        let (object, size) = match (&writer, self.node(ino).await) {
+            (_, Ok((Kind::File, Some(meta)))) => (
+                Some(Arc::new(ObjectId {
+                    key: meta.key,
+                    etag: meta.etag,
+                })),
+                meta.size,
+            ),
+            (Some(_), _) => (None, 0),
+            (None, Ok((Kind::Symlink, _))) => {
+                return Err(FsError::new(libc::ELOOP, "is a symlink"))
+            }
+            (None, Ok(_)) => return Err(FsError::new(libc::EISDIR, "is a directory")),
+            (None, Err(e)) => return Err(e),
+        };
+        let writer = if mode.write {
+            Some(self.attach_writer(ino, mode).await?)
+        } else {
+            None
         };
         let file = OpenFile {
-            object: Arc::new(ObjectId {
-                key: meta.key,
-                etag: meta.etag,
-            }),
-            size: meta.size,
+            object,
+            size,
             state: Mutex::default(),
+            writer,
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, Arc::new(file));
-        Ok(fh)
+        Ok(self.add_handle(file))
     }
 
-    /// Reads from an open file.
-    pub async fn read(&self, ino: Ino, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
-        let file = self
-            .files
+    fn add_handle(&self, file: OpenFile) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, Arc::new(file));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files
             .lock()
             .unwrap()
             .get(&fh)
             .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))?;
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
+    }
+
+    /// Reads from an open file: a file being changed in place is read from its staging copy.
+    pub async fn read(&self, ino: Ino, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
+        let file = self.handle(fh)?;
+        let own = file.writer.clone();
+        if let Some(writer) = own.or_else(|| self.writer_of(ino)) {
+            let mine = file.writer.is_some();
+            if let Some(bytes) = self
+                .read_writer(&writer, &file.state, mine, offset, len)
+                .await?
+            {
+                return Ok(bytes);
+            }
+        }
+        let Some(object) = &file.object else {
+            return Ok(Bytes::new());
+        };
         let result = self
             .cache
-            .read(&file.object, file.size, &file.state, offset, len)
+            .read(object, file.size, &file.state, offset, len)
             .await;
         if let Err(e) = &result {
             if e.errno == libc::ESTALE {
@@ -402,15 +550,72 @@ impl Fs {
         let mut t = self.tables.lock().unwrap();
         t.nodes.remove(&ino);
         if let Some(path) = t.inodes.path(ino) {
-            let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
-            let parent_ino = t.inodes.ino_for(parent);
+            let parent_ino = t.inodes.ino_for(split(&path).0);
             t.listings.remove(&parent_ino);
         }
     }
 
-    /// Closes a file handle.
-    pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap().remove(&fh);
+    /// Records a change of `name` in directory `parent`: its entry in a cached listing is
+    /// replaced (`Some`) or removed (`None`), and a remembered miss is dropped.
+    fn upsert_entry(&self, t: &mut Tables, parent: Ino, name: &str, attr: Option<Attr>) {
+        t.negative.remove(&(parent, name.to_string()));
+        let Some((entries, _)) = t.listings.get_mut(&parent) else {
+            return;
+        };
+        let entries = Arc::make_mut(entries);
+        match (
+            entries.binary_search_by(|e| e.name.as_str().cmp(name)),
+            attr,
+        ) {
+            (Ok(i), Some(attr)) => entries[i].attr = attr,
+            (Ok(i), None) => {
+                entries.remove(i);
+            }
+            (Err(i), Some(attr)) => entries.insert(
+                i,
+                DirEntry {
+                    name: name.to_string(),
+                    attr,
+                },
+            ),
+            (Err(_), None) => {}
+        }
+    }
+
+    /// Records that `path` now is `kind` with object `meta` (or is gone, with `None`).
+    fn record(&self, path: &str, node: Option<(Kind, Option<ObjectMeta>)>) -> Option<Attr> {
+        let mut t = self.tables.lock().unwrap();
+        let (parent_path, name) = split(path);
+        let parent = t.inodes.ino_for(parent_path);
+        let attr = match node {
+            Some((kind, meta)) => {
+                let ino = t.inodes.ino_for(path);
+                let attr = self.attr(ino, kind, meta.as_ref());
+                let expires = Instant::now() + self.config.metadata_ttl;
+                t.nodes.insert(
+                    ino,
+                    NodeState {
+                        kind,
+                        meta,
+                        expires,
+                    },
+                );
+                Some(attr)
+            }
+            None => {
+                if let Some(ino) = t.inodes.get(path) {
+                    t.nodes.remove(&ino);
+                    t.listings.remove(&ino);
+                }
+                None
+            }
+        };
+        self.upsert_entry(&mut t, parent, name, attr.clone());
+        if attr.is_none() {
+            let expires = Instant::now() + self.config.negative_ttl;
+            t.negative.insert((parent, name.to_string()), expires);
+        }
+        attr
     }
 }
 

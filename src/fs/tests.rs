@@ -2,8 +2,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::*;
+
+/// A small copy limit, so tests exercise the multipart copy.
+const MIN_COPY_PART: u64 = 1 << 20;
 use crate::config::CacheConfig;
 use crate::store::memory::MemoryStore;
+use crate::upload::staging::StagingDir;
+use crate::upload::{UploadTuning, WriteBudget};
 
 fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Fs {
     let dyn_store: Arc<dyn ObjectStore> = store.clone();
@@ -17,7 +22,28 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Fs {
         negative_ttl: Duration::from_secs(60),
         ..FsConfig::default()
     };
-    Fs::new(dyn_store, cache, config)
+    Fs::new(dyn_store, cache, config, writes())
+}
+
+const READ: OpenMode = OpenMode {
+    write: false,
+    truncate: false,
+};
+const WRITE: OpenMode = OpenMode {
+    write: true,
+    truncate: false,
+};
+
+fn writes() -> Writes {
+    let dir = std::env::temp_dir().join(format!("bucketfs-unit-{}", std::process::id()));
+    Writes {
+        tuning: UploadTuning {
+            part_size: crate::upload::MIN_PART_SIZE,
+            concurrency: 2,
+        },
+        budget: WriteBudget::new(64 << 20),
+        staging: StagingDir::new(&dir, 1 << 30).unwrap(),
+    }
 }
 
 #[tokio::test]
@@ -100,20 +126,25 @@ async fn a_prefix_mount_sees_only_its_prefix() {
         .collect();
     assert_eq!(names, vec!["in.txt"]);
     let attr = fs.lookup(Ino::ROOT, "in.txt").await.unwrap();
-    let fh = fs.open(attr.ino, false).await.unwrap();
+    let fh = fs.open(attr.ino, READ).await.unwrap();
     assert_eq!(&fs.read(attr.ino, fh, 0, 100).await.unwrap()[..], b"in");
-    fs.release(fh);
+    fs.release(fh).await;
 }
 
 #[tokio::test]
 async fn files_open_read_only_and_directories_refuse_open() {
     let store = Arc::new(MemoryStore::new());
     store.put("d/f", "data");
-    let fs = fs_over(&store, "");
+    let mut fs = fs_over(&store, "");
+    fs.config.read_only = true;
     let d = fs.lookup(Ino::ROOT, "d").await.unwrap();
     let f = fs.lookup(d.ino, "f").await.unwrap();
-    assert_eq!(fs.open(f.ino, true).await.unwrap_err().errno, libc::EROFS);
-    assert_eq!(fs.open(d.ino, false).await.unwrap_err().errno, libc::EISDIR);
+    assert_eq!(fs.open(f.ino, WRITE).await.unwrap_err().errno, libc::EROFS);
+    assert_eq!(fs.open(d.ino, READ).await.unwrap_err().errno, libc::EISDIR);
+    assert_eq!(
+        fs.mkdir(d.ino, "x", 0o755, (0, 0)).await.unwrap_err().errno,
+        libc::EROFS
+    );
     assert_eq!(
         fs.read(f.ino, 999, 0, 1).await.unwrap_err().errno,
         libc::EBADF
@@ -131,7 +162,7 @@ async fn a_stale_read_drops_the_parent_listing_so_reopen_sees_the_new_version() 
     fs.opendir(d.ino).await.unwrap();
     fs.opendir(other.ino).await.unwrap();
     let f = fs.lookup(d.ino, "f").await.unwrap();
-    let fh = fs.open(f.ino, false).await.unwrap();
+    let fh = fs.open(f.ino, READ).await.unwrap();
     store.put("d/f", "new!");
     assert_eq!(
         fs.read(f.ino, fh, 0, 10).await.unwrap_err().errno,
@@ -146,6 +177,214 @@ async fn a_stale_read_drops_the_parent_listing_so_reopen_sees_the_new_version() 
     );
     let f2 = fs.lookup(d.ino, "f").await.unwrap();
     assert_eq!(f2.size, 4, "the lookup went back to the store");
-    let fh2 = fs.open(f2.ino, false).await.unwrap();
+    let fh2 = fs.open(f2.ino, READ).await.unwrap();
     assert_eq!(&fs.read(f2.ino, fh2, 0, 10).await.unwrap()[..], b"new!");
+}
+
+async fn read_all(fs: &Fs, ino: Ino) -> Vec<u8> {
+    let fh = fs.open(ino, READ).await.unwrap();
+    let bytes = fs.read(ino, fh, 0, 1 << 24).await.unwrap();
+    fs.release(fh).await;
+    bytes.to_vec()
+}
+
+#[tokio::test]
+async fn a_new_file_is_listed_at_once_and_stored_at_flush_with_s3fs_headers() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "p/");
+    let (attr, fh) = fs
+        .create(Ino::ROOT, "new.txt", 0o640, (1000, 100), true)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"hello ").await.unwrap();
+    fs.write(fh, 6, b"world").await.unwrap();
+    let dir = fs.opendir(Ino::ROOT).await.unwrap();
+    let names: Vec<String> = fs
+        .readdir(dir)
+        .unwrap()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(names, vec!["new.txt"], "listed before the commit");
+    assert!(
+        store.object("p/new.txt").is_none(),
+        "nothing stored before the commit"
+    );
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    let (body, metadata) = store.object("p/new.txt").unwrap();
+    assert_eq!(&body[..], b"hello world");
+    assert_eq!(metadata.get("mode").unwrap(), &(0o100640).to_string());
+    assert_eq!(metadata.get("uid").unwrap(), "1000");
+    assert!(metadata.contains_key("mtime"));
+    let now = fs.getattr(attr.ino).await.unwrap();
+    assert_eq!(
+        (now.size, now.perm, now.uid, now.gid),
+        (11, 0o640, 1000, 100)
+    );
+}
+
+#[tokio::test]
+async fn writes_into_existing_bytes_append_and_truncate_are_staged() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("f", "0123456789");
+    let fs = fs_over(&store, "");
+    let f = fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let fh = fs.open(f.ino, WRITE).await.unwrap();
+    fs.write(fh, 2, b"ab").await.unwrap();
+    fs.write(fh, 10, b"++").await.unwrap();
+    assert_eq!(
+        &fs.read(f.ino, fh, 0, 100).await.unwrap()[..],
+        b"01ab456789++"
+    );
+    // Another handle reads the written bytes too.
+    assert_eq!(read_all(&fs, f.ino).await, b"01ab456789++");
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(&store.object("f").unwrap().0[..], b"01ab456789++");
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(4),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(&store.object("f").unwrap().0[..], b"01ab");
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(&store.object("f").unwrap().0[..], b"");
+}
+
+#[tokio::test]
+async fn exclusive_create_loses_to_a_concurrent_creator() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let (_, fh) = fs
+        .create(Ino::ROOT, "x", 0o644, (0, 0), true)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"mine").await.unwrap();
+    store.put("x", "theirs");
+    assert_eq!(fs.flush(fh).await.unwrap_err().errno, libc::EEXIST);
+    fs.release(fh).await;
+    assert_eq!(&store.object("x").unwrap().0[..], b"theirs");
+}
+
+#[tokio::test]
+async fn unlinking_a_file_being_written_stores_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let (_, fh) = fs
+        .create(Ino::ROOT, "tmp", 0o600, (0, 0), false)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"scratch").await.unwrap();
+    fs.unlink(Ino::ROOT, "tmp").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert!(store.object("tmp").is_none());
+    assert_eq!(
+        fs.lookup(Ino::ROOT, "tmp").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn rename_moves_files_and_trees_and_keeps_headers() {
+    let store = Arc::new(MemoryStore::new());
+    let mut fs = fs_over(&store, "");
+    fs.config.copy_limit = Some(MIN_COPY_PART);
+    let d = fs.mkdir(Ino::ROOT, "d", 0o700, (0, 0)).await.unwrap();
+    let (_, fh) = fs.create(d.ino, "f", 0o600, (5, 6), false).await.unwrap();
+    let big = vec![3u8; 3 * MIN_COPY_PART as usize + 10];
+    fs.write(fh, 0, &big).await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    fs.symlink(d.ino, "l", "f", (0, 0)).await.unwrap();
+    store.put("d/sub/deep", "x");
+
+    fs.rename(d.ino, "f", d.ino, "g", RenameMode::default())
+        .await
+        .unwrap();
+    let (body, metadata) = store.object("d/g").unwrap();
+    assert_eq!(body.len(), big.len(), "multipart copy above the copy limit");
+    assert_eq!(metadata.get("uid").unwrap(), "5");
+    assert!(store.object("d/f").is_none());
+
+    let noreplace = RenameMode {
+        noreplace: true,
+        exchange: false,
+    };
+    assert_eq!(
+        fs.rename(d.ino, "g", d.ino, "l", noreplace)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+    fs.rename(Ino::ROOT, "d", Ino::ROOT, "e", RenameMode::default())
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = ["e/", "e/g", "e/l", "e/sub/deep"]
+        .map(String::from)
+        .to_vec();
+    keys.sort();
+    let listed = crate::fs::list::list_children(store.as_ref(), "e/")
+        .await
+        .unwrap();
+    assert_eq!(listed.children.len(), 3);
+    for key in &keys {
+        assert!(store.object(key).is_some(), "{key} moved");
+    }
+    assert!(store.object("d/").is_none() && store.object("d/sub/deep").is_none());
+    let e = fs.lookup(Ino::ROOT, "e").await.unwrap();
+    assert_eq!(e.ino, d.ino, "the moved directory keeps its inode");
+    let l = fs.lookup(e.ino, "l").await.unwrap();
+    assert_eq!(l.kind, Kind::Symlink);
+    assert_eq!(&fs.readlink(l.ino).await.unwrap()[..], b"f");
+}
+
+#[tokio::test]
+async fn rmdir_refuses_a_full_directory_and_chmod_persists() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    store.put("d/x", "1");
+    let d = fs.lookup(Ino::ROOT, "d").await.unwrap();
+    assert_eq!(
+        fs.rmdir(Ino::ROOT, "d").await.unwrap_err().errno,
+        libc::ENOTEMPTY
+    );
+    let x = fs.lookup(d.ino, "x").await.unwrap();
+    let attr = fs
+        .setattr(
+            x.ino,
+            SetAttr {
+                mode: Some(0o600),
+                uid: Some(7),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((attr.perm, attr.uid), (0o600, 7));
+    let (body, metadata) = store.object("d/x").unwrap();
+    assert_eq!(&body[..], b"1");
+    assert_eq!(metadata.get("mode").unwrap(), &(0o100600).to_string());
+    fs.unlink(d.ino, "x").await.unwrap();
+    fs.rmdir(Ino::ROOT, "d").await.unwrap();
+    fs.mkdir(Ino::ROOT, "m", 0o700, (0, 0)).await.unwrap();
+    let (_, marker) = store.object("m/").expect("mkdir writes a marker");
+    assert_eq!(marker.get("mode").unwrap(), &(0o40700).to_string());
+    fs.rmdir(Ino::ROOT, "m").await.unwrap();
+    assert!(store.object("m/").is_none());
+    assert_eq!(fs.link().unwrap_err().errno, libc::EPERM);
 }

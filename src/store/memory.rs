@@ -6,7 +6,7 @@
 //!    tests of paging prove nothing about a real server.
 //! 2. Request counters let tests assert costs ("ls of N entries is ceil(N/1000) LISTs").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
+    CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore,
+    PutOptions, StoreError, StoreErrorKind, UserMetadata,
 };
 
 /// Requests served so far, per S3 call.
@@ -27,15 +28,40 @@ pub struct RequestCounts {
     pub list: AtomicU64,
     /// GetObject calls.
     pub get: AtomicU64,
+    /// PutObject calls.
+    pub put: AtomicU64,
+    /// UploadPart and UploadPartCopy calls.
+    pub part: AtomicU64,
+    /// CopyObject calls.
+    pub copy: AtomicU64,
+    /// DeleteObject calls.
+    pub delete: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    body: Bytes,
+    etag: String,
+    metadata: UserMetadata,
+}
+
+#[derive(Debug, Default)]
+struct PendingUpload {
+    key: String,
+    metadata: UserMetadata,
+    parts: BTreeMap<i32, (Bytes, String)>,
 }
 
 /// A bucket held in memory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    objects: Mutex<BTreeMap<String, (Bytes, String)>>,
+    objects: Mutex<BTreeMap<String, Stored>>,
+    uploads: Mutex<HashMap<String, PendingUpload>>,
     version: AtomicU64,
     /// Request counters.
     pub counts: RequestCounts,
+    /// The next this many UploadPart calls fail with `Unreachable`, as a dead server's would.
+    pub fail_parts: AtomicU64,
 }
 
 impl MemoryStore {
@@ -46,21 +72,76 @@ impl MemoryStore {
 
     /// Puts `body` under `key`, with a fresh ETag.
     pub fn put(&self, key: &str, body: impl Into<Bytes>) {
-        let n = self.version.fetch_add(1, Ordering::Relaxed);
-        let etag = format!("\"etag-{n}\"");
-        self.objects
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), (body.into(), etag));
+        self.store(key, body.into(), UserMetadata::new());
     }
 
-    fn meta(key: &str, body: &Bytes, etag: &str) -> ObjectMeta {
+    fn store(&self, key: &str, body: Bytes, metadata: UserMetadata) -> String {
+        let n = self.version.fetch_add(1, Ordering::Relaxed);
+        let etag = format!("\"etag-{n}\"");
+        let stored = Stored {
+            body,
+            etag: etag.clone(),
+            metadata,
+        };
+        self.objects.lock().unwrap().insert(key.to_string(), stored);
+        etag
+    }
+
+    /// The body and user metadata under `key`.
+    pub fn object(&self, key: &str) -> Option<(Bytes, UserMetadata)> {
+        let objects = self.objects.lock().unwrap();
+        objects
+            .get(key)
+            .map(|o| (o.body.clone(), o.metadata.clone()))
+    }
+
+    /// Multipart uploads begun and neither completed nor aborted.
+    pub fn pending_uploads(&self) -> usize {
+        self.uploads.lock().unwrap().len()
+    }
+
+    fn meta(key: &str, o: &Stored, metadata: Option<UserMetadata>) -> ObjectMeta {
         ObjectMeta {
             key: key.to_string(),
-            size: body.len() as u64,
-            etag: etag.to_string(),
+            size: o.body.len() as u64,
+            etag: o.etag.clone(),
             last_modified: SystemTime::UNIX_EPOCH,
+            metadata,
         }
+    }
+
+    fn source(&self, source: CopySource<'_>) -> Result<Stored, StoreError> {
+        let objects = self.objects.lock().unwrap();
+        let o = objects.get(source.key).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NotFound,
+                format!("NoSuchKey: {}", source.key),
+            )
+        })?;
+        if o.etag != source.etag {
+            return Err(StoreError::new(
+                StoreErrorKind::PreconditionFailed,
+                format!("PreconditionFailed: {}", source.key),
+            ));
+        }
+        Ok(o.clone())
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.objects.lock().unwrap().contains_key(key)
+    }
+
+    fn add_part(&self, upload_id: &str, number: i32, body: Bytes) -> Result<String, StoreError> {
+        let etag = format!("\"part-{number}-{}\"", body.len());
+        let mut uploads = self.uploads.lock().unwrap();
+        let upload = uploads.get_mut(upload_id).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NotFound,
+                format!("NoSuchUpload: {upload_id}"),
+            )
+        })?;
+        upload.parts.insert(number, (body, etag.clone()));
+        Ok(etag)
     }
 }
 
@@ -73,7 +154,9 @@ impl ObjectStore for MemoryStore {
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.counts.head.fetch_add(1, Ordering::Relaxed);
         let objects = self.objects.lock().unwrap();
-        Ok(objects.get(key).map(|(b, e)| Self::meta(key, b, e)))
+        Ok(objects
+            .get(key)
+            .map(|o| Self::meta(key, o, Some(o.metadata.clone()))))
     }
 
     async fn list_objects_v2(&self, request: &ListRequest) -> Result<ListPage, StoreError> {
@@ -86,7 +169,7 @@ impl ObjectStore for MemoryStore {
         let mut page = ListPage::default();
         let mut count = 0;
         let mut last: Option<String> = None;
-        for (key, (body, etag)) in objects.range(request.prefix.clone()..) {
+        for (key, object) in objects.range(request.prefix.clone()..) {
             if !key.starts_with(&request.prefix) {
                 break;
             }
@@ -113,7 +196,7 @@ impl ObjectStore for MemoryStore {
             if rolled_up.is_some() {
                 page.common_prefixes.push(entry.clone());
             } else {
-                page.objects.push(Self::meta(key, body, etag));
+                page.objects.push(Self::meta(key, object, None));
             }
             last = Some(entry);
         }
@@ -128,7 +211,11 @@ impl ObjectStore for MemoryStore {
     ) -> Result<Bytes, StoreError> {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
         let objects = self.objects.lock().unwrap();
-        let (body, current) = objects.get(key).ok_or_else(|| {
+        let Stored {
+            body,
+            etag: current,
+            ..
+        } = objects.get(key).ok_or_else(|| {
             StoreError::new(StoreErrorKind::NotFound, format!("NoSuchKey: {key}"))
         })?;
         if current != etag {
@@ -146,5 +233,134 @@ impl ObjectStore for MemoryStore {
         }
         let end = range.end.min(len);
         Ok(body.slice(range.start.min(len) as usize..end as usize))
+    }
+
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &PutOptions,
+    ) -> Result<String, StoreError> {
+        self.counts.put.fetch_add(1, Ordering::Relaxed);
+        if options.if_none_match && self.exists(key) {
+            return Err(StoreError::new(
+                StoreErrorKind::PreconditionFailed,
+                format!("PreconditionFailed: {key} exists"),
+            ));
+        }
+        Ok(self.store(key, body, options.metadata.clone()))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+    ) -> Result<String, StoreError> {
+        let id = format!("upload-{}", self.version.fetch_add(1, Ordering::Relaxed));
+        let upload = PendingUpload {
+            key: key.to_string(),
+            metadata: metadata.clone(),
+            parts: BTreeMap::new(),
+        };
+        self.uploads.lock().unwrap().insert(id.clone(), upload);
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        self.counts.part.fetch_add(1, Ordering::Relaxed);
+        let failing = self
+            .fail_parts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(StoreError::new(
+                StoreErrorKind::Unreachable,
+                "UploadPart: connection refused (injected)",
+            ));
+        }
+        self.add_part(upload_id, number, body)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: i32,
+        source: CopySource<'_>,
+        range: std::ops::Range<u64>,
+    ) -> Result<String, StoreError> {
+        self.counts.part.fetch_add(1, Ordering::Relaxed);
+        let body = self.source(source)?.body;
+        let end = range.end.min(body.len() as u64) as usize;
+        self.add_part(upload_id, number, body.slice(range.start as usize..end))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_none_match: bool,
+    ) -> Result<String, StoreError> {
+        if if_none_match && self.exists(key) {
+            return Err(StoreError::new(
+                StoreErrorKind::PreconditionFailed,
+                format!("PreconditionFailed: {key} exists"),
+            ));
+        }
+        let upload = self
+            .uploads
+            .lock()
+            .unwrap()
+            .remove(upload_id)
+            .ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("NoSuchUpload: {upload_id}"),
+                )
+            })?;
+        let mut body = Vec::new();
+        for part in parts {
+            match upload.parts.get(&part.number) {
+                Some((bytes, etag)) if *etag == part.etag => body.extend_from_slice(bytes),
+                _ => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Other,
+                        format!("InvalidPart: {} of {key}", part.number),
+                    ))
+                }
+            }
+        }
+        debug_assert_eq!(upload.key, key);
+        Ok(self.store(key, body.into(), upload.metadata))
+    }
+
+    async fn abort_multipart_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.uploads.lock().unwrap().remove(upload_id);
+        Ok(())
+    }
+
+    async fn copy_object(
+        &self,
+        source: CopySource<'_>,
+        key: &str,
+        metadata: Option<&UserMetadata>,
+    ) -> Result<String, StoreError> {
+        self.counts.copy.fetch_add(1, Ordering::Relaxed);
+        let stored = self.source(source)?;
+        let metadata = metadata.cloned().unwrap_or(stored.metadata);
+        Ok(self.store(key, stored.body, metadata))
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        self.counts.delete.fetch_add(1, Ordering::Relaxed);
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
     }
 }

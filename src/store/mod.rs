@@ -13,6 +13,7 @@
 pub mod memory;
 pub mod s3;
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -29,6 +30,39 @@ pub struct ObjectMeta {
     pub etag: String,
     /// Last-Modified.
     pub last_modified: SystemTime,
+    /// User metadata (`x-amz-meta-*`, names without the prefix); `None` when not known, as in
+    /// a listing, which carries none.
+    pub metadata: Option<UserMetadata>,
+}
+
+/// User metadata of an object: `x-amz-meta-NAME: VALUE` as `NAME -> VALUE`, names in lower case.
+pub type UserMetadata = BTreeMap<String, String>;
+
+/// How an object is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// User metadata stored with the object.
+    pub metadata: UserMetadata,
+    /// `If-None-Match: *`: fail with `PreconditionFailed` when the key already exists.
+    pub if_none_match: bool,
+}
+
+/// A part of a multipart upload, as CompleteMultipartUpload wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    /// Part number, from 1.
+    pub number: i32,
+    /// ETag the server gave the part.
+    pub etag: String,
+}
+
+/// The source of a server-side copy: one version of one object.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySource<'a> {
+    /// Full key of the source.
+    pub key: &'a str,
+    /// Its ETag, sent as `x-amz-copy-source-if-match` so a changed source fails the copy.
+    pub etag: &'a str,
 }
 
 /// One page of a ListObjectsV2 answer.
@@ -78,7 +112,7 @@ pub enum StoreErrorKind {
     AccessDenied,
     /// No credentials could be loaded from the AWS chain.
     NoCredentials,
-    /// `If-Match` failed: the object changed.
+    /// A condition failed: `If-Match` (the object changed) or `If-None-Match` (it exists).
     PreconditionFailed,
     /// The requested range is outside the object.
     InvalidRange,
@@ -129,4 +163,62 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         etag: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, StoreError>;
+
+    /// PutObject of a whole body; returns the new ETag.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &PutOptions,
+    ) -> Result<String, StoreError>;
+
+    /// CreateMultipartUpload; returns the upload id.
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+    ) -> Result<String, StoreError>;
+
+    /// UploadPart; returns the part's ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+
+    /// UploadPartCopy of `range` (start inclusive, end exclusive) of `source`; returns the ETag.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: CopySource<'_>,
+        range: std::ops::Range<u64>,
+    ) -> Result<String, StoreError>;
+
+    /// CompleteMultipartUpload (`If-None-Match: *` when asked); returns the object's ETag.
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_none_match: bool,
+    ) -> Result<String, StoreError>;
+
+    /// AbortMultipartUpload: drops the parts; the key is untouched.
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// CopyObject (up to 5 GiB) of `source` to `key`: with `metadata` REPLACE, else COPY.
+    /// Returns the new ETag.
+    async fn copy_object(
+        &self,
+        source: CopySource<'_>,
+        key: &str,
+        metadata: Option<&UserMetadata>,
+    ) -> Result<String, StoreError>;
+
+    /// DeleteObject; deleting a missing key succeeds, as on S3.
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
 }

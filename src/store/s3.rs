@@ -8,6 +8,10 @@
 //!    head arrived, so each whole GET is also bounded by `request_timeout`.
 //! 3. A HEAD has no body, so a 404 carries no error code: we classify by status as well as code.
 //! 4. Messages carry the S3 error code and the key, never credentials.
+//! 5. Request checksums are sent only where S3 requires them: the SDK's default (a CRC32 trailer
+//!    on every upload, in aws-chunked encoding) costs CPU on every byte and is refused by some
+//!    S3-compatible servers; TCP and TLS already guard the transfer.
+//! 6. A copy source is `bucket/key` URL-encoded, or keys with spaces, `+` or `%` fail.
 
 use std::time::{Duration, SystemTime};
 
@@ -19,8 +23,12 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
+
 use super::{
-    ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
+    CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore,
+    PutOptions, StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::config::StoreConfig;
 
@@ -65,6 +73,9 @@ impl S3Store {
         if config.force_path_style {
             builder = builder.force_path_style(true);
         }
+        builder = builder.request_checksum_calculation(
+            aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+        );
         Self {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
@@ -98,7 +109,9 @@ where
             let kind = match (status, code.as_str()) {
                 (_, "NoSuchBucket") => K::NoSuchBucket,
                 (_, "NoSuchKey" | "NotFound") | (404, _) => K::NotFound,
-                (_, "PreconditionFailed") | (412, _) => K::PreconditionFailed,
+                (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412 | 409, _) => {
+                    K::PreconditionFailed
+                }
                 (_, "InvalidRange") | (416, _) => K::InvalidRange,
                 (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")
                 | (401 | 403, _) => K::AccessDenied,
@@ -132,6 +145,29 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     parts.join(": ")
+}
+
+/// `x-amz-copy-source`: `bucket/key` with everything but unreserved characters and `/`
+/// percent-encoded.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn metadata_map(metadata: &UserMetadata) -> Option<std::collections::HashMap<String, String>> {
+    Some(
+        metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
 }
 
 fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
@@ -168,6 +204,15 @@ impl ObjectStore for S3Store {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: out.e_tag().unwrap_or_default().to_string(),
                 last_modified: system_time(out.last_modified()),
+                metadata: Some(
+                    out.metadata()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
             })),
             Err(err) => {
                 let e = classify(&format!("HeadObject {key}"), err);
@@ -206,6 +251,7 @@ impl ObjectStore for S3Store {
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().unwrap_or_default().to_string(),
                     last_modified: system_time(o.last_modified()),
+                    metadata: None,
                 })
             })
             .collect();
@@ -251,6 +297,207 @@ impl ObjectStore for S3Store {
         };
         match tokio::time::timeout(self.request_timeout, fetch).await {
             Ok(result) => result,
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "{what}: no complete answer within {:?}",
+                    self.request_timeout
+                ),
+            )),
+        }
+    }
+
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &PutOptions,
+    ) -> Result<String, StoreError> {
+        let what = format!("PutObject {key}");
+        let mut call = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .set_metadata(metadata_map(&options.metadata));
+        if options.if_none_match {
+            call = call.if_none_match("*");
+        }
+        let out = self.bounded(&what, call.send()).await?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+    ) -> Result<String, StoreError> {
+        let what = format!("CreateMultipartUpload {key}");
+        let call = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_metadata(metadata_map(metadata));
+        let out = self.bounded(&what, call.send()).await?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Other, format!("{what}: no upload id")))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let what = format!("UploadPart {key} #{number}");
+        let call = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body));
+        let out = self.bounded(&what, call.send()).await?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: CopySource<'_>,
+        range: std::ops::Range<u64>,
+    ) -> Result<String, StoreError> {
+        let what = format!("UploadPartCopy {} -> {key} #{number}", source.key);
+        let call = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(copy_source(&self.bucket, source.key))
+            .copy_source_if_match(source.etag)
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1));
+        let out = self.bounded(&what, call.send()).await?;
+        Ok(out
+            .copy_part_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_none_match: bool,
+    ) -> Result<String, StoreError> {
+        let what = format!("CompleteMultipartUpload {key}");
+        let parts = parts
+            .iter()
+            .map(|p| {
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(p.number)
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        let mut call = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
+        if if_none_match {
+            call = call.if_none_match("*");
+        }
+        let out = self.bounded(&what, call.send()).await?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let what = format!("AbortMultipartUpload {key}");
+        let call = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id);
+        match self.bounded(&what, call.send()).await {
+            Ok(_) => Ok(()),
+            // Already gone (completed elsewhere or aborted by a retry): nothing left to drop.
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn copy_object(
+        &self,
+        source: CopySource<'_>,
+        key: &str,
+        metadata: Option<&UserMetadata>,
+    ) -> Result<String, StoreError> {
+        let what = format!("CopyObject {} -> {key}", source.key);
+        let mut call = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .copy_source(copy_source(&self.bucket, source.key))
+            .copy_source_if_match(source.etag);
+        if let Some(metadata) = metadata {
+            call = call
+                .metadata_directive(MetadataDirective::Replace)
+                .set_metadata(metadata_map(metadata));
+        }
+        let out = self.bounded(&what, call.send()).await?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        let what = format!("DeleteObject {key}");
+        let call = self.client.delete_object().bucket(&self.bucket).key(key);
+        match self.bounded(&what, call.send()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl S3Store {
+    /// Runs one SDK call under `request_timeout` (retries included) and classifies its error.
+    async fn bounded<T, E>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<
+            Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+        >,
+    ) -> Result<T, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(result) => result.map_err(|e| classify(what, e)),
             Err(_) => Err(StoreError::new(
                 StoreErrorKind::Timeout,
                 format!(

@@ -1,0 +1,624 @@
+//! Names and attributes: mkdir, rmdir, unlink, rename, symlink, readlink and setattr.
+//!
+//! Non-obvious problems:
+//! 1. S3 has no rename: a file is copied (server-side, metadata kept; a multipart copy above
+//!    CopyObject's 5 GiB) and then deleted; a directory is every key under it, all copied before
+//!    any is deleted, so a crash midway leaves both names, never neither.
+//! 2. chmod, chown and utime rewrite headers, which S3 only allows by copying an object onto
+//!    itself with the REPLACE directive; a directory's headers live on its `dir/` marker, which
+//!    is simply written again (some servers refuse to copy markers).
+//! 3. rmdir must not delete anything but the marker: one LIST of two keys tells an empty
+//!    directory (at most its marker) from a full one. A directory without a marker is gone
+//!    from S3 once its last key is, so rmdir of a vanished directory succeeds.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use super::posix::{Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use super::{join, object_kind, split, Attr, Fs, Ino, Kind};
+use crate::error::{FsError, FsResult};
+use crate::store::{CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StoreError};
+use crate::upload::{abort_with_retries, PendingAbort};
+
+/// CopyObject's limit; larger objects are copied in parts.
+pub const COPY_LIMIT: u64 = 5 << 30;
+/// Part size of a multipart copy: 10,000 of them cover S3's 5 TiB object limit.
+const COPY_PART: u64 = 512 << 20;
+/// Objects copied or deleted at once when a directory is renamed.
+const TREE_CONCURRENCY: usize = 16;
+
+/// Attribute changes of one setattr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New permission bits (type bits ignored).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New length.
+    pub size: Option<u64>,
+    /// New modification time.
+    pub mtime: Option<SystemTime>,
+}
+
+impl SetAttr {
+    fn touches_headers(&self) -> bool {
+        self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some()
+    }
+
+    fn apply(&self, posix: &mut Posix, type_bits: u32) {
+        if let Some(mode) = self.mode {
+            posix.mode = Some(type_bits | (mode & 0o7777));
+        }
+        if self.uid.is_some() {
+            posix.uid = self.uid;
+        }
+        if self.gid.is_some() {
+            posix.gid = self.gid;
+        }
+        if self.mtime.is_some() {
+            posix.mtime = self.mtime;
+        }
+    }
+}
+
+/// renameat2 flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenameMode {
+    /// RENAME_NOREPLACE: fail with EEXIST when the target exists.
+    pub noreplace: bool,
+    /// RENAME_EXCHANGE: swap the two names (not possible on S3).
+    pub exchange: bool,
+}
+
+impl Fs {
+    /// Server-side copy of `source` (of `size` bytes) to `key`; headers replaced when given.
+    pub(super) async fn copy(
+        &self,
+        source: CopySource<'_>,
+        size: u64,
+        key: &str,
+        metadata: Option<&crate::store::UserMetadata>,
+    ) -> Result<String, StoreError> {
+        if size <= self.copy_limit() {
+            return self.store.copy_object(source, key, metadata).await;
+        }
+        let metadata = match metadata {
+            Some(m) => m.clone(),
+            None => self
+                .store
+                .head_object(source.key)
+                .await?
+                .and_then(|m| m.metadata)
+                .unwrap_or_default(),
+        };
+        let id = self.store.create_multipart_upload(key, &metadata).await?;
+        let part = self.copy_part_size(size);
+        let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..size.div_ceil(part))
+            .map(|i| (i as i32 + 1, i * part..((i + 1) * part).min(size)))
+            .collect();
+        let result = stream::iter(ranges)
+            .map(|(number, range)| {
+                let id = id.clone();
+                async move {
+                    let etag = self
+                        .store
+                        .upload_part_copy(key, &id, number, source, range)
+                        .await?;
+                    Ok::<_, StoreError>(crate::store::CompletedPart { number, etag })
+                }
+            })
+            .buffered(4)
+            .try_collect::<Vec<_>>()
+            .await;
+        let result = match result {
+            Ok(parts) => {
+                self.store
+                    .complete_multipart_upload(key, &id, &parts, false)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let pending = PendingAbort {
+                key: key.to_string(),
+                upload_id: id,
+            };
+            tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
+        }
+        result
+    }
+
+    fn copy_limit(&self) -> u64 {
+        self.config.copy_limit.unwrap_or(COPY_LIMIT)
+    }
+
+    fn copy_part_size(&self, size: u64) -> u64 {
+        let part = if self.config.copy_limit.is_some() {
+            self.copy_limit()
+        } else {
+            COPY_PART
+        };
+        part.max(size.div_ceil(10_000))
+    }
+
+    /// The object or marker behind `path` with its headers, read with a HEAD when the cached
+    /// one came from a listing.
+    async fn with_headers(
+        &self,
+        key: &str,
+        meta: Option<ObjectMeta>,
+    ) -> FsResult<Option<ObjectMeta>> {
+        match meta {
+            Some(m) if m.metadata.is_some() => Ok(Some(m)),
+            _ => Ok(self.store.head_object(key).await?),
+        }
+    }
+
+    /// setattr: truncation and header changes (mode, owner, mtime).
+    pub async fn setattr(&self, ino: Ino, change: SetAttr) -> FsResult<Attr> {
+        if self.config.read_only {
+            return Err(FsError::read_only());
+        }
+        if ino == Ino::ROOT {
+            // The bucket root has no object to hold headers: kept for the mount's life only.
+            change.apply(&mut self.root_posix.lock().unwrap(), S_IFDIR);
+            return Ok(self.root_attr());
+        }
+        if let Some(size) = change.size {
+            self.truncate(ino, size).await?;
+        }
+        if !change.touches_headers() {
+            return self.getattr(ino).await;
+        }
+        if let Some(writer) = self.writer_of(ino) {
+            // An open file takes the change with its next commit.
+            let type_bits = S_IFREG;
+            change.apply(&mut writer.posix.lock().unwrap(), type_bits);
+            writer.state.lock().await.dirty = true;
+            return Ok(self.writer_attr(&writer));
+        }
+        let path = self.path_of(ino)?;
+        let (kind, meta) = self.node(ino).await?;
+        let current = self.attr(ino, kind, meta.as_ref());
+        let type_bits = match kind {
+            Kind::Dir => S_IFDIR,
+            Kind::File => S_IFREG,
+            Kind::Symlink => S_IFLNK,
+        };
+        let mut posix = Posix {
+            mode: Some(type_bits | u32::from(current.perm)),
+            uid: Some(current.uid),
+            gid: Some(current.gid),
+            mtime: Some(current.mtime),
+        };
+        change.apply(&mut posix, type_bits);
+        let node = if kind == Kind::Dir {
+            let marker = self.dir_prefix(&path);
+            let existing = self.with_headers(&marker, meta).await?;
+            let extra = existing.and_then(|m| m.metadata).unwrap_or_default();
+            let options = PutOptions {
+                metadata: posix.apply_to(&extra),
+                if_none_match: false,
+            };
+            let etag = self
+                .store
+                .put_object(&marker, Bytes::new(), &options)
+                .await?;
+            (Kind::Dir, Some(marker_meta(marker, etag, options.metadata)))
+        } else {
+            let key = self.key_of(&path);
+            let meta = self
+                .with_headers(&key, meta)
+                .await?
+                .ok_or_else(FsError::not_found)?;
+            let metadata = posix.apply_to(meta.metadata.as_ref().unwrap_or(&Default::default()));
+            let source = CopySource {
+                key: &key,
+                etag: &meta.etag,
+            };
+            let etag = self.copy(source, meta.size, &key, Some(&metadata)).await?;
+            let new = ObjectMeta {
+                etag,
+                last_modified: SystemTime::now(),
+                metadata: Some(metadata),
+                ..meta
+            };
+            (object_kind(&new), Some(new))
+        };
+        self.record(&path, Some(node))
+            .ok_or_else(|| FsError::new(libc::EIO, "attributes lost"))
+    }
+
+    /// truncate(2) and ftruncate(2).
+    async fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
+        if let Some(writer) = self.writer_of(ino) {
+            return self.truncate_writer(&writer, size).await;
+        }
+        let mode = super::OpenMode {
+            write: true,
+            truncate: size == 0,
+        };
+        let writer = self.attach_writer(ino, mode).await?;
+        let result = async {
+            if size > 0 {
+                self.truncate_writer(&writer, size).await?;
+            }
+            self.commit(&writer).await
+        }
+        .await;
+        self.detach(&writer).await;
+        result
+    }
+
+    /// mkdir: writes the `dir/` marker, so the directory exists before anything is in it.
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        owner: (u32, u32),
+    ) -> FsResult<Attr> {
+        self.check_writable(name)?;
+        let path = join(&self.path_of(parent)?, name);
+        let marker = self.dir_prefix(&path);
+        let posix = Posix {
+            mode: Some(S_IFDIR | (mode & 0o7777)),
+            uid: Some(owner.0),
+            gid: Some(owner.1),
+            mtime: Some(SystemTime::now()),
+        };
+        let options = PutOptions {
+            metadata: posix.to_metadata(),
+            if_none_match: false,
+        };
+        let etag = self
+            .store
+            .put_object(&marker, Bytes::new(), &options)
+            .await?;
+        let attr = self
+            .record(
+                &path,
+                Some((Kind::Dir, Some(marker_meta(marker, etag, options.metadata)))),
+            )
+            .expect("recorded");
+        // A new directory is empty: its lookups need no request until the listing expires.
+        let mut t = self.tables.lock().unwrap();
+        let expires = Instant::now() + self.config.metadata_ttl;
+        t.listings.insert(attr.ino, (Arc::new(Vec::new()), expires));
+        Ok(attr)
+    }
+
+    /// symlink: an object whose body is the target, with S_IFLNK in its mode header.
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        owner: (u32, u32),
+    ) -> FsResult<Attr> {
+        self.check_writable(name)?;
+        let path = join(&self.path_of(parent)?, name);
+        let key = self.key_of(&path);
+        let posix = Posix {
+            mode: Some(S_IFLNK | 0o777),
+            uid: Some(owner.0),
+            gid: Some(owner.1),
+            mtime: Some(SystemTime::now()),
+        };
+        let options = PutOptions {
+            metadata: posix.to_metadata(),
+            if_none_match: false,
+        };
+        let body = Bytes::copy_from_slice(target.as_bytes());
+        let etag = self.store.put_object(&key, body, &options).await?;
+        let meta = ObjectMeta {
+            key,
+            size: target.len() as u64,
+            etag,
+            last_modified: SystemTime::now(),
+            metadata: Some(options.metadata),
+        };
+        self.record(&path, Some((Kind::Symlink, Some(meta))))
+            .ok_or_else(|| FsError::new(libc::EIO, "symlink lost"))
+    }
+
+    /// mknod: regular files only (an empty object); FIFOs, sockets and devices cannot be
+    /// objects.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        owner: (u32, u32),
+    ) -> FsResult<Attr> {
+        let mode = Self::file_mode_bits(mode);
+        if mode & S_IFMT != S_IFREG {
+            return Err(FsError::new(
+                libc::EPERM,
+                "only regular files can be stored in S3",
+            ));
+        }
+        let (attr, fh) = self.create(parent, name, mode, owner, true).await?;
+        let result = self.flush(fh).await;
+        self.release(fh).await;
+        result.map(|()| attr)
+    }
+
+    /// readlink: the body of the symlink object.
+    pub async fn readlink(&self, ino: Ino) -> FsResult<Bytes> {
+        match self.node(ino).await? {
+            (Kind::Symlink, Some(meta)) => {
+                let object = Arc::new(crate::cache::ObjectId {
+                    key: meta.key,
+                    etag: meta.etag,
+                });
+                let state = std::sync::Mutex::default();
+                let len = u32::try_from(meta.size).unwrap_or(u32::MAX);
+                self.cache.read(&object, meta.size, &state, 0, len).await
+            }
+            _ => Err(FsError::new(libc::EINVAL, "not a symlink")),
+        }
+    }
+
+    /// unlink: DeleteObject. A file still open for writing is not uploaded any more.
+    pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.check_writable(name)?;
+        let path = join(&self.path_of(parent)?, name);
+        let ino = self.lookup(parent, name).await?.ino;
+        let writer = self.tables.lock().unwrap().writers.remove(&ino);
+        if let Some(writer) = writer {
+            writer.state.lock().await.unlinked = true;
+        }
+        self.store.delete_object(&self.key_of(&path)).await?;
+        self.record(&path, None);
+        Ok(())
+    }
+
+    /// rmdir: ENOTEMPTY while any key is under the prefix, else deletes the marker.
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.check_writable(name)?;
+        let path = join(&self.path_of(parent)?, name);
+        let attr = match self.lookup(parent, name).await {
+            Ok(attr) => attr,
+            // A directory without a marker vanishes with its last key: it is as removed as
+            // asked (`rm -r` removes the files, then the directory).
+            Err(e) if e.errno == libc::ENOENT => {
+                self.record(&path, None);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if attr.kind != Kind::Dir {
+            return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+        }
+        let marker = self.dir_prefix(&path);
+        if !self.dir_is_empty(&path, &marker).await? {
+            return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
+        }
+        self.store.delete_object(&marker).await?;
+        self.record(&path, None);
+        Ok(())
+    }
+
+    async fn dir_is_empty(&self, path: &str, marker: &str) -> FsResult<bool> {
+        let below = format!("{path}/");
+        if self
+            .tables
+            .lock()
+            .unwrap()
+            .writers
+            .values()
+            .any(|w| w.path().starts_with(&below))
+        {
+            return Ok(false);
+        }
+        let request = ListRequest {
+            prefix: marker.to_string(),
+            delimiter: None,
+            start: ListStart::Beginning,
+            max_keys: 2,
+        };
+        let page = self.store.list_objects_v2(&request).await?;
+        Ok(page.objects.iter().all(|o| o.key == marker) && page.common_prefixes.is_empty())
+    }
+
+    /// rename: copy then delete; directories key by key.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        mode: RenameMode,
+    ) -> FsResult<()> {
+        self.check_writable(new_name)?;
+        if mode.exchange {
+            return Err(FsError::new(
+                libc::EINVAL,
+                "RENAME_EXCHANGE cannot be done on S3",
+            ));
+        }
+        let from = join(&self.path_of(parent)?, name);
+        let to = join(&self.path_of(new_parent)?, new_name);
+        let source = self.lookup(parent, name).await?;
+        let target = match self.lookup(new_parent, new_name).await {
+            Ok(attr) => Some(attr),
+            Err(e) if e.errno == libc::ENOENT => None,
+            Err(e) => return Err(e),
+        };
+        if from == to {
+            return Ok(());
+        }
+        if let Some(target) = &target {
+            if mode.noreplace {
+                return Err(FsError::new(libc::EEXIST, "target exists"));
+            }
+            match (source.kind == Kind::Dir, target.kind == Kind::Dir) {
+                (true, false) => {
+                    return Err(FsError::new(libc::ENOTDIR, "target is not a directory"))
+                }
+                (false, true) => return Err(FsError::new(libc::EISDIR, "target is a directory")),
+                (true, true) if !self.dir_is_empty(&to, &self.dir_prefix(&to)).await? => {
+                    return Err(FsError::new(libc::ENOTEMPTY, "target directory not empty"))
+                }
+                _ => {}
+            }
+        }
+        if source.kind == Kind::Dir {
+            if to.starts_with(&format!("{from}/")) {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    "cannot move a directory into itself",
+                ));
+            }
+            self.rename_dir(&from, &to).await?;
+        } else {
+            self.rename_file(source.ino, &from, &to).await?;
+        }
+        let mut t = self.tables.lock().unwrap();
+        let moved = t.inodes.rename(&from, &to);
+        for ino in moved {
+            t.nodes.remove(&ino);
+            t.listings.remove(&ino);
+        }
+        let (old_parent, old_name) = split(&from);
+        let (new_parent_path, new_leaf) = split(&to);
+        let old_parent = t.inodes.ino_for(old_parent);
+        let new_parent_ino = t.inodes.ino_for(new_parent_path);
+        self.upsert_entry(&mut t, old_parent, old_name, None);
+        let attr = Attr {
+            ino: source.ino,
+            ..source
+        };
+        self.upsert_entry(&mut t, new_parent_ino, new_leaf, Some(attr));
+        if let Some(writer) = t.writers.get(&source.ino) {
+            *writer.path.lock().unwrap() = to.clone();
+        }
+        Ok(())
+    }
+
+    async fn rename_file(&self, ino: Ino, from: &str, to: &str) -> FsResult<()> {
+        let writer = self.writer_of(ino);
+        if let Some(writer) = &writer {
+            // Publish what was written under the old name first, then move it.
+            self.commit(writer).await?;
+        }
+        let (_, meta) = self.node(ino).await?;
+        let meta = meta.ok_or_else(FsError::not_found)?;
+        let new_key = self.key_of(to);
+        let source = CopySource {
+            key: &meta.key,
+            etag: &meta.etag,
+        };
+        let etag = self.copy(source, meta.size, &new_key, None).await?;
+        if let Some(writer) = &writer {
+            writer.state.lock().await.key.clone_from(&new_key);
+        }
+        self.store.delete_object(&meta.key).await?;
+        self.record(from, None);
+        let new = ObjectMeta {
+            key: new_key,
+            etag,
+            ..meta
+        };
+        self.record(to, Some((object_kind(&new), Some(new))));
+        Ok(())
+    }
+
+    /// Copies every key under `from/` to `to/`, then deletes the originals. An empty target
+    /// directory's marker simply stays: it is the moved directory's marker now.
+    async fn rename_dir(&self, from: &str, to: &str) -> FsResult<()> {
+        let below = format!("{from}/");
+        if self
+            .tables
+            .lock()
+            .unwrap()
+            .writers
+            .values()
+            .any(|w| w.path().starts_with(&below))
+        {
+            return Err(FsError::new(
+                libc::EBUSY,
+                "files in the directory are open for writing",
+            ));
+        }
+        let old_prefix = self.dir_prefix(from);
+        let new_prefix = self.dir_prefix(to);
+        let objects = self.list_all(&old_prefix).await?;
+        stream::iter(objects.iter().map(Ok::<_, FsError>))
+            .try_for_each_concurrent(TREE_CONCURRENCY, |o| {
+                let new_key = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
+                async move {
+                    let source = CopySource {
+                        key: &o.key,
+                        etag: &o.etag,
+                    };
+                    self.copy(source, o.size, &new_key, None).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+        stream::iter(objects.iter().map(Ok::<_, FsError>))
+            .try_for_each_concurrent(TREE_CONCURRENCY, |o| async move {
+                self.store.delete_object(&o.key).await?;
+                Ok(())
+            })
+            .await?;
+        if objects.is_empty() {
+            // An empty directory known only to this mount still gets its marker at the new name.
+            let options = PutOptions::default();
+            self.store
+                .put_object(&new_prefix, Bytes::new(), &options)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every object under `prefix`, no delimiter.
+    async fn list_all(&self, prefix: &str) -> FsResult<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut start = ListStart::Beginning;
+        loop {
+            let request = ListRequest {
+                prefix: prefix.to_string(),
+                delimiter: None,
+                start,
+                max_keys: super::list::PAGE_SIZE,
+            };
+            let page = self.store.list_objects_v2(&request).await?;
+            let full = page.objects.len() >= super::list::PAGE_SIZE as usize;
+            let last = page.objects.last().map(|o| o.key.clone());
+            out.extend(page.objects);
+            start = match (page.next_continuation_token, last) {
+                (Some(token), _) => ListStart::Token(token),
+                (None, Some(last)) if full => ListStart::After(last),
+                _ => break,
+            };
+        }
+        out.dedup_by(|a, b| a.key == b.key);
+        Ok(out)
+    }
+
+    /// Hard links cannot be expressed in S3.
+    pub fn link(&self) -> FsResult<Attr> {
+        Err(FsError::new(
+            libc::EPERM,
+            "hard links are not supported on S3",
+        ))
+    }
+}
+
+fn marker_meta(key: String, etag: String, metadata: crate::store::UserMetadata) -> ObjectMeta {
+    ObjectMeta {
+        key,
+        size: 0,
+        etag,
+        last_modified: SystemTime::now(),
+        metadata: Some(metadata),
+    }
+}

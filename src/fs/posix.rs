@@ -1,0 +1,147 @@
+//! POSIX attributes stored in object headers, in the format s3fs uses, so a bucket written by
+//! bucketfs reads the same through s3fs and the other way round.
+//!
+//! Non-obvious problems:
+//! 1. s3fs stores the whole `st_mode` (type bits included) in decimal in `x-amz-meta-mode`; a
+//!    symlink is an object whose body is the target and whose mode has `S_IFLNK`.
+//! 2. `x-amz-meta-mtime` is written by s3fs as whole seconds and by rclone as seconds with a
+//!    fraction; both are read, and we write seconds with a nine-digit fraction only when the time
+//!    has one (s3fs reads the whole seconds of that).
+//! 3. A header that does not parse is ignored (the mount's default shows), never an error: any
+//!    client can write any metadata.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::store::UserMetadata;
+
+/// File type bits of `st_mode`.
+pub const S_IFMT: u32 = 0o170_000;
+/// Directory.
+pub const S_IFDIR: u32 = 0o040_000;
+/// Regular file.
+pub const S_IFREG: u32 = 0o100_000;
+/// Symbolic link.
+pub const S_IFLNK: u32 = 0o120_000;
+
+/// Owner, group, mode and mtime as stored in headers; `None` where a header is absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Posix {
+    /// Full `st_mode`, type bits included.
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Modification time.
+    pub mtime: Option<SystemTime>,
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    let (secs, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    let secs: u64 = secs.parse().ok()?;
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        format!("{digits:0<9}").parse().ok()?
+    };
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+fn format_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+    }
+}
+
+impl Posix {
+    /// Reads the headers present in `metadata`.
+    pub fn from_metadata(metadata: &UserMetadata) -> Self {
+        let number = |name: &str| metadata.get(name).and_then(|v| v.trim().parse().ok());
+        Self {
+            mode: number("mode"),
+            uid: number("uid"),
+            gid: number("gid"),
+            mtime: metadata.get("mtime").and_then(|v| parse_time(v)),
+        }
+    }
+
+    /// `metadata` with these attributes written over it (other headers kept).
+    pub fn apply_to(&self, metadata: &UserMetadata) -> UserMetadata {
+        let mut out = metadata.clone();
+        if let Some(mode) = self.mode {
+            out.insert("mode".into(), mode.to_string());
+        }
+        if let Some(uid) = self.uid {
+            out.insert("uid".into(), uid.to_string());
+        }
+        if let Some(gid) = self.gid {
+            out.insert("gid".into(), gid.to_string());
+        }
+        if let Some(mtime) = self.mtime {
+            out.insert("mtime".into(), format_time(mtime));
+        }
+        out
+    }
+
+    /// The headers of these attributes alone.
+    pub fn to_metadata(&self) -> UserMetadata {
+        self.apply_to(&UserMetadata::new())
+    }
+
+    /// True when the mode says symbolic link.
+    pub fn is_symlink(&self) -> bool {
+        self.mode.is_some_and(|m| m & S_IFMT == S_IFLNK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3fs_and_rclone_headers_round_trip() {
+        let mut m = UserMetadata::new();
+        m.insert("mode".into(), "33188".into()); // S_IFREG | 0644, as s3fs writes it
+        m.insert("uid".into(), "1000".into());
+        m.insert("gid".into(), "100".into());
+        m.insert("mtime".into(), "1700000000.5".into()); // rclone's fractional seconds
+        m.insert("other".into(), "kept".into());
+        let p = Posix::from_metadata(&m);
+        assert_eq!(p.mode, Some(S_IFREG | 0o644));
+        assert_eq!(p.uid, Some(1000));
+        assert_eq!(
+            p.mtime,
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
+        );
+        let back = p.apply_to(&m);
+        assert_eq!(back.get("mtime").unwrap(), "1700000000.500000000");
+        assert_eq!(back.get("other").unwrap(), "kept");
+        assert_eq!(Posix::from_metadata(&back), p);
+    }
+
+    #[test]
+    fn whole_seconds_and_garbage() {
+        let mut m = UserMetadata::new();
+        m.insert("mtime".into(), "1600000000".into());
+        m.insert("mode".into(), "rwx".into());
+        let p = Posix::from_metadata(&m);
+        assert_eq!(
+            p.mtime,
+            Some(UNIX_EPOCH + Duration::from_secs(1_600_000_000))
+        );
+        assert_eq!(p.mode, None, "unparsable headers are ignored");
+        assert_eq!(p.to_metadata().get("mtime").unwrap(), "1600000000");
+        let link = Posix {
+            mode: Some(S_IFLNK | 0o777),
+            ..Posix::default()
+        };
+        assert!(link.is_symlink());
+    }
+}

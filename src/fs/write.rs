@@ -1,0 +1,635 @@
+//! Files open for writing: one `Writer` per inode, shared by every handle on it.
+//!
+//! Non-obvious problems:
+//! 1. Content known to start empty (a new file, O_TRUNC) streams: parts are uploaded while the
+//!    application writes. Anything else (a write into existing bytes, append, O_RDWR reads,
+//!    truncate to a non-zero size) first copies the object into a staging file, and the whole
+//!    file is uploaded at the commit point.
+//! 2. A stream cannot go back: a write behind bytes already uploaded is refused with EINVAL.
+//!    While nothing has left the buffer the stream quietly becomes a staging file instead.
+//! 3. Commit points are flush (every `close()`) and fsync; only handles opened for writing
+//!    commit, so a reader closing the file never publishes half of someone's write.
+//! 4. The first commit of an O_EXCL file sends `If-None-Match: *`: a file created elsewhere in
+//!    the meantime makes close() fail with EEXIST instead of being overwritten.
+//! 5. A failed stream is aborted in the background until the server answers again: no partial
+//!    object appears under the name and no multipart upload is left behind.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::posix::{Posix, S_IFMT, S_IFREG};
+use super::{split, Attr, Fs, Ino, Kind, OpenFile, ReadState};
+use crate::cache::ObjectId;
+use crate::error::{FsError, FsResult};
+use crate::store::{CopySource, ObjectMeta, StoreError, StoreErrorKind, UserMetadata};
+use crate::upload::staging::StagingFile;
+use crate::upload::{abort_with_retries, Upload, Uploaded};
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    /// Write access was asked for.
+    pub write: bool,
+    /// O_TRUNC: the content starts empty.
+    pub truncate: bool,
+}
+
+/// What a writer holds.
+#[derive(Debug)]
+enum Content {
+    /// The committed object, unchanged since (`None`: there is no object yet).
+    Base(Option<ObjectMeta>),
+    /// New content, streaming to the store.
+    Stream(Upload),
+    /// A local copy being changed in place.
+    Staged(StagingFile),
+    /// A stream failed: its bytes are gone; the error is in `failed`.
+    Lost,
+}
+
+#[derive(Debug)]
+pub(super) struct WriteState {
+    /// Full key, kept current across renames.
+    pub(super) key: String,
+    content: Content,
+    /// Content or attributes changed since the last commit.
+    pub(super) dirty: bool,
+    /// Send `If-None-Match: *` with the next commit (O_EXCL, nothing committed yet).
+    excl: bool,
+    /// The name was unlinked: nothing is committed any more.
+    pub(super) unlinked: bool,
+    /// Why the content was lost, reported by every later write and commit.
+    failed: Option<FsError>,
+    /// Headers of the existing object other than ours, kept on overwrite.
+    extra: UserMetadata,
+}
+
+/// One file open for writing.
+#[derive(Debug)]
+pub(super) struct Writer {
+    ino: Ino,
+    pub(super) path: Mutex<String>,
+    pub(super) state: tokio::sync::Mutex<WriteState>,
+    size: AtomicU64,
+    /// Mode, owner and an mtime set explicitly since the last write (`None`: commit time).
+    pub(super) posix: Mutex<Posix>,
+    handles: AtomicUsize,
+    modified: Mutex<SystemTime>,
+}
+
+impl Writer {
+    /// The file's path in the mount.
+    pub(super) fn path(&self) -> String {
+        self.path.lock().unwrap().clone()
+    }
+}
+
+fn commit_error(err: StoreError, excl: bool) -> FsError {
+    if excl && err.kind == StoreErrorKind::PreconditionFailed {
+        FsError::new(
+            libc::EEXIST,
+            format!("{err}: the name was created elsewhere"),
+        )
+    } else {
+        err.into()
+    }
+}
+
+impl Fs {
+    pub(super) fn writer_of(&self, ino: Ino) -> Option<Arc<Writer>> {
+        self.tables.lock().unwrap().writers.get(&ino).cloned()
+    }
+
+    pub(super) fn writer_attr(&self, w: &Writer) -> Attr {
+        let posix = *w.posix.lock().unwrap();
+        Attr {
+            ino: w.ino,
+            kind: Kind::File,
+            size: w.size.load(Ordering::SeqCst),
+            mtime: posix.mtime.unwrap_or(*w.modified.lock().unwrap()),
+            perm: posix
+                .mode
+                .map_or(self.config.file_mode, |m| (m & 0o7777) as u16),
+            uid: posix.uid.unwrap_or(self.config.uid),
+            gid: posix.gid.unwrap_or(self.config.gid),
+        }
+    }
+
+    fn new_upload(&self, key: &str) -> Upload {
+        Upload::new(
+            Arc::clone(&self.store),
+            key.to_string(),
+            self.writes.tuning.clone(),
+            self.writes.budget.clone(),
+        )
+    }
+
+    /// Registers a new writer for `ino` at `path`.
+    fn insert_writer(
+        &self,
+        ino: Ino,
+        path: &str,
+        content: Content,
+        posix: Posix,
+        excl: bool,
+    ) -> Arc<Writer> {
+        let size = match &content {
+            Content::Base(Some(meta)) => meta.size,
+            _ => 0,
+        };
+        let dirty = !matches!(content, Content::Base(_));
+        let writer = Arc::new(Writer {
+            ino,
+            path: Mutex::new(path.to_string()),
+            state: tokio::sync::Mutex::new(WriteState {
+                key: self.key_of(path),
+                content,
+                dirty,
+                excl,
+                unlinked: false,
+                failed: None,
+                extra: UserMetadata::new(),
+            }),
+            size: AtomicU64::new(size),
+            posix: Mutex::new(posix),
+            handles: AtomicUsize::new(1),
+            modified: Mutex::new(SystemTime::now()),
+        });
+        let mut t = self.tables.lock().unwrap();
+        t.writers.insert(ino, Arc::clone(&writer));
+        let attr = self.writer_attr(&writer);
+        let (parent_path, name) = split(path);
+        let parent = t.inodes.ino_for(parent_path);
+        self.upsert_entry(&mut t, parent, name, Some(attr));
+        writer
+    }
+
+    /// Creates `name` in `parent` and opens it for writing; nothing reaches the store before
+    /// the first commit.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        owner: (u32, u32),
+        excl: bool,
+    ) -> FsResult<(Attr, u64)> {
+        self.check_writable(name)?;
+        let path = super::join(&self.path_of(parent)?, name);
+        let ino = self.tables.lock().unwrap().inodes.ino_for(&path);
+        if let Some(writer) = self.writer_of(ino) {
+            if excl {
+                return Err(FsError::new(libc::EEXIST, "file exists"));
+            }
+            // Another handle is writing it: share that writer, emptied (O_CREAT|O_TRUNC).
+            writer.handles.fetch_add(1, Ordering::SeqCst);
+            self.truncate_writer(&writer, 0).await?;
+            let attr = self.writer_attr(&writer);
+            return Ok((attr, self.writer_handle(writer)));
+        }
+        let posix = Posix {
+            mode: Some(S_IFREG | (mode & 0o7777)),
+            uid: Some(owner.0),
+            gid: Some(owner.1),
+            mtime: None,
+        };
+        let upload = self.new_upload(&self.key_of(&path));
+        let writer = self.insert_writer(ino, &path, Content::Stream(upload), posix, excl);
+        let attr = self.writer_attr(&writer);
+        Ok((attr, self.writer_handle(writer)))
+    }
+
+    fn writer_handle(&self, writer: Arc<Writer>) -> u64 {
+        self.add_handle(OpenFile {
+            object: None,
+            size: 0,
+            state: Mutex::default(),
+            writer: Some(writer),
+        })
+    }
+
+    /// The writer of `ino` for a new write handle: the existing one, or a new one over the
+    /// committed object.
+    pub(super) async fn attach_writer(&self, ino: Ino, mode: OpenMode) -> FsResult<Arc<Writer>> {
+        if let Some(writer) = self.writer_of(ino) {
+            writer.handles.fetch_add(1, Ordering::SeqCst);
+            if mode.truncate {
+                if let Err(e) = self.truncate_writer(&writer, 0).await {
+                    self.detach(&writer).await;
+                    return Err(e);
+                }
+            }
+            return Ok(writer);
+        }
+        let path = self.path_of(ino)?;
+        let meta = match self.node(ino).await? {
+            (Kind::File, Some(meta)) => meta,
+            (Kind::Dir, _) => return Err(FsError::new(libc::EISDIR, "is a directory")),
+            _ => return Err(FsError::new(libc::EINVAL, "not a regular file")),
+        };
+        let mut posix = super::posix_of(Some(&meta));
+        let attr = self.attr(ino, Kind::File, Some(&meta));
+        posix.mode = Some(S_IFREG | u32::from(attr.perm));
+        posix.uid = Some(attr.uid);
+        posix.gid = Some(attr.gid);
+        posix.mtime = None;
+        let extra = meta.metadata.clone().unwrap_or_default();
+        let content = if mode.truncate {
+            Content::Stream(self.new_upload(&meta.key))
+        } else {
+            Content::Base(Some(meta))
+        };
+        let writer = self.insert_writer(ino, &path, content, posix, false);
+        writer.state.lock().await.extra = extra;
+        Ok(writer)
+    }
+
+    /// Turns the content into a staging file holding the same bytes.
+    async fn stage(&self, st: &mut WriteState) -> FsResult<()> {
+        let file = match std::mem::replace(&mut st.content, Content::Lost) {
+            Content::Staged(f) => f,
+            Content::Base(meta) => {
+                let file = self.writes.staging.create()?;
+                if let Some(meta) = meta {
+                    if let Err(e) = self.download(&meta, &file).await {
+                        st.content = Content::Base(Some(meta));
+                        return Err(e);
+                    }
+                }
+                file
+            }
+            Content::Stream(upload) => {
+                let len = upload.len();
+                match upload.into_buffer() {
+                    Some(buffer) => {
+                        let file = self.writes.staging.create()?;
+                        file.write_at(0, &buffer)?;
+                        file.set_len(len)?;
+                        file
+                    }
+                    None => {
+                        unreachable!("callers check that the stream has not started")
+                    }
+                }
+            }
+            Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
+        };
+        st.content = Content::Staged(file);
+        Ok(())
+    }
+
+    /// Copies `meta`'s bytes into `file`, a block at a time, pinned to its ETag.
+    async fn download(&self, meta: &ObjectMeta, file: &StagingFile) -> FsResult<()> {
+        let block = crate::config::DEFAULT_BLOCK_SIZE;
+        let mut offset = 0;
+        while offset < meta.size {
+            let end = (offset + block).min(meta.size);
+            let bytes = self
+                .store
+                .get_object_range(&meta.key, &meta.etag, offset..end)
+                .await?;
+            file.write_at(offset, &bytes)?;
+            offset = end;
+        }
+        file.set_len(meta.size)
+    }
+
+    /// Writes `data` at `offset` through handle `fh`.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let file = self.handle(fh)?;
+        let writer = file
+            .writer
+            .clone()
+            .ok_or_else(|| FsError::new(libc::EBADF, "not open for writing"))?;
+        let mut st = writer.state.lock().await;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        let end = offset + data.len() as u64;
+        if let Content::Base(meta) = &st.content {
+            if meta.as_ref().is_none_or(|m| m.size == 0) && offset == 0 {
+                let key = st.key.clone();
+                st.content = Content::Stream(self.new_upload(&key));
+            }
+        }
+        if let Content::Stream(upload) = &st.content {
+            if offset < upload.len() && !upload.started() {
+                self.stage(&mut st).await?;
+            } else if offset < upload.len() {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!(
+                        "{}: write at {offset} behind bytes already uploaded (sequential writes only; open with O_RDWR to change a file in place)",
+                        st.key
+                    ),
+                ));
+            }
+        }
+        if matches!(st.content, Content::Base(_)) {
+            self.stage(&mut st).await?;
+        }
+        let metadata = self.wanted_metadata(&writer, &st);
+        match &mut st.content {
+            Content::Stream(upload) => {
+                let gap = offset - upload.len();
+                let result = async {
+                    if gap > 0 {
+                        let zeros = vec![0u8; gap.min(1 << 20) as usize];
+                        let mut left = gap;
+                        while left > 0 {
+                            let n = left.min(zeros.len() as u64) as usize;
+                            upload.write(&zeros[..n], &metadata).await?;
+                            left -= n as u64;
+                        }
+                    }
+                    upload.write(data, &metadata).await
+                }
+                .await;
+                if let Err(e) = result {
+                    let e = FsError::from(e);
+                    self.lose(&mut st, e.clone());
+                    return Err(e);
+                }
+            }
+            Content::Staged(file) => file.write_at(offset, data)?,
+            Content::Base(_) | Content::Lost => unreachable!("staged above"),
+        }
+        st.dirty = true;
+        let size = writer.size.load(Ordering::SeqCst).max(end);
+        writer.size.store(size, Ordering::SeqCst);
+        writer.posix.lock().unwrap().mtime = None;
+        *writer.modified.lock().unwrap() = SystemTime::now();
+        Ok(data.len() as u32)
+    }
+
+    /// The stream failed: cancel it, abort its upload in the background, remember why.
+    fn lose(&self, st: &mut WriteState, err: FsError) {
+        if let Content::Stream(mut upload) = std::mem::replace(&mut st.content, Content::Lost) {
+            if let Some(pending) = upload.cancel() {
+                tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
+            }
+        }
+        st.failed = Some(err);
+    }
+
+    /// Headers the next commit writes: the object's other headers plus mode, owner and mtime.
+    fn wanted_metadata(&self, writer: &Writer, st: &WriteState) -> UserMetadata {
+        let mut posix = *writer.posix.lock().unwrap();
+        posix.mtime.get_or_insert(*writer.modified.lock().unwrap());
+        posix.apply_to(&st.extra)
+    }
+
+    /// Reads through a writer: from the staging copy, or (for its own handles) from the last
+    /// committed object. `None` when the caller should read its own version instead.
+    pub(super) async fn read_writer(
+        &self,
+        writer: &Writer,
+        state: &Mutex<ReadState>,
+        mine: bool,
+        offset: u64,
+        len: u32,
+    ) -> FsResult<Option<Bytes>> {
+        let mut st = writer.state.lock().await;
+        if mine {
+            if let Content::Stream(upload) = &st.content {
+                if upload.started() {
+                    return Err(FsError::new(
+                        libc::EINVAL,
+                        "cannot read back a file being streamed; open with O_RDWR before writing",
+                    ));
+                }
+                self.stage(&mut st).await?;
+            }
+        }
+        match &st.content {
+            Content::Staged(file) => Ok(Some(file.read_at(offset, len as usize)?)),
+            Content::Base(Some(meta)) if mine => {
+                let object = Arc::new(ObjectId {
+                    key: meta.key.clone(),
+                    etag: meta.etag.clone(),
+                });
+                let size = meta.size;
+                drop(st);
+                Ok(Some(
+                    self.cache.read(&object, size, state, offset, len).await?,
+                ))
+            }
+            Content::Base(None) if mine => Ok(Some(Bytes::new())),
+            Content::Lost if mine => Err(st.failed.clone().unwrap_or_else(lost)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Sets the length of the file behind `writer`.
+    pub(super) async fn truncate_writer(&self, writer: &Writer, len: u64) -> FsResult<()> {
+        let mut st = writer.state.lock().await;
+        if len == 0 {
+            let key = st.key.clone();
+            if let Content::Stream(mut old) = std::mem::replace(&mut st.content, Content::Lost) {
+                if let Some(pending) = old.cancel() {
+                    tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
+                }
+            }
+            st.content = Content::Stream(self.new_upload(&key));
+            st.failed = None;
+        } else {
+            let current = writer.size.load(Ordering::SeqCst);
+            if let Content::Stream(upload) = &st.content {
+                if upload.started() && len != current {
+                    return Err(FsError::new(
+                        libc::EINVAL,
+                        "cannot resize a file while its first parts are uploading",
+                    ));
+                }
+            }
+            if len != current || !matches!(st.content, Content::Stream(_)) {
+                self.stage(&mut st).await?;
+                if let Content::Staged(file) = &st.content {
+                    file.set_len(len)?;
+                }
+            }
+        }
+        st.dirty = true;
+        writer.size.store(len, Ordering::SeqCst);
+        writer.posix.lock().unwrap().mtime = None;
+        *writer.modified.lock().unwrap() = SystemTime::now();
+        Ok(())
+    }
+
+    /// Commit point of handle `fh` (flush or fsync): uploads what changed, returns its error.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let file = self.handle(fh)?;
+        match &file.writer {
+            Some(writer) => self.commit(writer).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Uploads the writer's content (or just its changed headers) if anything changed.
+    pub(super) async fn commit(&self, writer: &Writer) -> FsResult<()> {
+        let mut st = writer.state.lock().await;
+        if st.unlinked {
+            return Ok(());
+        }
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        if !st.dirty {
+            return Ok(());
+        }
+        let metadata = self.wanted_metadata(writer, &st);
+        let excl = st.excl;
+        let key = st.key.clone();
+        let result = match &mut st.content {
+            Content::Stream(upload) => {
+                let result = upload.finish(&metadata, excl).await;
+                if let Err(e) = &result {
+                    let e = commit_error(e.clone(), excl);
+                    self.lose(&mut st, e.clone());
+                    return Err(e);
+                }
+                result
+            }
+            Content::Staged(file) => self.upload_staged(&key, file, &metadata, excl).await,
+            Content::Base(Some(meta)) => {
+                let source = CopySource {
+                    key: &meta.key,
+                    etag: &meta.etag,
+                };
+                self.copy(source, meta.size, &key, Some(&metadata))
+                    .await
+                    .map(|etag| Uploaded {
+                        etag,
+                        size: meta.size,
+                        metadata: metadata.clone(),
+                    })
+            }
+            Content::Base(None) | Content::Lost => unreachable!("no dirty state without content"),
+        };
+        let mut uploaded = result.map_err(|e| commit_error(e, excl))?;
+        if uploaded.metadata != metadata {
+            // A multipart upload took its headers at its start; a chmod or utime since then is
+            // applied by copying the object onto itself.
+            let source = CopySource {
+                key: &key,
+                etag: &uploaded.etag,
+            };
+            uploaded.etag = self
+                .copy(source, uploaded.size, &key, Some(&metadata))
+                .await?;
+            uploaded.metadata = metadata;
+        }
+        let meta = ObjectMeta {
+            key: key.clone(),
+            size: uploaded.size,
+            etag: uploaded.etag,
+            last_modified: SystemTime::now(),
+            metadata: Some(uploaded.metadata),
+        };
+        if matches!(st.content, Content::Stream(_)) {
+            st.content = Content::Base(Some(meta.clone()));
+        }
+        st.dirty = false;
+        st.excl = false;
+        let path = writer.path();
+        self.record(&path, Some((Kind::File, Some(meta))));
+        Ok(())
+    }
+
+    /// Uploads a staging file whole, through the same bounded part pipeline as a stream.
+    async fn upload_staged(
+        &self,
+        key: &str,
+        file: &StagingFile,
+        metadata: &UserMetadata,
+        excl: bool,
+    ) -> Result<Uploaded, StoreError> {
+        let mut upload = self.new_upload(key);
+        let chunk = crate::config::DEFAULT_BLOCK_SIZE as usize;
+        let mut offset = 0;
+        let result = async {
+            while offset < file.len() {
+                let bytes = file
+                    .read_at(offset, chunk)
+                    .map_err(|e| StoreError::new(StoreErrorKind::Other, e.message))?;
+                upload.write(&bytes, metadata).await?;
+                offset += bytes.len() as u64;
+            }
+            upload.finish(metadata, excl).await
+        }
+        .await;
+        if result.is_err() {
+            if let Some(pending) = upload.cancel() {
+                tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
+            }
+        }
+        result
+    }
+
+    /// Closes handle `fh`. The last handle of a writer commits what no flush committed (a
+    /// write through a shared mapping) or, after a failure, leaves the abort running.
+    pub async fn release(&self, fh: u64) {
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+            return;
+        };
+        if let Some(writer) = &file.writer {
+            self.detach(writer).await;
+        }
+    }
+
+    /// Drops one handle of `writer`; the last one commits leftovers and unregisters it.
+    pub(super) async fn detach(&self, writer: &Writer) {
+        if writer.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        if let Err(e) = self.commit(writer).await {
+            tracing::warn!(path = %writer.path(), errno = e.errno, "upload at release failed: {}", e.message);
+        }
+        let mut st = writer.state.lock().await;
+        if let Content::Stream(_) = st.content {
+            // Never committed (unlinked, or failed): drop it and any multipart upload.
+            let failed = st.failed.clone().unwrap_or_else(lost);
+            self.lose(&mut st, failed);
+        }
+        let mut t = self.tables.lock().unwrap();
+        if t.writers
+            .get(&writer.ino)
+            .is_some_and(|w| std::ptr::eq(Arc::as_ptr(w), writer))
+        {
+            t.writers.remove(&writer.ino);
+        }
+    }
+
+    /// Fails mutations on a read-only mount and names the filesystem cannot hold.
+    pub(super) fn check_writable(&self, name: &str) -> FsResult<()> {
+        if self.config.read_only {
+            return Err(FsError::read_only());
+        }
+        if !super::list::valid_name(name) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("'{name}' cannot be a name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mode a new file gets when `mode` carries no type bits.
+    pub(super) fn file_mode_bits(mode: u32) -> u32 {
+        if mode & S_IFMT == 0 {
+            S_IFREG | mode
+        } else {
+            mode
+        }
+    }
+}
+
+fn lost() -> FsError {
+    FsError::new(
+        libc::EIO,
+        "the file's unsaved bytes were lost with a failed upload",
+    )
+}

@@ -1,0 +1,392 @@
+//! Write buffers into objects: one PutObject for a small file, a multipart upload for a large
+//! one, with parts uploaded while the application keeps writing.
+//!
+//! Non-obvious problems:
+//! 1. Memory is bounded twice: each file has at most `concurrency` parts in flight, and every
+//!    buffered byte of every file holds a permit of one shared `WriteBudget`. A writer that finds
+//!    the budget spent waits (backpressure: its `write()` blocks) instead of growing.
+//! 2. Permits are taken per write, not per part, so a thousand small files open at once hold
+//!    only what they wrote. If the budget is held entirely by half-filled buffers of other files
+//!    (more writers than budget / part size), nothing would ever free it: after `OVERDRAFT_WAIT`
+//!    a writer with no part in flight goes ahead without permits and says so in the log.
+//! 3. S3 allows 10,000 parts; parts double in size every 1,000 so that a file can reach 5 TiB
+//!    (S3's object limit) while small files still use small parts.
+//! 4. A file no larger than one part is one PutObject; the multipart upload starts only when
+//!    the first part is full, so `If-None-Match` and metadata go with whichever request creates
+//!    the object.
+//! 5. A failed upload is aborted, never completed: no partial object appears under the name.
+
+pub mod staging;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::store::{
+    CompletedPart, ObjectStore, PutOptions, StoreError, StoreErrorKind, UserMetadata,
+};
+
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// S3's largest part count.
+pub const MAX_PARTS: i32 = 10_000;
+/// Parts per size step: part sizes double after every this many parts.
+const PARTS_PER_STEP: i32 = 1_000;
+/// S3's largest object.
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+/// How long a writer with nothing in flight waits for budget before it overdraws (see 2.).
+const OVERDRAFT_WAIT: Duration = Duration::from_secs(5);
+
+/// Size of part `number` (from 1) when the first part is `base` bytes.
+pub fn part_size(base: u64, number: i32) -> u64 {
+    let step = ((number.max(1) - 1) / PARTS_PER_STEP) as u32;
+    base.saturating_mul(1 << step).min(MAX_PART_SIZE)
+}
+
+/// The largest object `MAX_PARTS` parts of the growing sizes reach from `base`.
+pub fn reach(base: u64) -> u64 {
+    (1..=MAX_PARTS).map(|n| part_size(base, n)).sum()
+}
+
+/// Upload tuning shared by every file.
+#[derive(Debug, Clone)]
+pub struct UploadTuning {
+    /// Size of the first parts.
+    pub part_size: u64,
+    /// Parts in flight per file.
+    pub concurrency: usize,
+}
+
+/// The memory all write buffers share, in bytes.
+#[derive(Debug, Clone)]
+pub struct WriteBudget(Arc<Semaphore>);
+
+impl WriteBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Self {
+        let bytes = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Self(Arc::new(Semaphore::new(bytes)))
+    }
+
+    /// Bytes not held by any buffer.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+/// What a finished upload produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// The object's ETag.
+    pub etag: String,
+    /// Its size.
+    pub size: u64,
+    /// The metadata it was created with.
+    pub metadata: UserMetadata,
+}
+
+type PartTask = JoinHandle<Result<CompletedPart, StoreError>>;
+
+/// One object being written front to back.
+#[derive(Debug)]
+pub struct Upload {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    tuning: UploadTuning,
+    budget: WriteBudget,
+    buffer: Vec<u8>,
+    held: Option<OwnedSemaphorePermit>,
+    upload_id: Option<String>,
+    /// Metadata sent with CreateMultipartUpload.
+    sent: Option<UserMetadata>,
+    in_flight: VecDeque<PartTask>,
+    done: Vec<CompletedPart>,
+    next_part: i32,
+    len: u64,
+    failed: Option<StoreError>,
+}
+
+/// Handle for aborting a multipart upload after its `Upload` is gone.
+#[derive(Debug, Clone)]
+pub struct PendingAbort {
+    /// The key the upload was for.
+    pub key: String,
+    /// Its upload id.
+    pub upload_id: String,
+}
+
+impl Upload {
+    /// An empty upload to `key`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        tuning: UploadTuning,
+        budget: WriteBudget,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            tuning,
+            budget,
+            buffer: Vec::new(),
+            held: None,
+            upload_id: None,
+            sent: None,
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+            next_part: 1,
+            len: 0,
+            failed: None,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True once a part has left the buffer: the bytes before the buffer are no longer held.
+    pub fn started(&self) -> bool {
+        self.upload_id.is_some()
+    }
+
+    /// The bytes written, when no part has been uploaded yet (to move them elsewhere).
+    pub fn into_buffer(mut self) -> Option<Vec<u8>> {
+        (!self.started()).then(|| std::mem::take(&mut self.buffer))
+    }
+
+    /// Appends `data`, uploading full parts; waits while the budget or the file's in-flight
+    /// limit is reached. `metadata` goes with CreateMultipartUpload if this write starts one.
+    pub async fn write(
+        &mut self,
+        mut data: &[u8],
+        metadata: &UserMetadata,
+    ) -> Result<(), StoreError> {
+        self.check_failed()?;
+        while !data.is_empty() {
+            let room =
+                part_size(self.tuning.part_size, self.next_part) as usize - self.buffer.len();
+            let take = room.min(data.len()).min(u32::MAX as usize);
+            self.reserve(take).await;
+            if self.buffer.capacity() == 0 {
+                // Reserved lazily: untouched capacity costs no resident memory.
+                self.buffer = Vec::with_capacity(room);
+            }
+            self.buffer.extend_from_slice(&data[..take]);
+            self.len += take as u64;
+            data = &data[take..];
+            if self.buffer.len() as u64 == part_size(self.tuning.part_size, self.next_part) {
+                self.send_part(metadata).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reserve(&mut self, bytes: usize) {
+        let sem = Arc::clone(&self.budget.0);
+        let n = bytes as u32;
+        let permit = if self.in_flight.is_empty() {
+            match tokio::time::timeout(OVERDRAFT_WAIT, sem.acquire_many_owned(n)).await {
+                Ok(p) => p.ok(),
+                Err(_) => {
+                    tracing::warn!(
+                        key = %self.key,
+                        "write budget spent by other files' buffers; going over it by {bytes} bytes"
+                    );
+                    None
+                }
+            }
+        } else {
+            sem.acquire_many_owned(n).await.ok()
+        };
+        if let Some(permit) = permit {
+            match &mut self.held {
+                Some(held) => held.merge(permit),
+                None => self.held = Some(permit),
+            }
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Collects finished parts without waiting; records the first failure.
+    fn reap(&mut self) {
+        while self.in_flight.front().is_some_and(|t| t.is_finished()) {
+            let task = self.in_flight.pop_front().expect("front exists");
+            let result = futures::FutureExt::now_or_never(task).expect("finished");
+            self.record(result);
+        }
+    }
+
+    fn record(
+        &mut self,
+        result: Result<Result<CompletedPart, StoreError>, tokio::task::JoinError>,
+    ) {
+        match result {
+            Ok(Ok(part)) => self.done.push(part),
+            Ok(Err(e)) => {
+                self.failed.get_or_insert(e);
+            }
+            Err(e) => {
+                self.failed.get_or_insert(StoreError::new(
+                    StoreErrorKind::Other,
+                    format!("part upload task: {e}"),
+                ));
+            }
+        }
+    }
+
+    async fn wait_one(&mut self) {
+        if let Some(task) = self.in_flight.pop_front() {
+            let result = task.await;
+            self.record(result);
+        }
+    }
+
+    /// Uploads the buffer as the next part, starting the multipart upload if needed.
+    async fn send_part(&mut self, metadata: &UserMetadata) -> Result<(), StoreError> {
+        if self.upload_id.is_none() {
+            let id = self
+                .store
+                .create_multipart_upload(&self.key, metadata)
+                .await?;
+            self.upload_id = Some(id);
+            self.sent = Some(metadata.clone());
+        }
+        self.reap();
+        while self.in_flight.len() >= self.tuning.concurrency.max(1) {
+            self.wait_one().await;
+        }
+        self.check_failed()?;
+        if self.next_part > MAX_PARTS {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("{}: larger than S3's 10,000-part limit allows", self.key),
+            ));
+        }
+        let body = Bytes::from(std::mem::take(&mut self.buffer));
+        let permit = self.held.take();
+        let number = self.next_part;
+        self.next_part += 1;
+        let store = Arc::clone(&self.store);
+        let key = self.key.clone();
+        let id = self.upload_id.clone().expect("started above");
+        self.in_flight.push_back(tokio::spawn(async move {
+            let etag = store.upload_part(&key, &id, number, body).await?;
+            drop(permit);
+            Ok(CompletedPart { number, etag })
+        }));
+        Ok(())
+    }
+
+    /// Finishes the object: one PutObject, or the last part and CompleteMultipartUpload.
+    /// On failure the multipart upload is left for `abort` (see `pending_abort`).
+    pub async fn finish(
+        &mut self,
+        metadata: &UserMetadata,
+        if_none_match: bool,
+    ) -> Result<Uploaded, StoreError> {
+        self.check_failed()?;
+        if self.upload_id.is_none() {
+            let body = Bytes::from(std::mem::take(&mut self.buffer));
+            let options = PutOptions {
+                metadata: metadata.clone(),
+                if_none_match,
+            };
+            let etag = self.store.put_object(&self.key, body, &options).await?;
+            self.held = None;
+            return Ok(Uploaded {
+                etag,
+                size: self.len,
+                metadata: metadata.clone(),
+            });
+        }
+        if !self.buffer.is_empty() {
+            self.send_part(metadata).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_one().await;
+        }
+        self.check_failed()?;
+        self.done.sort_by_key(|p| p.number);
+        let id = self.upload_id.clone().expect("started");
+        let etag = self
+            .store
+            .complete_multipart_upload(&self.key, &id, &self.done, if_none_match)
+            .await?;
+        self.upload_id = None;
+        Ok(Uploaded {
+            etag,
+            size: self.len,
+            metadata: self.sent.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Stops the parts in flight and returns what must be aborted on the server, if anything.
+    pub fn cancel(&mut self) -> Option<PendingAbort> {
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+        self.buffer = Vec::new();
+        self.held = None;
+        self.upload_id.take().map(|upload_id| PendingAbort {
+            key: self.key.clone(),
+            upload_id,
+        })
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(pending) = self.cancel() {
+            tracing::warn!(key = %pending.key, "upload dropped without abort; id {}", pending.upload_id);
+        }
+    }
+}
+
+/// Aborts `pending`, retrying with backoff for about ten minutes while the server is away.
+pub async fn abort_with_retries(store: Arc<dyn ObjectStore>, pending: PendingAbort) {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=20 {
+        match store
+            .abort_multipart_upload(&pending.key, &pending.upload_id)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(key = %pending.key, "aborted the failed upload");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(key = %pending.key, attempt, "aborting the failed upload: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+    tracing::error!(
+        key = %pending.key,
+        "gave up aborting upload {}: remove it with AbortMultipartUpload or a lifecycle rule",
+        pending.upload_id
+    );
+}
+
+#[cfg(test)]
+mod tests;

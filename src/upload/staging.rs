@@ -1,0 +1,207 @@
+//! Staging files: local copies of objects being changed in place (random writes, append,
+//! O_RDWR, truncate), uploaded whole at the commit point.
+//!
+//! Non-obvious problems:
+//! 1. Disk use is bounded by `limit`: the sum of the staging files' lengths (holes included) may
+//!    not pass it, and a write that would is refused with ENOSPC, as a full disk would.
+//! 2. Each file is unlinked as soon as it is created, so a crash leaves no stray copies: the
+//!    open descriptor is the only reference.
+//! 3. Reads and writes are positioned (`pread`/`pwrite`), so handles never share a file offset.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{FsError, FsResult};
+
+/// The directory staging files live in, and its disk budget.
+#[derive(Debug)]
+pub struct StagingDir {
+    path: PathBuf,
+    limit: u64,
+    used: AtomicU64,
+    next: AtomicU64,
+}
+
+/// One staging file.
+#[derive(Debug)]
+pub struct StagingFile {
+    file: File,
+    dir: Arc<StagingDir>,
+    len: AtomicU64,
+}
+
+fn io_error(what: &str, e: std::io::Error) -> FsError {
+    FsError::new(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {e}"),
+    )
+}
+
+impl StagingDir {
+    /// Creates (mode 0700) or opens `path`, allowing `limit` bytes of staging files.
+    pub fn new(path: &Path, limit: u64) -> std::io::Result<Arc<Self>> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)?;
+        // Fail now, at mount time, rather than at the first write.
+        let probe = path.join(format!(".probe-{}", std::process::id()));
+        File::create(&probe)?;
+        std::fs::remove_file(&probe)?;
+        Ok(Arc::new(Self {
+            path: path.to_path_buf(),
+            limit,
+            used: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+        }))
+    }
+
+    /// Bytes held by staging files now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// A new, empty staging file.
+    pub fn create(self: &Arc<Self>) -> FsResult<StagingFile> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .path
+            .join(format!("staging-{}-{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error("creating a staging file", e))?;
+        let _ = std::fs::remove_file(&path);
+        Ok(StagingFile {
+            file,
+            dir: Arc::clone(self),
+            len: AtomicU64::new(0),
+        })
+    }
+
+    fn grow(&self, by: u64) -> FsResult<()> {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(by).filter(|total| *total <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|used| {
+                FsError::new(
+                    libc::ENOSPC,
+                    format!(
+                        "staging space full: {used} of {} bytes in use (--cache-dir-limit)",
+                        self.limit
+                    ),
+                )
+            })
+    }
+}
+
+impl StagingFile {
+    /// Current length.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Changes the length, growing the disk reservation or giving it back.
+    pub fn set_len(&self, len: u64) -> FsResult<()> {
+        let old = self.len();
+        if len > old {
+            self.dir.grow(len - old)?;
+        }
+        if let Err(e) = self.file.set_len(len) {
+            if len > old {
+                self.dir.used.fetch_sub(len - old, Ordering::SeqCst);
+            }
+            return Err(io_error("resizing a staging file", e));
+        }
+        if len < old {
+            self.dir.used.fetch_sub(old - len, Ordering::SeqCst);
+        }
+        self.len.store(len, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, growing the file as needed.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> FsResult<()> {
+        let end = offset + data.len() as u64;
+        let old = self.len();
+        if end > old {
+            self.dir.grow(end - old)?;
+            self.len.store(end, Ordering::SeqCst);
+        }
+        self.file.write_all_at(data, offset).map_err(|e| {
+            if end > old {
+                // Keep the reservation only for what the file really holds.
+                self.len.store(old, Ordering::SeqCst);
+                self.dir.used.fetch_sub(end - old, Ordering::SeqCst);
+                let _ = self.file.set_len(old);
+            }
+            io_error("writing a staging file", e)
+        })
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end).
+    pub fn read_at(&self, offset: u64, len: usize) -> FsResult<Bytes> {
+        let size = self.len();
+        if offset >= size {
+            return Ok(Bytes::new());
+        }
+        let n = (len as u64).min(size - offset) as usize;
+        let mut buf = vec![0; n];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| io_error("reading a staging file", e))?;
+        Ok(buf.into())
+    }
+}
+
+impl Drop for StagingFile {
+    fn drop(&mut self) {
+        self.dir.used.fetch_sub(self.len(), Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_gives_enospc_and_space_comes_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StagingDir::new(tmp.path(), 100).unwrap();
+        let a = dir.create().unwrap();
+        a.write_at(0, &[1; 60]).unwrap();
+        let b = dir.create().unwrap();
+        assert_eq!(b.write_at(0, &[2; 50]).unwrap_err().errno, libc::ENOSPC);
+        assert_eq!(b.len(), 0);
+        b.write_at(10, &[2; 30]).unwrap();
+        assert_eq!(dir.used(), 100);
+        assert_eq!(
+            &b.read_at(0, 100).unwrap()[..],
+            &[&[0u8; 10][..], &[2; 30]].concat()[..]
+        );
+        a.set_len(10).unwrap();
+        assert_eq!(dir.used(), 50);
+        drop(b);
+        assert_eq!(dir.used(), 10);
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "files are unlinked"
+        );
+    }
+}
