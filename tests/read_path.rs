@@ -342,30 +342,6 @@ fn inode_numbers_are_the_same_after_a_remount() {
 }
 
 #[test]
-fn every_mutation_is_refused_with_erofs() {
-    let b = Bucket::new("erofs");
-    b.put("file.txt", "keep me");
-    let m = Mount::new(&b.name, "erofs", &[]);
-    let erofs = |r: std::io::Result<()>| {
-        let e = r.expect_err("mutation succeeded");
-        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
-    };
-    erofs(fs::write(m.path.join("new.txt"), "x"));
-    erofs(fs::write(m.path.join("file.txt"), "x").map(|_| ()));
-    erofs(fs::create_dir(m.path.join("newdir")));
-    erofs(fs::remove_file(m.path.join("file.txt")));
-    erofs(fs::rename(
-        m.path.join("file.txt"),
-        m.path.join("moved.txt"),
-    ));
-    erofs(std::os::unix::fs::symlink("file.txt", m.path.join("link")));
-    assert_eq!(
-        fs::read_to_string(m.path.join("file.txt")).unwrap(),
-        "keep me"
-    );
-}
-
-#[test]
 fn unmount_and_sigterm_end_the_daemon() {
     let b = Bucket::new("lifecycle");
     b.put("f", "x");

@@ -84,6 +84,24 @@ impl Fs {
         key: &str,
         metadata: Option<&crate::store::UserMetadata>,
     ) -> Result<String, StoreError> {
+        if source.key.ends_with('/') {
+            // A `dir/` marker: empty, so writing it anew is the copy (SeaweedFS refuses to
+            // copy markers).
+            let metadata = match metadata {
+                Some(m) => m.clone(),
+                None => self
+                    .store
+                    .head_object(source.key)
+                    .await?
+                    .and_then(|m| m.metadata)
+                    .unwrap_or_default(),
+            };
+            let options = PutOptions {
+                metadata,
+                if_none_match: false,
+            };
+            return self.store.put_object(key, Bytes::new(), &options).await;
+        }
         if size <= self.copy_limit() {
             return self.store.copy_object(source, key, metadata).await;
         }
@@ -569,6 +587,22 @@ impl Fs {
                 Ok(())
             })
             .await?;
+        // Some servers (SeaweedFS) keep a folder for every prefix that once held keys and go on
+        // listing it: delete the old directory prefixes too, deepest first (a no-op on S3).
+        let mut dirs: Vec<&str> = objects
+            .iter()
+            .flat_map(|o| {
+                o.key[old_prefix.len()..]
+                    .match_indices('/')
+                    .map(|(i, _)| &o.key[..old_prefix.len() + i + 1])
+            })
+            .chain([old_prefix.as_str()])
+            .collect();
+        dirs.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        dirs.dedup();
+        for dir in dirs {
+            self.store.delete_object(dir).await?;
+        }
         if objects.is_empty() {
             // An empty directory known only to this mount still gets its marker at the new name.
             let options = PutOptions::default();

@@ -325,6 +325,43 @@ impl Bucket {
         });
     }
 
+    /// The object's bytes, read through the S3 API.
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let s = server();
+        s.rt.block_on(async {
+            let out = s
+                .client
+                .get_object()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("get {key}: {:?}", e.into_service_error()));
+            out.body.collect().await.unwrap().into_bytes().to_vec()
+        })
+    }
+
+    /// ETag and user metadata of `key`, or `None` when it does not exist.
+    pub fn head(&self, key: &str) -> Option<(String, std::collections::HashMap<String, String>)> {
+        let s = server();
+        let out =
+            s.rt.block_on(s.client.head_object().bucket(&self.name).key(key).send())
+                .ok()?;
+        Some((
+            out.e_tag().unwrap_or_default().to_string(),
+            out.metadata().cloned().unwrap_or_default(),
+        ))
+    }
+
+    /// Multipart uploads begun and neither completed nor aborted.
+    pub fn multipart_uploads(&self) -> usize {
+        let s = server();
+        let out =
+            s.rt.block_on(s.client.list_multipart_uploads().bucket(&self.name).send())
+                .expect("list multipart uploads");
+        out.uploads().len()
+    }
+
     /// Puts many small objects concurrently.
     pub fn put_many(&self, keys: &[String], body: &[u8]) {
         let s = server();
@@ -390,6 +427,8 @@ pub fn bucketfs_command(source: &str, mountpoint: &Path, extra: &[&str]) -> Comm
         .arg("--endpoint-url")
         .arg(&s.endpoint)
         .arg("--force-path-style")
+        .arg("--cache-dir")
+        .arg(run_dir().join("staging"))
         .args(extra)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)

@@ -82,6 +82,11 @@ impl Proxy {
         self.state.stalled.store(false, Ordering::SeqCst);
     }
 
+    /// Forwards again after `kill`: the server is back.
+    pub fn revive(&self) {
+        self.state.dead.store(false, Ordering::SeqCst);
+    }
+
     /// Cuts every connection and refuses new ones: the endpoint is dead.
     pub fn kill(&self) {
         self.state.dead.store(true, Ordering::SeqCst);

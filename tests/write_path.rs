@@ -1,0 +1,281 @@
+//! The write path through a real mount: what a user writes is what another S3 client reads,
+//! bytes and s3fs headers, against SeaweedFS on 127.0.0.1.
+
+mod common;
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::{pseudo_random, sha256, Bucket, Mount};
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(script: &str) -> String {
+    run(Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script))
+}
+
+fn header(b: &Bucket, key: &str, name: &str) -> Option<String> {
+    b.head(key).and_then(|(_, m)| m.get(name).cloned())
+}
+
+#[test]
+fn create_overwrite_append_and_truncate_are_plain_objects() {
+    let b = Bucket::new("rw-basic");
+    b.put("old.txt", "0123456789");
+    let m = Mount::new(&b.name, "rw-basic", &[]);
+    let p = |n: &str| m.path.join(n);
+
+    sh(&format!(
+        "echo hello > {0}; echo world >> {0}",
+        p("echo.txt").display()
+    ));
+    assert_eq!(b.get("echo.txt"), b"hello\nworld\n");
+    assert_eq!(
+        header(&b, "echo.txt", "mode").unwrap(),
+        (0o100644).to_string()
+    );
+
+    // Random write into an existing object (dd conv=notrunc), then O_APPEND and truncate.
+    sh(&format!(
+        "printf AB | dd of={} bs=1 seek=3 conv=notrunc status=none",
+        p("old.txt").display()
+    ));
+    assert_eq!(b.get("old.txt"), b"012AB56789");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(p("old.txt"))
+        .unwrap();
+    f.write_all(b"++").unwrap();
+    drop(f);
+    assert_eq!(b.get("old.txt"), b"012AB56789++");
+    sh(&format!("truncate -s 4 {}", p("old.txt").display()));
+    assert_eq!(b.get("old.txt"), b"012A");
+
+    // O_RDWR: read back what this handle wrote before any commit, and from another handle.
+    let mut rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p("old.txt"))
+        .unwrap();
+    rw.seek(SeekFrom::Start(1)).unwrap();
+    rw.write_all(b"xyz").unwrap();
+    assert_eq!(fs::read(p("old.txt")).unwrap(), b"0xyz");
+    rw.sync_all().unwrap();
+    assert_eq!(b.get("old.txt"), b"0xyz", "fsync commits");
+    drop(rw);
+
+    // O_TRUNC overwrite, an empty new file, and ftruncate that grows.
+    fs::write(p("old.txt"), "replaced").unwrap();
+    assert_eq!(b.get("old.txt"), b"replaced");
+    fs::File::create(p("empty")).unwrap();
+    assert_eq!(b.get("empty"), b"");
+    let f = fs::OpenOptions::new().write(true).open(p("empty")).unwrap();
+    f.set_len(5).unwrap();
+    drop(f);
+    assert_eq!(b.get("empty"), vec![0; 5]);
+    assert_eq!(fs::read_to_string(p("old.txt")).unwrap(), "replaced");
+}
+
+#[test]
+fn a_large_sequential_write_is_a_multipart_upload_with_the_same_bytes() {
+    let b = Bucket::new("rw-large");
+    let m = Mount::new(&b.name, "rw-large", &[]);
+    let data = pseudo_random(45 << 20, 3);
+    let mut f = fs::File::create(m.path.join("big.bin")).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+    let (etag, _) = b.head("big.bin").unwrap();
+    assert!(etag.contains('-'), "multipart ETag expected, got {etag}");
+    assert_eq!(sha256(&b.get("big.bin")), sha256(&data));
+    assert_eq!(
+        fs::metadata(m.path.join("big.bin")).unwrap().len(),
+        data.len() as u64
+    );
+    // `cp` of it inside the mount (read + write through FUSE), byte for byte.
+    run(Command::new("cp")
+        .arg(m.path.join("big.bin"))
+        .arg(m.path.join("copy.bin")));
+    assert_eq!(sha256(&b.get("copy.bin")), sha256(&data));
+    assert_eq!(b.multipart_uploads(), 0);
+}
+
+#[test]
+fn o_excl_on_an_existing_name_is_eexist() {
+    let b = Bucket::new("rw-excl");
+    b.put("there", "x");
+    let m = Mount::new(&b.name, "rw-excl", &[]);
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.path.join("there"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+    // A new name with O_EXCL works and is stored.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(m.path.join("fresh"))
+        .unwrap();
+    f.write_all(b"mine").unwrap();
+    drop(f);
+    assert_eq!(b.get("fresh"), b"mine");
+    assert_eq!(header(&b, "fresh", "mode").unwrap(), (0o100600).to_string());
+    assert_eq!(b.get("there"), b"x");
+}
+
+#[test]
+fn directories_renames_and_removal() {
+    let b = Bucket::new("rw-names");
+    let m = Mount::new(&b.name, "rw-names", &[]);
+    let p = |n: &str| m.path.join(n);
+    fs::create_dir_all(p("a/b/c")).unwrap();
+    assert!(b.head("a/b/c/").is_some(), "mkdir writes a marker");
+    fs::write(p("a/b/f.txt"), "f").unwrap();
+    let e = fs::remove_dir(p("a/b")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+
+    // An editor's save: write a temp file, rename it over the original.
+    fs::write(p("a/doc.txt"), "v1").unwrap();
+    fs::write(p("a/.doc.txt.swp"), "v2").unwrap();
+    fs::rename(p("a/.doc.txt.swp"), p("a/doc.txt")).unwrap();
+    assert_eq!(b.get("a/doc.txt"), b"v2");
+    assert!(b.head("a/.doc.txt.swp").is_none());
+    assert_eq!(fs::read_to_string(p("a/doc.txt")).unwrap(), "v2");
+
+    // mv of a whole directory: every key moves; the old names are gone.
+    run(Command::new("mv").arg(p("a")).arg(p("z")));
+    let keys = b.keys();
+    assert!(keys.iter().all(|k| !k.starts_with("a/")), "{keys:?}");
+    for k in ["z/b/c/", "z/b/f.txt", "z/doc.txt"] {
+        assert!(keys.contains(&k.to_string()), "{k} missing in {keys:?}");
+    }
+    assert_eq!(fs::read_to_string(p("z/b/f.txt")).unwrap(), "f");
+    // renameat2 flags: RENAME_NOREPLACE honoured, RENAME_EXCHANGE refused.
+    let noreplace = sh(&format!(
+        "mv --no-clobber --verbose {} {} || true; echo done",
+        p("z/doc.txt").display(),
+        p("z/b/f.txt").display()
+    ));
+    assert!(noreplace.contains("done"));
+    assert_eq!(b.get("z/b/f.txt"), b"f");
+    let exchange = sh(&format!(
+        "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None,use_errno=True); r=l.renameat2(-100,sys.argv[1].encode(),-100,sys.argv[2].encode(),2); print(r, ctypes.get_errno())' {} {}",
+        p("z/doc.txt").display(),
+        p("z/b/f.txt").display()
+    ));
+    assert_eq!(exchange.trim(), format!("-1 {}", libc::EINVAL));
+
+    // An empty directory survives a remount; rm -r removes everything.
+    fs::create_dir(p("empty")).unwrap();
+    drop(m);
+    let m = Mount::new(&b.name, "rw-names", &[]);
+    assert!(m.path.join("empty").is_dir());
+    run(Command::new("rm")
+        .arg("-r")
+        .arg(m.path.join("z"))
+        .arg(m.path.join("empty")));
+    assert_eq!(b.keys(), Vec::<String>::new());
+    let left: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Hard links and device nodes: EPERM, as the man pages say for unsupported filesystems.
+    fs::write(m.path.join("t"), "t").unwrap();
+    let e = fs::hard_link(m.path.join("t"), m.path.join("t2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    let e = sh(&format!(
+        "mkfifo {} 2>&1 || true",
+        m.path.join("fifo").display()
+    ));
+    assert!(e.contains("Operation not permitted"), "{e}");
+}
+
+#[test]
+fn chmod_chown_touch_and_symlinks_use_s3fs_headers_and_survive_a_remount() {
+    let b = Bucket::new("rw-attrs");
+    b.put("plain", "no headers");
+    let m = Mount::new(&b.name, "rw-attrs", &[]);
+    let p = |n: &str| m.path.join(n);
+    fs::write(p("f"), "content").unwrap();
+    fs::set_permissions(p("f"), fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::chown(p("f"), Some(1234), Some(5678)).unwrap();
+    sh(&format!("touch -m -d @1500000000 {}", p("f").display()));
+    std::os::unix::fs::symlink("f", p("link")).unwrap();
+    sh(&format!(
+        "touch -m -d @1600000000.25 {}",
+        p("plain").display()
+    ));
+
+    assert_eq!(b.get("f"), b"content", "metadata changes keep the bytes");
+    assert_eq!(header(&b, "f", "mode").unwrap(), (0o100751).to_string());
+    assert_eq!(header(&b, "f", "uid").unwrap(), "1234");
+    assert_eq!(header(&b, "f", "gid").unwrap(), "5678");
+    assert_eq!(header(&b, "f", "mtime").unwrap(), "1500000000");
+    assert_eq!(b.get("link"), b"f", "a symlink's body is its target");
+    assert_eq!(header(&b, "link", "mode").unwrap(), (0o120777).to_string());
+    assert_eq!(
+        header(&b, "plain", "mtime").unwrap(),
+        "1600000000.250000000"
+    );
+    drop(m);
+
+    // A new mount reads the headers back (a stat of one name is a HEAD).
+    let m = Mount::new(&b.name, "rw-attrs", &[]);
+    let meta = fs::metadata(m.path.join("f")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o751);
+    assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    assert_eq!(meta.mtime(), 1_500_000_000);
+    assert_eq!(fs::read_link(m.path.join("link")).unwrap(), Path::new("f"));
+    assert_eq!(fs::read_to_string(m.path.join("link")).unwrap(), "content");
+    let plain = fs::metadata(m.path.join("plain")).unwrap();
+    assert_eq!(
+        (plain.mtime(), plain.mtime_nsec()),
+        (1_600_000_000, 250_000_000)
+    );
+}
+
+#[test]
+fn read_only_mounts_refuse_every_mutation_with_erofs() {
+    let b = Bucket::new("rw-erofs");
+    b.put("file.txt", "keep me");
+    let m = Mount::new(&b.name, "rw-erofs", &["--read-only"]);
+    let erofs = |r: std::io::Result<()>| {
+        let e = r.expect_err("mutation succeeded");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    };
+    erofs(fs::write(m.path.join("new.txt"), "x"));
+    erofs(fs::write(m.path.join("file.txt"), "x"));
+    erofs(fs::create_dir(m.path.join("newdir")));
+    erofs(fs::remove_file(m.path.join("file.txt")));
+    erofs(fs::rename(
+        m.path.join("file.txt"),
+        m.path.join("moved.txt"),
+    ));
+    erofs(fs::set_permissions(
+        m.path.join("file.txt"),
+        fs::Permissions::from_mode(0o600),
+    ));
+    erofs(std::os::unix::fs::symlink("x", m.path.join("l")));
+    assert_eq!(b.get("file.txt"), b"keep me");
+}
