@@ -279,3 +279,142 @@ fn read_only_mounts_refuse_every_mutation_with_erofs() {
     erofs(std::os::unix::fs::symlink("x", m.path.join("l")));
     assert_eq!(b.get("file.txt"), b"keep me");
 }
+
+/// A source tree with files, nested directories, symlinks and modes.
+fn make_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(format!("d{}/e{}", i % 10, i % 3));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(format!("f{i}.txt"));
+        fs::write(&f, pseudo_random(100 + i * 7, i as u64)).unwrap();
+        if i % 5 == 0 {
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if i % 50 == 0 {
+            std::os::unix::fs::symlink(format!("f{i}.txt"), dir.join(format!("l{i}"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn tar_rsync_and_git_work_in_the_mount() {
+    let b = Bucket::new("rw-tools");
+    let m = Mount::new(&b.name, "rw-tools", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src, 1000);
+
+    // tar x of 1,000 files, directories and symlinks, then diff -r against the source.
+    let tarball = work.path().join("t.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    fs::create_dir(m.path.join("untar")).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(m.path.join("untar")));
+    run(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(&src)
+        .arg(m.path.join("untar")));
+    assert_eq!(
+        b.get("untar/d0/e0/f0.txt"),
+        fs::read(src.join("d0/e0/f0.txt")).unwrap()
+    );
+
+    // rsync -a there and back: bytes, modes and mtimes kept.
+    run(Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", src.display()))
+        .arg(m.path.join("rs")));
+    let back = work.path().join("back");
+    run(Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", m.path.join("rs").display()))
+        .arg(&back));
+    run(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(&src)
+        .arg(&back));
+    // (path, type, mode, mtime seconds) of files and links; directories' mtimes change as
+    // rsync fills them.
+    let listing = |root: &Path| -> Vec<(String, String, String, String)> {
+        sh(&format!(
+            "cd {} && find . ! -type d -printf '%p %y %m %T@\\n' | sort",
+            root.display()
+        ))
+        .lines()
+        .map(|l| {
+            let c: Vec<&str> = l.split(' ').collect();
+            let secs = c[3].split('.').next().unwrap().to_string();
+            (c[0].into(), c[1].into(), c[2].into(), secs)
+        })
+        .collect()
+    };
+    let (a, z) = (listing(&src), listing(&back));
+    assert_eq!(a.len(), z.len());
+    let kind_or_mode: Vec<_> = a
+        .iter()
+        .zip(&z)
+        .filter(|(x, y)| (&x.0, &x.1, &x.2) != (&y.0, &y.1, &y.2))
+        .collect();
+    assert!(
+        kind_or_mode.is_empty(),
+        "{:?}",
+        &kind_or_mode[..kind_or_mode.len().min(5)]
+    );
+    let mtimes: Vec<_> = a.iter().zip(&z).filter(|(x, y)| x.3 != y.3).collect();
+    assert!(mtimes.is_empty(), "{:?}", &mtimes[..mtimes.len().min(5)]);
+    assert_eq!(
+        header(&b, "rs/d0/e0/f0.txt", "mode").unwrap(),
+        (0o100600).to_string()
+    );
+
+    // git clone of a local repository into the mount, fsck and a checkout.
+    let repo = work.path().join("repo");
+    sh(&format!(
+        "git init -q {0} && cd {0} && git config user.email t@e && git config user.name t \
+         && cp -r {1}/d0 . && git add -A && git commit -qm one \
+         && echo two > two.txt && git add two.txt && git commit -qm two",
+        repo.display(),
+        src.display()
+    ));
+    let clone = m.path.join("clone");
+    run(Command::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg(&repo)
+        .arg(&clone));
+    run(Command::new("git")
+        .arg("-C")
+        .arg(&clone)
+        .arg("fsck")
+        .arg("--strict"));
+    run(Command::new("git")
+        .arg("-C")
+        .arg(&clone)
+        .arg("checkout")
+        .arg("-q")
+        .arg("HEAD~1"));
+    assert!(!clone.join("two.txt").exists());
+    run(Command::new("git")
+        .arg("-C")
+        .arg(&clone)
+        .arg("checkout")
+        .arg("-q")
+        .arg("-"));
+    assert_eq!(fs::read_to_string(clone.join("two.txt")).unwrap(), "two\n");
+    let status = run(Command::new("git")
+        .arg("-C")
+        .arg(&clone)
+        .arg("status")
+        .arg("--porcelain"));
+    assert_eq!(status, "");
+}

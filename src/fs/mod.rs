@@ -156,6 +156,12 @@ fn posix_of(meta: Option<&ObjectMeta>) -> Posix {
         .unwrap_or_default()
 }
 
+/// ETags compare without their quotes: some servers quote them in listings and not in
+/// CopyObject results.
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
 /// File or symlink, from the object's mode header.
 fn object_kind(meta: &ObjectMeta) -> Kind {
     if posix_of(Some(meta)).is_symlink() {
@@ -397,7 +403,9 @@ impl Fs {
                 Child::Dir => (Kind::Dir, known.filter(|m| m.key.ends_with('/')).cloned()),
                 Child::File(mut meta) => {
                     // Headers read earlier for this very version still hold.
-                    if let Some(old) = known.filter(|m| m.etag == meta.etag && m.key == meta.key) {
+                    if let Some(old) =
+                        known.filter(|m| same_etag(&m.etag, &meta.etag) && m.key == meta.key)
+                    {
                         meta.metadata.clone_from(&old.metadata);
                     }
                     (object_kind(&meta), Some(meta))

@@ -195,10 +195,12 @@ impl Fs {
         }
         if let Some(writer) = self.writer_of(ino) {
             // An open file takes the change with its next commit.
-            let type_bits = S_IFREG;
-            change.apply(&mut writer.posix.lock().unwrap(), type_bits);
-            writer.state.lock().await.dirty = true;
-            return Ok(self.writer_attr(&writer));
+            if self
+                .change_open(&writer, |posix| change.apply(posix, S_IFREG))
+                .await
+            {
+                return Ok(self.writer_attr(&writer));
+            }
         }
         let path = self.path_of(ino)?;
         let (kind, meta) = self.node(ino).await?;
@@ -487,7 +489,7 @@ impl Fs {
                 _ => {}
             }
         }
-        if source.kind == Kind::Dir {
+        let moved_file = if source.kind == Kind::Dir {
             if to.starts_with(&format!("{from}/")) {
                 return Err(FsError::new(
                     libc::EINVAL,
@@ -495,39 +497,53 @@ impl Fs {
                 ));
             }
             self.rename_dir(&from, &to).await?;
+            None
         } else {
-            self.rename_file(source.ino, &from, &to).await?;
-        }
-        let mut t = self.tables.lock().unwrap();
-        let moved = t.inodes.rename(&from, &to);
-        for ino in moved {
-            t.nodes.remove(&ino);
-            t.listings.remove(&ino);
-        }
-        let (old_parent, old_name) = split(&from);
-        let (new_parent_path, new_leaf) = split(&to);
-        let old_parent = t.inodes.ino_for(old_parent);
-        let new_parent_ino = t.inodes.ino_for(new_parent_path);
-        self.upsert_entry(&mut t, old_parent, old_name, None);
-        let attr = Attr {
-            ino: source.ino,
-            ..source
+            Some(self.rename_file(source.ino, &from, &to).await?)
         };
-        self.upsert_entry(&mut t, new_parent_ino, new_leaf, Some(attr));
-        if let Some(writer) = t.writers.get(&source.ino) {
-            *writer.path.lock().unwrap() = to.clone();
+        self.rebind(&from, &to, &source);
+        if let Some(meta) = moved_file {
+            // Recorded under the moved inode, headers included, so listings keep them.
+            self.record(&to, Some((object_kind(&meta), Some(meta))));
         }
         Ok(())
     }
 
-    async fn rename_file(&self, ino: Ino, from: &str, to: &str) -> FsResult<()> {
+    /// After a rename: the moved inodes take the new paths, and cached listings follow.
+    fn rebind(&self, from: &str, to: &str, source: &Attr) {
+        let mut t = self.tables.lock().unwrap();
+        let moved = t.inodes.rename(from, to);
+        for ino in moved {
+            t.nodes.remove(&ino);
+            t.listings.remove(&ino);
+        }
+        let (old_parent, old_name) = split(from);
+        let (new_parent_path, new_leaf) = split(to);
+        let old_parent = t.inodes.ino_for(old_parent);
+        let new_parent_ino = t.inodes.ino_for(new_parent_path);
+        self.upsert_entry(&mut t, old_parent, old_name, None);
+        let attr = source.clone();
+        self.upsert_entry(&mut t, new_parent_ino, new_leaf, Some(attr));
+        if let Some(writer) = t.writers.get(&source.ino) {
+            *writer.path.lock().unwrap() = to.to_string();
+        }
+    }
+
+    /// Copies the file to its new key and deletes the old one; returns the moved object.
+    async fn rename_file(&self, ino: Ino, from: &str, to: &str) -> FsResult<ObjectMeta> {
         let writer = self.writer_of(ino);
         if let Some(writer) = &writer {
             // Publish what was written under the old name first, then move it.
             self.commit(writer).await?;
         }
         let (_, meta) = self.node(ino).await?;
-        let meta = meta.ok_or_else(FsError::not_found)?;
+        let old_key = self.key_of(from);
+        // The headers say what the moved node is (a symlink, its mode): read them if the
+        // cached version came from a listing.
+        let meta = self
+            .with_headers(&old_key, meta)
+            .await?
+            .ok_or_else(FsError::not_found)?;
         let new_key = self.key_of(to);
         let source = CopySource {
             key: &meta.key,
@@ -535,17 +551,15 @@ impl Fs {
         };
         let etag = self.copy(source, meta.size, &new_key, None).await?;
         if let Some(writer) = &writer {
-            writer.state.lock().await.key.clone_from(&new_key);
+            writer.moved(&new_key, &etag).await;
         }
         self.store.delete_object(&meta.key).await?;
         self.record(from, None);
-        let new = ObjectMeta {
+        Ok(ObjectMeta {
             key: new_key,
             etag,
             ..meta
-        };
-        self.record(to, Some((object_kind(&new), Some(new))));
-        Ok(())
+        })
     }
 
     /// Copies every key under `from/` to `to/`, then deletes the originals. An empty target

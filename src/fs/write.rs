@@ -81,6 +81,16 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    /// The committed object was copied to `key` (a rename): later commits go there.
+    pub(super) async fn moved(&self, key: &str, etag: &str) {
+        let mut st = self.state.lock().await;
+        st.key = key.to_string();
+        if let Content::Base(Some(meta)) = &mut st.content {
+            meta.key = key.to_string();
+            meta.etag = etag.to_string();
+        }
+    }
+
     /// The file's path in the mount.
     pub(super) fn path(&self) -> String {
         self.path.lock().unwrap().clone()
@@ -471,6 +481,10 @@ impl Fs {
     /// Uploads the writer's content (or just its changed headers) if anything changed.
     pub(super) async fn commit(&self, writer: &Writer) -> FsResult<()> {
         let mut st = writer.state.lock().await;
+        self.commit_locked(writer, &mut st).await
+    }
+
+    async fn commit_locked(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
         if st.unlinked {
             return Ok(());
         }
@@ -480,7 +494,7 @@ impl Fs {
         if !st.dirty {
             return Ok(());
         }
-        let metadata = self.wanted_metadata(writer, &st);
+        let metadata = self.wanted_metadata(writer, st);
         let excl = st.excl;
         let key = st.key.clone();
         let result = match &mut st.content {
@@ -488,7 +502,7 @@ impl Fs {
                 let result = upload.finish(&metadata, excl).await;
                 if let Err(e) = &result {
                     let e = commit_error(e.clone(), excl);
-                    self.lose(&mut st, e.clone());
+                    self.lose(st, e.clone());
                     return Err(e);
                 }
                 result
@@ -585,22 +599,47 @@ impl Fs {
         if writer.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
             return;
         }
-        if let Err(e) = self.commit(writer).await {
+        // Commit and unregister under one hold of the state lock: a setattr that found the
+        // writer either changed it before (and this commit carries it) or waits, finds it
+        // gone, and writes the headers itself after this commit.
+        let mut st = writer.state.lock().await;
+        if writer.handles.load(Ordering::SeqCst) != 0 {
+            return; // reopened meanwhile
+        }
+        if let Err(e) = self.commit_locked(writer, &mut st).await {
             tracing::warn!(path = %writer.path(), errno = e.errno, "upload at release failed: {}", e.message);
         }
-        let mut st = writer.state.lock().await;
         if let Content::Stream(_) = st.content {
             // Never committed (unlinked, or failed): drop it and any multipart upload.
             let failed = st.failed.clone().unwrap_or_else(lost);
             self.lose(&mut st, failed);
         }
         let mut t = self.tables.lock().unwrap();
-        if t.writers
-            .get(&writer.ino)
-            .is_some_and(|w| std::ptr::eq(Arc::as_ptr(w), writer))
-        {
+        if self.is_registered(&t, writer) {
             t.writers.remove(&writer.ino);
         }
+    }
+
+    fn is_registered(&self, t: &super::Tables, writer: &Writer) -> bool {
+        t.writers
+            .get(&writer.ino)
+            .is_some_and(|w| std::ptr::eq(Arc::as_ptr(w), writer))
+    }
+
+    /// Applies a header change to an open file, for its next commit. False when the writer
+    /// was closed meanwhile (the caller then changes the object itself).
+    pub(super) async fn change_open(
+        &self,
+        writer: &Writer,
+        apply: impl FnOnce(&mut Posix),
+    ) -> bool {
+        let mut st = writer.state.lock().await;
+        if !self.is_registered(&self.tables.lock().unwrap(), writer) {
+            return false;
+        }
+        apply(&mut writer.posix.lock().unwrap());
+        st.dirty = true;
+        true
     }
 
     /// Fails mutations on a read-only mount and names the filesystem cannot hold.
