@@ -87,15 +87,7 @@ impl Fs {
         if source.key.ends_with('/') {
             // A `dir/` marker: empty, so writing it anew is the copy (SeaweedFS refuses to
             // copy markers).
-            let metadata = match metadata {
-                Some(m) => m.clone(),
-                None => self
-                    .store
-                    .head_object(source.key)
-                    .await?
-                    .and_then(|m| m.metadata)
-                    .unwrap_or_default(),
-            };
+            let metadata = self.copied_metadata(source, metadata).await?;
             let options = PutOptions {
                 metadata,
                 if_none_match: false,
@@ -105,15 +97,7 @@ impl Fs {
         if size <= self.copy_limit() {
             return self.store.copy_object(source, key, metadata).await;
         }
-        let metadata = match metadata {
-            Some(m) => m.clone(),
-            None => self
-                .store
-                .head_object(source.key)
-                .await?
-                .and_then(|m| m.metadata)
-                .unwrap_or_default(),
-        };
+        let metadata = self.copied_metadata(source, metadata).await?;
         let id = self.store.create_multipart_upload(key, &metadata).await?;
         let part = self.copy_part_size(size);
         let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..size.div_ceil(part))
@@ -149,6 +133,23 @@ impl Fs {
             tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
         }
         result
+    }
+
+    /// The headers a copy gets: `replace` when given, else the source's (one HEAD).
+    async fn copied_metadata(
+        &self,
+        source: CopySource<'_>,
+        replace: Option<&crate::store::UserMetadata>,
+    ) -> Result<crate::store::UserMetadata, StoreError> {
+        match replace {
+            Some(m) => Ok(m.clone()),
+            None => Ok(self
+                .store
+                .head_object(source.key)
+                .await?
+                .and_then(|m| m.metadata)
+                .unwrap_or_default()),
+        }
     }
 
     fn copy_limit(&self) -> u64 {
