@@ -170,10 +170,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl();
         let name = name.to_owned();
         self.spawn(|fs| async move {
-            let result = match name_str(&name) {
-                Ok(n) => fs.lookup(Ino(parent.0), n).await,
-                Err(e) => Err(e),
-            };
+            let result = async { fs.lookup(Ino(parent.0), name_str(&name)?).await }.await;
             match result {
                 Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno("lookup", e)),
@@ -249,10 +246,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         self.spawn(|fs| async move {
-            let result = match name_str(&name) {
-                Ok(n) => fs.mknod(Ino(parent.0), n, mode & !umask, owner).await,
-                Err(e) => Err(e),
-            };
+            let result = async {
+                fs.mknod(Ino(parent.0), name_str(&name)?, mode & !umask, owner)
+                    .await
+            }
+            .await;
             reply_entry("mknod", reply, &ttl, result);
         });
     }
@@ -268,10 +266,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         self.spawn(|fs| async move {
-            let result = match name_str(&name) {
-                Ok(n) => fs.mkdir(Ino(parent.0), n, mode & !umask, owner).await,
-                Err(e) => Err(e),
-            };
+            let result = async {
+                fs.mkdir(Ino(parent.0), name_str(&name)?, mode & !umask, owner)
+                    .await
+            }
+            .await;
             reply_entry("mkdir", reply, &ttl, result);
         });
     }
@@ -279,10 +278,7 @@ impl Filesystem for FuseAdapter {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.spawn(|fs| async move {
-            let result = match name_str(&name) {
-                Ok(n) => fs.unlink(Ino(parent.0), n).await,
-                Err(e) => Err(e),
-            };
+            let result = async { fs.unlink(Ino(parent.0), name_str(&name)?).await }.await;
             reply_empty("unlink", reply, result);
         });
     }
@@ -290,10 +286,7 @@ impl Filesystem for FuseAdapter {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.spawn(|fs| async move {
-            let result = match name_str(&name) {
-                Ok(n) => fs.rmdir(Ino(parent.0), n).await,
-                Err(e) => Err(e),
-            };
+            let result = async { fs.rmdir(Ino(parent.0), name_str(&name)?).await }.await;
             reply_empty("rmdir", reply, result);
         });
     }
@@ -309,10 +302,11 @@ impl Filesystem for FuseAdapter {
         let (ttl, name, owner) = (self.ttl(), link_name.to_owned(), (req.uid(), req.gid()));
         let target = target.as_os_str().to_owned();
         self.spawn(|fs| async move {
-            let result = match (name_str(&name), name_str(&target)) {
-                (Ok(n), Ok(t)) => fs.symlink(Ino(parent.0), n, t, owner).await,
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
+            let result = async {
+                let (name, target) = (name_str(&name)?, name_str(&target)?);
+                fs.symlink(Ino(parent.0), name, target, owner).await
+            }
+            .await;
             reply_entry("symlink", reply, &ttl, result);
         });
     }
@@ -333,10 +327,12 @@ impl Filesystem for FuseAdapter {
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
         self.spawn(|fs| async move {
-            let result = match (name_str(&name), name_str(&newname)) {
-                (Ok(a), Ok(b)) => fs.rename(Ino(parent.0), a, Ino(newparent.0), b, mode).await,
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
+            let result = async {
+                let (name, newname) = (name_str(&name)?, name_str(&newname)?);
+                fs.rename(Ino(parent.0), name, Ino(newparent.0), newname, mode)
+                    .await
+            }
+            .await;
             reply_empty("rename", reply, result);
         });
     }
@@ -361,13 +357,11 @@ impl Filesystem for FuseAdapter {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
         self.spawn(|fs| async move {
-            let result = match name_str(&name) {
-                Ok(n) => {
-                    fs.create(Ino(parent.0), n, mode & !umask, owner, excl)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+            let result = async {
+                fs.create(Ino(parent.0), name_str(&name)?, mode & !umask, owner, excl)
+                    .await
+            }
+            .await;
             match result {
                 Ok((attr, fh)) => reply.created(
                     &ttl,

@@ -227,24 +227,33 @@ impl Fs {
         } else {
             posix_of(meta)
         };
-        let (perm, size, mtime) = match kind {
-            Kind::Dir => (self.config.dir_mode, 0, self.mounted_at),
-            Kind::File | Kind::Symlink => {
-                let (size, modified) =
-                    meta.map_or((0, self.mounted_at), |m| (m.size, m.last_modified));
-                let perm = if kind == Kind::Symlink {
-                    0o777
-                } else {
-                    self.config.file_mode
-                };
-                (perm, size, modified)
-            }
+        let (size, modified) = match (kind, meta) {
+            (Kind::File | Kind::Symlink, Some(m)) => (m.size, m.last_modified),
+            _ => (0, self.mounted_at),
+        };
+        self.attr_from(ino, kind, size, &posix, modified)
+    }
+
+    /// Attributes of a node of `kind` and `size`: `posix` where set, else the mount's
+    /// defaults and `modified`.
+    fn attr_from(
+        &self,
+        ino: Ino,
+        kind: Kind,
+        size: u64,
+        posix: &Posix,
+        modified: SystemTime,
+    ) -> Attr {
+        let perm = match kind {
+            Kind::Dir => self.config.dir_mode,
+            Kind::File => self.config.file_mode,
+            Kind::Symlink => 0o777,
         };
         Attr {
             ino,
             kind,
             size,
-            mtime: posix.mtime.unwrap_or(mtime),
+            mtime: posix.mtime.unwrap_or(modified),
             perm: posix.mode.map_or(perm, |m| (m & 0o7777) as u16),
             uid: posix.uid.unwrap_or(self.config.uid),
             gid: posix.gid.unwrap_or(self.config.gid),
@@ -253,7 +262,16 @@ impl Fs {
 
     /// Records what is known of `path` and returns its attributes.
     fn remember(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
-        let mut t = self.tables.lock().unwrap();
+        self.remember_locked(&mut self.tables.lock().unwrap(), path, kind, meta)
+    }
+
+    fn remember_locked(
+        &self,
+        t: &mut Tables,
+        path: &str,
+        kind: Kind,
+        meta: Option<ObjectMeta>,
+    ) -> Attr {
         let ino = t.inodes.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
         let expires = Instant::now() + self.config.metadata_ttl;
@@ -590,40 +608,33 @@ impl Fs {
         }
     }
 
-    /// Records that `path` now is `kind` with object `meta` (or is gone, with `None`).
-    fn record(&self, path: &str, node: Option<(Kind, Option<ObjectMeta>)>) -> Option<Attr> {
+    /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
+    fn record(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
         let mut t = self.tables.lock().unwrap();
+        let attr = self.remember_locked(&mut t, path, kind, meta);
         let (parent_path, name) = split(path);
         let parent = t.inodes.ino_for(parent_path);
-        let attr = match node {
-            Some((kind, meta)) => {
-                let ino = t.inodes.ino_for(path);
-                let attr = self.attr(ino, kind, meta.as_ref());
-                let expires = Instant::now() + self.config.metadata_ttl;
-                t.nodes.insert(
-                    ino,
-                    NodeState {
-                        kind,
-                        meta,
-                        expires,
-                    },
-                );
-                Some(attr)
-            }
-            None => {
-                if let Some(ino) = t.inodes.get(path) {
-                    t.nodes.remove(&ino);
-                    t.listings.remove(&ino);
-                }
-                None
-            }
-        };
-        self.upsert_entry(&mut t, parent, name, attr.clone());
-        if attr.is_none() {
-            let expires = Instant::now() + self.config.negative_ttl;
-            t.negative.insert((parent, name.to_string()), expires);
-        }
+        self.upsert_entry(&mut t, parent, name, Some(attr.clone()));
         attr
+    }
+
+    /// Records that `path` is gone.
+    fn record_gone(&self, path: &str) {
+        let mut t = self.tables.lock().unwrap();
+        if let Some(ino) = t.inodes.get(path) {
+            t.nodes.remove(&ino);
+            t.listings.remove(&ino);
+        }
+        self.name_gone(&mut t, path);
+    }
+
+    /// Drops `path` from its parent's cached listing and remembers the miss.
+    fn name_gone(&self, t: &mut Tables, path: &str) {
+        let (parent_path, name) = split(path);
+        let parent = t.inodes.ino_for(parent_path);
+        self.upsert_entry(t, parent, name, None);
+        let expires = Instant::now() + self.config.negative_ttl;
+        t.negative.insert((parent, name.to_string()), expires);
     }
 }
 

@@ -218,41 +218,36 @@ impl Fs {
             mtime: Some(current.mtime),
         };
         change.apply(&mut posix, type_bits);
-        let node = if kind == Kind::Dir {
-            let marker = self.dir_prefix(&path);
-            let existing = self.with_headers(&marker, meta).await?;
-            let extra = existing.and_then(|m| m.metadata).unwrap_or_default();
-            let options = PutOptions {
-                metadata: posix.apply_to(&extra),
-                if_none_match: false,
-            };
-            let etag = self
-                .store
-                .put_object(&marker, Bytes::new(), &options)
-                .await?;
-            (Kind::Dir, Some(marker_meta(marker, etag, options.metadata)))
+        // A directory's headers live on its marker, which may not exist yet (implicit).
+        let key = if kind == Kind::Dir {
+            self.dir_prefix(&path)
         } else {
-            let key = self.key_of(&path);
-            let meta = self
-                .with_headers(&key, meta)
-                .await?
-                .ok_or_else(FsError::not_found)?;
-            let metadata = posix.apply_to(meta.metadata.as_ref().unwrap_or(&Default::default()));
-            let source = CopySource {
-                key: &key,
-                etag: &meta.etag,
-            };
-            let etag = self.copy(source, meta.size, &key, Some(&metadata)).await?;
-            let new = ObjectMeta {
-                etag,
-                last_modified: SystemTime::now(),
-                metadata: Some(metadata),
-                ..meta
-            };
-            (object_kind(&new), Some(new))
+            self.key_of(&path)
         };
-        self.record(&path, Some(node))
-            .ok_or_else(|| FsError::new(libc::EIO, "attributes lost"))
+        let (size, etag, extra) = match self.with_headers(&key, meta).await? {
+            Some(m) => (m.size, m.etag, m.metadata.unwrap_or_default()),
+            None if kind == Kind::Dir => (0, String::new(), Default::default()),
+            None => return Err(FsError::not_found()),
+        };
+        let metadata = posix.apply_to(&extra);
+        let source = CopySource {
+            key: &key,
+            etag: &etag,
+        };
+        let etag = self.copy(source, size, &key, Some(&metadata)).await?;
+        let new = ObjectMeta {
+            key,
+            size,
+            etag,
+            last_modified: SystemTime::now(),
+            metadata: Some(metadata),
+        };
+        let kind = if kind == Kind::Dir {
+            Kind::Dir
+        } else {
+            object_kind(&new)
+        };
+        Ok(self.record(&path, kind, Some(new)))
     }
 
     /// truncate(2) and ftruncate(2).
@@ -286,27 +281,16 @@ impl Fs {
     ) -> FsResult<Attr> {
         self.check_writable(name)?;
         let path = join(&self.path_of(parent)?, name);
-        let marker = self.dir_prefix(&path);
         let posix = Posix {
             mode: Some(S_IFDIR | (mode & 0o7777)),
             uid: Some(owner.0),
             gid: Some(owner.1),
             mtime: Some(SystemTime::now()),
         };
-        let options = PutOptions {
-            metadata: posix.to_metadata(),
-            if_none_match: false,
-        };
-        let etag = self
-            .store
-            .put_object(&marker, Bytes::new(), &options)
+        let marker = self
+            .put_new(self.dir_prefix(&path), Bytes::new(), &posix)
             .await?;
-        let attr = self
-            .record(
-                &path,
-                Some((Kind::Dir, Some(marker_meta(marker, etag, options.metadata)))),
-            )
-            .expect("recorded");
+        let attr = self.record(&path, Kind::Dir, Some(marker));
         // A new directory is empty: its lookups need no request until the listing expires.
         let mut t = self.tables.lock().unwrap();
         let expires = Instant::now() + self.config.metadata_ttl;
@@ -324,28 +308,32 @@ impl Fs {
     ) -> FsResult<Attr> {
         self.check_writable(name)?;
         let path = join(&self.path_of(parent)?, name);
-        let key = self.key_of(&path);
         let posix = Posix {
             mode: Some(S_IFLNK | 0o777),
             uid: Some(owner.0),
             gid: Some(owner.1),
             mtime: Some(SystemTime::now()),
         };
+        let body = Bytes::copy_from_slice(target.as_bytes());
+        let meta = self.put_new(self.key_of(&path), body, &posix).await?;
+        Ok(self.record(&path, Kind::Symlink, Some(meta)))
+    }
+
+    /// PutObject of a new object with `posix` as its headers.
+    async fn put_new(&self, key: String, body: Bytes, posix: &Posix) -> FsResult<ObjectMeta> {
         let options = PutOptions {
             metadata: posix.to_metadata(),
             if_none_match: false,
         };
-        let body = Bytes::copy_from_slice(target.as_bytes());
+        let size = body.len() as u64;
         let etag = self.store.put_object(&key, body, &options).await?;
-        let meta = ObjectMeta {
+        Ok(ObjectMeta {
             key,
-            size: target.len() as u64,
+            size,
             etag,
             last_modified: SystemTime::now(),
             metadata: Some(options.metadata),
-        };
-        self.record(&path, Some((Kind::Symlink, Some(meta))))
-            .ok_or_else(|| FsError::new(libc::EIO, "symlink lost"))
+        })
     }
 
     /// mknod: regular files only (an empty object); FIFOs, sockets and devices cannot be
@@ -396,7 +384,7 @@ impl Fs {
             writer.state.lock().await.unlinked = true;
         }
         self.store.delete_object(&self.key_of(&path)).await?;
-        self.record(&path, None);
+        self.record_gone(&path);
         Ok(())
     }
 
@@ -409,7 +397,7 @@ impl Fs {
             // A directory without a marker vanishes with its last key: it is as removed as
             // asked (`rm -r` removes the files, then the directory).
             Err(e) if e.errno == libc::ENOENT => {
-                self.record(&path, None);
+                self.record_gone(&path);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -422,7 +410,7 @@ impl Fs {
             return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
         }
         self.store.delete_object(&marker).await?;
-        self.record(&path, None);
+        self.record_gone(&path);
         Ok(())
     }
 
@@ -505,7 +493,7 @@ impl Fs {
         self.rebind(&from, &to, &source);
         if let Some(meta) = moved_file {
             // Recorded under the moved inode, headers included, so listings keep them.
-            self.record(&to, Some((object_kind(&meta), Some(meta))));
+            self.record(&to, object_kind(&meta), Some(meta));
         }
         Ok(())
     }
@@ -518,13 +506,10 @@ impl Fs {
             t.nodes.remove(&ino);
             t.listings.remove(&ino);
         }
-        let (old_parent, old_name) = split(from);
+        self.name_gone(&mut t, from);
         let (new_parent_path, new_leaf) = split(to);
-        let old_parent = t.inodes.ino_for(old_parent);
-        let new_parent_ino = t.inodes.ino_for(new_parent_path);
-        self.upsert_entry(&mut t, old_parent, old_name, None);
-        let attr = source.clone();
-        self.upsert_entry(&mut t, new_parent_ino, new_leaf, Some(attr));
+        let new_parent = t.inodes.ino_for(new_parent_path);
+        self.upsert_entry(&mut t, new_parent, new_leaf, Some(source.clone()));
         if let Some(writer) = t.writers.get(&source.ino) {
             *writer.path.lock().unwrap() = to.to_string();
         }
@@ -555,7 +540,6 @@ impl Fs {
             writer.moved(&new_key, &etag).await;
         }
         self.store.delete_object(&meta.key).await?;
-        self.record(from, None);
         Ok(ObjectMeta {
             key: new_key,
             etag,
@@ -659,15 +643,5 @@ impl Fs {
             libc::EPERM,
             "hard links are not supported on S3",
         ))
-    }
-}
-
-fn marker_meta(key: String, etag: String, metadata: crate::store::UserMetadata) -> ObjectMeta {
-    ObjectMeta {
-        key,
-        size: 0,
-        etag,
-        last_modified: SystemTime::now(),
-        metadata: Some(metadata),
     }
 }

@@ -388,3 +388,22 @@ async fn rmdir_refuses_a_full_directory_and_chmod_persists() {
     assert!(store.object("m/").is_none());
     assert_eq!(fs.link().unwrap_err().errno, libc::EPERM);
 }
+
+#[tokio::test]
+async fn a_multipart_upload_is_not_copied_again_to_move_its_mtime() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let (_, fh) = fs
+        .create(Ino::ROOT, "big", 0o644, (0, 0), false)
+        .await
+        .unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    for i in 0..7u64 {
+        fs.write(fh, i << 20, &chunk).await.unwrap();
+    }
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert!(store.counts.part.load(Ordering::Relaxed) >= 2, "multipart");
+    assert_eq!(store.counts.copy.load(Ordering::Relaxed), 0, "no self-copy");
+    assert_eq!(store.object("big").unwrap().0.len(), 7 << 20);
+}

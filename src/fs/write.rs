@@ -115,17 +115,23 @@ impl Fs {
 
     pub(super) fn writer_attr(&self, w: &Writer) -> Attr {
         let posix = *w.posix.lock().unwrap();
-        Attr {
-            ino: w.ino,
-            kind: Kind::File,
-            size: w.size.load(Ordering::SeqCst),
-            mtime: posix.mtime.unwrap_or(*w.modified.lock().unwrap()),
-            perm: posix
-                .mode
-                .map_or(self.config.file_mode, |m| (m & 0o7777) as u16),
-            uid: posix.uid.unwrap_or(self.config.uid),
-            gid: posix.gid.unwrap_or(self.config.gid),
+        let size = w.size.load(Ordering::SeqCst);
+        self.attr_from(w.ino, Kind::File, size, &posix, *w.modified.lock().unwrap())
+    }
+
+    /// Cancels `upload` and aborts its multipart upload in the background, if it began one.
+    fn abandon(&self, upload: &mut Upload) {
+        if let Some(pending) = upload.cancel() {
+            tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
         }
+    }
+
+    /// The content changed to `size` bytes: the next commit uploads it with a fresh mtime.
+    fn touched(&self, writer: &Writer, st: &mut WriteState, size: u64) {
+        st.dirty = true;
+        writer.size.store(size, Ordering::SeqCst);
+        writer.posix.lock().unwrap().mtime = None;
+        *writer.modified.lock().unwrap() = SystemTime::now();
     }
 
     fn new_upload(&self, key: &str) -> Upload {
@@ -145,6 +151,7 @@ impl Fs {
         content: Content,
         posix: Posix,
         excl: bool,
+        extra: UserMetadata,
     ) -> Arc<Writer> {
         let size = match &content {
             Content::Base(Some(meta)) => meta.size,
@@ -161,7 +168,7 @@ impl Fs {
                 excl,
                 unlinked: false,
                 failed: None,
-                extra: UserMetadata::new(),
+                extra,
             }),
             size: AtomicU64::new(size),
             posix: Mutex::new(posix),
@@ -170,10 +177,9 @@ impl Fs {
         });
         let mut t = self.tables.lock().unwrap();
         t.writers.insert(ino, Arc::clone(&writer));
-        let attr = self.writer_attr(&writer);
         let (parent_path, name) = split(path);
         let parent = t.inodes.ino_for(parent_path);
-        self.upsert_entry(&mut t, parent, name, Some(attr));
+        self.upsert_entry(&mut t, parent, name, Some(self.writer_attr(&writer)));
         writer
     }
 
@@ -190,15 +196,17 @@ impl Fs {
         self.check_writable(name)?;
         let path = super::join(&self.path_of(parent)?, name);
         let ino = self.tables.lock().unwrap().inodes.ino_for(&path);
-        if let Some(writer) = self.writer_of(ino) {
+        if self.writer_of(ino).is_some() {
             if excl {
                 return Err(FsError::new(libc::EEXIST, "file exists"));
             }
             // Another handle is writing it: share that writer, emptied (O_CREAT|O_TRUNC).
-            writer.handles.fetch_add(1, Ordering::SeqCst);
-            self.truncate_writer(&writer, 0).await?;
-            let attr = self.writer_attr(&writer);
-            return Ok((attr, self.writer_handle(writer)));
+            let mode = OpenMode {
+                write: true,
+                truncate: true,
+            };
+            let writer = self.attach_writer(ino, mode).await?;
+            return Ok((self.writer_attr(&writer), self.writer_handle(writer)));
         }
         let posix = Posix {
             mode: Some(S_IFREG | (mode & 0o7777)),
@@ -207,9 +215,9 @@ impl Fs {
             mtime: None,
         };
         let upload = self.new_upload(&self.key_of(&path));
-        let writer = self.insert_writer(ino, &path, Content::Stream(upload), posix, excl);
-        let attr = self.writer_attr(&writer);
-        Ok((attr, self.writer_handle(writer)))
+        let content = Content::Stream(upload);
+        let writer = self.insert_writer(ino, &path, content, posix, excl, UserMetadata::new());
+        Ok((self.writer_attr(&writer), self.writer_handle(writer)))
     }
 
     fn writer_handle(&self, writer: Arc<Writer>) -> u64 {
@@ -240,21 +248,21 @@ impl Fs {
             (Kind::Dir, _) => return Err(FsError::new(libc::EISDIR, "is a directory")),
             _ => return Err(FsError::new(libc::EINVAL, "not a regular file")),
         };
-        let mut posix = super::posix_of(Some(&meta));
+        // The file keeps its mode and owner (headers, or the mount's defaults) when rewritten.
         let attr = self.attr(ino, Kind::File, Some(&meta));
-        posix.mode = Some(S_IFREG | u32::from(attr.perm));
-        posix.uid = Some(attr.uid);
-        posix.gid = Some(attr.gid);
-        posix.mtime = None;
+        let posix = Posix {
+            mode: Some(S_IFREG | u32::from(attr.perm)),
+            uid: Some(attr.uid),
+            gid: Some(attr.gid),
+            mtime: None,
+        };
         let extra = meta.metadata.clone().unwrap_or_default();
         let content = if mode.truncate {
             Content::Stream(self.new_upload(&meta.key))
         } else {
             Content::Base(Some(meta))
         };
-        let writer = self.insert_writer(ino, &path, content, posix, false);
-        writer.state.lock().await.extra = extra;
-        Ok(writer)
+        Ok(self.insert_writer(ino, &path, content, posix, false, extra))
     }
 
     /// Turns the content into a staging file holding the same bytes.
@@ -273,17 +281,13 @@ impl Fs {
             }
             Content::Stream(upload) => {
                 let len = upload.len();
-                match upload.into_buffer() {
-                    Some(buffer) => {
-                        let file = self.writes.staging.create()?;
-                        file.write_at(0, &buffer)?;
-                        file.set_len(len)?;
-                        file
-                    }
-                    None => {
-                        unreachable!("callers check that the stream has not started")
-                    }
-                }
+                let buffer = upload
+                    .into_buffer()
+                    .expect("callers check that the stream has not started");
+                let file = self.writes.staging.create()?;
+                file.write_at(0, &buffer)?;
+                file.set_len(len)?;
+                file
             }
             Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
         };
@@ -367,20 +371,15 @@ impl Fs {
             Content::Staged(file) => file.write_at(offset, data)?,
             Content::Base(_) | Content::Lost => unreachable!("staged above"),
         }
-        st.dirty = true;
         let size = writer.size.load(Ordering::SeqCst).max(end);
-        writer.size.store(size, Ordering::SeqCst);
-        writer.posix.lock().unwrap().mtime = None;
-        *writer.modified.lock().unwrap() = SystemTime::now();
+        self.touched(&writer, &mut st, size);
         Ok(data.len() as u32)
     }
 
     /// The stream failed: cancel it, abort its upload in the background, remember why.
     fn lose(&self, st: &mut WriteState, err: FsError) {
         if let Content::Stream(mut upload) = std::mem::replace(&mut st.content, Content::Lost) {
-            if let Some(pending) = upload.cancel() {
-                tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
-            }
+            self.abandon(&mut upload);
         }
         st.failed = Some(err);
     }
@@ -437,13 +436,10 @@ impl Fs {
     pub(super) async fn truncate_writer(&self, writer: &Writer, len: u64) -> FsResult<()> {
         let mut st = writer.state.lock().await;
         if len == 0 {
-            let key = st.key.clone();
-            if let Content::Stream(mut old) = std::mem::replace(&mut st.content, Content::Lost) {
-                if let Some(pending) = old.cancel() {
-                    tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
-                }
+            let fresh = Content::Stream(self.new_upload(&st.key));
+            if let Content::Stream(mut old) = std::mem::replace(&mut st.content, fresh) {
+                self.abandon(&mut old);
             }
-            st.content = Content::Stream(self.new_upload(&key));
             st.failed = None;
         } else {
             let current = writer.size.load(Ordering::SeqCst);
@@ -462,10 +458,7 @@ impl Fs {
                 }
             }
         }
-        st.dirty = true;
-        writer.size.store(len, Ordering::SeqCst);
-        writer.posix.lock().unwrap().mtime = None;
-        *writer.modified.lock().unwrap() = SystemTime::now();
+        self.touched(writer, &mut st, len);
         Ok(())
     }
 
@@ -524,6 +517,14 @@ impl Fs {
             Content::Base(None) | Content::Lost => unreachable!("no dirty state without content"),
         };
         let mut uploaded = result.map_err(|e| commit_error(e, excl))?;
+        let mut metadata = metadata;
+        if writer.posix.lock().unwrap().mtime.is_none() {
+            // No explicit utime: the mtime a multipart upload was started with stands (it is
+            // the time of its first part), rather than a server-side copy to move it.
+            if let Some(sent) = uploaded.metadata.get("mtime") {
+                metadata.insert("mtime".into(), sent.clone());
+            }
+        }
         if uploaded.metadata != metadata {
             // A multipart upload took its headers at its start; a chmod or utime since then is
             // applied by copying the object onto itself.
@@ -549,7 +550,7 @@ impl Fs {
         st.dirty = false;
         st.excl = false;
         let path = writer.path();
-        self.record(&path, Some((Kind::File, Some(meta))));
+        self.record(&path, Kind::File, Some(meta));
         Ok(())
     }
 
@@ -576,9 +577,7 @@ impl Fs {
         }
         .await;
         if result.is_err() {
-            if let Some(pending) = upload.cancel() {
-                tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
-            }
+            self.abandon(&mut upload);
         }
         result
     }

@@ -295,16 +295,7 @@ impl ObjectStore for S3Store {
             })?;
             Ok(body.into_bytes())
         };
-        match tokio::time::timeout(self.request_timeout, fetch).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!(
-                    "{what}: no complete answer within {:?}",
-                    self.request_timeout
-                ),
-            )),
-        }
+        self.within(&what, fetch).await
     }
 
     async fn put_object(
@@ -496,15 +487,26 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result.map_err(|e| classify(what, e)),
-            Err(_) => Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!(
-                    "{what}: no complete answer within {:?}",
-                    self.request_timeout
-                ),
-            )),
-        }
+        self.within(what, async { call.await.map_err(|e| classify(what, e)) })
+            .await
+    }
+
+    /// Bounds a whole request (retries and body included) by `request_timeout`.
+    async fn within<T>(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.request_timeout, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!(
+                        "{what}: no complete answer within {:?}",
+                        self.request_timeout
+                    ),
+                ))
+            })
     }
 }
