@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::proxy::Proxy;
-use common::{pseudo_random, Bucket, Mount};
+use common::{pseudo_random, sha256, Bucket, Mount};
 
 fn proxy() -> Proxy {
     let upstream = common::server()
@@ -164,4 +164,115 @@ fn throttling_and_5xx_are_retried() {
     assert_eq!(fs::read_dir(m.path.join("dir")).unwrap().count(), 1);
     p.fail_next(2);
     assert_eq!(fs::read(m.path.join("f.bin")).unwrap(), data);
+}
+
+/// Polls `cond` every 250 ms until it holds or `limit` passes; returns whether it held.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    cond()
+}
+
+#[test]
+fn a_server_gone_mid_write_fails_close_and_leaves_no_object_and_no_upload() {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+
+    let b = Bucket::new("midwrite");
+    let p = proxy();
+    let m = Mount::new(&b.name, "midwrite", &["--endpoint-url", &p.endpoint]);
+    let path = m.path.join("big.bin");
+    let chunk = pseudo_random(1 << 20, 6);
+    let mut file = fs::File::create(&path).unwrap();
+    for _ in 0..40 {
+        file.write_all(&chunk).unwrap();
+    }
+    // Parts are on their way: the multipart upload exists on the server.
+    assert!(
+        eventually(Duration::from_secs(30), || b.multipart_uploads() == 1),
+        "40 MiB written with 8 MiB parts should have begun a multipart upload"
+    );
+
+    p.kill();
+    let (write_result, close_result) = within(
+        Duration::from_secs(300),
+        "writing and closing against a dead server",
+        move || {
+            let mut written = 40;
+            let mut result = Ok(());
+            while written < 200 {
+                result = file.write_all(&chunk);
+                if result.is_err() {
+                    break;
+                }
+                written += 1;
+            }
+            let fd = file.into_raw_fd();
+            // SAFETY: `fd` was just taken out of the `File`, which no longer closes it.
+            let closed = unsafe { libc::close(fd) };
+            let close_err = (closed != 0).then(std::io::Error::last_os_error);
+            (result, close_err)
+        },
+    );
+    let close_err = close_result.expect("close() after the server went away must fail");
+    assert_eq!(close_err.raw_os_error(), Some(libc::EIO), "{close_err}");
+    if let Err(e) = write_result {
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+    assert!(b.head("big.bin").is_none(), "no object under the name");
+
+    // The server comes back: the released handle's upload is aborted, and still no object.
+    p.revive();
+    assert!(
+        eventually(Duration::from_secs(90), || b.multipart_uploads() == 0),
+        "the multipart upload should be aborted once the server is back"
+    );
+    assert!(b.head("big.bin").is_none(), "no object under the name");
+    assert!(
+        fs::metadata(&path).is_err(),
+        "the failed file must not be listed in the mount"
+    );
+}
+
+#[test]
+fn a_full_staging_area_is_enospc_and_keeps_what_was_written() {
+    use std::os::unix::fs::FileExt;
+
+    let b = Bucket::new("enospc");
+    let original = pseudo_random(100 << 10, 7);
+    b.put("f.bin", original.clone());
+    let m = Mount::new(&b.name, "enospc", &["--cache-dir-limit", "1MiB"]);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path.join("f.bin"))
+        .unwrap();
+    let chunk = pseudo_random(256 << 10, 8);
+    let mut accepted = 0u64;
+    let err = loop {
+        match file.write_at(&chunk, accepted) {
+            Ok(n) => accepted += n as u64,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 2 << 20, "2 MiB staged past a 1 MiB limit");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(accepted > 0 && accepted <= 1 << 20, "accepted {accepted}");
+    // The bytes written before the disk filled are kept, and nothing half-written: the object is
+    // exactly what the successful writes made of it.
+    file.sync_all().unwrap();
+    drop(file);
+    let mut want = original;
+    want.resize(want.len().max(accepted as usize), 0);
+    for off in (0..accepted).step_by(chunk.len()) {
+        let off = off as usize;
+        let n = chunk.len().min(accepted as usize - off);
+        want[off..off + n].copy_from_slice(&chunk[..n]);
+    }
+    assert_eq!(sha256(&b.get("f.bin")), sha256(&want));
 }

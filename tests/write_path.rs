@@ -418,3 +418,57 @@ fn tar_rsync_and_git_work_in_the_mount() {
         .arg("--porcelain"));
     assert_eq!(status, "");
 }
+
+/// Peak resident memory of a process in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM value");
+    kib << 10
+}
+
+#[test]
+fn four_concurrent_1gib_writes_stay_within_the_memory_budget() {
+    const GIB: usize = 1 << 30;
+    let b = Bucket::new("rw-memory");
+    let m = Mount::new(&b.name, "rw-memory", &[]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let writers: Vec<_> = (0..4u64)
+        .map(|i| {
+            let path = m.path.join(format!("w{i}.bin"));
+            std::thread::spawn(move || {
+                let chunk = pseudo_random(1 << 20, 100 + i);
+                let mut f = fs::File::create(&path).unwrap();
+                for _ in 0..GIB / chunk.len() {
+                    f.write_all(&chunk).unwrap();
+                }
+                f.sync_all().unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    // docs/SEMANTICS.md: writes buffer at most half of `--cache-size` (default 512 MiB), and the
+    // daemon's fixed overhead (FUSE request buffers, runtime, SDK) stays within 64 MiB.
+    let (write_budget, overhead) = (256u64 << 20, 64u64 << 20);
+    let peak = peak_rss(pid);
+    eprintln!("peak RSS of the daemon: {} MiB", peak >> 20);
+    assert!(
+        peak <= write_budget + overhead,
+        "peak RSS {} MiB is over the write budget ({} MiB) + {} MiB",
+        peak >> 20,
+        write_budget >> 20,
+        overhead >> 20
+    );
+    for i in 0..4 {
+        assert_eq!(b.size(&format!("w{i}.bin")), Some(GIB as u64));
+    }
+}

@@ -353,6 +353,15 @@ impl Bucket {
         ))
     }
 
+    /// Size of `key` on the server, or `None` when it does not exist.
+    pub fn size(&self, key: &str) -> Option<u64> {
+        let s = server();
+        let out =
+            s.rt.block_on(s.client.head_object().bucket(&self.name).key(key).send())
+                .ok()?;
+        out.content_length().and_then(|n| u64::try_from(n).ok())
+    }
+
     /// Multipart uploads begun and neither completed nor aborted.
     pub fn multipart_uploads(&self) -> usize {
         let s = server();
