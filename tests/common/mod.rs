@@ -6,6 +6,7 @@
 //! directory is named after our pid; directories of dead runs are removed at start.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod proxy;
 
 use std::net::TcpListener;
