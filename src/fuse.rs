@@ -9,11 +9,16 @@
 //!    kernel sends no LOOKUP per entry.
 //! 5. close() sees only what flush returns (never release), so flush is where uploads commit
 //!    and report; release is replied to once the handle's leftovers are settled.
+//! 6. Every close of a descriptor sends a flush, also a forked child's close of its inherited
+//!    copy (exec closes O_CLOEXEC descriptors). Only a flush from the process that opened a
+//!    write handle commits; committing on the child's would publish a half-written file and
+//!    make the opener's next write upload everything again.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -39,6 +44,22 @@ const STATFS_BLOCKS: u64 = 1 << 38;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
+    /// Write handles and the process (thread group) that opened each.
+    openers: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+/// The process of thread `tid`: FUSE requests carry the calling thread's id, and a program
+/// may open a file on one thread and close it on another.
+fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
 }
 
 fn name_str(name: &OsStr) -> FsResult<&str> {
@@ -107,7 +128,11 @@ fn file_attr(attr: &Attr) -> FileAttr {
 impl FuseAdapter {
     /// An adapter running `fs` operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
-        Self { fs, rt }
+        Self {
+            fs,
+            rt,
+            openers: Arc::default(),
+        }
     }
 
     fn ttl(&self) -> Duration {
@@ -356,6 +381,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
+        let (openers, opener) = (Arc::clone(&self.openers), process_of(req.pid()));
         self.spawn(|fs| async move {
             let result = async {
                 fs.create(Ino(parent.0), name_str(&name)?, mode & !umask, owner, excl)
@@ -363,26 +389,36 @@ impl Filesystem for FuseAdapter {
             }
             .await;
             match result {
-                Ok((attr, fh)) => reply.created(
-                    &ttl,
-                    &file_attr(&attr),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((attr, fh)) => {
+                    openers.lock().unwrap().insert(fh, opener);
+                    reply.created(
+                        &ttl,
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno("create", e)),
             }
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode {
             write: flags.acc_mode() != OpenAccMode::O_RDONLY,
             truncate: flags.0 & libc::O_TRUNC != 0,
         };
+        let openers = Arc::clone(&self.openers);
+        let opener = mode.write.then(|| process_of(req.pid()));
         self.spawn(|fs| async move {
             match fs.open(Ino(ino.0), mode).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    if let Some(opener) = opener {
+                        openers.lock().unwrap().insert(fh, opener);
+                    }
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno("open", e)),
             }
         });
@@ -430,12 +466,26 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let opener = self.openers.lock().unwrap().get(&fh.0).copied();
+        if let Some(opener) = opener {
+            let closer = process_of(req.pid());
+            if closer != opener {
+                tracing::debug!(
+                    fh = fh.0,
+                    opener,
+                    closer,
+                    "close in another process than the opener: no commit"
+                );
+                reply.ok();
+                return;
+            }
+        }
         self.spawn(|fs| async move { reply_empty("flush", reply, fs.flush(fh.0).await) });
     }
 
@@ -449,6 +499,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.openers.lock().unwrap().remove(&fh.0);
         self.spawn(|fs| async move {
             fs.release(fh.0).await;
             reply.ok();

@@ -224,7 +224,12 @@ fn a_server_gone_mid_write_fails_close_and_leaves_no_object_and_no_upload() {
     if let Err(e) = write_result {
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     }
-    assert!(b.head("big.bin").is_none(), "no object under the name");
+    assert!(
+        b.head("big.bin").is_none(),
+        "no object under the name; size {:?}; log:\n{}",
+        b.size("big.bin"),
+        fs::read_to_string(&m.log).unwrap_or_default()
+    );
 
     // The server comes back: the released handle's upload is aborted, and still no object.
     p.revive();

@@ -532,3 +532,21 @@ fn directory_modes_and_owners_survive_a_remount_on_a_server_that_keeps_marker_me
         0o100600
     );
 }
+
+/// A child started while a file is open for writing closes its inherited copy (exec closes
+/// O_CLOEXEC descriptors), and the kernel sends a flush for it. That close must not commit a
+/// half-written file: the object appears, whole, at the opener's close.
+#[test]
+fn a_child_closing_an_inherited_descriptor_does_not_commit_a_partial_file() {
+    let b = Bucket::new("rw-fork");
+    let m = Mount::new(&b.name, "rw-fork", &[]);
+    let data = pseudo_random(24 << 20, 21);
+    let mut f = fs::File::create(m.path.join("f.bin")).unwrap();
+    f.write_all(&data[..12 << 20]).unwrap();
+    run(&mut Command::new("true"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(b.head("f.bin").is_none(), "committed at a child's close");
+    f.write_all(&data[12 << 20..]).unwrap();
+    drop(f);
+    assert_eq!(sha256(&b.get("f.bin")), sha256(&data));
+}
