@@ -9,7 +9,17 @@
 //! 3. The bucket is checked with HeadBucket before mounting, so a wrong bucket, refused
 //!    credentials or an unreachable endpoint fail the command instead of every later `ls`.
 //! 4. An external `umount` ends fuser's session loop; SIGTERM, SIGINT and SIGHUP unmount from a
-//!    signal task, which ends it the same way; both exit 0.
+//!    signal task, which ends it the same way; both exit 0. Before unmounting, the signal task
+//!    commits every file still open for writing (bounded by `SHUTDOWN_COMMIT_TIMEOUT`); a mount
+//!    still busy is then detached lazily, and the daemon exits once its last file is closed.
+//! 5. Under systemd: with `NOTIFY_SOCKET` set (a `Type=notify` service) the daemon sends
+//!    READY=1 once mounted and STOPPING=1 at a signal. When stderr is the journal
+//!    (`JOURNAL_STREAM`), the background daemon keeps it for its logs instead of /dev/null.
+//! 6. systemd starts mount helpers without HOME; the AWS config and credential files are found
+//!    under the user's home directory from the password database then.
+//! 7. Under `x-systemd.automount`, only systemd's process group may walk onto the autofs
+//!    placeholder while the mount is pending; the background daemon calls setsid() only once
+//!    mounted, and nothing before the mount opens or statx()es the mount point (see `mount`).
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -24,6 +34,7 @@ use crate::cache::BlockCache;
 use crate::config::{Config, StoreConfig};
 use crate::fs::{Fs, Writes};
 use crate::fuse::FuseAdapter;
+use crate::mount::{self, MountSpec};
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
 use crate::upload::staging::StagingDir;
@@ -31,6 +42,9 @@ use crate::upload::{UploadTuning, WriteBudget};
 
 /// How long the start-up bucket check may take, retries included, before the mount gives up.
 const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a signal waits for open files to be committed before unmounting anyway.
+const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Threads of the tokio runtime: S3 work is I/O-bound, a few more threads than cores keep
 /// replies flowing while some tasks assemble blocks.
@@ -42,11 +56,13 @@ const MMAP_THRESHOLD: i32 = 1 << 20;
 /// Mounts according to `config` and serves until unmounted.
 pub fn run(config: Config) -> Result<()> {
     return_big_buffers_to_kernel();
+    set_home_if_missing();
     preflight(&config.daemon.mountpoint)?;
     if config.daemon.foreground {
         init_logging(&config, true)?;
         return serve(config, &mut None);
     }
+    let journal = stderr_is_journal();
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -60,8 +76,8 @@ pub fn run(config: Config) -> Result<()> {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => {
             drop(read_end);
-            detach()?;
-            init_logging(&config, false)?;
+            quiet_stdio(journal)?;
+            init_logging(&config, journal)?;
             std::panic::set_hook(Box::new(|info| tracing::error!("bug: {info}")));
             let mut ready = Some(std::fs::File::from(write_end));
             if let Err(e) = serve(config, &mut ready) {
@@ -90,17 +106,17 @@ pub fn run(config: Config) -> Result<()> {
     }
 }
 
-/// Starts a new session and points stdio at /dev/null, so the daemon outlives the terminal and
-/// holds no pipe of whoever started it.
-fn detach() -> Result<()> {
+/// Points stdio at /dev/null (stderr too, unless it is the journal), so the daemon holds no
+/// pipe of whoever started it. (It leaves the caller's session once mounted: see `serve`.)
+fn quiet_stdio(keep_stderr: bool) -> Result<()> {
     // SAFETY: plain syscalls on descriptors we own; /dev/null is opened just before.
     unsafe {
-        libc::setsid();
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null < 0 {
             bail!("open /dev/null: {}", std::io::Error::last_os_error());
         }
-        for fd in 0..3 {
+        let last = if keep_stderr { 2 } else { 3 };
+        for fd in 0..last {
             libc::dup2(null, fd);
         }
         if null > 2 {
@@ -119,6 +135,61 @@ fn return_big_buffers_to_kernel() {
     // SAFETY: mallopt only changes the allocator's tuning; it is called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// True when stderr is systemd's journal stream (`JOURNAL_STREAM` names its device and inode).
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    // SAFETY: fstat writes into the zeroed struct we pass; fd 2 may be closed (then it fails).
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
+}
+
+/// systemd runs mount units and services without HOME; the AWS SDK looks for `~/.aws` there.
+fn set_home_if_missing() {
+    if std::env::var_os("HOME").is_some() {
+        return;
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; it is read at once, and no
+    // other thread exists yet (so neither it nor set_var races with anything).
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if !pw.is_null() && !(*pw).pw_dir.is_null() {
+            let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+            use std::os::unix::ffi::OsStrExt;
+            std::env::set_var("HOME", std::ffi::OsStr::from_bytes(dir.to_bytes()));
+        }
+    }
+}
+
+/// Tells systemd about our state when it waits for it (`Type=notify` sets NOTIFY_SOCKET).
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        tracing::warn!(
+            "cannot notify systemd ({state}) at {}: {e}",
+            path.to_string_lossy()
+        );
     }
 }
 
@@ -153,9 +224,11 @@ fn init_logging(config: &Config, foreground: bool) -> Result<()> {
 /// Checks that need no network, with messages that name the fix.
 pub fn preflight(mountpoint: &Path) -> Result<()> {
     let shown = mountpoint.display();
-    match std::fs::metadata(mountpoint) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!("mount point {shown} is not a directory"),
+    // Not std::fs::metadata: its statx would trigger systemd's automount on the mount point,
+    // which waits for this very mount.
+    match mount::is_dir_no_automount(mountpoint) {
+        Ok(true) => {}
+        Ok(false) => bail!("mount point {shown} is not a directory"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("mount point {shown} does not exist: create it first (mkdir -p {shown})")
         }
@@ -290,7 +363,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     };
     let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache));
     let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
-    let adapter = FuseAdapter::new(fs, rt.handle().clone());
+    let adapter = FuseAdapter::new(Arc::clone(&fs), rt.handle().clone());
 
     let mut options = vec![
         MountOption::FSName(config.daemon.fs_name.clone()),
@@ -317,8 +390,29 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     // kill the process and leave a dead mount behind.
     let signals = rt.block_on(async { install_signal_handlers() })?;
     let mountpoint = &config.daemon.mountpoint;
-    let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
-        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    let cannot_mount = || format!("cannot mount at {}", mountpoint.display());
+    // SAFETY: geteuid cannot fail.
+    let (session, fuser_unmounter) = if unsafe { libc::geteuid() } == 0 {
+        let spec = MountSpec {
+            fs_name: &config.daemon.fs_name,
+            read_only: config.fs.read_only,
+            allow_other: config.daemon.allow_other,
+        };
+        let fd = mount::mount_fuse(mountpoint, &spec).with_context(cannot_mount)?;
+        let acl = fuse_config.acl;
+        match fuser::Session::from_fd(adapter, fd, acl, fuse_config) {
+            Ok(session) => (session, None),
+            Err(e) => {
+                let _ = mount::unmount(mountpoint);
+                return Err(e).with_context(cannot_mount);
+            }
+        }
+    } else {
+        let mut session =
+            fuser::Session::new(adapter, mountpoint, &fuse_config).with_context(cannot_mount)?;
+        let unmounter = session.unmount_callable();
+        (session, Some(unmounter))
+    };
     tracing::info!(
         bucket = %config.store.bucket,
         prefix = %config.fs.prefix,
@@ -326,17 +420,43 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         "mounted"
     );
     if let Some(mut pipe) = ready.take() {
+        // Only now leave the caller's session and process group, so the daemon outlives the
+        // terminal. Not before the mount: systemd's automount lets only its own process group
+        // (which mount.fuse3 and we inherit) walk onto its placeholder while a mount is pending;
+        // anyone else waits for that mount, which would be waiting for us.
+        // SAFETY: setsid has no memory effects; it fails only for a group leader, which a
+        // forked child is not.
+        unsafe { libc::setsid() };
         let _ = pipe.write_all(b"OK");
     }
+    notify_systemd(&format!(
+        "READY=1\nSTATUS=Mounted {} at {}",
+        config.daemon.fs_name,
+        mountpoint.display()
+    ));
 
-    let mut unmounter = session.unmount_callable();
-    let shown = mountpoint.display().to_string();
+    let path = mountpoint.to_path_buf();
     rt.spawn(async move {
         wait_for_signal(signals).await;
-        tracing::info!("signal received: unmounting {shown}");
+        notify_systemd("STOPPING=1");
+        tracing::info!(
+            "signal received: committing open files, then unmounting {}",
+            path.display()
+        );
+        match tokio::time::timeout(SHUTDOWN_COMMIT_TIMEOUT, fs.commit_all()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("{n} open files could not be committed (see above)"),
+            Err(_) => tracing::warn!(
+                "open files not all committed within {SHUTDOWN_COMMIT_TIMEOUT:?}; unmounting anyway"
+            ),
+        }
         let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = unmounter.unmount() {
-                tracing::warn!("unmount of {shown} failed: {e}");
+            let done = match fuser_unmounter {
+                Some(mut unmounter) => unmounter.unmount(),
+                None => mount::unmount(&path),
+            };
+            if let Err(e) = done.or_else(|_| mount::unmount(&path)) {
+                tracing::warn!("unmount of {} failed: {e}", path.display());
             }
         })
         .await;

@@ -5,6 +5,7 @@
 //! - `config`: plain configuration structs and their defaults.
 //! - `daemon`: checks, fork and readiness, mount, signals, exit.
 //! - `fuse`: the only module that speaks FUSE (fuser); spawns each request onto tokio.
+//! - `mount`: mount(2) and unmount without opening the mount point (systemd automount).
 //! - `fs`: the FUSE-agnostic filesystem: inode table, listings, attributes, handles.
 //! - `cache`: the block cache and read-ahead.
 //! - `upload`: write buffers into PutObject or multipart uploads; staging files on disk.
@@ -25,5 +26,6 @@ pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod mount;
 pub mod store;
 pub mod upload;

@@ -582,6 +582,29 @@ impl Fs {
         result
     }
 
+    /// At shutdown: commits every file still open for writing; one that fails is aborted.
+    /// Returns how many failed.
+    pub async fn commit_all(&self) -> usize {
+        let writers: Vec<Arc<Writer>> = self
+            .tables
+            .lock()
+            .unwrap()
+            .writers
+            .values()
+            .cloned()
+            .collect();
+        let mut failed = 0;
+        for writer in writers {
+            let mut st = writer.state.lock().await;
+            if let Err(e) = self.commit_locked(&writer, &mut st).await {
+                tracing::warn!(path = %writer.path(), errno = e.errno, "upload at shutdown failed: {}", e.message);
+                self.lose(&mut st, e);
+                failed += 1;
+            }
+        }
+        failed
+    }
+
     /// Closes handle `fh`. The last handle of a writer commits what no flush committed (a
     /// write through a shared mapping) or, after a failure, leaves the abort running.
     pub async fn release(&self, fh: u64) {

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# bucketfs under mount(8), fstab and systemd, for real (needs root, /dev/fuse and /dev/autofs):
+#  1. `mount -t fuse.bucketfs` and an fstab line + `mount PATH` on this machine (fstab restored);
+#  2. systemd as PID 1 in systemd-nspawn (a Debian bookworm minbase root, built once with
+#     debootstrap and cached under ~/.cache/bucketfs): `systemd-analyze verify` of systemd/*, the
+#     .mount/.automount pair (armed, mounted on first access, unmounted when idle, stopped), an
+#     fstab x-systemd.automount line, and the Type=notify template service.
+# All against SeaweedFS on 127.0.0.1 (the container shares the host network). Every step runs
+# under `timeout`; the EXIT trap unmounts, stops the container and the server, and cleans up.
+# usage: tests/systemd/run.sh [BUCKETFS_BINARY]   (default target/debug/bucketfs, built if missing)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. tests/setup.sh
+. tests/weed.sh
+
+fail() { echo "systemd checks: FAIL: $*" >&2; exit 1; }
+step() { echo "== $*"; }
+[ "$(id -u)" -eq 0 ] || fail "needs root (mount, systemd-nspawn)"
+for dev in /dev/fuse /dev/autofs; do [ -e "$dev" ] || fail "$dev is missing"; done
+
+bin="$(realpath "${1:-target/debug/bucketfs}")"
+[ -x "$bin" ] || cargo build
+rootfs="$CACHE_DIR/nspawn-bookworm"
+mirror="${BUCKETFS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+work="$(mktemp -d /tmp/bucketfs-systemd.XXXXXX)"
+machine="bucketfs-test-$$"
+export AWS_ACCESS_KEY_ID=systemd-test AWS_SECRET_ACCESS_KEY=systemd-test-secret AWS_REGION=us-east-1
+content="hello from systemd"
+fstab_backup=""
+linked=false
+nspawn_pid=""
+new_cgroups=()
+for top in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do
+  for name in payload supervisor; do
+    [ -d "$top" ] && [ ! -e "$top/$name" ] && new_cgroups+=("$top/$name")
+  done
+done
+
+cleanup() {
+  local rc=$? m left
+  set +e
+  [ -n "$fstab_backup" ] && cp "$fstab_backup" /etc/fstab
+  if $linked; then
+    rm -f /usr/local/bin/bucketfs
+    [ -e "$work/bucketfs.orig" ] || [ -L "$work/bucketfs.orig" ] && mv "$work/bucketfs.orig" /usr/local/bin/bucketfs
+  fi
+  for m in "$work"/mnt-*; do
+    mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+  done
+  if [ "$rc" -ne 0 ] && [ -n "${pid1:-}" ]; then
+    echo "--- the container's journal (last lines)" >&2
+    timeout 20 nsenter -t "$pid1" -a journalctl -n 40 --no-pager >&2
+  fi
+  if [ -n "$nspawn_pid" ]; then
+    kill -TERM "$nspawn_pid" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$nspawn_pid" 2>/dev/null
+    wait "$nspawn_pid" 2>/dev/null
+  fi
+  rm -rf "/run/systemd/nspawn/propagate/$machine"
+  # Empty cgroups nspawn leaves behind; their last processes may take a moment to go.
+  for _ in $(seq 1 50); do
+    for m in "${new_cgroups[@]}"; do
+      [ -d "$m" ] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+    left=0
+    for m in "${new_cgroups[@]}"; do [ -d "$m" ] && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  weed_stop
+  if [ "$rc" -ne 0 ]; then
+    echo "--- container console (last lines)" >&2
+    tail -n 30 "$work/nspawn.log" 2>/dev/null >&2
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits until "$@" succeeds, at most $1 seconds.
+until_ok() {
+  local limit=$1 _
+  shift
+  for _ in $(seq 1 $((limit * 5))); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# The pid of the bucketfs daemon serving mount point $1 on this machine.
+daemon_of() {
+  local p
+  for p in /proc/[0-9]*; do
+    if tr '\0' '\n' < "$p/cmdline" 2>/dev/null | { read -r a0 && [[ "$a0" == *bucketfs ]] && grep -qxF "$1"; }; then
+      echo "${p#/proc/}"
+      return 0
+    fi
+  done
+  return 1
+}
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
+weed_start "$work/weed" sample "docs/readme.md=$content"
+endpoint=$WEED_ENDPOINT
+opts="force_path_style,endpoint_url=$endpoint,region=us-east-1"
+
+step "mount -t fuse.bucketfs on this machine"
+# mount(8) drops PATH for its helpers, so the shell mount.fuse3 starts finds bucketfs on the
+# default path only: link it into /usr/local/bin for the test (the trap restores what was there).
+mkdir -p "$work/mnt-t" "$work/mnt-fstab"
+if [ -e /usr/local/bin/bucketfs ] || [ -L /usr/local/bin/bucketfs ]; then
+  mv /usr/local/bin/bucketfs "$work/bucketfs.orig"
+fi
+linked=true
+ln -s "$bin" /usr/local/bin/bucketfs
+timeout 60 mount -t fuse.bucketfs -o "$opts" sample:docs/ "$work/mnt-t"
+[ "$(findmnt -n -o FSTYPE "$work/mnt-t")" = fuse.bucketfs ] || fail "mount -t: not a fuse.bucketfs mount"
+[ "$(timeout 30 cat "$work/mnt-t/readme.md")" = "$content" ] || fail "mount -t: wrong bytes"
+pid="$(daemon_of "$work/mnt-t")" || fail "mount -t: no daemon found"
+timeout 30 umount "$work/mnt-t"
+until_ok 10 gone "$pid" || fail "mount -t: the daemon did not exit after umount"
+
+step "an fstab line and mount PATH"
+fstab_backup="$work/fstab.orig"
+cp /etc/fstab "$fstab_backup"
+echo "sample:docs/ $work/mnt-fstab fuse.bucketfs noauto,_netdev,$opts 0 0" >> /etc/fstab
+timeout 60 mount "$work/mnt-fstab"
+[ "$(timeout 30 cat "$work/mnt-fstab/readme.md")" = "$content" ] || fail "fstab: wrong bytes"
+timeout 30 umount "$work/mnt-fstab"
+cp "$fstab_backup" /etc/fstab
+fstab_backup=""
+cmp -s /etc/fstab "$work/fstab.orig" || fail "/etc/fstab not restored"
+
+step "the container root ($rootfs)"
+if [ ! -e "$rootfs/.complete" ]; then
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  rm -rf "$rootfs.tmp"
+  timeout 900 debootstrap --variant=minbase \
+    --include=systemd,systemd-sysv,dbus,fuse3,ca-certificates bookworm "$rootfs.tmp" "$mirror" \
+    > "$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; fail "debootstrap"; }
+  touch "$rootfs.tmp/.complete"
+  rm -rf "$rootfs"
+  mv "$rootfs.tmp" "$rootfs"
+fi
+
+step "boot systemd in systemd-nspawn"
+timeout 900 systemd-nspawn -D "$rootfs" --boot --register=no --keep-unit --volatile=overlay \
+  --bind=/dev/fuse --bind=/dev/autofs --bind-ro="$bin:/usr/local/bin/bucketfs" \
+  --bind-ro="$PWD/systemd:/usr/local/share/bucketfs/systemd" -M "$machine" --console=passive \
+  > "$work/nspawn.log" 2>&1 &
+nspawn_pid=$!
+pid1=""
+for _ in $(seq 1 100); do
+  # timeout -> systemd-nspawn -> the container's systemd
+  pid1="$(pgrep -P "$(pgrep -P "$nspawn_pid" -x systemd-nspawn || echo 0)" -x systemd || true)"
+  [ -n "$pid1" ] && break
+  sleep 0.1
+done
+[ -n "$pid1" ] || fail "no systemd in the container"
+cx() { timeout 60 nsenter -t "$pid1" -a "$@"; }
+state=""
+for _ in $(seq 1 60); do
+  state="$(cx systemctl is-system-running --wait 2>/dev/null || true)"
+  case "$state" in running|degraded) break ;; esac
+  sleep 0.5
+done
+case "$state" in running|degraded) ;; *) fail "container systemd not up: $state" ;; esac
+# The filesystem types mounted at $1 in the container, from the mount table: findmnt PATH would
+# touch the path, and every touch restarts the automount's idle timer.
+fstypes() { cx findmnt -n -r -o TARGET,FSTYPE | awk -v t="$1" '$1 == t { print $2 }'; }
+mounted() { fstypes "$1" | grep -qx fuse.bucketfs; }
+unmounted() { ! mounted "$1"; }
+daemons() { cx sh -c 'cat /proc/[0-9]*/comm 2>/dev/null' | grep -cx bucketfs || true; }
+no_daemons() { [ "$(daemons)" = 0 ]; }
+
+step "systemd-analyze verify systemd/* (any output fails)"
+cx sh -c 'mkdir -p /run/verify && cp /usr/local/share/bucketfs/systemd/* /run/verify/ &&
+  mv /run/verify/bucketfs@.service /run/verify/bucketfs@mnt-data.service'
+out="$(cx sh -c 'cd /run/verify && systemd-analyze verify ./*' 2>&1)" || fail "verify: $out"
+[ -z "$out" ] || fail "systemd-analyze verify printed: $out"
+
+step ".mount + .automount: armed, mounted on first access, unmounted when idle"
+cx sh -c "mkdir -p /root/.aws && umask 077 && printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
+  $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY > /root/.aws/credentials"
+cx sh -c "sed -e 's|^What=.*|What=sample:docs/|' -e 's|^Options=.*|Options=_netdev,$opts|' \
+  /usr/local/share/bucketfs/systemd/mnt-data.mount > /etc/systemd/system/mnt-data.mount &&
+  sed -e 's|^TimeoutIdleSec=.*|TimeoutIdleSec=3|' \
+  /usr/local/share/bucketfs/systemd/mnt-data.automount > /etc/systemd/system/mnt-data.automount"
+cx systemctl daemon-reload
+cx systemctl start mnt-data.automount
+[ "$(cx systemctl is-active mnt-data.automount)" = active ] || fail "automount not active"
+[ "$(fstypes /mnt/data)" = autofs ] || fail "no autofs placeholder at /mnt/data"
+! mounted /mnt/data || fail "mounted before any access"
+[ "$(daemons)" = 0 ] || fail "a daemon runs before any access"
+[ "$(cx cat /mnt/data/readme.md)" = "$content" ] || fail "automount: wrong bytes at first access"
+mounted /mnt/data || fail "first access did not mount fuse.bucketfs"
+until_ok 30 unmounted /mnt/data || fail "idle timeout did not unmount"
+until_ok 10 no_daemons || fail "the daemon did not exit after the idle unmount"
+
+step "systemctl stop unmounts"
+[ "$(cx cat /mnt/data/readme.md)" = "$content" ] || fail "second access"
+mounted /mnt/data || fail "second access did not mount"
+cx systemctl stop mnt-data.mount
+! mounted /mnt/data || fail "still mounted after systemctl stop"
+until_ok 10 no_daemons || fail "the daemon did not exit after systemctl stop"
+
+step "an fstab x-systemd.automount line"
+cx sh -c "echo 'sample:docs/ /mnt/fstab fuse.bucketfs _netdev,x-systemd.automount,x-systemd.idle-timeout=3,$opts 0 0' >> /etc/fstab"
+cx systemctl daemon-reload
+cx systemctl start mnt-fstab.automount
+[ "$(fstypes /mnt/fstab)" = autofs ] || fail "fstab: no autofs placeholder"
+! mounted /mnt/fstab || fail "fstab: mounted before any access"
+[ "$(cx cat /mnt/fstab/readme.md)" = "$content" ] || fail "fstab automount: wrong bytes"
+mounted /mnt/fstab || fail "fstab: first access did not mount"
+until_ok 30 unmounted /mnt/fstab || fail "fstab: idle timeout did not unmount"
+
+step "the Type=notify template service is active only once the mount is live"
+cx sh -c "mkdir -p /etc/bucketfs && umask 077 && cat > /etc/bucketfs/mnt-svc.env" <<ENV
+BUCKETFS_SOURCE=sample:docs/
+BUCKETFS_OPTIONS=--endpoint-url $endpoint --force-path-style --region us-east-1
+AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
+AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+ENV
+cx cp /usr/local/share/bucketfs/systemd/bucketfs@.service /etc/systemd/system/
+cx systemctl daemon-reload
+cx systemctl start bucketfs@mnt-svc.service
+mounted /mnt/svc || fail "service started but /mnt/svc is not mounted yet"
+[ "$(cx systemctl is-active bucketfs@mnt-svc.service)" = active ] || fail "service not active"
+[ "$(cx cat /mnt/svc/readme.md)" = "$content" ] || fail "service: wrong bytes"
+cx systemctl stop bucketfs@mnt-svc.service
+! mounted /mnt/svc || fail "service stopped but still mounted"
+until_ok 10 no_daemons || fail "the daemon did not exit at systemctl stop"
+
+step "a service for a missing bucket fails instead of turning active"
+cx sh -c "sed 's|^BUCKETFS_SOURCE=.*|BUCKETFS_SOURCE=no-such-bucket|' /etc/bucketfs/mnt-svc.env > /etc/bucketfs/mnt-bad.env"
+if cx systemctl start bucketfs@mnt-bad.service 2>/dev/null; then fail "a missing bucket started"; fi
+[ "$(cx systemctl is-active bucketfs@mnt-bad.service)" != active ] || fail "missing bucket: active"
+cx journalctl -u bucketfs@mnt-bad.service --no-pager | grep -q "no-such-bucket" ||
+  fail "the journal does not name the missing bucket"
+cx systemctl stop bucketfs@mnt-bad.service 2>/dev/null || true
+
+echo "systemd checks: all passed"
