@@ -173,24 +173,26 @@ fn set_home_if_missing() {
 
 /// Tells systemd about our state when it waits for it (`Type=notify` sets NOTIFY_SOCKET).
 fn notify_systemd(state: &str) {
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = notify_at(&socket, state) {
+            let shown = socket.to_string_lossy();
+            tracing::warn!("cannot notify systemd ({state}) at {shown}: {e}");
+        }
+    }
+}
+
+/// Sends `state` to the notification socket `socket`: a path, or `@name` in the abstract
+/// namespace.
+fn notify_at(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
+    let addr = match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(socket)?,
     };
-    let bytes = path.as_bytes();
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => SocketAddr::from_abstract_name(name),
-        None => SocketAddr::from_pathname(&path),
-    };
-    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
-    if let Err(e) = sent {
-        tracing::warn!(
-            "cannot notify systemd ({state}) at {}: {e}",
-            path.to_string_lossy()
-        );
-    }
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
 }
 
 fn init_logging(config: &Config, foreground: bool) -> Result<()> {
@@ -492,6 +494,29 @@ mod tests {
     fn mountinfo_escapes_are_decoded() {
         assert_eq!(unescape_mountinfo(r"/mnt/with\040space"), "/mnt/with space");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn readiness_reaches_path_and_abstract_notify_sockets() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        notify_at(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = by_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        let name = format!("bucketfs-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_socket = UnixDatagram::bind_addr(&addr).unwrap();
+        notify_at(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").unwrap();
+        let n = abstract_socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
+
+        let missing = dir.path().join("nobody-listens");
+        assert!(notify_at(missing.as_os_str(), "READY=1").is_err());
     }
 
     #[test]

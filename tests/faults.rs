@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::proxy::Proxy;
-use common::{pseudo_random, sha256, Bucket, Mount};
+use common::{eventually, pseudo_random, sha256, Bucket, Mount};
 
 fn proxy() -> Proxy {
     let upstream = common::server()
@@ -164,18 +164,6 @@ fn throttling_and_5xx_are_retried() {
     assert_eq!(fs::read_dir(m.path.join("dir")).unwrap().count(), 1);
     p.fail_next(2);
     assert_eq!(fs::read(m.path.join("f.bin")).unwrap(), data);
-}
-
-/// Polls `cond` every 250 ms until it holds or `limit` passes; returns whether it held.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    cond()
 }
 
 #[test]

@@ -550,3 +550,31 @@ fn a_child_closing_an_inherited_descriptor_does_not_commit_a_partial_file() {
     drop(f);
     assert_eq!(sha256(&b.get("f.bin")), sha256(&data));
 }
+
+/// SIGTERM (systemctl stop) with a file still open for writing: its bytes are committed before
+/// the mount goes; the busy mount is detached, and the daemon exits once the file is closed.
+#[test]
+fn sigterm_commits_open_files_then_unmounts() {
+    let b = Bucket::new("rw-sigterm");
+    let m = Mount::new(&b.name, "rw-sigterm", &[]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let data = pseudo_random(3 << 20, 31);
+    let mut f = fs::File::create(m.path.join("open.bin")).unwrap();
+    f.write_all(&data).unwrap();
+    // SAFETY: kill(2) on the pid of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let committed = common::eventually(std::time::Duration::from_secs(30), || {
+        b.head("open.bin").is_some()
+    });
+    assert!(committed, "the open file was not committed at SIGTERM");
+    assert_eq!(sha256(&b.get("open.bin")), sha256(&data));
+    let detached = common::eventually(std::time::Duration::from_secs(10), || {
+        !common::is_mounted(&m.path)
+    });
+    assert!(detached, "still mounted after SIGTERM");
+    drop(f);
+    assert!(
+        common::wait_gone(pid, std::time::Duration::from_secs(10)),
+        "the daemon did not exit once its last file was closed"
+    );
+}
