@@ -477,6 +477,18 @@ fn start_up_errors_are_one_clear_line_and_a_non_zero_exit() {
     let err = expect_failure(common::bucketfs_command(&b.name, &m.path, &[]));
     assert!(err.contains("already mounted"), "{err}");
 
+    // A daemon killed outright leaves a dead mount ("Transport endpoint is not connected").
+    let killed = Mount::new(&b.name, "errors-dead", &[]);
+    let pid = killed.daemon_pid().expect("daemon pid");
+    // SAFETY: kill(2) on the pid of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    assert!(common::wait_gone(pid, std::time::Duration::from_secs(10)));
+    let err = expect_failure(common::bucketfs_command(&b.name, &killed.path, &[]));
+    assert!(
+        err.contains("not connected") && err.contains("fusermount3 -u"),
+        "{err}"
+    );
+
     let err = expect_failure(common::bucketfs_command(
         &b.name,
         &path,
