@@ -445,7 +445,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             "signal received: committing open files, then unmounting {}",
             path.display()
         );
-        match tokio::time::timeout(SHUTDOWN_COMMIT_TIMEOUT, fs.commit_all()).await {
+        match tokio::time::timeout(SHUTDOWN_COMMIT_TIMEOUT, fs.stop()).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!("{n} open files could not be committed (see above)"),
             Err(_) => tracing::warn!(

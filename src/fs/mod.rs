@@ -134,6 +134,8 @@ pub struct Fs {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
+    /// Set at shutdown: no new changes are accepted.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -190,6 +192,7 @@ impl Fs {
             dirs: Mutex::default(),
             files: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            stopping: Default::default(),
         }
     }
 
@@ -494,8 +497,8 @@ impl Fs {
 
     /// Opens file `ino`; a handle opened for writing shares the file's writer.
     pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
-        if mode.write && self.config.read_only {
-            return Err(FsError::read_only());
+        if mode.write {
+            self.check_changes_allowed()?;
         }
         let writer = self.writer_of(ino);
         let (object, size) = match (&writer, self.node(ino).await) {

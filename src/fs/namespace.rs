@@ -180,9 +180,7 @@ impl Fs {
 
     /// setattr: truncation and header changes (mode, owner, mtime).
     pub async fn setattr(&self, ino: Ino, change: SetAttr) -> FsResult<Attr> {
-        if self.config.read_only {
-            return Err(FsError::read_only());
-        }
+        self.check_changes_allowed()?;
         if ino == Ino::ROOT {
             // The bucket root has no object to hold headers: kept for the mount's life only.
             change.apply(&mut self.root_posix.lock().unwrap(), S_IFDIR);

@@ -407,3 +407,35 @@ async fn a_multipart_upload_is_not_copied_again_to_move_its_mtime() {
     assert_eq!(store.counts.copy.load(Ordering::Relaxed), 0, "no self-copy");
     assert_eq!(store.object("big").unwrap().0.len(), 7 << 20);
 }
+
+#[tokio::test]
+async fn stopping_commits_open_files_and_refuses_new_changes() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let (_, fh) = fs
+        .create(Ino::ROOT, "open.txt", 0o644, (0, 0), false)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"not closed yet").await.unwrap();
+    assert!(store.object("open.txt").is_none());
+
+    assert_eq!(fs.stop().await, 0);
+    assert_eq!(&store.object("open.txt").unwrap().0[..], b"not closed yet");
+    let refused = fs.create(Ino::ROOT, "new.txt", 0o644, (0, 0), false).await;
+    assert_eq!(refused.unwrap_err().errno, libc::EROFS);
+    assert_eq!(
+        fs.mkdir(Ino::ROOT, "d", 0o755, (0, 0))
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EROFS
+    );
+    // The handle open before the stop still works; its close commits what it wrote since.
+    fs.write(fh, 14, b", now it is").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(
+        &store.object("open.txt").unwrap().0[..],
+        b"not closed yet, now it is"
+    );
+}

@@ -582,9 +582,10 @@ impl Fs {
         result
     }
 
-    /// At shutdown: commits every file still open for writing; one that fails is aborted.
-    /// Returns how many failed.
-    pub async fn commit_all(&self) -> usize {
+    /// At shutdown: refuses new changes (EROFS), then commits every file still open for
+    /// writing; one that fails is aborted. Returns how many failed.
+    pub async fn stop(&self) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
         let writers: Vec<Arc<Writer>> = self
             .tables
             .lock()
@@ -665,10 +666,22 @@ impl Fs {
     }
 
     /// Fails mutations on a read-only mount and names the filesystem cannot hold.
-    pub(super) fn check_writable(&self, name: &str) -> FsResult<()> {
+    /// EROFS on a read-only mount, and once the daemon is stopping.
+    pub(super) fn check_changes_allowed(&self) -> FsResult<()> {
         if self.config.read_only {
             return Err(FsError::read_only());
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(FsError::new(
+                libc::EROFS,
+                "bucketfs is stopping: no new changes",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_writable(&self, name: &str) -> FsResult<()> {
+        self.check_changes_allowed()?;
         if !super::list::valid_name(name) {
             return Err(FsError::new(
                 libc::EINVAL,
