@@ -152,19 +152,9 @@ fn start_server() -> Server {
     std::thread::Builder::new()
         .name("seaweedfs-owner".into())
         .spawn(move || {
-            let mut cmd = Command::new(weed);
-            cmd.args(&args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            // SAFETY: prctl in the child before exec; async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().expect("start weed");
+            let mut child = server_command(&weed, &args, log)
+                .spawn()
+                .expect("start weed");
             tx.send(child.id()).unwrap();
             // Stay alive for the whole test run: the server dies when this thread does.
             let _ = child.wait();
@@ -196,6 +186,24 @@ fn start_server() -> Server {
         rt,
         weed_pid,
     }
+}
+
+/// A test server's command: output into `log`, killed (PR_SET_PDEATHSIG) when the thread that
+/// started it dies, so no server outlives a test run.
+fn server_command(program: &Path, args: &[String], log: std::fs::File) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
 }
 
 async fn make_client(endpoint: &str) -> Client {

@@ -1,9 +1,8 @@
 //! moto's S3 server on 127.0.0.1, for what SeaweedFS does not keep (user metadata on `dir/`
 //! markers). One server per `Moto`; it accepts any credentials and is killed on drop.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
@@ -35,19 +34,15 @@ impl Moto {
             .map(|a| a.port())
             .expect("a free port");
         let log = std::fs::File::create(super::run_dir().join(format!("moto-{port}.log"))).unwrap();
-        let mut cmd = Command::new(moto_binary());
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // SAFETY: prctl in the child before exec; async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start moto_server");
+        let args = [
+            "-H".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let child = super::server_command(&moto_binary(), &args, log)
+            .spawn()
+            .expect("start moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
