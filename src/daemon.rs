@@ -453,11 +453,12 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             ),
         }
         let _ = tokio::task::spawn_blocking(move || {
+            // fuser's unmount does not fall back to a lazy one when files are still open.
             let done = match fuser_unmounter {
-                Some(mut unmounter) => unmounter.unmount(),
+                Some(mut unmounter) => unmounter.unmount().or_else(|_| mount::unmount(&path)),
                 None => mount::unmount(&path),
             };
-            if let Err(e) = done.or_else(|_| mount::unmount(&path)) {
+            if let Err(e) = done {
                 tracing::warn!("unmount of {} failed: {e}", path.display());
             }
         })

@@ -474,7 +474,13 @@ impl Filesystem for FuseAdapter {
     ) {
         let opener = self.openers.lock().unwrap().get(&fh.0).copied();
         if let Some(opener) = opener {
-            let closer = process_of(req.pid());
+            // The opener's main thread needs no /proc lookup: its thread id is the process id.
+            let tid = req.pid();
+            let closer = if tid == opener {
+                opener
+            } else {
+                process_of(tid)
+            };
             if closer != opener {
                 tracing::debug!(
                     fh = fh.0,
