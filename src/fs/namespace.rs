@@ -412,16 +412,15 @@ impl Fs {
         Ok(())
     }
 
-    async fn dir_is_empty(&self, path: &str, marker: &str) -> FsResult<bool> {
+    /// True while a file below directory `path` is open for writing.
+    fn writing_below(&self, path: &str) -> bool {
         let below = format!("{path}/");
-        if self
-            .tables
-            .lock()
-            .unwrap()
-            .writers
-            .values()
-            .any(|w| w.path().starts_with(&below))
-        {
+        let t = self.tables.lock().unwrap();
+        t.writers.values().any(|w| w.path().starts_with(&below))
+    }
+
+    async fn dir_is_empty(&self, path: &str, marker: &str) -> FsResult<bool> {
+        if self.writing_below(path) {
             return Ok(false);
         }
         let request = ListRequest {
@@ -548,15 +547,7 @@ impl Fs {
     /// Copies every key under `from/` to `to/`, then deletes the originals. An empty target
     /// directory's marker simply stays: it is the moved directory's marker now.
     async fn rename_dir(&self, from: &str, to: &str) -> FsResult<()> {
-        let below = format!("{from}/");
-        if self
-            .tables
-            .lock()
-            .unwrap()
-            .writers
-            .values()
-            .any(|w| w.path().starts_with(&below))
-        {
+        if self.writing_below(from) {
             return Err(FsError::new(
                 libc::EBUSY,
                 "files in the directory are open for writing",
