@@ -367,19 +367,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
     let adapter = FuseAdapter::new(Arc::clone(&fs), rt.handle().clone());
 
-    let mut options = vec![
-        MountOption::FSName(config.daemon.fs_name.clone()),
-        // fuser's own Subtype option is only used by fusermount; as a kernel option the mount
-        // shows as `fuse.bucketfs` in /proc/mounts, as mount(8) and systemd expect.
-        MountOption::CUSTOM("subtype=bucketfs".to_string()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-    ];
-    if config.fs.read_only {
-        options.push(MountOption::RO);
-    }
     let mut fuse_config = fuser::Config::default();
-    fuse_config.mount_options = options;
     fuse_config.acl = if config.daemon.allow_other {
         SessionACL::All
     } else {
@@ -410,6 +398,19 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             }
         }
     } else {
+        // Through fusermount3, with the same options `mount::mount_fuse` gives the kernel.
+        let mut options = vec![
+            MountOption::FSName(config.daemon.fs_name.clone()),
+            // fuser's own Subtype option is only used by fusermount; as a kernel option the
+            // mount shows as `fuse.bucketfs` in /proc/mounts, as mount(8) and systemd expect.
+            MountOption::CUSTOM("subtype=bucketfs".to_string()),
+            MountOption::DefaultPermissions,
+            MountOption::NoAtime,
+        ];
+        if config.fs.read_only {
+            options.push(MountOption::RO);
+        }
+        fuse_config.mount_options = options;
         let mut session =
             fuser::Session::new(adapter, mountpoint, &fuse_config).with_context(cannot_mount)?;
         let unmounter = session.unmount_callable();

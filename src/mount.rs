@@ -40,7 +40,11 @@ fn check(ret: libc::c_int) -> io::Result<()> {
 /// True when `path` is a directory, found without triggering an automount on it (statx, and so
 /// `std::fs::metadata`, would trigger one).
 pub fn is_dir_no_automount(path: &Path) -> io::Result<bool> {
-    Ok(stat_no_automount(path)?.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    Ok(is_dir(&stat_no_automount(path)?))
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 fn stat_no_automount(path: &Path) -> io::Result<libc::stat> {
@@ -63,7 +67,7 @@ fn stat_no_automount(path: &Path) -> io::Result<libc::stat> {
 pub fn mount_fuse(mountpoint: &Path, spec: &MountSpec) -> io::Result<OwnedFd> {
     let target = c_path(mountpoint)?;
     let st = stat_no_automount(mountpoint)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+    if !is_dir(&st) {
         return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
     }
     // SAFETY: a constant NUL-terminated path; the descriptor is owned below.
@@ -86,8 +90,8 @@ pub fn mount_fuse(mountpoint: &Path, spec: &MountSpec) -> io::Result<OwnedFd> {
     if spec.read_only {
         flags |= libc::MS_RDONLY;
     }
-    let source = CString::new(spec.fs_name.replace('\0', ""))
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad source name"))?;
+    let source = CString::new(spec.fs_name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "source contains a NUL byte"))?;
     let data = CString::new(data).expect("no NUL in mount options");
     // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
     check(unsafe {

@@ -352,10 +352,7 @@ impl Bucket {
 
     /// ETag and user metadata of `key`, or `None` when it does not exist.
     pub fn head(&self, key: &str) -> Option<(String, std::collections::HashMap<String, String>)> {
-        let s = server();
-        let out =
-            s.rt.block_on(s.client.head_object().bucket(&self.name).key(key).send())
-                .ok()?;
+        let out = self.head_object(key)?;
         Some((
             out.e_tag().unwrap_or_default().to_string(),
             out.metadata().cloned().unwrap_or_default(),
@@ -364,11 +361,17 @@ impl Bucket {
 
     /// Size of `key` on the server, or `None` when it does not exist.
     pub fn size(&self, key: &str) -> Option<u64> {
+        let length = self.head_object(key)?.content_length()?;
+        u64::try_from(length).ok()
+    }
+
+    fn head_object(
+        &self,
+        key: &str,
+    ) -> Option<aws_sdk_s3::operation::head_object::HeadObjectOutput> {
         let s = server();
-        let out =
-            s.rt.block_on(s.client.head_object().bucket(&self.name).key(key).send())
-                .ok()?;
-        out.content_length().and_then(|n| u64::try_from(n).ok())
+        s.rt.block_on(s.client.head_object().bucket(&self.name).key(key).send())
+            .ok()
     }
 
     /// Multipart uploads begun and neither completed nor aborted.
