@@ -8,15 +8,23 @@
 //!    even when read-ahead runs far ahead; a failed fetch frees its slot so a retry can happen.
 //! 3. Read-ahead grows while a reader stays sequential (doubling per block entered) and resets on
 //!    a seek, so random readers fetch only what they read and streams get parallel GETs.
-//! 4. Every GET carries `If-Match` with the ETag seen at open: a replaced object fails with
+//! 4. Read-ahead fetches runs of missing blocks with one GET of up to `readahead_get_size`
+//!    (8 MiB), and once the window is that large it waits until a whole GET is due: a server
+//!    spends about twice the CPU per byte on 1 MiB GETs as on 8 MiB ones (docs/benchmarks.md).
+//!    Each block of a run gets its own slot and its own buffer (`get_object_pieces`): slices
+//!    of one run-sized buffer would keep all of it alive while any block of it stays cached.
+//! 5. A block a sequential reader has read past is demoted to the cold end of the LRU: it will
+//!    not be read again soon, while the blocks fetched ahead of it (inserted earlier, so
+//!    otherwise older) will; without this, four streams evicted each other's read-ahead.
+//! 6. Every GET carries `If-Match` with the ETag seen at open: a replaced object fails with
 //!    ESTALE instead of mixing bytes of two versions.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
-use tokio::sync::OnceCell;
 
 use crate::config::CacheConfig;
 use crate::error::{FsError, FsResult};
@@ -37,7 +45,24 @@ struct BlockKey {
     index: u64,
 }
 
-type Slot = Arc<OnceCell<Bytes>>;
+/// A block's fetch, shared by everyone who wants the block while it is in flight or cached.
+type Fetch = Shared<BoxFuture<'static, FsResult<Bytes>>>;
+
+/// The fetch of a run of blocks: one buffer per block, so evicting one frees it.
+type RunFetch = Shared<BoxFuture<'static, FsResult<Arc<Vec<Bytes>>>>>;
+
+#[derive(Clone)]
+struct Slot {
+    fetch: Fetch,
+    /// Filled by read-ahead: a failure is retried once by the reader that needs the block.
+    ahead: bool,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("ahead", &self.ahead).finish()
+    }
+}
 
 /// The fewest blocks the cache holds whatever the budget, so that a read spanning two blocks plus
 /// a little read-ahead never evicts what it is about to use.
@@ -49,6 +74,7 @@ pub struct BlockCache {
     store: Arc<dyn ObjectStore>,
     block_size: u64,
     max_readahead_blocks: u64,
+    get_blocks: u64,
     blocks: Mutex<LruCache<BlockKey, Slot>>,
 }
 
@@ -65,13 +91,16 @@ impl BlockCache {
     pub fn new(store: Arc<dyn ObjectStore>, config: &CacheConfig) -> Self {
         let block_size = config.block_size.max(4096);
         let capacity = ((config.budget / block_size) as usize).max(MIN_BLOCKS);
-        // One reader's window may use at most a quarter of the budget, so a few streams can
+        // One reader's window may use at most an eighth of the budget, so four streams can
         // read ahead at once without evicting each other's next blocks.
-        let max_readahead_blocks = (config.max_readahead / block_size).min(capacity as u64 / 4);
+        let max_readahead_blocks = (config.max_readahead / block_size).min(capacity as u64 / 8);
+        let get_blocks =
+            (config.readahead_get_size / block_size).clamp(1, max_readahead_blocks.max(1));
         Self {
             store,
             block_size,
             max_readahead_blocks,
+            get_blocks,
             blocks: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity).expect("capacity >= 4"),
             )),
@@ -113,6 +142,7 @@ impl BlockCache {
 
         let fetches = (first..=last).map(|index| self.block(object, size, index));
         let blocks = futures::future::try_join_all(fetches).await?;
+        self.demote_consumed(object, state, first..=last, end);
         if blocks.len() == 1 {
             let start = (offset - first * self.block_size) as usize;
             return Ok(blocks[0].slice(start..start + (end - offset) as usize));
@@ -127,7 +157,30 @@ impl BlockCache {
         Ok(out.freeze())
     }
 
-    /// Updates the reader's sequential state for a read of `range` and spawns fetches of the
+    /// Moves the blocks a sequential reader has finished (those wholly before `end`) to the cold
+    /// end of the LRU.
+    fn demote_consumed(
+        &self,
+        object: &Arc<ObjectId>,
+        state: &Mutex<ReadState>,
+        blocks: std::ops::RangeInclusive<u64>,
+        end: u64,
+    ) {
+        if state.lock().unwrap().window == 0 {
+            return;
+        }
+        let mut cache = self.blocks.lock().unwrap();
+        for index in blocks {
+            if (index + 1) * self.block_size <= end {
+                cache.demote(&BlockKey {
+                    object: Arc::clone(object),
+                    index,
+                });
+            }
+        }
+    }
+
+    /// Updates the reader's sequential state for a read of `range` and starts fetches of the
     /// blocks its window covers beyond the read.
     fn plan_readahead(
         self: &Arc<Self>,
@@ -155,18 +208,110 @@ impl BlockCache {
                 return;
             }
             let from = (last + 1).max(s.prefetched_until);
-            let to = (last + 1 + s.window).min(blocks_in_object);
-            s.prefetched_until = s.prefetched_until.max(to);
+            let mut to = (last + 1 + s.window).min(blocks_in_object);
+            if s.window >= self.get_blocks && to < blocks_in_object {
+                // Full-size GETs only, once the window holds one.
+                to = from + to.saturating_sub(from) / self.get_blocks * self.get_blocks;
+            }
+            if to <= from {
+                return;
+            }
+            s.prefetched_until = to;
             from..to
         };
-        for index in ahead {
-            let cache = Arc::clone(self);
-            let object = Arc::clone(object);
-            tokio::spawn(async move {
-                // A failed read-ahead is forgotten: the reader refetches and sees the error.
-                let _ = cache.block(&object, size, index).await;
-            });
+        self.prefetch(object, size, ahead);
+    }
+
+    /// Starts one GET per run of up to `get_blocks` consecutive blocks of `blocks` that are
+    /// neither cached nor in flight, with a slot per block.
+    fn prefetch(&self, object: &Arc<ObjectId>, size: u64, blocks: std::ops::Range<u64>) {
+        let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+        {
+            let cache = self.blocks.lock().unwrap();
+            for index in blocks {
+                let key = BlockKey {
+                    object: Arc::clone(object),
+                    index,
+                };
+                if cache.contains(&key) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some(run) if run.end == index && run.end - run.start < self.get_blocks => {
+                        run.end += 1
+                    }
+                    _ => runs.push(index..index + 1),
+                }
+            }
         }
+        for run in runs {
+            let range = run.start * self.block_size..(run.end * self.block_size).min(size);
+            let fetch = self.fetch_run(object, range);
+            {
+                let mut cache = self.blocks.lock().unwrap();
+                for index in run.clone() {
+                    let i = (index - run.start) as usize;
+                    let piece = fetch
+                        .clone()
+                        .map(move |result| {
+                            result.and_then(|pieces| {
+                                pieces
+                                    .get(i)
+                                    .cloned()
+                                    .ok_or_else(|| FsError::new(libc::EIO, "short read-ahead GET"))
+                            })
+                        })
+                        .boxed()
+                        .shared();
+                    let key = BlockKey {
+                        object: Arc::clone(object),
+                        index,
+                    };
+                    // A reader may have claimed the block since the check above.
+                    if !cache.contains(&key) {
+                        cache.put(
+                            key,
+                            Slot {
+                                fetch: piece,
+                                ahead: true,
+                            },
+                        );
+                    }
+                }
+            }
+            // A failed read-ahead is forgotten: the reader retries and sees the error.
+            tokio::spawn(fetch.map(drop));
+        }
+    }
+
+    /// A ranged GET of one block of `object`, not yet started.
+    fn fetch(&self, object: &Arc<ObjectId>, range: std::ops::Range<u64>) -> Fetch {
+        let store = Arc::clone(&self.store);
+        let object = Arc::clone(object);
+        async move {
+            store
+                .get_object_range(&object.key, &object.etag, range)
+                .await
+                .map_err(FsError::from)
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// A ranged GET of several blocks of `object`, one buffer per block, not yet started.
+    fn fetch_run(&self, object: &Arc<ObjectId>, range: std::ops::Range<u64>) -> RunFetch {
+        let store = Arc::clone(&self.store);
+        let object = Arc::clone(object);
+        let block_size = self.block_size;
+        async move {
+            store
+                .get_object_pieces(&object.key, &object.etag, range, block_size)
+                .await
+                .map(Arc::new)
+                .map_err(FsError::from)
+        }
+        .boxed()
+        .shared()
     }
 
     /// One block, from the cache or from a ranged GET.
@@ -175,35 +320,39 @@ impl BlockCache {
             object: Arc::clone(object),
             index,
         };
-        let slot = {
-            let mut blocks = self.blocks.lock().unwrap();
-            match blocks.get(&key) {
-                Some(slot) => Arc::clone(slot),
-                None => {
-                    let slot = Slot::default();
-                    blocks.put(key.clone(), Arc::clone(&slot));
-                    slot
+        let mut retried = false;
+        loop {
+            let slot = {
+                let mut blocks = self.blocks.lock().unwrap();
+                match blocks.get(&key) {
+                    Some(slot) => slot.clone(),
+                    None => {
+                        let start = index * self.block_size;
+                        let slot = Slot {
+                            fetch: self.fetch(object, start..(start + self.block_size).min(size)),
+                            ahead: false,
+                        };
+                        blocks.put(key.clone(), slot.clone());
+                        slot
+                    }
+                }
+            };
+            let result = slot.fetch.clone().await;
+            if result.is_err() {
+                let mut blocks = self.blocks.lock().unwrap();
+                if blocks
+                    .peek(&key)
+                    .is_some_and(|s| Shared::ptr_eq(&s.fetch, &slot.fetch))
+                {
+                    blocks.pop(&key);
+                }
+                if slot.ahead && !retried {
+                    retried = true;
+                    continue;
                 }
             }
-        };
-        let start = index * self.block_size;
-        let end = (start + self.block_size).min(size);
-        let result = slot
-            .get_or_try_init(|| async {
-                self.store
-                    .get_object_range(&object.key, &object.etag, start..end)
-                    .await
-                    .map_err(FsError::from)
-            })
-            .await
-            .cloned();
-        if result.is_err() {
-            let mut blocks = self.blocks.lock().unwrap();
-            if blocks.peek(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                blocks.pop(&key);
-            }
+            return result;
         }
-        result
     }
 }
 

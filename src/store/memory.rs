@@ -28,6 +28,8 @@ pub struct RequestCounts {
     pub list: AtomicU64,
     /// GetObject calls.
     pub get: AtomicU64,
+    /// Bytes returned by GetObject calls.
+    pub get_bytes: AtomicU64,
     /// PutObject calls.
     pub put: AtomicU64,
     /// UploadPart and UploadPartCopy calls.
@@ -232,7 +234,11 @@ impl ObjectStore for MemoryStore {
             ));
         }
         let end = range.end.min(len);
-        Ok(body.slice(range.start.min(len) as usize..end as usize))
+        let start = range.start.min(len);
+        self.counts
+            .get_bytes
+            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+        Ok(body.slice(start as usize..end as usize))
     }
 
     async fn put_object(

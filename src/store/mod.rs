@@ -164,6 +164,23 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, StoreError>;
 
+    /// GetObject of `range` like `get_object_range`, returned as consecutive pieces of `piece`
+    /// bytes (the last may be shorter), each in a buffer of its own so that one can be freed
+    /// while the others are still in use. The default splits one body by copying.
+    async fn get_object_pieces(
+        &self,
+        key: &str,
+        etag: &str,
+        range: std::ops::Range<u64>,
+        piece: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let body = self.get_object_range(key, etag, range).await?;
+        Ok(body
+            .chunks(piece.max(1) as usize)
+            .map(Bytes::copy_from_slice)
+            .collect())
+    }
+
     /// PutObject of a whole body; returns the new ETag.
     async fn put_object(
         &self,

@@ -21,7 +21,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
@@ -278,23 +278,59 @@ impl ObjectStore for S3Store {
         etag: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, StoreError> {
+        let len = range.end - range.start;
+        let mut pieces = self.get_object_pieces(key, etag, range, len).await?;
+        Ok(pieces.pop().unwrap_or_default())
+    }
+
+    async fn get_object_pieces(
+        &self,
+        key: &str,
+        etag: &str,
+        range: std::ops::Range<u64>,
+        piece: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
         let what = format!("GetObject {key} bytes={}-{}", range.start, range.end - 1);
-        let fetch = async {
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .range(format!("bytes={}-{}", range.start, range.end - 1))
-                .if_match(etag)
-                .send()
-                .await
-                .map_err(|e| classify(&what, e))?;
-            let body = out.body.collect().await.map_err(|e| {
-                StoreError::new(StoreErrorKind::Other, format!("{what}: body: {e}"))
-            })?;
-            Ok(body.into_bytes())
-        };
+        let piece = piece.max(1) as usize;
+        let fetch =
+            async {
+                let mut out = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .range(format!("bytes={}-{}", range.start, range.end - 1))
+                    .if_match(etag)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&what, e))?;
+                // The body arrives in chunks of the connection's reads; each is copied once, into
+                // the piece it belongs to (what collecting it into one buffer would cost too).
+                let total = (range.end - range.start) as usize;
+                let mut pieces = Vec::with_capacity(total.div_ceil(piece));
+                let mut current = BytesMut::with_capacity(piece.min(total));
+                let mut received = 0usize;
+                while let Some(chunk) = out.body.try_next().await.map_err(|e| {
+                    StoreError::new(StoreErrorKind::Other, format!("{what}: body: {e}"))
+                })? {
+                    let mut chunk = &chunk[..];
+                    while !chunk.is_empty() {
+                        let take = chunk.len().min(piece - current.len());
+                        current.extend_from_slice(&chunk[..take]);
+                        chunk = &chunk[take..];
+                        received += take;
+                        if current.len() == piece {
+                            pieces.push(current.freeze());
+                            current =
+                                BytesMut::with_capacity(piece.min(total.saturating_sub(received)));
+                        }
+                    }
+                }
+                if !current.is_empty() {
+                    pieces.push(current.freeze());
+                }
+                Ok(pieces)
+            };
         self.within(&what, fetch).await
     }
 

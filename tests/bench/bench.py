@@ -312,7 +312,9 @@ def wait_for_objects(server, prefix, count, size, timeout):
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.scale = SCALES["quick" if args.quick else "full"]
+        self.scale = dict(SCALES["quick" if args.quick else "full"])
+        if args.runs:
+            self.scale["runs"] = args.runs
         self.work = args.workdir
         self.weed = args.weed
         self.read_server = None
@@ -341,13 +343,18 @@ class Bench:
         ]
         return table
 
-    def seed(self):
+    def seed(self, names):
+        """Seeds what the chosen workloads read."""
         s = self.scale
         log("seeding the read server")
         server = self.read_server
-        raw(server, "put", "--size", str(s["big"]), "big/0.bin")
-        raw(server, "put", "--size", str(s["big4"]), *[f"big4/{i}.bin" for i in range(4)])
+        if names & {"seq-read-1", "rand-read-4k", "rand-read-256k", "ttfb"}:
+            raw(server, "put", "--size", str(s["big"]), "big/0.bin")
+        if "seq-read-4" in names:
+            raw(server, "put", "--size", str(s["big4"]), *[f"big4/{i}.bin" for i in range(4)])
         for n in s["ls"]:
+            if f"ls-{n // 1000}k" not in names:
+                continue
             raw(server, "put-many", "--count", str(n), "--min", "0", "--max", "1024",
                 "--concurrency", "64", f"ls/{n // 1000}k/f")
         rng = random.Random(7)
@@ -507,9 +514,9 @@ class Bench:
         self.read_server = Weed(self.weed, os.path.join(self.work, "weed-read"))
         self.server = None
         try:
-            self.seed()
             table = [w for w in self.workloads()
                      if not self.args.only or w[0] in self.args.only.split(",")]
+            self.seed({w[0] for w in table})
             systems = [s for s in SYSTEMS
                        if not self.args.systems or s in self.args.systems.split(",")]
             for system in systems:
@@ -745,6 +752,7 @@ def main():
     parser.add_argument("--systems", help="comma-separated systems: " + ",".join(SYSTEMS))
     parser.add_argument("--out", help="Markdown file (default docs/benchmarks.md, or "
                         "target/bench/benchmarks-quick.md with --quick)")
+    parser.add_argument("--runs", type=int, help="runs per workload (default 3, quick 1)")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench", "work"))
     parser.add_argument("--weed", default=os.environ.get("BUCKETFS_WEED", "weed"))
     parser.add_argument("--command", default="bash tests/bench/run.sh")
