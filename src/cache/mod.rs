@@ -11,6 +11,8 @@
 //! 4. Read-ahead fetches runs of missing blocks with one GET of up to `readahead_get_size`
 //!    (8 MiB), and once the window is that large it waits until a whole GET is due: a server
 //!    spends about twice the CPU per byte on 1 MiB GETs as on 8 MiB ones (docs/benchmarks.md).
+//!    Runs are aligned to multiples of that size, as multipart parts usually are, so that a GET
+//!    does not straddle two of the server's chunks.
 //!    Each block of a run gets its own slot and its own buffer (`get_object_pieces`): slices
 //!    of one run-sized buffer would keep all of it alive while any block of it stays cached.
 //! 5. A block a sequential reader has read past is demoted to the cold end of the LRU: it will
@@ -210,8 +212,8 @@ impl BlockCache {
             let from = (last + 1).max(s.prefetched_until);
             let mut to = (last + 1 + s.window).min(blocks_in_object);
             if s.window >= self.get_blocks && to < blocks_in_object {
-                // Full-size GETs only, once the window holds one.
-                to = from + to.saturating_sub(from) / self.get_blocks * self.get_blocks;
+                // Once the window holds a full GET, only whole aligned GETs are sent.
+                to = to / self.get_blocks * self.get_blocks;
             }
             if to <= from {
                 return;
@@ -237,9 +239,7 @@ impl BlockCache {
                     continue;
                 }
                 match runs.last_mut() {
-                    Some(run) if run.end == index && run.end - run.start < self.get_blocks => {
-                        run.end += 1
-                    }
+                    Some(run) if run.end == index && index % self.get_blocks != 0 => run.end += 1,
                     _ => runs.push(index..index + 1),
                 }
             }

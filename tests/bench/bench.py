@@ -177,6 +177,7 @@ def raw(server, *args, timeout=None):
 
 
 RAW_USAGE = (0, 0.0)
+BUCKETFS_OPTIONS = []  # --bucketfs-options: extra options for tuning experiments
 
 
 def drop_caches():
@@ -218,7 +219,7 @@ class Mount:
         if system == "bucketfs":
             cmd = [BUCKETFS, BUCKET, self.path, "--foreground", "--endpoint-url",
                    server.endpoint, "--force-path-style", "--cache-dir", self.cache,
-                   "--log-level", "warn"]
+                   "--log-level", "warn", *BUCKETFS_OPTIONS]
         elif system == "s3fs":
             passwd = os.path.join(workdir, "s3fs.passwd")
             with open(os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -572,7 +573,8 @@ def versions():
     rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     return {
-        "bucketfs": f"{first_line([BUCKETFS, '--version'])} (commit {rev})",
+        "bucketfs": f"{first_line([BUCKETFS, '--version'])} (commit {rev})"
+                    + (f", options {' '.join(BUCKETFS_OPTIONS)}" if BUCKETFS_OPTIONS else ""),
         "SeaweedFS": first_line([os.environ.get("BUCKETFS_WEED", "weed"), "version"]),
         "s3fs": first_line(["s3fs", "--version"]),
         "rclone": first_line(["rclone", "version"]),
@@ -752,11 +754,14 @@ def main():
     parser.add_argument("--systems", help="comma-separated systems: " + ",".join(SYSTEMS))
     parser.add_argument("--out", help="Markdown file (default docs/benchmarks.md, or "
                         "target/bench/benchmarks-quick.md with --quick)")
+    parser.add_argument("--bucketfs-options", default="",
+                        help="extra bucketfs options (experiments; the report names them)")
     parser.add_argument("--runs", type=int, help="runs per workload (default 3, quick 1)")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench", "work"))
     parser.add_argument("--weed", default=os.environ.get("BUCKETFS_WEED", "weed"))
     parser.add_argument("--command", default="bash tests/bench/run.sh")
     args = parser.parse_args()
+    BUCKETFS_OPTIONS.extend(args.bucketfs_options.split())
     if os.geteuid() != 0:
         sys.exit("bench: run as root (drop_caches and FUSE mounts for every peer)")
     out = args.out or (os.path.join(ROOT, "target", "bench", "benchmarks-quick.md") if args.quick
