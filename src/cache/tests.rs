@@ -63,16 +63,39 @@ async fn a_block_is_fetched_once_and_eviction_keeps_the_budget() {
     let (store, cache, obj) = setup(4, &d);
     let size = d.len() as u64;
     for _ in 0..3 {
-        // Random (non-sequential) reads of the same block: one GET, no read-ahead.
+        // Random reads fetch just their range, cache nothing and start no read-ahead.
         let state = Mutex::default();
-        cache
+        let got = cache
             .read(&obj, size, &state, 5 * BLOCK + 7, 100)
             .await
             .unwrap();
+        assert_eq!(
+            &got[..],
+            &d[(5 * BLOCK + 7) as usize..(5 * BLOCK + 107) as usize]
+        );
     }
-    assert_eq!(store.counts.get.load(Ordering::Relaxed), 1);
+    assert_eq!(store.counts.get_bytes.load(Ordering::Relaxed), 300);
+    assert!(cache.is_empty());
+    // A sequential reader's block is fetched once, whoever reads it next.
+    let state = Mutex::default();
+    cache.read(&obj, size, &state, 0, 100).await.unwrap();
+    cache
+        .read(&obj, size, &Mutex::default(), 50, 10)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // (A 4-block cache leaves no room for read-ahead.)
+    assert_eq!(
+        store.counts.get.load(Ordering::Relaxed),
+        3 + 1,
+        "block 0 fetched twice"
+    );
     for i in (0..32).rev().step_by(2) {
-        let state = Mutex::default();
+        // Readers that continue where they left off: sequential, cached, with read-ahead.
+        let state = Mutex::new(ReadState {
+            next_offset: i * BLOCK + 1,
+            ..ReadState::default()
+        });
         let got = cache
             .read(&obj, size, &state, i * BLOCK + 1, 10)
             .await

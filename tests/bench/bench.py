@@ -177,6 +177,7 @@ def raw(server, *args, timeout=None):
 
 
 RAW_USAGE = (0, 0.0)
+REVISION = "unknown"  # git describe of the tree that was built, read at start
 BUCKETFS_OPTIONS = []  # --bucketfs-options: extra options for tuning experiments
 
 
@@ -570,10 +571,8 @@ def versions():
             return (out.stdout or out.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "not found"
-    rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     return {
-        "bucketfs": f"{first_line([BUCKETFS, '--version'])} (commit {rev})"
+        "bucketfs": f"{first_line([BUCKETFS, '--version'])} (commit {REVISION})"
                     + (f", options {' '.join(BUCKETFS_OPTIONS)}" if BUCKETFS_OPTIONS else ""),
         "SeaweedFS": first_line([os.environ.get("BUCKETFS_WEED", "weed"), "version"]),
         "s3fs": first_line(["s3fs", "--version"]),
@@ -761,6 +760,9 @@ def main():
     parser.add_argument("--weed", default=os.environ.get("BUCKETFS_WEED", "weed"))
     parser.add_argument("--command", default="bash tests/bench/run.sh")
     args = parser.parse_args()
+    global REVISION
+    REVISION = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                              capture_output=True, text=True).stdout.strip() or "unknown"
     BUCKETFS_OPTIONS.extend(args.bucketfs_options.split())
     if os.geteuid() != 0:
         sys.exit("bench: run as root (drop_caches and FUSE mounts for every peer)")
