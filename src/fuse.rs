@@ -145,35 +145,33 @@ impl FuseAdapter {
     {
         self.rt.spawn(task(Arc::clone(&self.fs)));
     }
+}
 
-    /// Feeds the entries of directory handle `fh` after readdir `offset` to `add`, which returns
-    /// true once the reply buffer is full. Nothing is copied: a 100,000-entry directory is read
-    /// in thousands of calls, each starting where the last one stopped.
-    fn fill_dir(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut add: impl FnMut(u64, &str, &Attr) -> bool,
-    ) -> FsResult<()> {
-        let entries = self.fs.readdir(fh.0)?;
-        let dir_attr = Attr {
-            ino: Ino(ino.0),
-            ..self.fs.root_attr()
-        };
-        for (i, name) in [".", ".."].into_iter().enumerate().skip(offset as usize) {
-            if add(i as u64 + 1, name, &dir_attr) {
-                return Ok(());
-            }
+/// Feeds the entries of directory handle `fh` after readdir `offset` to `add`, which returns
+/// true once the reply buffer is full; waits only when readdir has caught up with a listing
+/// still running. Nothing is copied: a 100,000-entry directory is read in thousands of calls,
+/// each starting where the last one stopped.
+async fn fill_dir(
+    fs: &Fs,
+    ino: INodeNo,
+    fh: FileHandle,
+    offset: u64,
+    mut add: impl FnMut(u64, &str, &Attr) -> bool,
+) -> FsResult<()> {
+    let handle = fs.dir_handle(fh.0)?;
+    let dir_attr = Attr {
+        ino: Ino(ino.0),
+        ..fs.root_attr()
+    };
+    for (i, name) in [".", ".."].into_iter().enumerate().skip(offset as usize) {
+        if add(i as u64 + 1, name, &dir_attr) {
+            return Ok(());
         }
-        let skip = offset.saturating_sub(2) as usize;
-        for (i, entry) in entries.iter().enumerate().skip(skip) {
-            if add(i as u64 + 3, &entry.name, &entry.attr) {
-                break;
-            }
-        }
-        Ok(())
     }
+    let skip = offset.saturating_sub(2) as usize;
+    handle.wait_for(skip).await?;
+    handle.visit(skip, |i, entry| add(i as u64 + 3, &entry.name, &entry.attr));
+    Ok(())
 }
 
 impl Filesystem for FuseAdapter {
@@ -545,13 +543,16 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let filled = self.fill_dir(ino, fh, offset, |next, name, attr| {
-            reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), name)
+        self.spawn(|fs| async move {
+            let filled = fill_dir(&fs, ino, fh, offset, |next, name, attr| {
+                reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), name)
+            })
+            .await;
+            match filled {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("readdir", e)),
+            }
         });
-        match filled {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("readdir", e)),
-        }
     }
 
     fn readdirplus(
@@ -563,14 +564,17 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl();
-        let filled = self.fill_dir(ino, fh, offset, |next, name, attr| {
-            let attr = file_attr(attr);
-            reply.add(attr.ino, next, name, &ttl, &attr, Generation(0))
+        self.spawn(|fs| async move {
+            let filled = fill_dir(&fs, ino, fh, offset, |next, name, attr| {
+                let attr = file_attr(attr);
+                reply.add(attr.ino, next, name, &ttl, &attr, Generation(0))
+            })
+            .await;
+            match filled {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("readdirplus", e)),
+            }
         });
-        match filled {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("readdirplus", e)),
-        }
     }
 
     fn releasedir(

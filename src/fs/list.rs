@@ -52,9 +52,24 @@ pub struct Listing {
 
 /// Lists the children of the directory whose keys start with `prefix` (empty or ending in `/`).
 pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<Listing, StoreError> {
+    stream_children(store, prefix, |_, _| true).await
+}
+
+/// Lists like `list_children`, and after each page hands `emit` the children no later page can
+/// change, sorted, with whether any key exists so far; `emit` returns false to stop listing.
+///
+/// A file `x` is held back until the listing has passed the key `x/`: a later page could still
+/// hold the directory of that name, which wins. Keys arrive sorted, so that is at most the last
+/// few files of each page.
+pub async fn stream_children(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    mut emit: impl FnMut(Vec<(String, Child)>, bool) -> bool,
+) -> Result<Listing, StoreError> {
     let mut exists = false;
     let mut files: BTreeMap<String, ObjectMeta> = BTreeMap::new();
     let mut dirs: BTreeSet<String> = BTreeSet::new();
+    let mut held: Vec<String> = Vec::new();
     let mut start = ListStart::Beginning;
     loop {
         let request = ListRequest {
@@ -68,11 +83,13 @@ pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<List
         exists |= returned > 0;
         let last_key = page.objects.last().map(|o| o.key.clone());
         let last_prefix = page.common_prefixes.last().cloned();
+        let mut batch = Vec::new();
         for object in page.objects {
             let Some(name) = object.key.strip_prefix(prefix) else {
                 continue;
             };
-            if valid_name(name) {
+            if valid_name(name) && !files.contains_key(name) {
+                held.push(name.to_string());
                 files.insert(name.to_string(), object);
             }
         }
@@ -81,18 +98,35 @@ pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<List
                 .strip_prefix(prefix)
                 .and_then(|n| n.strip_suffix('/'))
                 .unwrap_or("");
-            if valid_name(name) {
-                dirs.insert(name.to_string());
+            if valid_name(name) && dirs.insert(name.to_string()) {
+                batch.push((name.to_string(), Child::Dir));
             }
         }
-        start = match page.next_continuation_token {
-            Some(token) => ListStart::Token(token),
-            None if returned >= PAGE_SIZE as usize => match last_key.max(last_prefix) {
-                Some(last) => ListStart::After(last),
-                None => break,
-            },
-            None => break,
+        let last = last_key.max(last_prefix);
+        let next = match page.next_continuation_token {
+            Some(token) => Some(ListStart::Token(token)),
+            None if returned >= PAGE_SIZE as usize => last.clone().map(ListStart::After),
+            None => None,
         };
+        held.retain(|name| {
+            if dirs.contains(name) {
+                return false;
+            }
+            let settled = next.is_none()
+                || last
+                    .as_deref()
+                    .is_some_and(|last| format!("{prefix}{name}/").as_str() <= last);
+            if settled {
+                batch.push((name.clone(), Child::File(files[name].clone())));
+            }
+            !settled
+        });
+        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        let go_on = emit(batch, exists);
+        match next {
+            Some(next) if go_on => start = next,
+            _ => break,
+        }
     }
     let mut children: BTreeMap<String, Child> =
         dirs.into_iter().map(|name| (name, Child::Dir)).collect();

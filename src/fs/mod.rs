@@ -16,13 +16,14 @@
 //! 5. Mutations update the cached listing of the parent in place, so `tar x` of a thousand files
 //!    answers its lookups from memory instead of a HEAD + LIST per name.
 
+mod dir;
 pub mod inode;
 pub mod list;
 mod namespace;
 pub mod posix;
 mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -35,9 +36,10 @@ use crate::error::{FsError, FsResult};
 use crate::store::{ListRequest, ListStart, ObjectMeta, ObjectStore};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
+pub use dir::DirHandle;
 pub use inode::Ino;
 use inode::InodeTable;
-use list::{list_children, valid_name, Child};
+use list::{valid_name, Child};
 pub use namespace::{RenameMode, SetAttr};
 use posix::Posix;
 pub use write::OpenMode;
@@ -131,7 +133,7 @@ pub struct Fs {
     mounted_at: SystemTime,
     root_posix: Mutex<Posix>,
     tables: Mutex<Tables>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     /// Set at shutdown: no new changes are accepted.
@@ -388,34 +390,24 @@ impl Fs {
         Ok(self.attr(ino, kind, meta.as_ref()))
     }
 
-    /// Lists directory `ino` (from the listing cache while fresh).
-    async fn entries(&self, ino: Ino) -> FsResult<Arc<Vec<DirEntry>>> {
-        {
-            let t = self.tables.lock().unwrap();
-            if let Some((entries, expires)) = t.listings.get(&ino) {
-                if *expires > Instant::now() {
-                    return Ok(Arc::clone(entries));
-                }
-            }
-        }
-        let path = self.path_of(ino)?;
-        let listing = list_children(self.store.as_ref(), &self.dir_prefix(&path)).await?;
-        if !listing.exists && ino != Ino::ROOT {
-            // No key under the prefix any more: the directory is gone.
-            return Err(FsError::not_found());
-        }
-        Ok(self.remember_listing(ino, &path, listing.children))
+    /// The cached listing of `ino`, while fresh.
+    fn fresh_listing(&self, ino: Ino) -> Option<Arc<Vec<DirEntry>>> {
+        let t = self.tables.lock().unwrap();
+        t.listings
+            .get(&ino)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(entries, _)| Arc::clone(entries))
     }
 
-    fn remember_listing(
+    /// Records listed children (inode numbers, attributes) and returns them as entries.
+    fn register_children(
         &self,
-        ino: Ino,
         path: &str,
-        children: BTreeMap<String, Child>,
-    ) -> Arc<Vec<DirEntry>> {
+        children: impl IntoIterator<Item = (String, Child)>,
+    ) -> Vec<DirEntry> {
         let expires = Instant::now() + self.config.metadata_ttl;
         let mut t = self.tables.lock().unwrap();
-        let mut entries = Vec::with_capacity(children.len());
+        let mut entries = Vec::new();
         for (name, child) in children {
             let child_ino = t.inodes.ino_for(&join(path, &name));
             let known = t.nodes.get(&child_ino).and_then(|n| n.meta.as_ref());
@@ -446,6 +438,14 @@ impl Fs {
             );
             entries.push(DirEntry { name, attr });
         }
+        entries
+    }
+
+    /// Caches the complete, sorted listing `entries` of `ino` with the files being written in
+    /// it added; returns those added files.
+    fn cache_listing(&self, ino: Ino, path: &str, mut entries: Vec<DirEntry>) -> Vec<DirEntry> {
+        let expires = Instant::now() + self.config.metadata_ttl;
+        let mut t = self.tables.lock().unwrap();
         // Files created here and not yet committed are not in the bucket yet, but they exist.
         let pending: Vec<(String, Attr)> = t
             .writers
@@ -456,9 +456,12 @@ impl Fs {
                 (parent == path).then(|| (name.to_string(), self.writer_attr(w)))
             })
             .collect();
+        let mut added = Vec::new();
         for (name, attr) in pending {
             if let Err(i) = entries.binary_search_by(|e| e.name.as_str().cmp(&name)) {
-                entries.insert(i, DirEntry { name, attr });
+                let entry = DirEntry { name, attr };
+                added.push(entry.clone());
+                entries.insert(i, entry);
             }
         }
         let entries = Arc::new(entries);
@@ -466,33 +469,10 @@ impl Fs {
         // just fetched, so neither cache outgrows what is still fresh.
         let now = Instant::now();
         t.listings.retain(|_, (_, e)| *e > now);
-        t.listings.insert(ino, (Arc::clone(&entries), expires));
+        t.listings.insert(ino, (entries, expires));
         t.negative
             .retain(|(parent, _), e| *parent != ino && *e > now);
-        entries
-    }
-
-    /// Opens directory `ino`: lists it once; readdir then serves from the handle.
-    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
-        let entries = self.entries(ino).await?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, entries);
-        Ok(fh)
-    }
-
-    /// The entries of an open directory (`.` and `..` not included), as listed at opendir.
-    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        self.dirs
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))
-    }
-
-    /// Closes a directory handle.
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        added
     }
 
     /// Opens file `ino`; a handle opened for writing shares the file's writer.

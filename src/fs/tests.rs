@@ -10,7 +10,7 @@ use crate::store::memory::MemoryStore;
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
 
-fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Fs {
+fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Arc<Fs> {
     let dyn_store: Arc<dyn ObjectStore> = store.clone();
     let cache = Arc::new(BlockCache::new(
         Arc::clone(&dyn_store),
@@ -22,7 +22,7 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Fs {
         negative_ttl: Duration::from_secs(60),
         ..FsConfig::default()
     };
-    Fs::new(dyn_store, cache, config, writes())
+    Arc::new(Fs::new(dyn_store, cache, config, writes()))
 }
 
 const READ: OpenMode = OpenMode {
@@ -66,7 +66,7 @@ async fn listing_answers_lookups_without_head_requests() {
     );
 
     let fh = fs.opendir(dir.ino).await.unwrap();
-    let entries = fs.readdir(fh).unwrap();
+    let entries = fs.readdir_all(fh).await.unwrap();
     assert_eq!(entries.len(), 1500);
     assert_eq!(
         store.counts.list.load(Ordering::Relaxed),
@@ -83,7 +83,7 @@ async fn listing_answers_lookups_without_head_requests() {
         1,
         "no HEAD per entry"
     );
-    assert_eq!(fs.readdir(fh).unwrap().len(), 1500);
+    assert_eq!(fs.readdir_all(fh).await.unwrap().len(), 1500);
     fs.releasedir(fh);
 }
 
@@ -119,7 +119,8 @@ async fn a_prefix_mount_sees_only_its_prefix() {
     let fs = fs_over(&store, "p/");
     let fh = fs.opendir(Ino::ROOT).await.unwrap();
     let names: Vec<_> = fs
-        .readdir(fh)
+        .readdir_all(fh)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.name.clone())
@@ -136,7 +137,7 @@ async fn files_open_read_only_and_directories_refuse_open() {
     let store = Arc::new(MemoryStore::new());
     store.put("d/f", "data");
     let mut fs = fs_over(&store, "");
-    fs.config.read_only = true;
+    Arc::get_mut(&mut fs).unwrap().config.read_only = true;
     let d = fs.lookup(Ino::ROOT, "d").await.unwrap();
     let f = fs.lookup(d.ino, "f").await.unwrap();
     assert_eq!(fs.open(f.ino, WRITE).await.unwrap_err().errno, libc::EROFS);
@@ -200,7 +201,8 @@ async fn a_new_file_is_listed_at_once_and_stored_at_flush_with_s3fs_headers() {
     fs.write(fh, 6, b"world").await.unwrap();
     let dir = fs.opendir(Ino::ROOT).await.unwrap();
     let names: Vec<String> = fs
-        .readdir(dir)
+        .readdir_all(dir)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.name.clone())
@@ -302,7 +304,7 @@ async fn unlinking_a_file_being_written_stores_nothing() {
 async fn rename_moves_files_and_trees_and_keeps_headers() {
     let store = Arc::new(MemoryStore::new());
     let mut fs = fs_over(&store, "");
-    fs.config.copy_limit = Some(MIN_COPY_PART);
+    Arc::get_mut(&mut fs).unwrap().config.copy_limit = Some(MIN_COPY_PART);
     let d = fs.mkdir(Ino::ROOT, "d", 0o700, (0, 0)).await.unwrap();
     let (_, fh) = fs.create(d.ino, "f", 0o600, (5, 6), false).await.unwrap();
     let big = vec![3u8; 3 * MIN_COPY_PART as usize + 10];
@@ -438,4 +440,32 @@ async fn stopping_commits_open_files_and_refuses_new_changes() {
         &store.object("open.txt").unwrap().0[..],
         b"not closed yet, now it is"
     );
+}
+
+#[tokio::test]
+async fn a_listing_streams_and_a_directory_in_a_later_page_still_wins() {
+    // Page 1 ends on the file `x`; page 2 holds `x-y` and then the directory `x/`: `x` must be
+    // handed out once, as the directory, although the first page already named it a file.
+    let store = Arc::new(MemoryStore::new());
+    for i in 0..999 {
+        store.put(&format!("d/a{i:04}"), "1");
+    }
+    store.put("d/x", "file");
+    store.put("d/x-y", "1");
+    store.put("d/x/inner", "1");
+    let fs = fs_over(&store, "");
+    let dir = fs.lookup(Ino::ROOT, "d").await.unwrap();
+    let fh = fs.opendir(dir.ino).await.unwrap();
+    let entries = fs.readdir_all(fh).await.unwrap();
+    assert_eq!(entries.len(), 1001);
+    let xs: Vec<_> = entries.iter().filter(|e| e.name == "x").collect();
+    assert_eq!(xs.len(), 1, "x listed once");
+    assert_eq!(xs[0].attr.kind, Kind::Dir);
+    assert!(entries.iter().any(|e| e.name == "x-y"));
+    // The complete listing is cached sorted: lookups are answered from it.
+    let lists = store.counts.list.load(Ordering::Relaxed);
+    assert_eq!(fs.lookup(dir.ino, "x").await.unwrap().kind, Kind::Dir);
+    assert_eq!(fs.lookup(dir.ino, "a0500").await.unwrap().kind, Kind::File);
+    assert_eq!(store.counts.list.load(Ordering::Relaxed), lists);
+    fs.releasedir(fh);
 }

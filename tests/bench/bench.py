@@ -141,13 +141,18 @@ class Weed:
 
     def stop(self):
         self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, 20)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_or_kill(proc, seconds):
+    """Waits for a child we started; kills it (by its PID, nothing else) after `seconds`."""
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def raw(server, *args, timeout=None):
@@ -253,11 +258,7 @@ class Mount:
             if subprocess.run(["fusermount3", "-u", self.path], capture_output=True).returncode:
                 time.sleep(1)
                 subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, 60)
         self.log.close()
         shutil.rmtree(self.cache, ignore_errors=True)
 

@@ -19,7 +19,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bucketfs::config::StoreConfig;
 use bucketfs::store::s3::S3Store;
-use bucketfs::store::{CompletedPart, ListRequest, ListStart, ObjectStore, PutOptions};
+use bucketfs::store::{
+    CompletedPart, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, PutOptions,
+};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -231,11 +233,11 @@ async fn main() -> Result<()> {
             prefix,
         } => delete_tree(store, &prefix, concurrency).await?,
         Command::Count { prefix } => {
-            let keys = keys_under(&store, &prefix).await?;
+            let (objects, _) = objects_under(&store, &prefix).await?;
             Report {
                 seconds: 0.0,
-                bytes: keys.iter().map(|(_, size)| size).sum(),
-                ops: keys.len() as u64,
+                bytes: objects.iter().map(|o| o.size).sum(),
+                ops: objects.len() as u64,
                 extra: Vec::new(),
             }
         }
@@ -464,47 +466,51 @@ fn ttfb_file(path: &Path) -> Result<Report> {
 
 async fn list(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Report> {
     let start = Instant::now();
-    let mut request = ListRequest {
-        prefix: prefix.to_string(),
-        delimiter: Some("/".to_string()),
-        start: ListStart::Beginning,
-        max_keys: 1000,
-    };
-    let (mut pages, mut entries) = (0u64, 0u64);
-    loop {
-        let page = store.list_objects_v2(&request).await?;
-        pages += 1;
-        entries += (page.objects.len() + page.common_prefixes.len()) as u64;
-        match page.next_continuation_token {
-            Some(token) => request.start = ListStart::Token(token),
-            None => break,
-        }
-    }
+    let pages = list_all(&store, prefix, Some("/")).await?;
+    let entries: usize = pages
+        .iter()
+        .map(|page| page.objects.len() + page.common_prefixes.len())
+        .sum();
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes: 0,
-        ops: pages,
+        ops: pages.len() as u64,
         extra: vec![("entries", entries as f64)],
     })
 }
 
-/// Every key below `prefix` (no delimiter) with its size.
-async fn keys_under(store: &Arc<dyn ObjectStore>, prefix: &str) -> Result<Vec<(String, u64)>> {
+/// Every page of ListObjectsV2 under `prefix`, in order.
+async fn list_all(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    delimiter: Option<&str>,
+) -> Result<Vec<ListPage>> {
     let mut request = ListRequest {
         prefix: prefix.to_string(),
-        delimiter: None,
+        delimiter: delimiter.map(str::to_string),
         start: ListStart::Beginning,
         max_keys: 1000,
     };
-    let mut keys = Vec::new();
+    let mut pages = Vec::new();
     loop {
         let page = store.list_objects_v2(&request).await?;
-        keys.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
-        match page.next_continuation_token {
+        let next = page.next_continuation_token.clone();
+        pages.push(page);
+        match next {
             Some(token) => request.start = ListStart::Token(token),
-            None => return Ok(keys),
+            None => return Ok(pages),
         }
     }
+}
+
+/// Every object below `prefix` (no delimiter), and how many LISTs that took.
+async fn objects_under(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> Result<(Vec<ObjectMeta>, u64)> {
+    let pages = list_all(store, prefix, None).await?;
+    let count = pages.len() as u64;
+    Ok((pages.into_iter().flat_map(|p| p.objects).collect(), count))
 }
 
 async fn put_many(
@@ -609,49 +615,34 @@ async fn get_tree(
     concurrency: usize,
 ) -> Result<Report> {
     let start = Instant::now();
-    let mut request = ListRequest {
-        prefix: prefix.to_string(),
-        delimiter: None,
-        start: ListStart::Beginning,
-        max_keys: 1000,
-    };
-    let (mut ops, mut bytes) = (0u64, 0u64);
-    loop {
-        let page = store.list_objects_v2(&request).await?;
-        ops += 1;
-        let fetched: Vec<u64> = stream::iter(page.objects)
-            .map(|object| {
-                let store = store.clone();
-                async move {
-                    let body = if object.size == 0 {
-                        Bytes::new()
-                    } else {
-                        store
-                            .get_object_range(&object.key, &object.etag, 0..object.size)
-                            .await?
-                    };
-                    let path = dir.join(object.key.strip_prefix(prefix).unwrap_or(&object.key));
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    std::fs::write(&path, &body)?;
-                    Ok::<_, anyhow::Error>(body.len() as u64)
+    let (objects, lists) = objects_under(&store, prefix).await?;
+    let count = objects.len() as u64;
+    let bytes = stream::iter(objects)
+        .map(|object| {
+            let store = store.clone();
+            async move {
+                let body = if object.size == 0 {
+                    Bytes::new()
+                } else {
+                    store
+                        .get_object_range(&object.key, &object.etag, 0..object.size)
+                        .await?
+                };
+                let path = dir.join(object.key.strip_prefix(prefix).unwrap_or(&object.key));
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
                 }
-            })
-            .buffer_unordered(concurrency)
-            .try_collect()
-            .await?;
-        ops += fetched.len() as u64;
-        bytes += fetched.iter().sum::<u64>();
-        match page.next_continuation_token {
-            Some(token) => request.start = ListStart::Token(token),
-            None => break,
-        }
-    }
+                std::fs::write(&path, &body)?;
+                Ok::<_, anyhow::Error>(body.len() as u64)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_fold(0u64, |total, len| async move { Ok(total + len) })
+        .await?;
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes,
-        ops,
+        ops: lists + count,
         extra: Vec::new(),
     })
 }
@@ -662,12 +653,12 @@ async fn delete_tree(
     concurrency: usize,
 ) -> Result<Report> {
     let start = Instant::now();
-    let keys = keys_under(&store, prefix).await?;
-    let count = keys.len() as u64;
-    stream::iter(keys)
-        .map(|(key, _)| {
+    let (objects, lists) = objects_under(&store, prefix).await?;
+    let count = objects.len() as u64;
+    stream::iter(objects)
+        .map(|object| {
             let store = store.clone();
-            async move { store.delete_object(&key).await }
+            async move { store.delete_object(&object.key).await }
         })
         .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>()
@@ -675,7 +666,7 @@ async fn delete_tree(
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes: 0,
-        ops: count + count.div_ceil(1000),
+        ops: count + lists,
         extra: Vec::new(),
     })
 }
