@@ -152,6 +152,27 @@ impl Report {
     }
 }
 
+/// The next number of a xorshift sequence: cheap, deterministic offsets, sizes and bytes.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Runs `task` on every item, `concurrency` at a time, and sums what they return.
+async fn sum_each<T, F, Fut>(items: Vec<T>, concurrency: usize, task: F) -> Result<u64>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    stream::iter(items)
+        .map(task)
+        .buffer_unordered(concurrency)
+        .try_fold(0u64, |total, n| async move { Ok(total + n) })
+        .await
+}
+
 /// Generated bodies: one pseudo-random buffer, stamped with a number per use.
 struct Payload(Vec<u8>);
 
@@ -160,10 +181,7 @@ impl Payload {
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut data = Vec::with_capacity(len + 8);
         while data.len() < len {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            data.extend_from_slice(&state.to_le_bytes());
+            data.extend_from_slice(&xorshift(&mut state).to_le_bytes());
         }
         data.truncate(len);
         Self(data)
@@ -411,10 +429,7 @@ async fn rand_read(
     let start = Instant::now();
     let (mut ops, mut bytes) = (0u64, 0u64);
     while start.elapsed().as_secs_f64() < seconds {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let offset = (state % blocks) * bs;
+        let offset = (xorshift(&mut state) % blocks) * bs;
         let body = store
             .get_object_range(key, &meta.etag, offset..offset + bs)
             .await?;
@@ -525,26 +540,23 @@ async fn put_many(
     let mut state: u64 = 0x1234_5678_9abc_def1;
     let bodies: Vec<(String, Bytes)> = (0..count)
         .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let len = min + state % (max - min + 1);
+            let len = min + xorshift(&mut state) % (max - min + 1);
             (
                 format!("{prefix}{i:06}"),
                 payload.body(len as usize, i as u64),
             )
         })
         .collect();
-    let bytes = bodies.iter().map(|(_, b)| b.len() as u64).sum();
     let start = Instant::now();
-    stream::iter(bodies)
-        .map(|(key, body)| {
-            let store = store.clone();
-            async move { store.put_object(&key, body, &PutOptions::default()).await }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
-        .await?;
+    let bytes = sum_each(bodies, concurrency, |(key, body)| {
+        let store = store.clone();
+        async move {
+            let len = body.len() as u64;
+            store.put_object(&key, body, &PutOptions::default()).await?;
+            Ok(len)
+        }
+    })
+    .await?;
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes,
@@ -585,21 +597,18 @@ async fn put_dir(
     let start = Instant::now();
     let files = files_under(dir)?;
     let count = files.len() as u64;
-    let bytes = stream::iter(files)
-        .map(|(path, rel)| {
-            let store = store.clone();
-            async move {
-                let body = Bytes::from(std::fs::read(&path)?);
-                let len = body.len() as u64;
-                store
-                    .put_object(&format!("{prefix}{rel}"), body, &PutOptions::default())
-                    .await?;
-                Ok::<_, anyhow::Error>(len)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .try_fold(0u64, |total, len| async move { Ok(total + len) })
-        .await?;
+    let bytes = sum_each(files, concurrency, |(path, rel)| {
+        let store = store.clone();
+        async move {
+            let body = Bytes::from(std::fs::read(&path)?);
+            let len = body.len() as u64;
+            store
+                .put_object(&format!("{prefix}{rel}"), body, &PutOptions::default())
+                .await?;
+            Ok(len)
+        }
+    })
+    .await?;
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes,
@@ -617,28 +626,25 @@ async fn get_tree(
     let start = Instant::now();
     let (objects, lists) = objects_under(&store, prefix).await?;
     let count = objects.len() as u64;
-    let bytes = stream::iter(objects)
-        .map(|object| {
-            let store = store.clone();
-            async move {
-                let body = if object.size == 0 {
-                    Bytes::new()
-                } else {
-                    store
-                        .get_object_range(&object.key, &object.etag, 0..object.size)
-                        .await?
-                };
-                let path = dir.join(object.key.strip_prefix(prefix).unwrap_or(&object.key));
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::write(&path, &body)?;
-                Ok::<_, anyhow::Error>(body.len() as u64)
+    let bytes = sum_each(objects, concurrency, |object| {
+        let store = store.clone();
+        async move {
+            let body = if object.size == 0 {
+                Bytes::new()
+            } else {
+                store
+                    .get_object_range(&object.key, &object.etag, 0..object.size)
+                    .await?
+            };
+            let path = dir.join(object.key.strip_prefix(prefix).unwrap_or(&object.key));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
             }
-        })
-        .buffer_unordered(concurrency)
-        .try_fold(0u64, |total, len| async move { Ok(total + len) })
-        .await?;
+            std::fs::write(&path, &body)?;
+            Ok(body.len() as u64)
+        }
+    })
+    .await?;
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes,
@@ -655,14 +661,14 @@ async fn delete_tree(
     let start = Instant::now();
     let (objects, lists) = objects_under(&store, prefix).await?;
     let count = objects.len() as u64;
-    stream::iter(objects)
-        .map(|object| {
-            let store = store.clone();
-            async move { store.delete_object(&object.key).await }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
-        .await?;
+    sum_each(objects, concurrency, |object| {
+        let store = store.clone();
+        async move {
+            store.delete_object(&object.key).await?;
+            Ok(0)
+        }
+    })
+    .await?;
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes: 0,
