@@ -49,8 +49,14 @@ impl StagingDir {
             .recursive(true)
             .mode(0o700)
             .create(path)?;
-        // Fail now, at mount time, rather than at the first write.
-        let probe = path.join(format!(".probe-{}", std::process::id()));
+        // Fail now, at mount time, rather than at the first write. The probe's name is unique
+        // within the process too: unit tests open several staging dirs at once.
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let probe = path.join(format!(
+            ".probe-{}-{}",
+            std::process::id(),
+            PROBES.fetch_add(1, Ordering::Relaxed)
+        ));
         File::create(&probe)?;
         std::fs::remove_file(&probe)?;
         Ok(Arc::new(Self {
