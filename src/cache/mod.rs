@@ -8,7 +8,7 @@
 //!    even when read-ahead runs far ahead; a failed fetch frees its slot so a retry can happen.
 //! 3. Read-ahead grows while a reader stays sequential (doubling per block entered) and resets on
 //!    a seek, so streams get parallel GETs; a random read of blocks not cached fetches exactly
-//!    its own range and caches nothing (random 4 KiB reads: 353 -> ~800 IOPS, the raw figure).
+//!    its own range and caches nothing (random 4 KiB reads: 353 -> 923 IOPS, docs/benchmarks.md).
 //! 4. Read-ahead fetches runs of missing blocks with one GET of up to `readahead_get_size`
 //!    (8 MiB), and once the window is that large it waits until a whole GET is due: a server
 //!    spends about twice the CPU per byte on 1 MiB GETs as on 8 MiB ones (docs/benchmarks.md).
@@ -153,7 +153,9 @@ impl BlockCache {
 
         let fetches = (first..=last).map(|index| self.block(object, size, index));
         let blocks = futures::future::try_join_all(fetches).await?;
-        self.demote_consumed(object, state, first..=last, end);
+        if sequential {
+            self.demote_consumed(object, first..=last, end);
+        }
         if blocks.len() == 1 {
             let start = (offset - first * self.block_size) as usize;
             return Ok(blocks[0].slice(start..start + (end - offset) as usize));
@@ -173,13 +175,9 @@ impl BlockCache {
     fn demote_consumed(
         &self,
         object: &Arc<ObjectId>,
-        state: &Mutex<ReadState>,
         blocks: std::ops::RangeInclusive<u64>,
         end: u64,
     ) {
-        if state.lock().unwrap().window == 0 {
-            return;
-        }
         let mut cache = self.blocks.lock().unwrap();
         for index in blocks {
             if (index + 1) * self.block_size <= end {
@@ -272,24 +270,10 @@ impl BlockCache {
             }
         }
         for run in runs {
-            let range = run.start * self.block_size..(run.end * self.block_size).min(size);
-            let fetch = self.fetch_run(object, range);
+            let (fetch, pieces) = self.fetch_run(object, size, run.clone());
             {
                 let mut cache = self.blocks.lock().unwrap();
-                for index in run.clone() {
-                    let i = (index - run.start) as usize;
-                    let piece = fetch
-                        .clone()
-                        .map(move |result| {
-                            result.and_then(|pieces| {
-                                pieces
-                                    .get(i)
-                                    .cloned()
-                                    .ok_or_else(|| FsError::new(libc::EIO, "short read-ahead GET"))
-                            })
-                        })
-                        .boxed()
-                        .shared();
+                for (index, piece) in run.zip(pieces) {
                     let key = BlockKey {
                         object: Arc::clone(object),
                         index,
@@ -311,26 +295,19 @@ impl BlockCache {
         }
     }
 
-    /// A ranged GET of one block of `object`, not yet started.
-    fn fetch(&self, object: &Arc<ObjectId>, range: std::ops::Range<u64>) -> Fetch {
-        let store = Arc::clone(&self.store);
-        let object = Arc::clone(object);
-        async move {
-            store
-                .get_object_range(&object.key, &object.etag, range)
-                .await
-                .map_err(FsError::from)
-        }
-        .boxed()
-        .shared()
-    }
-
-    /// A ranged GET of several blocks of `object`, one buffer per block, not yet started.
-    fn fetch_run(&self, object: &Arc<ObjectId>, range: std::ops::Range<u64>) -> RunFetch {
+    /// One ranged GET of the blocks `run` of `object`, not yet started, and a fetch per block
+    /// taking its own buffer from it.
+    fn fetch_run(
+        &self,
+        object: &Arc<ObjectId>,
+        size: u64,
+        run: std::ops::Range<u64>,
+    ) -> (RunFetch, Vec<Fetch>) {
         let store = Arc::clone(&self.store);
         let object = Arc::clone(object);
         let block_size = self.block_size;
-        async move {
+        let range = run.start * block_size..(run.end * block_size).min(size);
+        let fetch: RunFetch = async move {
             store
                 .get_object_pieces(&object.key, &object.etag, range, block_size)
                 .await
@@ -338,7 +315,24 @@ impl BlockCache {
                 .map_err(FsError::from)
         }
         .boxed()
-        .shared()
+        .shared();
+        let pieces = (0..(run.end - run.start) as usize)
+            .map(|i| {
+                fetch
+                    .clone()
+                    .map(move |result| {
+                        result.and_then(|pieces| {
+                            pieces
+                                .get(i)
+                                .cloned()
+                                .ok_or_else(|| FsError::new(libc::EIO, "short GET"))
+                        })
+                    })
+                    .boxed()
+                    .shared()
+            })
+            .collect();
+        (fetch, pieces)
     }
 
     /// One block, from the cache or from a ranged GET.
@@ -354,9 +348,9 @@ impl BlockCache {
                 match blocks.get(&key) {
                     Some(slot) => slot.clone(),
                     None => {
-                        let start = index * self.block_size;
+                        let (_, mut pieces) = self.fetch_run(object, size, index..index + 1);
                         let slot = Slot {
-                            fetch: self.fetch(object, start..(start + self.block_size).min(size)),
+                            fetch: pieces.remove(0),
                             ahead: false,
                         };
                         blocks.put(key.clone(), slot.clone());

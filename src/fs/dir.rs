@@ -116,6 +116,7 @@ impl Fs {
     }
 
     /// Every entry of an open directory, once its listing is complete.
+    #[cfg(test)]
     pub async fn readdir_all(&self, fh: u64) -> FsResult<Vec<DirEntry>> {
         let handle = self.dir_handle(fh)?;
         handle.wait_for(usize::MAX).await?;

@@ -52,24 +52,32 @@ pub struct Listing {
 
 /// Lists the children of the directory whose keys start with `prefix` (empty or ending in `/`).
 pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<Listing, StoreError> {
-    stream_children(store, prefix, |_, _| true).await
+    let mut children = BTreeMap::new();
+    let exists = stream_children(store, prefix, |batch, _| {
+        children.extend(batch);
+        true
+    })
+    .await?;
+    Ok(Listing { children, exists })
 }
 
-/// Lists like `list_children`, and after each page hands `emit` the children no later page can
-/// change, sorted, with whether any key exists so far; `emit` returns false to stop listing.
+/// Lists the children of `prefix` page by page: after each page, `emit` gets the children no
+/// later page can change, sorted, and whether any key exists so far; it returns false to stop.
+/// Returns whether any key at all starts with the prefix.
 ///
 /// A file `x` is held back until the listing has passed the key `x/`: a later page could still
 /// hold the directory of that name, which wins. Keys arrive sorted, so that is at most the last
-/// few files of each page.
+/// few files of each page; sorted keys also tell a repeated entry (the follow-up request of
+/// problem 4 repeats the last common prefix) from a new one.
 pub async fn stream_children(
     store: &dyn ObjectStore,
     prefix: &str,
     mut emit: impl FnMut(Vec<(String, Child)>, bool) -> bool,
-) -> Result<Listing, StoreError> {
+) -> Result<bool, StoreError> {
     let mut exists = false;
-    let mut files: BTreeMap<String, ObjectMeta> = BTreeMap::new();
     let mut dirs: BTreeSet<String> = BTreeSet::new();
-    let mut held: Vec<String> = Vec::new();
+    let mut last_file: Option<String> = None;
+    let mut held: Vec<(String, ObjectMeta)> = Vec::new();
     let mut start = ListStart::Beginning;
     loop {
         let request = ListRequest {
@@ -81,16 +89,20 @@ pub async fn stream_children(
         let page = store.list_objects_v2(&request).await?;
         let returned = page.objects.len() + page.common_prefixes.len();
         exists |= returned > 0;
-        let last_key = page.objects.last().map(|o| o.key.clone());
-        let last_prefix = page.common_prefixes.last().cloned();
+        let last = page
+            .objects
+            .last()
+            .map(|o| o.key.clone())
+            .max(page.common_prefixes.last().cloned());
         let mut batch = Vec::new();
         for object in page.objects {
-            let Some(name) = object.key.strip_prefix(prefix) else {
+            if last_file.as_ref().is_some_and(|k| object.key <= *k) {
                 continue;
-            };
-            if valid_name(name) && !files.contains_key(name) {
-                held.push(name.to_string());
-                files.insert(name.to_string(), object);
+            }
+            last_file = Some(object.key.clone());
+            match object.key.strip_prefix(prefix) {
+                Some(name) if valid_name(name) => held.push((name.to_string(), object)),
+                _ => {}
             }
         }
         for common in &page.common_prefixes {
@@ -102,38 +114,33 @@ pub async fn stream_children(
                 batch.push((name.to_string(), Child::Dir));
             }
         }
-        let last = last_key.max(last_prefix);
         let next = match page.next_continuation_token {
             Some(token) => Some(ListStart::Token(token)),
             None if returned >= PAGE_SIZE as usize => last.clone().map(ListStart::After),
             None => None,
         };
-        held.retain(|name| {
-            if dirs.contains(name) {
-                return false;
-            }
+        let mut still_held = Vec::new();
+        for (name, meta) in held.drain(..) {
             let settled = next.is_none()
                 || last
                     .as_deref()
                     .is_some_and(|last| format!("{prefix}{name}/").as_str() <= last);
-            if settled {
-                batch.push((name.clone(), Child::File(files[name].clone())));
+            if dirs.contains(&name) {
+                continue;
+            } else if settled {
+                batch.push((name, Child::File(meta)));
+            } else {
+                still_held.push((name, meta));
             }
-            !settled
-        });
+        }
+        held = still_held;
         batch.sort_by(|a, b| a.0.cmp(&b.0));
         let go_on = emit(batch, exists);
         match next {
             Some(next) if go_on => start = next,
-            _ => break,
+            _ => return Ok(exists),
         }
     }
-    let mut children: BTreeMap<String, Child> =
-        dirs.into_iter().map(|name| (name, Child::Dir)).collect();
-    for (name, meta) in files {
-        children.entry(name).or_insert(Child::File(meta));
-    }
-    Ok(Listing { children, exists })
 }
 
 #[cfg(test)]

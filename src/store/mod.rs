@@ -101,6 +101,52 @@ pub struct ListRequest {
     pub max_keys: i32,
 }
 
+/// Cuts a body arriving in chunks into pieces of a fixed size, each in a buffer of its own,
+/// copying every byte once.
+#[derive(Debug)]
+pub struct Pieces {
+    size: usize,
+    left: usize,
+    current: bytes::BytesMut,
+    done: Vec<Bytes>,
+}
+
+impl Pieces {
+    /// Pieces of `piece` bytes (at least 1) for a body of `total` bytes.
+    pub fn new(total: u64, piece: u64) -> Self {
+        let (total, size) = (total as usize, piece.max(1) as usize);
+        Self {
+            size,
+            left: total,
+            current: bytes::BytesMut::with_capacity(size.min(total)),
+            done: Vec::with_capacity(total.div_ceil(size)),
+        }
+    }
+
+    /// Adds the next chunk of the body.
+    pub fn push(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let take = chunk.len().min(self.size - self.current.len());
+            self.current.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            self.left = self.left.saturating_sub(take);
+            if self.current.len() == self.size {
+                let next = bytes::BytesMut::with_capacity(self.size.min(self.left));
+                self.done
+                    .push(std::mem::replace(&mut self.current, next).freeze());
+            }
+        }
+    }
+
+    /// The pieces, the last one possibly shorter.
+    pub fn finish(mut self) -> Vec<Bytes> {
+        if !self.current.is_empty() {
+            self.done.push(self.current.freeze());
+        }
+        self.done
+    }
+}
+
 /// How a store request failed, in the few classes the filesystem cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreErrorKind {
@@ -174,11 +220,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         range: std::ops::Range<u64>,
         piece: u64,
     ) -> Result<Vec<Bytes>, StoreError> {
+        let len = range.end - range.start;
         let body = self.get_object_range(key, etag, range).await?;
-        Ok(body
-            .chunks(piece.max(1) as usize)
-            .map(Bytes::copy_from_slice)
-            .collect())
+        let mut pieces = Pieces::new(len, piece);
+        pieces.push(&body);
+        Ok(pieces.finish())
     }
 
     /// PutObject of a whole body; returns the new ETag.
@@ -238,4 +284,24 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// DeleteObject; deleting a missing key succeeds, as on S3.
     async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pieces;
+
+    #[test]
+    fn pieces_cut_chunks_at_piece_boundaries() {
+        let body: Vec<u8> = (0..250u8).collect();
+        let mut pieces = Pieces::new(250, 100);
+        for chunk in body.chunks(33) {
+            pieces.push(chunk);
+        }
+        let pieces = pieces.finish();
+        assert_eq!(
+            pieces.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
+        assert_eq!(pieces.concat(), body);
+    }
 }

@@ -21,13 +21,13 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
 
 use super::{
-    CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore,
+    CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, Pieces,
     PutOptions, StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::config::StoreConfig;
@@ -291,7 +291,6 @@ impl ObjectStore for S3Store {
         piece: u64,
     ) -> Result<Vec<Bytes>, StoreError> {
         let what = format!("GetObject {key} bytes={}-{}", range.start, range.end - 1);
-        let piece = piece.max(1) as usize;
         let fetch =
             async {
                 let mut out = self
@@ -306,30 +305,13 @@ impl ObjectStore for S3Store {
                     .map_err(|e| classify(&what, e))?;
                 // The body arrives in chunks of the connection's reads; each is copied once, into
                 // the piece it belongs to (what collecting it into one buffer would cost too).
-                let total = (range.end - range.start) as usize;
-                let mut pieces = Vec::with_capacity(total.div_ceil(piece));
-                let mut current = BytesMut::with_capacity(piece.min(total));
-                let mut received = 0usize;
+                let mut pieces = Pieces::new(range.end - range.start, piece);
                 while let Some(chunk) = out.body.try_next().await.map_err(|e| {
                     StoreError::new(StoreErrorKind::Other, format!("{what}: body: {e}"))
                 })? {
-                    let mut chunk = &chunk[..];
-                    while !chunk.is_empty() {
-                        let take = chunk.len().min(piece - current.len());
-                        current.extend_from_slice(&chunk[..take]);
-                        chunk = &chunk[take..];
-                        received += take;
-                        if current.len() == piece {
-                            pieces.push(current.freeze());
-                            current =
-                                BytesMut::with_capacity(piece.min(total.saturating_sub(received)));
-                        }
-                    }
+                    pieces.push(&chunk);
                 }
-                if !current.is_empty() {
-                    pieces.push(current.freeze());
-                }
-                Ok(pieces)
+                Ok(pieces.finish())
             };
         self.within(&what, fetch).await
     }
