@@ -266,7 +266,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
-/// Parses a duration: `5s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// The longest duration accepted: a TTL beyond ten years means "forever" in practice, and
+/// larger values would overflow `Instant` arithmetic later.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a duration: `5s`, `500ms`, `2m`, `1h`, or plain seconds; at most ten years.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -274,20 +278,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("'{s}' is not a duration like 5s or 500ms"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" | "min" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("'{s}' is not a duration like 5s or 500ms")),
-    }
+    let duration = match unit {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" | "min" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => return Err(format!("'{s}' is not a duration like 5s or 500ms")),
+    };
+    duration
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("'{s}' is too long: give at most ten years (87600h)"))
 }
 
 impl Args {
     /// Validates the arguments into a `Config`.
     pub fn into_config(self) -> Result<Config, String> {
         let (bucket, prefix) = parse_source(&self.source)?;
-        if self.part_size > MAX_PART_SIZE || reach(self.part_size) < MAX_OBJECT_SIZE {
+        if self.part_size > MAX_PART_SIZE || reach(self.part_size, u64::MAX) < MAX_OBJECT_SIZE {
             return Err(format!(
                 "--part-size {} is out of range: give 6MiB to 5GiB (S3 parts are at least 5MiB, and 10,000 of them must reach 5TiB)",
                 self.part_size

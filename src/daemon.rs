@@ -26,6 +26,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fuser::{MountOption, SessionACL};
@@ -45,6 +46,9 @@ const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a signal waits for open files to be committed before unmounting anyway.
 const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the aborts of failed uploads may still run after the unmount: within systemd's
+/// default 90 s stop timeout together with the commits above.
+const ABORT_WAIT: Duration = Duration::from_secs(20);
 
 /// Threads of the tokio runtime: S3 work is I/O-bound, a few more threads than cores keep
 /// replies flowing while some tasks assemble blocks.
@@ -362,6 +366,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         },
         budget: WriteBudget::new(up.budget),
         staging,
+        tasks: TaskTracker::new(),
     };
     let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache));
     let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
@@ -439,6 +444,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     ));
 
     let path = mountpoint.to_path_buf();
+    let tasks = fs.tasks().clone();
     rt.spawn(async move {
         wait_for_signal(signals).await;
         notify_systemd("STOPPING=1");
@@ -465,7 +471,24 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         })
         .await;
     });
-    let result = session.run();
+    // Within the runtime's context: writers dropped with the session abort their uploads on
+    // the runtime (see upload::Upload's Drop).
+    let result = {
+        let _context = rt.enter();
+        session.run()
+    };
+    // Aborts of failed or cancelled uploads still running: give them a bounded time, so a
+    // stop leaves no multipart upload behind unless the server stays away.
+    tasks.close();
+    if rt
+        .block_on(tokio::time::timeout(ABORT_WAIT, tasks.wait()))
+        .is_err()
+    {
+        tracing::warn!(
+            "{} upload aborts still failing after {ABORT_WAIT:?}: the bucket's AbortIncompleteMultipartUpload lifecycle rule will remove them",
+            tasks.len()
+        );
+    }
     tracing::info!("unmounted; exiting");
     rt.shutdown_timeout(Duration::from_secs(5));
     result.context("FUSE session ended with an error")

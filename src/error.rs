@@ -55,6 +55,7 @@ pub fn errno_for(kind: StoreErrorKind) -> i32 {
         StoreErrorKind::NotFound => libc::ENOENT,
         StoreErrorKind::AccessDenied | StoreErrorKind::NoCredentials => libc::EACCES,
         StoreErrorKind::PreconditionFailed => libc::ESTALE,
+        StoreErrorKind::TooLarge => libc::EFBIG,
         StoreErrorKind::NoSuchBucket
         | StoreErrorKind::InvalidRange
         | StoreErrorKind::Unreachable

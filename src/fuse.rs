@@ -10,15 +10,13 @@
 //! 5. close() sees only what flush returns (never release), so flush is where uploads commit
 //!    and report; release is replied to once the handle's leftovers are settled.
 //! 6. Every close of a descriptor sends a flush, also a forked child's close of its inherited
-//!    copy (exec closes O_CLOEXEC descriptors). Only a flush from the process that opened a
-//!    write handle commits; committing on the child's would publish a half-written file and
-//!    make the opener's next write upload everything again.
+//!    copy (exec closes O_CLOEXEC descriptors). Requests carry the calling thread's id; the
+//!    process it belongs to is passed to `fs`, which commits only the opener's close.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -44,8 +42,6 @@ const STATFS_BLOCKS: u64 = 1 << 38;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
-    /// Write handles and the process (thread group) that opened each.
-    openers: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
 /// The process of thread `tid`: FUSE requests carry the calling thread's id, and a program
@@ -128,11 +124,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
 impl FuseAdapter {
     /// An adapter running `fs` operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
-        Self {
-            fs,
-            rt,
-            openers: Arc::default(),
-        }
+        Self { fs, rt }
     }
 
     fn ttl(&self) -> Duration {
@@ -379,44 +371,37 @@ impl Filesystem for FuseAdapter {
     ) {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
-        let (openers, opener) = (Arc::clone(&self.openers), process_of(req.pid()));
+        let opener = process_of(req.pid());
         self.spawn(|fs| async move {
             let result = async {
-                fs.create(Ino(parent.0), name_str(&name)?, mode & !umask, owner, excl)
+                let name = name_str(&name)?;
+                fs.create(Ino(parent.0), name, mode & !umask, owner, excl, opener)
                     .await
             }
             .await;
             match result {
-                Ok((attr, fh)) => {
-                    openers.lock().unwrap().insert(fh, opener);
-                    reply.created(
-                        &ttl,
-                        &file_attr(&attr),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    )
-                }
+                Ok((attr, fh)) => reply.created(
+                    &ttl,
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(errno("create", e)),
             }
         });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let mode = OpenMode {
-            write: flags.acc_mode() != OpenAccMode::O_RDONLY,
+            write,
             truncate: flags.0 & libc::O_TRUNC != 0,
+            opener: if write { process_of(req.pid()) } else { 0 },
         };
-        let openers = Arc::clone(&self.openers);
-        let opener = mode.write.then(|| process_of(req.pid()));
         self.spawn(|fs| async move {
             match fs.open(Ino(ino.0), mode).await {
-                Ok(fh) => {
-                    if let Some(opener) = opener {
-                        openers.lock().unwrap().insert(fh, opener);
-                    }
-                    reply.opened(FileHandle(fh), FopenFlags::empty())
-                }
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", e)),
             }
         });
@@ -470,27 +455,8 @@ impl Filesystem for FuseAdapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let opener = self.openers.lock().unwrap().get(&fh.0).copied();
-        if let Some(opener) = opener {
-            // The opener's main thread needs no /proc lookup: its thread id is the process id.
-            let tid = req.pid();
-            let closer = if tid == opener {
-                opener
-            } else {
-                process_of(tid)
-            };
-            if closer != opener {
-                tracing::debug!(
-                    fh = fh.0,
-                    opener,
-                    closer,
-                    "close in another process than the opener: no commit"
-                );
-                reply.ok();
-                return;
-            }
-        }
-        self.spawn(|fs| async move { reply_empty("flush", reply, fs.flush(fh.0).await) });
+        let closer = process_of(req.pid());
+        self.spawn(|fs| async move { reply_empty("flush", reply, fs.close(fh.0, closer).await) });
     }
 
     fn release(
@@ -503,7 +469,6 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.openers.lock().unwrap().remove(&fh.0);
         self.spawn(|fs| async move {
             fs.release(fh.0).await;
             reply.ok();
@@ -511,7 +476,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        self.spawn(|fs| async move { reply_empty("fsync", reply, fs.flush(fh.0).await) });
+        self.spawn(|fs| async move { reply_empty("fsync", reply, fs.fsync(fh.0).await) });
     }
 
     fn fsyncdir(

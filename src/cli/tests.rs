@@ -41,6 +41,11 @@ fn sizes_durations_and_modes_parse() {
     assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
     assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
     assert!(parse_duration("soon").is_err());
+    // Values that would overflow (u64 seconds * 3600, or Instant + ttl later) are refused here.
+    assert!(parse_duration("18446744073709551615h").is_err());
+    assert!(parse_duration("5124095576030431h").is_err());
+    assert!(parse_duration("18446744073709551615").is_err());
+    assert!(parse_duration("87600h").is_ok());
     assert_eq!(parse_mode("644").unwrap(), 0o644);
     assert_eq!(parse_mode("0o755").unwrap(), 0o755);
     assert!(parse_mode("999").is_err());

@@ -65,6 +65,8 @@ pub struct Writes {
     pub budget: WriteBudget,
     /// Where staging files go.
     pub staging: Arc<StagingDir>,
+    /// Background work (aborts of abandoned uploads) that shutdown waits for.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// Attributes of one node, FUSE-free.
@@ -111,6 +113,8 @@ struct OpenFile {
     state: Mutex<ReadState>,
     /// Set for handles opened for writing.
     writer: Option<Arc<Writer>>,
+    /// The process that opened it (0: unknown, every close commits).
+    opener: u32,
 }
 
 #[derive(Debug, Default)]
@@ -196,6 +200,11 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             stopping: Default::default(),
         }
+    }
+
+    /// Background tasks (aborts) that must finish before the process exits.
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.writes.tasks
     }
 
     /// The configuration in force.
@@ -506,6 +515,7 @@ impl Fs {
             size,
             state: Mutex::default(),
             writer,
+            opener: mode.opener,
         };
         Ok(self.add_handle(file))
     }

@@ -130,7 +130,9 @@ impl Fs {
                 key: key.to_string(),
                 upload_id: id,
             };
-            tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
+            self.writes
+                .tasks
+                .spawn(abort_with_retries(Arc::clone(&self.store), pending));
         }
         result
     }
@@ -256,6 +258,7 @@ impl Fs {
         let mode = super::OpenMode {
             write: true,
             truncate: size == 0,
+            opener: 0,
         };
         let writer = self.attach_writer(ino, mode).await?;
         let result = async {
@@ -350,8 +353,8 @@ impl Fs {
                 "only regular files can be stored in S3",
             ));
         }
-        let (attr, fh) = self.create(parent, name, mode, owner, true).await?;
-        let result = self.flush(fh).await;
+        let (attr, fh) = self.create(parent, name, mode, owner, true, 0).await?;
+        let result = self.fsync(fh).await;
         self.release(fh).await;
         result.map(|()| attr)
     }

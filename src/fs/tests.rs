@@ -28,13 +28,19 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Arc<Fs> {
 const READ: OpenMode = OpenMode {
     write: false,
     truncate: false,
+    opener: 0,
 };
 const WRITE: OpenMode = OpenMode {
     write: true,
     truncate: false,
+    opener: 0,
 };
 
 fn writes() -> Writes {
+    writes_with(1 << 30)
+}
+
+fn writes_with(staging_limit: u64) -> Writes {
     let dir = std::env::temp_dir().join(format!("bucketfs-unit-{}", std::process::id()));
     Writes {
         tuning: UploadTuning {
@@ -42,7 +48,8 @@ fn writes() -> Writes {
             concurrency: 2,
         },
         budget: WriteBudget::new(64 << 20),
-        staging: StagingDir::new(&dir, 1 << 30).unwrap(),
+        staging: StagingDir::new(&dir, staging_limit).unwrap(),
+        tasks: tokio_util::task::TaskTracker::new(),
     }
 }
 
@@ -194,7 +201,7 @@ async fn a_new_file_is_listed_at_once_and_stored_at_flush_with_s3fs_headers() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "p/");
     let (attr, fh) = fs
-        .create(Ino::ROOT, "new.txt", 0o640, (1000, 100), true)
+        .create(Ino::ROOT, "new.txt", 0o640, (1000, 100), true, 0)
         .await
         .unwrap();
     fs.write(fh, 0, b"hello ").await.unwrap();
@@ -271,7 +278,7 @@ async fn exclusive_create_loses_to_a_concurrent_creator() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "x", 0o644, (0, 0), true)
+        .create(Ino::ROOT, "x", 0o644, (0, 0), true, 0)
         .await
         .unwrap();
     fs.write(fh, 0, b"mine").await.unwrap();
@@ -286,7 +293,7 @@ async fn unlinking_a_file_being_written_stores_nothing() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "tmp", 0o600, (0, 0), false)
+        .create(Ino::ROOT, "tmp", 0o600, (0, 0), false, 0)
         .await
         .unwrap();
     fs.write(fh, 0, b"scratch").await.unwrap();
@@ -306,7 +313,10 @@ async fn rename_moves_files_and_trees_and_keeps_headers() {
     let mut fs = fs_over(&store, "");
     Arc::get_mut(&mut fs).unwrap().config.copy_limit = Some(MIN_COPY_PART);
     let d = fs.mkdir(Ino::ROOT, "d", 0o700, (0, 0)).await.unwrap();
-    let (_, fh) = fs.create(d.ino, "f", 0o600, (5, 6), false).await.unwrap();
+    let (_, fh) = fs
+        .create(d.ino, "f", 0o600, (5, 6), false, 0)
+        .await
+        .unwrap();
     let big = vec![3u8; 3 * MIN_COPY_PART as usize + 10];
     fs.write(fh, 0, &big).await.unwrap();
     fs.flush(fh).await.unwrap();
@@ -396,7 +406,7 @@ async fn a_multipart_upload_is_not_copied_again_to_move_its_mtime() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "big", 0o644, (0, 0), false)
+        .create(Ino::ROOT, "big", 0o644, (0, 0), false, 0)
         .await
         .unwrap();
     let chunk = vec![1u8; 1 << 20];
@@ -415,7 +425,7 @@ async fn stopping_commits_open_files_and_refuses_new_changes() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "open.txt", 0o644, (0, 0), false)
+        .create(Ino::ROOT, "open.txt", 0o644, (0, 0), false, 0)
         .await
         .unwrap();
     fs.write(fh, 0, b"not closed yet").await.unwrap();
@@ -423,7 +433,9 @@ async fn stopping_commits_open_files_and_refuses_new_changes() {
 
     assert_eq!(fs.stop().await, 0);
     assert_eq!(&store.object("open.txt").unwrap().0[..], b"not closed yet");
-    let refused = fs.create(Ino::ROOT, "new.txt", 0o644, (0, 0), false).await;
+    let refused = fs
+        .create(Ino::ROOT, "new.txt", 0o644, (0, 0), false, 0)
+        .await;
     assert_eq!(refused.unwrap_err().errno, libc::EROFS);
     assert_eq!(
         fs.mkdir(Ino::ROOT, "d", 0o755, (0, 0))
@@ -468,4 +480,191 @@ async fn a_listing_streams_and_a_directory_in_a_later_page_still_wins() {
     assert_eq!(fs.lookup(dir.ino, "a0500").await.unwrap().kind, Kind::File);
     assert_eq!(store.counts.list.load(Ordering::Relaxed), lists);
     fs.releasedir(fh);
+}
+
+/// A filesystem over any store (a `FaultyStore` wrapper, say) with `ttl` for metadata.
+fn fs_with(store: Arc<dyn ObjectStore>, ttl: Duration, writes: Writes) -> Arc<Fs> {
+    let cache = Arc::new(BlockCache::new(Arc::clone(&store), &CacheConfig::default()));
+    let config = FsConfig {
+        metadata_ttl: ttl,
+        negative_ttl: ttl,
+        ..FsConfig::default()
+    };
+    Arc::new(Fs::new(store, cache, config, writes))
+}
+
+/// Waits (yielding) until `cond` holds; fails the test after ten seconds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("condition within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_opens_racing_share_one_writer_and_lose_no_write() {
+    use crate::store::faulty::FaultyStore;
+    let memory = Arc::new(MemoryStore::new());
+    memory.put("f", vec![b'.'; 8192]);
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    // TTL 0: every open HEADs the object, which opens the window between "no writer yet"
+    // and "writer registered".
+    let fs = fs_with(faulty.clone(), Duration::ZERO, writes());
+    let ino = fs.lookup(Ino::ROOT, "f").await.unwrap().ino;
+    let heads = faulty.calls("HeadObject");
+    faulty.hold("HeadObject", 2);
+    let opens: Vec<_> = (0..2)
+        .map(|_| {
+            let fs = Arc::clone(&fs);
+            tokio::spawn(async move { fs.open(ino, WRITE).await.unwrap() })
+        })
+        .collect();
+    until(|| faulty.calls("HeadObject") >= heads + 2).await;
+    faulty.release();
+    let mut fhs = Vec::new();
+    for open in opens {
+        fhs.push(open.await.unwrap());
+    }
+    fs.write(fhs[0], 0, b"AAAA").await.unwrap();
+    fs.write(fhs[1], 4096, b"BBBB").await.unwrap();
+    for fh in fhs {
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await;
+    }
+    let (body, _) = memory.object("f").unwrap();
+    assert_eq!(&body[..4], b"AAAA", "the first open's write is kept");
+    assert_eq!(
+        &body[4096..4100],
+        b"BBBB",
+        "the second open's write is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_staging_step_returns_the_errno_and_keeps_the_bytes() {
+    let store = Arc::new(MemoryStore::new());
+    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    let fs = fs_with(dyn_store, Duration::from_secs(60), writes_with(16));
+    let (_, fh) = fs
+        .create(Ino::ROOT, "f", 0o644, (0, 0), false, 0)
+        .await
+        .unwrap();
+    fs.write(fh, 0, &[b'x'; 100]).await.unwrap();
+    // A write behind the stream needs a staging copy, which does not fit: ENOSPC, and
+    // nothing is lost or poisoned.
+    let err = fs.write(fh, 10, b"yy").await.unwrap_err();
+    assert_eq!(err.errno, libc::ENOSPC);
+    fs.write(fh, 100, b"z").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    let (body, _) = store.object("f").unwrap();
+    assert_eq!(body.len(), 101);
+    assert_eq!(&body[..], &[&[b'x'; 100][..], b"z"].concat()[..]);
+}
+
+#[tokio::test]
+async fn a_shell_redirect_costs_one_put_and_never_shows_an_empty_file() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    // bash: open, dup2 onto stdout, close the original (a flush), write, close (a flush).
+    let (_, fh) = fs
+        .create(Ino::ROOT, "out", 0o644, (0, 0), false, 0)
+        .await
+        .unwrap();
+    fs.flush(fh).await.unwrap();
+    assert!(store.object("out").is_none(), "no empty object first");
+    fs.write(fh, 0, b"content").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(&store.object("out").unwrap().0[..], b"content");
+    assert_eq!(store.counts.put.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_new_file_left_empty_is_published_at_its_last_release() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let (attr, fh) = fs
+        .create(Ino::ROOT, "touched", 0o644, (0, 0), false, 0)
+        .await
+        .unwrap();
+    fs.flush(fh).await.unwrap();
+    assert!(store.object("touched").is_none());
+    assert_eq!(
+        fs.getattr(attr.ino).await.unwrap().size,
+        0,
+        "it exists here"
+    );
+    fs.release(fh).await;
+    assert_eq!(store.object("touched").unwrap().0.len(), 0);
+    assert_eq!(store.counts.put.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn only_the_openers_close_commits() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let (_, fh) = fs
+        .create(Ino::ROOT, "f", 0o644, (0, 0), false, 100)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"half").await.unwrap();
+    // A forked child (pid 200) closes its inherited copy: nothing is published.
+    fs.close(fh, 200).await.unwrap();
+    assert!(store.object("f").is_none());
+    fs.write(fh, 4, b" and the rest").await.unwrap();
+    fs.close(fh, 100).await.unwrap();
+    assert_eq!(&store.object("f").unwrap().0[..], b"half and the rest");
+    fs.release(fh).await;
+    assert_eq!(store.counts.put.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_on_another_handle_is_not_held_behind_a_commit() {
+    use crate::store::faulty::FaultyStore;
+    let memory = Arc::new(MemoryStore::new());
+    memory.put("f", "old version");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let fs = fs_with(faulty.clone(), Duration::from_secs(60), writes());
+    let ino = fs.lookup(Ino::ROOT, "f").await.unwrap().ino;
+    let reader = fs.open(ino, READ).await.unwrap();
+    let writer = fs.open(ino, WRITE).await.unwrap();
+    fs.write(writer, 0, b"new").await.unwrap();
+    faulty.hold("PutObject", 1);
+    let commit = {
+        let fs = Arc::clone(&fs);
+        tokio::spawn(async move { fs.flush(writer).await })
+    };
+    until(|| faulty.calls("PutObject") == 1).await;
+    let read = tokio::time::timeout(Duration::from_secs(5), fs.read(ino, reader, 0, 100))
+        .await
+        .expect("the read does not wait for the upload")
+        .unwrap();
+    assert_eq!(&read[..], b"old version", "the version it opened");
+    faulty.release();
+    commit.await.unwrap().unwrap();
+    fs.release(writer).await;
+    assert_eq!(&memory.object("f").unwrap().0[..], b"new version");
+}
+
+#[tokio::test]
+async fn stop_commits_every_open_file_new_empty_ones_too() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let mut fhs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (_, fh) = fs
+            .create(Ino::ROOT, name, 0o644, (0, 0), false, 0)
+            .await
+            .unwrap();
+        fhs.push(fh);
+    }
+    fs.write(fhs[0], 0, b"a").await.unwrap();
+    assert_eq!(fs.stop().await, 0);
+    assert_eq!(&store.object("a").unwrap().0[..], b"a");
+    assert_eq!(store.object("b").unwrap().0.len(), 0, "empty new files too");
+    assert_eq!(store.object("c").unwrap().0.len(), 0);
 }

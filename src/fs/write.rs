@@ -13,8 +13,17 @@
 //!    the meantime makes close() fail with EEXIST instead of being overwritten.
 //! 5. A failed stream is aborted in the background until the server answers again: no partial
 //!    object appears under the name and no multipart upload is left behind.
+//! 6. Opens of one file share one writer: the tables lock covers "is there a writer?" and the
+//!    handle count, so a second open never replaces the first's writer, and the last release
+//!    unregisters only a writer nobody reattached to meanwhile.
+//! 7. A file this mount created is published at the first commit after a write, or at its last
+//!    release if it stays empty: a shell redirect (open, dup2, close, write, close) costs one
+//!    PUT and never shows an empty object first.
+//! 8. A failed staging step (disk full, staging directory removed) leaves the content as it
+//!    was: the failing write returns the errno, and nothing written before is lost.
+//! 9. Which close commits is decided here from the caller's process id: only the opener's.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -26,7 +35,7 @@ use crate::cache::ObjectId;
 use crate::error::{FsError, FsResult};
 use crate::store::{CopySource, ObjectMeta, StoreError, StoreErrorKind, UserMetadata};
 use crate::upload::staging::StagingFile;
-use crate::upload::{abort_with_retries, Upload, Uploaded};
+use crate::upload::{Upload, Uploaded};
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +44,8 @@ pub struct OpenMode {
     pub write: bool,
     /// O_TRUNC: the content starts empty.
     pub truncate: bool,
+    /// The opening process (0: unknown, every close commits).
+    pub opener: u32,
 }
 
 /// What a writer holds.
@@ -65,6 +76,8 @@ pub(super) struct WriteState {
     failed: Option<FsError>,
     /// Headers of the existing object other than ours, kept on overwrite.
     extra: UserMetadata,
+    /// Created by this mount and never committed: the last release publishes it even empty.
+    unpublished: bool,
 }
 
 /// One file open for writing.
@@ -76,8 +89,12 @@ pub(super) struct Writer {
     size: AtomicU64,
     /// Mode, owner and an mtime set explicitly since the last write (`None`: commit time).
     pub(super) posix: Mutex<Posix>,
+    /// Open handles; changed only under the tables lock (see 6.).
     handles: AtomicUsize,
     modified: Mutex<SystemTime>,
+    /// A commit is transferring: readers on other handles read their own version meanwhile
+    /// instead of waiting behind the upload.
+    committing: AtomicBool,
 }
 
 impl Writer {
@@ -119,13 +136,6 @@ impl Fs {
         self.attr_from(w.ino, Kind::File, size, &posix, *w.modified.lock().unwrap())
     }
 
-    /// Cancels `upload` and aborts its multipart upload in the background, if it began one.
-    fn abandon(&self, upload: &mut Upload) {
-        if let Some(pending) = upload.cancel() {
-            tokio::spawn(abort_with_retries(Arc::clone(&self.store), pending));
-        }
-    }
-
     /// The content changed to `size` bytes: the next commit uploads it with a fresh mtime.
     fn touched(&self, writer: &Writer, st: &mut WriteState, size: u64) {
         st.dirty = true;
@@ -140,10 +150,20 @@ impl Fs {
             key.to_string(),
             self.writes.tuning.clone(),
             self.writes.budget.clone(),
+            self.writes.tasks.clone(),
         )
     }
 
-    /// Registers a new writer for `ino` at `path`.
+    /// Takes one more handle on the registered writer of `ino`, if there is one.
+    fn share_writer(t: &super::Tables, ino: Ino) -> Option<Arc<Writer>> {
+        let writer = t.writers.get(&ino)?;
+        writer.handles.fetch_add(1, Ordering::SeqCst);
+        Some(Arc::clone(writer))
+    }
+
+    /// Registers a new writer for `ino` at `path`, or shares the one another open registered
+    /// while this one was looking at the object (`false`: `content` was dropped).
+    #[allow(clippy::too_many_arguments)]
     fn insert_writer(
         &self,
         ino: Ino,
@@ -152,12 +172,13 @@ impl Fs {
         posix: Posix,
         excl: bool,
         extra: UserMetadata,
-    ) -> Arc<Writer> {
+        unpublished: bool,
+    ) -> (Arc<Writer>, bool) {
         let size = match &content {
             Content::Base(Some(meta)) => meta.size,
             _ => 0,
         };
-        let dirty = !matches!(content, Content::Base(_));
+        let dirty = !matches!(content, Content::Base(_)) && !unpublished;
         let writer = Arc::new(Writer {
             ino,
             path: Mutex::new(path.to_string()),
@@ -169,22 +190,28 @@ impl Fs {
                 unlinked: false,
                 failed: None,
                 extra,
+                unpublished,
             }),
             size: AtomicU64::new(size),
             posix: Mutex::new(posix),
             handles: AtomicUsize::new(1),
             modified: Mutex::new(SystemTime::now()),
+            committing: AtomicBool::new(false),
         });
         let mut t = self.tables.lock().unwrap();
+        if let Some(existing) = Self::share_writer(&t, ino) {
+            return (existing, false);
+        }
         t.writers.insert(ino, Arc::clone(&writer));
         let (parent_path, name) = split(path);
         let parent = t.inodes.ino_for(parent_path);
         self.upsert_entry(&mut t, parent, name, Some(self.writer_attr(&writer)));
-        writer
+        (writer, true)
     }
 
-    /// Creates `name` in `parent` and opens it for writing; nothing reaches the store before
-    /// the first commit.
+    /// Creates `name` in `parent` and opens it for writing by process `opener`; nothing
+    /// reaches the store before the first commit.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
         parent: Ino,
@@ -192,53 +219,74 @@ impl Fs {
         mode: u32,
         owner: (u32, u32),
         excl: bool,
+        opener: u32,
     ) -> FsResult<(Attr, u64)> {
         self.check_writable(name)?;
         let path = super::join(&self.path_of(parent)?, name);
-        let ino = self.tables.lock().unwrap().inodes.ino_for(&path);
-        if self.writer_of(ino).is_some() {
-            if excl {
+        let shared = {
+            let mut t = self.tables.lock().unwrap();
+            let ino = t.inodes.ino_for(&path);
+            if excl && t.writers.contains_key(&ino) {
                 return Err(FsError::new(libc::EEXIST, "file exists"));
             }
-            // Another handle is writing it: share that writer, emptied (O_CREAT|O_TRUNC).
-            let mode = OpenMode {
-                write: true,
-                truncate: true,
-            };
-            let writer = self.attach_writer(ino, mode).await?;
-            return Ok((self.writer_attr(&writer), self.writer_handle(writer)));
-        }
-        let posix = Posix {
-            mode: Some(S_IFREG | (mode & 0o7777)),
-            uid: Some(owner.0),
-            gid: Some(owner.1),
-            mtime: None,
+            (ino, Self::share_writer(&t, ino))
         };
-        let upload = self.new_upload(&self.key_of(&path));
-        let content = Content::Stream(upload);
-        let writer = self.insert_writer(ino, &path, content, posix, excl, UserMetadata::new());
-        Ok((self.writer_attr(&writer), self.writer_handle(writer)))
+        let (ino, writer) = match shared {
+            (_, Some(writer)) => {
+                // Another handle is writing it: share that writer, emptied (O_CREAT|O_TRUNC).
+                self.truncate_shared(&writer).await?;
+                (writer.ino, writer)
+            }
+            (ino, None) => {
+                let posix = Posix {
+                    mode: Some(S_IFREG | (mode & 0o7777)),
+                    uid: Some(owner.0),
+                    gid: Some(owner.1),
+                    mtime: None,
+                };
+                let content = Content::Stream(self.new_upload(&self.key_of(&path)));
+                let extra = UserMetadata::new();
+                let (writer, new) =
+                    self.insert_writer(ino, &path, content, posix, excl, extra, true);
+                if !new {
+                    self.truncate_shared(&writer).await?;
+                }
+                (ino, writer)
+            }
+        };
+        debug_assert_eq!(ino, writer.ino);
+        Ok((
+            self.writer_attr(&writer),
+            self.writer_handle(writer, opener),
+        ))
     }
 
-    fn writer_handle(&self, writer: Arc<Writer>) -> u64 {
+    /// Empties a writer this open shares (O_TRUNC); on failure the handle is given back.
+    async fn truncate_shared(&self, writer: &Writer) -> FsResult<()> {
+        if let Err(e) = self.truncate_writer(writer, 0).await {
+            self.detach(writer).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn writer_handle(&self, writer: Arc<Writer>, opener: u32) -> u64 {
         self.add_handle(OpenFile {
             object: None,
             size: 0,
             state: Mutex::default(),
             writer: Some(writer),
+            opener,
         })
     }
 
     /// The writer of `ino` for a new write handle: the existing one, or a new one over the
     /// committed object.
     pub(super) async fn attach_writer(&self, ino: Ino, mode: OpenMode) -> FsResult<Arc<Writer>> {
-        if let Some(writer) = self.writer_of(ino) {
-            writer.handles.fetch_add(1, Ordering::SeqCst);
+        let shared = Self::share_writer(&self.tables.lock().unwrap(), ino);
+        if let Some(writer) = shared {
             if mode.truncate {
-                if let Err(e) = self.truncate_writer(&writer, 0).await {
-                    self.detach(&writer).await;
-                    return Err(e);
-                }
+                self.truncate_shared(&writer).await?;
             }
             return Ok(writer);
         }
@@ -262,35 +310,40 @@ impl Fs {
         } else {
             Content::Base(Some(meta))
         };
-        Ok(self.insert_writer(ino, &path, content, posix, false, extra))
+        let (writer, new) = self.insert_writer(ino, &path, content, posix, false, extra, false);
+        if !new && mode.truncate {
+            self.truncate_shared(&writer).await?;
+        }
+        Ok(writer)
     }
 
-    /// Turns the content into a staging file holding the same bytes.
+    /// Turns the content into a staging file holding the same bytes. On failure the content
+    /// is left as it was (see 8.).
     async fn stage(&self, st: &mut WriteState) -> FsResult<()> {
-        let file = match std::mem::replace(&mut st.content, Content::Lost) {
-            Content::Staged(f) => f,
+        let file = match &st.content {
+            Content::Staged(_) => return Ok(()),
+            Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
             Content::Base(meta) => {
-                let file = self.writes.staging.create()?;
+                let file = self.writes.staging.create().await?;
                 if let Some(meta) = meta {
-                    if let Err(e) = self.download(&meta, &file).await {
-                        st.content = Content::Base(Some(meta));
-                        return Err(e);
-                    }
+                    self.download(meta, &file).await?;
                 }
                 file
             }
             Content::Stream(upload) => {
-                let len = upload.len();
-                let buffer = upload
-                    .into_buffer()
-                    .expect("callers check that the stream has not started");
-                let file = self.writes.staging.create()?;
-                file.write_at(0, &buffer)?;
-                file.set_len(len)?;
+                let Some(buffer) = upload.buffer() else {
+                    return Err(FsError::new(
+                        libc::EINVAL,
+                        format!("{}: its first parts are already uploaded", st.key),
+                    ));
+                };
+                let file = self.writes.staging.create().await?;
+                file.write_at(0, Bytes::copy_from_slice(buffer)).await?;
+                file.set_len(upload.len()).await?;
                 file
             }
-            Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
         };
+        // The replaced stream never started a multipart upload: dropping it costs nothing.
         st.content = Content::Staged(file);
         Ok(())
     }
@@ -305,10 +358,10 @@ impl Fs {
                 .store
                 .get_object_range(&meta.key, &meta.etag, offset..end)
                 .await?;
-            file.write_at(offset, &bytes)?;
+            file.write_at(offset, bytes).await?;
             offset = end;
         }
-        file.set_len(meta.size)
+        file.set_len(meta.size).await
     }
 
     /// Writes `data` at `offset` through handle `fh`.
@@ -318,31 +371,37 @@ impl Fs {
             .writer
             .clone()
             .ok_or_else(|| FsError::new(libc::EBADF, "not open for writing"))?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|end| *end <= crate::upload::MAX_OBJECT_SIZE)
+            .ok_or_else(|| FsError::new(libc::EFBIG, "past S3's 5 TiB object limit"))?;
         let mut st = writer.state.lock().await;
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
-        let end = offset + data.len() as u64;
         if let Content::Base(meta) = &st.content {
             if meta.as_ref().is_none_or(|m| m.size == 0) && offset == 0 {
                 let key = st.key.clone();
                 st.content = Content::Stream(self.new_upload(&key));
             }
         }
-        if let Content::Stream(upload) = &st.content {
-            if offset < upload.len() && !upload.started() {
-                self.stage(&mut st).await?;
-            } else if offset < upload.len() {
+        // A stream takes the next bytes, and a gap once it has started (zeros are sent); a
+        // write behind it or a gap before any part left is staged instead (holes stay holes).
+        let streams = match &st.content {
+            Content::Stream(upload) if offset == upload.len() => true,
+            Content::Stream(upload) if upload.started() && offset > upload.len() => true,
+            Content::Stream(upload) if upload.started() => {
                 return Err(FsError::new(
                     libc::EINVAL,
                     format!(
                         "{}: write at {offset} behind bytes already uploaded (sequential writes only; open with O_RDWR to change a file in place)",
                         st.key
                     ),
-                ));
+                ))
             }
-        }
-        if matches!(st.content, Content::Base(_)) {
+            _ => false,
+        };
+        if !streams {
             self.stage(&mut st).await?;
         }
         let metadata = self.wanted_metadata(&writer, &st);
@@ -368,18 +427,19 @@ impl Fs {
                     return Err(e);
                 }
             }
-            Content::Staged(file) => file.write_at(offset, data)?,
-            Content::Base(_) | Content::Lost => unreachable!("staged above"),
+            Content::Staged(file) => file.write_at(offset, Bytes::copy_from_slice(data)).await?,
+            Content::Base(_) | Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
         }
         let size = writer.size.load(Ordering::SeqCst).max(end);
         self.touched(&writer, &mut st, size);
         Ok(data.len() as u32)
     }
 
-    /// The stream failed: cancel it, abort its upload in the background, remember why.
+    /// The stream failed: drop it (its multipart upload is aborted in the background),
+    /// remember why.
     fn lose(&self, st: &mut WriteState, err: FsError) {
-        if let Content::Stream(mut upload) = std::mem::replace(&mut st.content, Content::Lost) {
-            self.abandon(&mut upload);
+        if let Content::Stream(_) = &st.content {
+            st.content = Content::Lost;
         }
         st.failed = Some(err);
     }
@@ -401,6 +461,10 @@ impl Fs {
         offset: u64,
         len: u32,
     ) -> FsResult<Option<Bytes>> {
+        if !mine && writer.committing.load(Ordering::SeqCst) {
+            // Not behind a transfer: this handle reads the version it opened.
+            return Ok(None);
+        }
         let mut st = writer.state.lock().await;
         if mine {
             if let Content::Stream(upload) = &st.content {
@@ -414,7 +478,7 @@ impl Fs {
             }
         }
         match &st.content {
-            Content::Staged(file) => Ok(Some(file.read_at(offset, len as usize)?)),
+            Content::Staged(file) => Ok(Some(file.read_at(offset, len as usize).await?)),
             Content::Base(Some(meta)) if mine => {
                 let object = Arc::new(ObjectId {
                     key: meta.key.clone(),
@@ -436,10 +500,8 @@ impl Fs {
     pub(super) async fn truncate_writer(&self, writer: &Writer, len: u64) -> FsResult<()> {
         let mut st = writer.state.lock().await;
         if len == 0 {
-            let fresh = Content::Stream(self.new_upload(&st.key));
-            if let Content::Stream(mut old) = std::mem::replace(&mut st.content, fresh) {
-                self.abandon(&mut old);
-            }
+            // The old stream, if any, is dropped and its multipart upload aborted.
+            st.content = Content::Stream(self.new_upload(&st.key));
             st.failed = None;
         } else {
             let current = writer.size.load(Ordering::SeqCst);
@@ -454,7 +516,7 @@ impl Fs {
             if len != current || !matches!(st.content, Content::Stream(_)) {
                 self.stage(&mut st).await?;
                 if let Content::Staged(file) = &st.content {
-                    file.set_len(len)?;
+                    file.set_len(len).await?;
                 }
             }
         }
@@ -462,13 +524,41 @@ impl Fs {
         Ok(())
     }
 
-    /// Commit point of handle `fh` (flush or fsync): uploads what changed, returns its error.
+    /// Commit point of handle `fh` as its opener's close: uploads what changed, returns its
+    /// error.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let file = self.handle(fh)?;
         match &file.writer {
             Some(writer) => self.commit(writer).await,
             None => Ok(()),
         }
+    }
+
+    /// A close of `fh` by process `pid`: only the opener's commits (a forked child closing an
+    /// inherited descriptor must not publish the opener's half-written file).
+    pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let file = self.handle(fh)?;
+        if file.writer.is_some() && file.opener != 0 && file.opener != pid {
+            tracing::debug!(
+                fh,
+                opener = file.opener,
+                pid,
+                "close by another process: no commit"
+            );
+            return Ok(());
+        }
+        self.flush(fh).await
+    }
+
+    /// fsync: commits, and publishes a new file even while it is empty.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let file = self.handle(fh)?;
+        let Some(writer) = &file.writer else {
+            return Ok(());
+        };
+        let mut st = writer.state.lock().await;
+        st.dirty |= st.unpublished;
+        self.commit_locked(writer, &mut st).await
     }
 
     /// Uploads the writer's content (or just its changed headers) if anything changed.
@@ -490,9 +580,27 @@ impl Fs {
         let metadata = self.wanted_metadata(writer, st);
         let excl = st.excl;
         let key = st.key.clone();
+        writer.committing.store(true, Ordering::SeqCst);
+        let result = self.transfer(st, &key, &metadata, excl).await;
+        writer.committing.store(false, Ordering::SeqCst);
+        let result = match result {
+            Ok(uploaded) => self.settle(writer, st, &key, uploaded, metadata).await,
+            Err(e) => Err(e),
+        };
+        result
+    }
+
+    /// The upload of a commit: the content, or a copy with new headers.
+    async fn transfer(
+        &self,
+        st: &mut WriteState,
+        key: &str,
+        metadata: &UserMetadata,
+        excl: bool,
+    ) -> FsResult<Uploaded> {
         let result = match &mut st.content {
             Content::Stream(upload) => {
-                let result = upload.finish(&metadata, excl).await;
+                let result = upload.finish(metadata, excl).await;
                 if let Err(e) = &result {
                     let e = commit_error(e.clone(), excl);
                     self.lose(st, e.clone());
@@ -500,13 +608,13 @@ impl Fs {
                 }
                 result
             }
-            Content::Staged(file) => self.upload_staged(&key, file, &metadata, excl).await,
+            Content::Staged(file) => self.upload_staged(key, file, metadata, excl).await,
             Content::Base(Some(meta)) => {
                 let source = CopySource {
                     key: &meta.key,
                     etag: &meta.etag,
                 };
-                self.copy(source, meta.size, &key, Some(&metadata))
+                self.copy(source, meta.size, key, Some(metadata))
                     .await
                     .map(|etag| Uploaded {
                         etag,
@@ -514,10 +622,22 @@ impl Fs {
                         metadata: metadata.clone(),
                     })
             }
-            Content::Base(None) | Content::Lost => unreachable!("no dirty state without content"),
+            Content::Base(None) => self.new_upload(key).finish(metadata, excl).await,
+            Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
         };
-        let mut uploaded = result.map_err(|e| commit_error(e, excl))?;
-        let mut metadata = metadata;
+        result.map_err(|e| commit_error(e, excl))
+    }
+
+    /// After a commit's transfer: headers changed meanwhile, the new version recorded.
+    async fn settle(
+        &self,
+        writer: &Writer,
+        st: &mut WriteState,
+        key: &str,
+        mut uploaded: Uploaded,
+        mut metadata: UserMetadata,
+    ) -> FsResult<()> {
+        let key = key.to_string();
         if writer.posix.lock().unwrap().mtime.is_none() {
             // No explicit utime: the mtime a multipart upload was started with stands (it is
             // the time of its first part), rather than a server-side copy to move it.
@@ -549,6 +669,7 @@ impl Fs {
         }
         st.dirty = false;
         st.excl = false;
+        st.unpublished = false;
         let path = writer.path();
         self.record(&path, Kind::File, Some(meta));
         Ok(())
@@ -562,28 +683,23 @@ impl Fs {
         metadata: &UserMetadata,
         excl: bool,
     ) -> Result<Uploaded, StoreError> {
+        // On failure the upload is dropped, which aborts it in the background.
         let mut upload = self.new_upload(key);
         let chunk = crate::config::DEFAULT_BLOCK_SIZE as usize;
         let mut offset = 0;
-        let result = async {
-            while offset < file.len() {
-                let bytes = file
-                    .read_at(offset, chunk)
-                    .map_err(|e| StoreError::new(StoreErrorKind::Other, e.message))?;
-                upload.write(&bytes, metadata).await?;
-                offset += bytes.len() as u64;
-            }
-            upload.finish(metadata, excl).await
+        while offset < file.len() {
+            let bytes = file
+                .read_at(offset, chunk)
+                .await
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, e.message))?;
+            upload.write(&bytes, metadata).await?;
+            offset += bytes.len() as u64;
         }
-        .await;
-        if result.is_err() {
-            self.abandon(&mut upload);
-        }
-        result
+        upload.finish(metadata, excl).await
     }
 
     /// At shutdown: refuses new changes (EROFS), then commits every file still open for
-    /// writing; one that fails is aborted. Returns how many failed.
+    /// writing, all at once; one that fails is aborted. Returns how many failed.
     pub async fn stop(&self) -> usize {
         self.stopping.store(true, Ordering::SeqCst);
         let writers: Vec<Arc<Writer>> = self
@@ -594,20 +710,24 @@ impl Fs {
             .values()
             .cloned()
             .collect();
-        let mut failed = 0;
-        for writer in writers {
+        let commits = writers.iter().map(|writer| async move {
             let mut st = writer.state.lock().await;
-            if let Err(e) = self.commit_locked(&writer, &mut st).await {
-                tracing::warn!(path = %writer.path(), errno = e.errno, "upload at shutdown failed: {}", e.message);
-                self.lose(&mut st, e);
-                failed += 1;
+            st.dirty |= st.unpublished;
+            match self.commit_locked(writer, &mut st).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::warn!(path = %writer.path(), errno = e.errno, "upload at shutdown failed: {}", e.message);
+                    self.lose(&mut st, e);
+                    1
+                }
             }
-        }
-        failed
+        });
+        futures::future::join_all(commits).await.into_iter().sum()
     }
 
     /// Closes handle `fh`. The last handle of a writer commits what no flush committed (a
-    /// write through a shared mapping) or, after a failure, leaves the abort running.
+    /// write through a shared mapping, a new file left empty) or, after a failure, leaves the
+    /// abort running.
     pub async fn release(&self, fh: u64) {
         let Some(file) = self.files.lock().unwrap().remove(&fh) else {
             return;
@@ -619,8 +739,11 @@ impl Fs {
 
     /// Drops one handle of `writer`; the last one commits leftovers and unregisters it.
     pub(super) async fn detach(&self, writer: &Writer) {
-        if writer.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
-            return;
+        {
+            let _t = self.tables.lock().unwrap();
+            if writer.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
+                return;
+            }
         }
         // Commit and unregister under one hold of the state lock: a setattr that found the
         // writer either changed it before (and this commit carries it) or waits, finds it
@@ -629,6 +752,7 @@ impl Fs {
         if writer.handles.load(Ordering::SeqCst) != 0 {
             return; // reopened meanwhile
         }
+        st.dirty |= st.unpublished;
         if let Err(e) = self.commit_locked(writer, &mut st).await {
             tracing::warn!(path = %writer.path(), errno = e.errno, "upload at release failed: {}", e.message);
         }
@@ -638,7 +762,8 @@ impl Fs {
             self.lose(&mut st, failed);
         }
         let mut t = self.tables.lock().unwrap();
-        if self.is_registered(&t, writer) {
+        // An open that came in during the commit shares this writer and keeps it registered.
+        if writer.handles.load(Ordering::SeqCst) == 0 && self.is_registered(&t, writer) {
             t.writers.remove(&writer.ino);
         }
     }

@@ -10,6 +10,8 @@
 //! 3. Errors are classified into a small `StoreErrorKind` here, so that `error.rs` can map them to
 //!    an errno in one place and no AWS type leaks above this module.
 
+#[cfg(test)]
+pub mod faulty;
 pub mod memory;
 pub mod s3;
 
@@ -162,6 +164,8 @@ pub enum StoreErrorKind {
     PreconditionFailed,
     /// The requested range is outside the object.
     InvalidRange,
+    /// The object would pass what S3 (or the write budget's part size) can hold.
+    TooLarge,
     /// The endpoint could not be reached (DNS, refused connection, TLS).
     Unreachable,
     /// The request timed out after retries.

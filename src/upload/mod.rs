@@ -10,7 +10,12 @@
 //!    (more writers than budget / part size), nothing would ever free it: after `OVERDRAFT_WAIT`
 //!    a writer with no part in flight goes ahead without permits and says so in the log.
 //! 3. S3 allows 10,000 parts; parts double in size every 1,000 so that a file can reach 5 TiB
-//!    (S3's object limit) while small files still use small parts.
+//!    (S3's object limit) while small files still use small parts. A part never grows past
+//!    what the write budget can hold (else its writer would wait forever on permits it holds
+//!    itself); a file past the last part gets EFBIG.
+//! 6. Parts are reaped from a `JoinSet`, and CompleteMultipartUpload is sent only when parts
+//!    1..n all succeeded: S3 accepts gaps in part numbers, so a lost part would otherwise
+//!    silently drop bytes from the middle of the object.
 //! 4. A file no larger than one part is one PutObject; the multipart upload starts only when
 //!    the first part is full, so `If-None-Match` and metadata go with whichever request creates
 //!    the object.
@@ -18,13 +23,13 @@
 
 pub mod staging;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 use crate::store::{
     CompletedPart, ObjectStore, PutOptions, StoreError, StoreErrorKind, UserMetadata,
@@ -43,15 +48,17 @@ pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
 /// How long a writer with nothing in flight waits for budget before it overdraws (see 2.).
 const OVERDRAFT_WAIT: Duration = Duration::from_secs(5);
 
-/// Size of part `number` (from 1) when the first part is `base` bytes.
-pub fn part_size(base: u64, number: i32) -> u64 {
+/// Size of part `number` (from 1) when the first part is `base` bytes, parts never larger
+/// than `cap` (the write budget) nor than S3 allows.
+pub fn part_size(base: u64, number: i32, cap: u64) -> u64 {
     let step = ((number.max(1) - 1) / PARTS_PER_STEP) as u32;
-    base.saturating_mul(1 << step).min(MAX_PART_SIZE)
+    let grown = base.saturating_mul(1 << step);
+    grown.min(MAX_PART_SIZE).min(cap.max(base))
 }
 
-/// The largest object `MAX_PARTS` parts of the growing sizes reach from `base`.
-pub fn reach(base: u64) -> u64 {
-    (1..=MAX_PARTS).map(|n| part_size(base, n)).sum()
+/// The largest object `MAX_PARTS` parts of the growing sizes reach from `base` under `cap`.
+pub fn reach(base: u64, cap: u64) -> u64 {
+    (1..=MAX_PARTS).map(|n| part_size(base, n, cap)).sum()
 }
 
 /// Upload tuning shared by every file.
@@ -65,7 +72,10 @@ pub struct UploadTuning {
 
 /// The memory all write buffers share, in bytes.
 #[derive(Debug, Clone)]
-pub struct WriteBudget(Arc<Semaphore>);
+pub struct WriteBudget {
+    permits: Arc<Semaphore>,
+    total: u64,
+}
 
 impl WriteBudget {
     /// A budget of `bytes`.
@@ -73,12 +83,20 @@ impl WriteBudget {
         let bytes = usize::try_from(bytes)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
-        Self(Arc::new(Semaphore::new(bytes)))
+        Self {
+            permits: Arc::new(Semaphore::new(bytes)),
+            total: bytes as u64,
+        }
     }
 
     /// Bytes not held by any buffer.
     pub fn available(&self) -> usize {
-        self.0.available_permits()
+        self.permits.available_permits()
+    }
+
+    /// The whole budget: no one part may be larger.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 }
 
@@ -93,8 +111,6 @@ pub struct Uploaded {
     pub metadata: UserMetadata,
 }
 
-type PartTask = JoinHandle<Result<CompletedPart, StoreError>>;
-
 /// One object being written front to back.
 #[derive(Debug)]
 pub struct Upload {
@@ -102,12 +118,14 @@ pub struct Upload {
     key: String,
     tuning: UploadTuning,
     budget: WriteBudget,
+    /// Where aborts of a dropped upload run, so shutdown can wait for them.
+    tasks: TaskTracker,
     buffer: Vec<u8>,
     held: Option<OwnedSemaphorePermit>,
     upload_id: Option<String>,
     /// Metadata sent with CreateMultipartUpload.
     sent: Option<UserMetadata>,
-    in_flight: VecDeque<PartTask>,
+    in_flight: JoinSet<Result<CompletedPart, StoreError>>,
     done: Vec<CompletedPart>,
     next_part: i32,
     len: u64,
@@ -124,23 +142,25 @@ pub struct PendingAbort {
 }
 
 impl Upload {
-    /// An empty upload to `key`.
+    /// An empty upload to `key`; an abandoned multipart upload is aborted on `tasks`.
     pub fn new(
         store: Arc<dyn ObjectStore>,
         key: String,
         tuning: UploadTuning,
         budget: WriteBudget,
+        tasks: TaskTracker,
     ) -> Self {
         Self {
             store,
             key,
             tuning,
             budget,
+            tasks,
             buffer: Vec::new(),
             held: None,
             upload_id: None,
             sent: None,
-            in_flight: VecDeque::new(),
+            in_flight: JoinSet::new(),
             done: Vec::new(),
             next_part: 1,
             len: 0,
@@ -163,9 +183,14 @@ impl Upload {
         self.upload_id.is_some()
     }
 
-    /// The bytes written, when no part has been uploaded yet (to move them elsewhere).
-    pub fn into_buffer(mut self) -> Option<Vec<u8>> {
-        (!self.started()).then(|| std::mem::take(&mut self.buffer))
+    /// The bytes written, when no part has been uploaded yet (to copy them elsewhere).
+    pub fn buffer(&self) -> Option<&[u8]> {
+        (!self.started()).then_some(&self.buffer[..])
+    }
+
+    /// Size of the part being filled now.
+    fn current_part_size(&self) -> u64 {
+        part_size(self.tuning.part_size, self.next_part, self.budget.total())
     }
 
     /// Appends `data`, uploading full parts; waits while the budget or the file's in-flight
@@ -177,8 +202,16 @@ impl Upload {
     ) -> Result<(), StoreError> {
         self.check_failed()?;
         while !data.is_empty() {
-            let room =
-                part_size(self.tuning.part_size, self.next_part) as usize - self.buffer.len();
+            if self.next_part > MAX_PARTS {
+                return Err(StoreError::new(
+                    StoreErrorKind::TooLarge,
+                    format!(
+                        "{}: past the {} bytes that S3's 10,000 parts hold at this part size",
+                        self.key, self.len
+                    ),
+                ));
+            }
+            let room = self.current_part_size() as usize - self.buffer.len();
             let take = room.min(data.len()).min(u32::MAX as usize);
             self.reserve(take).await;
             if self.buffer.capacity() == 0 {
@@ -188,7 +221,7 @@ impl Upload {
             self.buffer.extend_from_slice(&data[..take]);
             self.len += take as u64;
             data = &data[take..];
-            if self.buffer.len() as u64 == part_size(self.tuning.part_size, self.next_part) {
+            if self.buffer.len() as u64 == self.current_part_size() {
                 self.send_part(metadata).await?;
             }
         }
@@ -196,7 +229,7 @@ impl Upload {
     }
 
     async fn reserve(&mut self, bytes: usize) {
-        let sem = Arc::clone(&self.budget.0);
+        let sem = Arc::clone(&self.budget.permits);
         let n = bytes as u32;
         let permit = if self.in_flight.is_empty() {
             match tokio::time::timeout(OVERDRAFT_WAIT, sem.acquire_many_owned(n)).await {
@@ -229,9 +262,7 @@ impl Upload {
 
     /// Collects finished parts without waiting; records the first failure.
     fn reap(&mut self) {
-        while self.in_flight.front().is_some_and(|t| t.is_finished()) {
-            let task = self.in_flight.pop_front().expect("front exists");
-            let result = futures::FutureExt::now_or_never(task).expect("finished");
+        while let Some(result) = self.in_flight.try_join_next() {
             self.record(result);
         }
     }
@@ -255,10 +286,32 @@ impl Upload {
     }
 
     async fn wait_one(&mut self) {
-        if let Some(task) = self.in_flight.pop_front() {
-            let result = task.await;
+        if let Some(result) = self.in_flight.join_next().await {
             self.record(result);
         }
+    }
+
+    /// Sorts the finished parts; an error unless they are exactly 1..next_part.
+    fn check_contiguous(&mut self) -> Result<(), StoreError> {
+        self.done.sort_by_key(|p| p.number);
+        let contiguous = self.done.len() == (self.next_part - 1) as usize
+            && self
+                .done
+                .iter()
+                .zip(1..)
+                .all(|(part, number)| part.number == number);
+        if !contiguous {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!(
+                    "{}: {} of {} parts uploaded; not completing an object with a gap",
+                    self.key,
+                    self.done.len(),
+                    self.next_part - 1
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Uploads the buffer as the next part, starting the multipart upload if needed.
@@ -276,24 +329,23 @@ impl Upload {
             self.wait_one().await;
         }
         self.check_failed()?;
-        if self.next_part > MAX_PARTS {
-            return Err(StoreError::new(
-                StoreErrorKind::Other,
-                format!("{}: larger than S3's 10,000-part limit allows", self.key),
-            ));
-        }
         let body = Bytes::from(std::mem::take(&mut self.buffer));
         let permit = self.held.take();
         let number = self.next_part;
         self.next_part += 1;
         let store = Arc::clone(&self.store);
         let key = self.key.clone();
-        let id = self.upload_id.clone().expect("started above");
-        self.in_flight.push_back(tokio::spawn(async move {
+        let Some(id) = self.upload_id.clone() else {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                "no multipart upload",
+            ));
+        };
+        self.in_flight.spawn(async move {
             let etag = store.upload_part(&key, &id, number, body).await?;
             drop(permit);
             Ok(CompletedPart { number, etag })
-        }));
+        });
         Ok(())
     }
 
@@ -326,8 +378,13 @@ impl Upload {
             self.wait_one().await;
         }
         self.check_failed()?;
-        self.done.sort_by_key(|p| p.number);
-        let id = self.upload_id.clone().expect("started");
+        let Some(id) = self.upload_id.clone() else {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                "no multipart upload",
+            ));
+        };
+        self.check_contiguous()?;
         let etag = self
             .store
             .complete_multipart_upload(&self.key, &id, &self.done, if_none_match)
@@ -342,9 +399,7 @@ impl Upload {
 
     /// Stops the parts in flight and returns what must be aborted on the server, if anything.
     pub fn cancel(&mut self) -> Option<PendingAbort> {
-        for task in self.in_flight.drain(..) {
-            task.abort();
-        }
+        self.in_flight.abort_all();
         self.buffer = Vec::new();
         self.held = None;
         self.upload_id.take().map(|upload_id| PendingAbort {
@@ -354,11 +409,31 @@ impl Upload {
     }
 }
 
-impl Drop for Upload {
-    fn drop(&mut self) {
+impl Upload {
+    /// Cancels the upload and aborts its multipart upload (if it began one) in a tracked
+    /// background task.
+    pub fn abandon(&mut self) {
         if let Some(pending) = self.cancel() {
-            tracing::warn!(key = %pending.key, "upload dropped without abort; id {}", pending.upload_id);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let store = Arc::clone(&self.store);
+                    self.tasks.spawn_on(abort_with_retries(store, pending), &rt);
+                }
+                Err(_) => tracing::warn!(
+                    key = %pending.key,
+                    "upload dropped outside the runtime; id {} is left to the bucket's lifecycle rule",
+                    pending.upload_id
+                ),
+            }
         }
+    }
+}
+
+impl Drop for Upload {
+    /// An upload dropped mid-way (a commit cancelled by a timeout or by shutdown) is aborted,
+    /// never left behind.
+    fn drop(&mut self) {
+        self.abandon();
     }
 }
 

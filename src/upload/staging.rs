@@ -7,6 +7,10 @@
 //! 2. Each file is unlinked as soon as it is created, so a crash leaves no stray copies: the
 //!    open descriptor is the only reference.
 //! 3. Reads and writes are positioned (`pread`/`pwrite`), so handles never share a file offset.
+//! 4. Disk I/O runs on tokio's blocking pool, never on the async workers, so a slow disk stalls
+//!    only the file being written, not every FUSE operation.
+//! 5. The directory may vanish under a long-lived mount (systemd-tmpfiles cleaning /var/tmp):
+//!    it is created again when a new staging file finds it missing.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
@@ -30,7 +34,7 @@ pub struct StagingDir {
 /// One staging file.
 #[derive(Debug)]
 pub struct StagingFile {
-    file: File,
+    file: Arc<File>,
     dir: Arc<StagingDir>,
     len: AtomicU64,
 }
@@ -42,13 +46,26 @@ fn io_error(what: &str, e: std::io::Error) -> FsError {
     )
 }
 
+/// Runs blocking file I/O on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+fn make_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
 impl StagingDir {
     /// Creates (mode 0700) or opens `path`, allowing `limit` bytes of staging files.
     pub fn new(path: &Path, limit: u64) -> std::io::Result<Arc<Self>> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)?;
+        make_dir(path)?;
         // Fail now, at mount time, rather than at the first write. The probe's name is unique
         // within the process too: unit tests open several staging dirs at once.
         static PROBES: AtomicU64 = AtomicU64::new(0);
@@ -72,22 +89,39 @@ impl StagingDir {
         self.used.load(Ordering::SeqCst)
     }
 
-    /// A new, empty staging file.
-    pub fn create(self: &Arc<Self>) -> FsResult<StagingFile> {
+    /// A new, empty staging file (the directory is made again if it was removed).
+    pub async fn create(self: &Arc<Self>) -> FsResult<StagingFile> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .path
-            .join(format!("staging-{}-{n}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
+        let dir = self.path.clone();
+        let path = dir.join(format!("staging-{}-{n}", std::process::id()));
+        let open = move || {
+            let open = || {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+            };
+            let file = match open() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(
+                        "staging directory {} was removed: making it again",
+                        dir.display()
+                    );
+                    make_dir(&dir)?;
+                    open()?
+                }
+                other => other?,
+            };
+            let _ = std::fs::remove_file(&path);
+            Ok(file)
+        };
+        let file = blocking(open)
+            .await
             .map_err(|e| io_error("creating a staging file", e))?;
-        let _ = std::fs::remove_file(&path);
         Ok(StagingFile {
-            file,
+            file: Arc::new(file),
             dir: Arc::clone(self),
             len: AtomicU64::new(0),
         })
@@ -123,12 +157,13 @@ impl StagingFile {
     }
 
     /// Changes the length, growing the disk reservation or giving it back.
-    pub fn set_len(&self, len: u64) -> FsResult<()> {
+    pub async fn set_len(&self, len: u64) -> FsResult<()> {
         let old = self.len();
         if len > old {
             self.dir.grow(len - old)?;
         }
-        if let Err(e) = self.file.set_len(len) {
+        let file = Arc::clone(&self.file);
+        if let Err(e) = blocking(move || file.set_len(len)).await {
             if len > old {
                 self.dir.used.fetch_sub(len - old, Ordering::SeqCst);
             }
@@ -142,14 +177,16 @@ impl StagingFile {
     }
 
     /// Writes `data` at `offset`, growing the file as needed.
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> FsResult<()> {
+    pub async fn write_at(&self, offset: u64, data: Bytes) -> FsResult<()> {
         let end = offset + data.len() as u64;
         let old = self.len();
         if end > old {
             self.dir.grow(end - old)?;
             self.len.store(end, Ordering::SeqCst);
         }
-        self.file.write_all_at(data, offset).map_err(|e| {
+        let file = Arc::clone(&self.file);
+        let written = blocking(move || file.write_all_at(&data, offset)).await;
+        written.map_err(|e| {
             if end > old {
                 // Keep the reservation only for what the file really holds.
                 self.len.store(old, Ordering::SeqCst);
@@ -161,15 +198,20 @@ impl StagingFile {
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end).
-    pub fn read_at(&self, offset: u64, len: usize) -> FsResult<Bytes> {
+    pub async fn read_at(&self, offset: u64, len: usize) -> FsResult<Bytes> {
         let size = self.len();
         if offset >= size {
             return Ok(Bytes::new());
         }
         let n = (len as u64).min(size - offset) as usize;
-        let mut buf = vec![0; n];
-        self.file
-            .read_exact_at(&mut buf, offset)
+        let file = Arc::clone(&self.file);
+        let read = blocking(move || {
+            let mut buf = vec![0; n];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        });
+        let buf = read
+            .await
             .map_err(|e| io_error("reading a staging file", e))?;
         Ok(buf.into())
     }
@@ -185,22 +227,23 @@ impl Drop for StagingFile {
 mod tests {
     use super::*;
 
-    #[test]
-    fn limit_gives_enospc_and_space_comes_back() {
+    #[tokio::test]
+    async fn limit_gives_enospc_and_space_comes_back() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StagingDir::new(tmp.path(), 100).unwrap();
-        let a = dir.create().unwrap();
-        a.write_at(0, &[1; 60]).unwrap();
-        let b = dir.create().unwrap();
-        assert_eq!(b.write_at(0, &[2; 50]).unwrap_err().errno, libc::ENOSPC);
+        let a = dir.create().await.unwrap();
+        a.write_at(0, Bytes::from(vec![1; 60])).await.unwrap();
+        let b = dir.create().await.unwrap();
+        let full = b.write_at(0, Bytes::from(vec![2; 50])).await;
+        assert_eq!(full.unwrap_err().errno, libc::ENOSPC);
         assert_eq!(b.len(), 0);
-        b.write_at(10, &[2; 30]).unwrap();
+        b.write_at(10, Bytes::from(vec![2; 30])).await.unwrap();
         assert_eq!(dir.used(), 100);
         assert_eq!(
-            &b.read_at(0, 100).unwrap()[..],
+            &b.read_at(0, 100).await.unwrap()[..],
             &[&[0u8; 10][..], &[2; 30]].concat()[..]
         );
-        a.set_len(10).unwrap();
+        a.set_len(10).await.unwrap();
         assert_eq!(dir.used(), 50);
         drop(b);
         assert_eq!(dir.used(), 10);
@@ -209,5 +252,16 @@ mod tests {
             0,
             "files are unlinked"
         );
+    }
+
+    #[tokio::test]
+    async fn a_removed_directory_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("staging");
+        let dir = StagingDir::new(&path, 100).unwrap();
+        std::fs::remove_dir(&path).unwrap();
+        let f = dir.create().await.expect("recreated");
+        f.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
+        assert!(path.is_dir());
     }
 }

@@ -10,7 +10,13 @@ fn upload(store: &Arc<MemoryStore>, budget: &WriteBudget) -> Upload {
         part_size: PART,
         concurrency: 2,
     };
-    Upload::new(store.clone(), "k".into(), tuning, budget.clone())
+    Upload::new(
+        store.clone(),
+        "k".into(),
+        tuning,
+        budget.clone(),
+        TaskTracker::new(),
+    )
 }
 
 fn meta() -> UserMetadata {
@@ -98,14 +104,80 @@ async fn a_failed_part_fails_the_upload_and_abort_leaves_nothing() {
 
 #[test]
 fn parts_grow_so_ten_thousand_reach_five_tib() {
-    assert_eq!(part_size(8 << 20, 1), 8 << 20);
-    assert_eq!(part_size(8 << 20, 1000), 8 << 20);
-    assert_eq!(part_size(8 << 20, 1001), 16 << 20);
-    assert_eq!(part_size(1 << 30, 10_000), MAX_PART_SIZE);
-    assert!(reach(8 << 20) >= MAX_OBJECT_SIZE);
-    assert!(reach(6 << 20) >= MAX_OBJECT_SIZE);
+    let no_cap = u64::MAX;
+    assert_eq!(part_size(8 << 20, 1, no_cap), 8 << 20);
+    assert_eq!(part_size(8 << 20, 1000, no_cap), 8 << 20);
+    assert_eq!(part_size(8 << 20, 1001, no_cap), 16 << 20);
+    assert_eq!(part_size(1 << 30, 10_000, no_cap), MAX_PART_SIZE);
+    assert!(reach(8 << 20, no_cap) >= MAX_OBJECT_SIZE);
+    assert!(reach(6 << 20, no_cap) >= MAX_OBJECT_SIZE);
     assert!(
-        reach(5 << 20) < MAX_OBJECT_SIZE,
+        reach(5 << 20, no_cap) < MAX_OBJECT_SIZE,
         "5 MiB parts fall just short"
     );
+}
+
+#[test]
+fn parts_never_outgrow_the_write_budget() {
+    // A 64 MiB budget: parts stop doubling at 64 MiB, so a writer never waits for more
+    // permits than exist.
+    let cap = 64 << 20;
+    assert_eq!(part_size(8 << 20, 3001, cap), 64 << 20);
+    assert_eq!(part_size(8 << 20, 10_000, cap), 64 << 20);
+    assert!((1..=MAX_PARTS).all(|n| part_size(8 << 20, n, cap) <= cap));
+}
+
+#[tokio::test]
+async fn a_file_past_the_last_part_is_efbig_not_a_hang() {
+    let store = Arc::new(MemoryStore::new());
+    // Budget = one part: 10,000 parts of 5 MiB reach 50,000 MiB; pretend we are at the end.
+    let budget = WriteBudget::new(PART);
+    let mut up = upload(&store, &budget);
+    up.next_part = MAX_PARTS + 1;
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), up.write(b"x", &meta()))
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::TooLarge);
+    assert_eq!(crate::error::errno_for(err.kind), libc::EFBIG);
+}
+
+#[tokio::test]
+async fn a_lost_part_is_never_completed_around() {
+    let store = Arc::new(MemoryStore::new());
+    let budget = WriteBudget::new(8 * PART);
+    let mut up = upload(&store, &budget);
+    up.write(&vec![7u8; 2 * PART as usize + 10], &meta())
+        .await
+        .unwrap();
+    // Part 1's answer goes missing (as a task cancelled by the runtime would).
+    while !up.in_flight.is_empty() {
+        up.wait_one().await;
+    }
+    up.done.retain(|p| p.number != 1);
+    let err = up.finish(&meta(), false).await.unwrap_err();
+    assert!(err.message.contains("gap"), "{err}");
+    assert!(store.object("k").is_none(), "no object with a part missing");
+}
+
+#[tokio::test]
+async fn an_upload_dropped_mid_way_is_aborted_in_a_tracked_task() {
+    let store = Arc::new(MemoryStore::new());
+    let budget = WriteBudget::new(8 * PART);
+    let tasks = TaskTracker::new();
+    let tuning = UploadTuning {
+        part_size: PART,
+        concurrency: 2,
+    };
+    let mut up = Upload::new(store.clone(), "k".into(), tuning, budget, tasks.clone());
+    up.write(&vec![1u8; PART as usize + 1], &meta())
+        .await
+        .unwrap();
+    assert!(up.started());
+    // A commit cancelled by a timeout drops its upload.
+    drop(up);
+    tasks.close();
+    tasks.wait().await;
+    assert_eq!(store.pending_uploads(), 0, "no multipart upload left");
+    assert!(store.object("k").is_none());
 }
