@@ -40,8 +40,12 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// Time allowed to wait for a response head, per attempt.
     pub read_timeout: Duration,
-    /// Time allowed for a whole GET including its body, retries included.
+    /// Time allowed for a whole request without a body to move (HEAD, LIST, copies,
+    /// CompleteMultipartUpload, DELETE), retries included.
     pub request_timeout: Duration,
+    /// Transfers (GET bodies, PutObject and UploadPart bodies) are bounded by lack of
+    /// progress, not by a deadline: no byte moved for this long fails (or resumes) them.
+    pub stall_timeout: Duration,
     /// Attempts per request (first try included) for retryable failures.
     pub max_attempts: u32,
 }
@@ -58,6 +62,7 @@ impl StoreConfig {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(30),
             max_attempts: 4,
         }
     }

@@ -481,7 +481,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     // stop leaves no multipart upload behind unless the server stays away.
     tasks.close();
     if rt
-        .block_on(tokio::time::timeout(ABORT_WAIT, tasks.wait()))
+        .block_on(async { tokio::time::timeout(ABORT_WAIT, tasks.wait()).await })
         .is_err()
     {
         tracing::warn!(

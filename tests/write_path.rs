@@ -8,8 +8,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use common::{pseudo_random, sha256, Bucket, Mount};
+use common::{eventually, pseudo_random, sha256, Bucket, Mount};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
@@ -83,7 +84,12 @@ fn create_overwrite_append_and_truncate_are_plain_objects() {
     // O_TRUNC overwrite, an empty new file, and ftruncate that grows.
     fs::write(p("old.txt"), "replaced").unwrap();
     assert_eq!(b.get("old.txt"), b"replaced");
+    // A new file left empty is published at its last close (release, which the kernel sends
+    // after close() has returned), not at the flush.
     fs::File::create(p("empty")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || b
+        .head("empty")
+        .is_some()));
     assert_eq!(b.get("empty"), b"");
     let f = fs::OpenOptions::new().write(true).open(p("empty")).unwrap();
     f.set_len(5).unwrap();

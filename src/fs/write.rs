@@ -92,9 +92,9 @@ pub(super) struct Writer {
     /// Open handles; changed only under the tables lock (see 6.).
     handles: AtomicUsize,
     modified: Mutex<SystemTime>,
-    /// A commit is transferring: readers on other handles read their own version meanwhile
-    /// instead of waiting behind the upload.
-    committing: AtomicBool,
+    /// A commit, or a streaming write, is moving bytes to the store: readers on other handles
+    /// read their own version meanwhile instead of waiting behind the upload.
+    transferring: AtomicBool,
 }
 
 impl Writer {
@@ -196,7 +196,7 @@ impl Fs {
             posix: Mutex::new(posix),
             handles: AtomicUsize::new(1),
             modified: Mutex::new(SystemTime::now()),
-            committing: AtomicBool::new(false),
+            transferring: AtomicBool::new(false),
         });
         let mut t = self.tables.lock().unwrap();
         if let Some(existing) = Self::share_writer(&t, ino) {
@@ -408,6 +408,8 @@ impl Fs {
         match &mut st.content {
             Content::Stream(upload) => {
                 let gap = offset - upload.len();
+                // Other handles cannot read a stream: they need not wait for its parts.
+                writer.transferring.store(true, Ordering::SeqCst);
                 let result = async {
                     if gap > 0 {
                         let zeros = vec![0u8; gap.min(1 << 20) as usize];
@@ -421,6 +423,7 @@ impl Fs {
                     upload.write(data, &metadata).await
                 }
                 .await;
+                writer.transferring.store(false, Ordering::SeqCst);
                 if let Err(e) = result {
                     let e = FsError::from(e);
                     self.lose(&mut st, e.clone());
@@ -461,7 +464,7 @@ impl Fs {
         offset: u64,
         len: u32,
     ) -> FsResult<Option<Bytes>> {
-        if !mine && writer.committing.load(Ordering::SeqCst) {
+        if !mine && writer.transferring.load(Ordering::SeqCst) {
             // Not behind a transfer: this handle reads the version it opened.
             return Ok(None);
         }
@@ -580,9 +583,9 @@ impl Fs {
         let metadata = self.wanted_metadata(writer, st);
         let excl = st.excl;
         let key = st.key.clone();
-        writer.committing.store(true, Ordering::SeqCst);
+        writer.transferring.store(true, Ordering::SeqCst);
         let result = self.transfer(st, &key, &metadata, excl).await;
-        writer.committing.store(false, Ordering::SeqCst);
+        writer.transferring.store(false, Ordering::SeqCst);
         let result = match result {
             Ok(uploaded) => self.settle(writer, st, &key, uploaded, metadata).await,
             Err(e) => Err(e),

@@ -4,8 +4,15 @@
 //! 1. Credentials and region come from aws-config's default chain (environment, profiles, SSO,
 //!    web identity, IMDS) exactly like the AWS CLI; we only override what the user asked for.
 //! 2. The SDK retries 5xx, throttling and connection errors with jittered backoff (standard mode),
-//!    and its timeouts cover connect and the response head. A GET body can still stall after the
-//!    head arrived, so each whole GET is also bounded by `request_timeout`.
+//!    and its timeouts cover connect and the response head. Transfers are bounded by lack of
+//!    progress instead of a deadline, so a slow link (a 8 MiB part at 4 Mbit/s takes 16 s, and
+//!    several share the link) never fails a transfer that is still moving:
+//!    - request bodies (PutObject, UploadPart) are sent through `ProgressBody`, which stamps
+//!      each chunk hyper takes; the SDK's per-attempt and response timeouts are switched off
+//!      for them, and the request fails once no byte moved for `stall_timeout`;
+//!    - a GET body that stalls for `stall_timeout` or breaks mid-stream is resumed from the
+//!      first missing byte with `If-Match`, so a flaky link costs the rest, not the whole.
+//!    Requests without a body keep a whole-request bound (`request_timeout`).
 //! 3. A HEAD has no body, so a 404 carries no error code: we classify by status as well as code.
 //! 4. Messages carry the S3 error code and the key, never credentials.
 //! 5. Request checksums are sent only where S3 requires them: the SDK's default (a CRC32 trailer
@@ -13,7 +20,11 @@
 //!    S3-compatible servers; TCP and TLS already guard the transfer.
 //! 6. A copy source is `bucket/key` URL-encoded, or keys with spaces, `+` or `%` fail.
 
-use std::time::{Duration, SystemTime};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
@@ -23,7 +34,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
 
 use super::{
@@ -36,12 +47,119 @@ use crate::config::StoreConfig;
 /// accept any region in the signature, and AWS's global endpoint starts from this one.
 const FALLBACK_REGION: &str = "us-east-1";
 
+/// Bytes a request body hands hyper at a time: small enough that progress is seen often on
+/// a slow link, large enough to cost nothing on a fast one.
+const BODY_CHUNK: usize = 64 << 10;
+
+/// The slowest link a transfer is promised to survive (1 Mbit/s). Once a body has been handed
+/// to the network, up to several MiB of it may still sit in socket buffers, invisible to us:
+/// the answer is awaited for `stall_timeout` plus the body's size at this rate.
+const MIN_LINK_RATE: u64 = 128 << 10;
+
 /// A bucket reached through aws-sdk-s3.
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: Client,
     bucket: String,
     request_timeout: Duration,
+    stall_timeout: Duration,
+    max_attempts: u32,
+    /// Timeouts for requests with a body: connect only (see 2.).
+    transfer_timeouts: TimeoutConfig,
+}
+
+/// When a transfer last moved a byte.
+#[derive(Debug)]
+struct Progress {
+    start: Instant,
+    /// Milliseconds after `start` of the last byte moved.
+    last: AtomicU64,
+    /// The body's size.
+    len: u64,
+    /// The current attempt's body has been handed over whole.
+    sent: AtomicBool,
+}
+
+impl Progress {
+    fn new(len: usize) -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            len: len as u64,
+            sent: AtomicBool::new(false),
+        })
+    }
+
+    /// How long the transfer may go without a byte moving now.
+    fn allowance(&self, stall: Duration) -> Duration {
+        if self.sent.load(Ordering::Relaxed) {
+            stall + Duration::from_secs(self.len / MIN_LINK_RATE)
+        } else {
+            stall
+        }
+    }
+
+    fn tick(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last byte moved.
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A request body of `data`, handed out in `BODY_CHUNK` pieces, each stamped in `progress`.
+struct ProgressBody {
+    data: Bytes,
+    sent: usize,
+    progress: Arc<Progress>,
+}
+
+impl http_body::Body for ProgressBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.sent >= this.data.len() {
+            return Poll::Ready(None);
+        }
+        let end = (this.sent + BODY_CHUNK).min(this.data.len());
+        let chunk = this.data.slice(this.sent..end);
+        this.sent = end;
+        this.progress.tick();
+        if end == this.data.len() {
+            this.progress.sent.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.data.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact((self.data.len() - self.sent) as u64)
+    }
+}
+
+/// A retryable body of `data` whose progress shows in `progress` (every retry resends it).
+fn progress_body(data: Bytes, progress: &Arc<Progress>) -> ByteStream {
+    let progress = Arc::clone(progress);
+    ByteStream::new(SdkBody::retryable(move || {
+        progress.sent.store(false, Ordering::Relaxed);
+        SdkBody::from_body_1_x(ProgressBody {
+            data: data.clone(),
+            sent: 0,
+            progress: Arc::clone(&progress),
+        })
+    }))
 }
 
 impl S3Store {
@@ -80,6 +198,14 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
             request_timeout: config.request_timeout,
+            stall_timeout: config.stall_timeout,
+            max_attempts: config.max_attempts,
+            transfer_timeouts: TimeoutConfig::builder()
+                .connect_timeout(config.connect_timeout)
+                .disable_read_timeout()
+                .disable_operation_attempt_timeout()
+                .disable_operation_timeout()
+                .build(),
         }
     }
 }
@@ -109,7 +235,9 @@ where
             let kind = match (status, code.as_str()) {
                 (_, "NoSuchBucket") => K::NoSuchBucket,
                 (_, "NoSuchKey" | "NotFound") | (404, _) => K::NotFound,
-                (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412 | 409, _) => {
+                // Only a failed condition: other 409s (OperationAborted, BucketNotEmpty...)
+                // are not "the object changed".
+                (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412, _) => {
                     K::PreconditionFailed
                 }
                 (_, "InvalidRange") | (416, _) => K::InvalidRange,
@@ -291,29 +419,56 @@ impl ObjectStore for S3Store {
         piece: u64,
     ) -> Result<Vec<Bytes>, StoreError> {
         let what = format!("GetObject {key} bytes={}-{}", range.start, range.end - 1);
-        let fetch =
-            async {
-                let mut out = self
-                    .client
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .range(format!("bytes={}-{}", range.start, range.end - 1))
-                    .if_match(etag)
-                    .send()
-                    .await
-                    .map_err(|e| classify(&what, e))?;
-                // The body arrives in chunks of the connection's reads; each is copied once, into
-                // the piece it belongs to (what collecting it into one buffer would cost too).
-                let mut pieces = Pieces::new(range.end - range.start, piece);
-                while let Some(chunk) = out.body.try_next().await.map_err(|e| {
-                    StoreError::new(StoreErrorKind::Other, format!("{what}: body: {e}"))
-                })? {
-                    pieces.push(&chunk);
+        let mut pieces = Pieces::new(range.end - range.start, piece);
+        let mut next = range.start;
+        let mut resumes = 0;
+        loop {
+            let mut out = self
+                .within(&what, async {
+                    self.client
+                        .get_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .range(format!("bytes={next}-{}", range.end - 1))
+                        .if_match(etag)
+                        .send()
+                        .await
+                        .map_err(|e| classify(&what, e))
+                })
+                .await?;
+            // The body arrives in chunks of the connection's reads; each is copied once, into
+            // the piece it belongs to (what collecting it into one buffer would cost too).
+            let broken = loop {
+                match tokio::time::timeout(self.stall_timeout, out.body.try_next()).await {
+                    Ok(Ok(Some(chunk))) => {
+                        next += chunk.len() as u64;
+                        pieces.push(&chunk);
+                    }
+                    Ok(Ok(None)) => break None,
+                    Ok(Err(e)) => break Some(format!("body: {e}")),
+                    Err(_) => break Some(format!("no byte for {:?}", self.stall_timeout)),
                 }
-                Ok(pieces.finish())
             };
-        self.within(&what, fetch).await
+            match broken {
+                None if next == range.end => return Ok(pieces.finish()),
+                None => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Other,
+                        format!("{what}: body ended at {next}"),
+                    ))
+                }
+                Some(why) if resumes + 1 < self.max_attempts => {
+                    resumes += 1;
+                    tracing::debug!("{what}: {why}; resuming at byte {next}");
+                }
+                Some(why) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        format!("{what}: {why}, after {resumes} resumes"),
+                    ))
+                }
+            }
+        }
     }
 
     async fn put_object(
@@ -323,18 +478,23 @@ impl ObjectStore for S3Store {
         options: &PutOptions,
     ) -> Result<String, StoreError> {
         let what = format!("PutObject {key}");
+        let progress = Progress::new(body.len());
         let mut call = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
+            .body(progress_body(body, &progress))
             .set_metadata(metadata_map(&options.metadata));
         if options.if_none_match {
             call = call.if_none_match("*");
         }
-        let out = self.bounded(&what, call.send()).await?;
+        let call = call
+            .customize()
+            .config_override(self.transfer_config())
+            .send();
+        let out = self.progressing(&what, &progress, call).await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -364,6 +524,7 @@ impl ObjectStore for S3Store {
         body: Bytes,
     ) -> Result<String, StoreError> {
         let what = format!("UploadPart {key} #{number}");
+        let progress = Progress::new(body.len());
         let call = self
             .client
             .upload_part()
@@ -372,8 +533,11 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .content_length(body.len() as i64)
-            .body(ByteStream::from(body));
-        let out = self.bounded(&what, call.send()).await?;
+            .body(progress_body(body, &progress))
+            .customize()
+            .config_override(self.transfer_config())
+            .send();
+        let out = self.progressing(&what, &progress, call).await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -494,6 +658,47 @@ impl ObjectStore for S3Store {
 }
 
 impl S3Store {
+    /// Per-request settings for a request with a body: no deadline but our stall watchdog
+    /// (the SDK's own upload stall check sees a body parked in socket buffers as stalled).
+    fn transfer_config(&self) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::default()
+            .timeout_config(self.transfer_timeouts.clone())
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+                    .upload_enabled(false)
+                    .build(),
+            )
+    }
+
+    /// Runs one SDK call that sends a body until it answers, failing it once no byte of its
+    /// body moved for `stall_timeout` (retries resend the body, which counts as progress).
+    async fn progressing<T, E>(
+        &self,
+        what: &str,
+        progress: &Progress,
+        call: impl std::future::Future<
+            Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+        >,
+    ) -> Result<T, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        tokio::pin!(call);
+        loop {
+            let (idle, allowed) = (progress.idle(), progress.allowance(self.stall_timeout));
+            if idle >= allowed {
+                return Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("{what}: no progress for {allowed:?}"),
+                ));
+            }
+            tokio::select! {
+                result = &mut call => return result.map_err(|e| classify(what, e)),
+                () = tokio::time::sleep(allowed - idle) => {}
+            }
+        }
+    }
+
     /// Runs one SDK call under `request_timeout` (retries included) and classifies its error.
     async fn bounded<T, E>(
         &self,

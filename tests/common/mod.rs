@@ -284,6 +284,29 @@ impl Bucket {
             .collect()
     }
 
+    /// Every key under `prefix`, through all pages of the listing.
+    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
+        let s = server();
+        let pages = s
+            .client
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(prefix)
+            .into_paginator()
+            .send()
+            .collect::<Vec<_>>();
+        s.rt.block_on(pages)
+            .into_iter()
+            .flat_map(|page| {
+                page.expect("list")
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Builds `key` by multipart upload of `parts` server-side copies of `source`.
     pub fn multipart_copy(&self, key: &str, source: &str, parts: i32) {
         use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};

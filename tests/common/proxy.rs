@@ -1,18 +1,40 @@
 //! A fault-injecting TCP proxy on 127.0.0.1 in front of the S3 server. It counts the HTTP
-//! requests that pass (our read path sends no request bodies, so every request is a head that
-//! starts with its request line), and can stall traffic or cut every connection.
+//! requests that pass (request lines are found at the start of reads: a head arrives in a read
+//! of its own, and binary bodies never hold a line ending in ` HTTP/1.1`), can stall traffic or
+//! cut every connection, and can throttle the link to a given rate in each direction, shared by
+//! all connections, as a slow office or home uplink would.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct Counts {
     pub head: AtomicU64,
     pub list: AtomicU64,
     pub get: AtomicU64,
+    pub put: AtomicU64,
+    pub post: AtomicU64,
+    pub delete: AtomicU64,
+}
+
+impl Counts {
+    /// Every request counted.
+    pub fn total(&self) -> u64 {
+        [
+            &self.head,
+            &self.list,
+            &self.get,
+            &self.put,
+            &self.post,
+            &self.delete,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .sum()
+    }
 }
 
 #[derive(Default)]
@@ -23,6 +45,29 @@ struct State {
     dead: AtomicBool,
     counts: Counts,
     streams: Mutex<Vec<TcpStream>>,
+    /// Bytes per second in each direction (0: unthrottled).
+    rate: AtomicU64,
+    /// When each direction's link is free again: [to server, to client].
+    free_at: [Mutex<Option<Instant>>; 2],
+}
+
+impl State {
+    /// Waits until `n` more bytes fit through the throttled link in direction `up`.
+    fn pace(&self, up: bool, n: usize) {
+        let rate = self.rate.load(Ordering::SeqCst);
+        if rate == 0 {
+            return;
+        }
+        let done = {
+            let mut free = self.free_at[usize::from(!up)].lock().unwrap();
+            let now = Instant::now();
+            let start = free.filter(|t| *t > now).unwrap_or(now);
+            let done = start + Duration::from_secs_f64(n as f64 / rate as f64);
+            *free = Some(done);
+            done
+        };
+        std::thread::sleep(done.saturating_duration_since(Instant::now()));
+    }
 }
 
 pub struct Proxy {
@@ -73,6 +118,11 @@ impl Proxy {
         self.state.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// Limits the link to `bytes_per_sec` in each direction, shared by every connection.
+    pub fn throttle(&self, bytes_per_sec: u64) {
+        self.state.rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
     /// Holds every byte in both directions until `resume`.
     pub fn stall(&self) {
         self.state.stalled.store(true, Ordering::SeqCst);
@@ -108,6 +158,12 @@ fn count_requests(chunk: &[u8], counts: &Counts) {
             counts.list.fetch_add(1, Ordering::SeqCst);
         } else if line.starts_with("GET ") {
             counts.get.fetch_add(1, Ordering::SeqCst);
+        } else if line.starts_with("PUT ") {
+            counts.put.fetch_add(1, Ordering::SeqCst);
+        } else if line.starts_with("POST ") {
+            counts.post.fetch_add(1, Ordering::SeqCst);
+        } else if line.starts_with("DELETE ") {
+            counts.delete.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -115,12 +171,20 @@ fn count_requests(chunk: &[u8], counts: &Counts) {
 /// Copies `from` to `to`; on the client side (`reply` is the client socket) counts requests and
 /// answers injected failures itself.
 fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, mut reply: Option<TcpStream>) {
+    let up = reply.is_some();
     let mut buf = vec![0; 64 << 10];
     loop {
-        let n = match from.read(&mut buf) {
+        // Throttled, the link takes small reads, so pacing stays smooth at a few hundred KB/s.
+        let max = if state.rate.load(Ordering::SeqCst) > 0 {
+            16 << 10
+        } else {
+            buf.len()
+        };
+        let n = match from.read(&mut buf[..max]) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        state.pace(up, n);
         while state.stalled.load(Ordering::SeqCst) && !state.dead.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
         }

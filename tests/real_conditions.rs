@@ -1,0 +1,295 @@
+//! The core under the conditions users have and loopback hides: a slow uplink, a stalled
+//! server, many processes on one file, shell redirects counted request by request.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::proxy::Proxy;
+use common::{eventually, pseudo_random, sha256, Bucket, Mount};
+
+fn proxy() -> Proxy {
+    let upstream = common::server()
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    Proxy::start(&upstream)
+}
+
+/// Runs `f` on a thread and fails the test if it has not finished within `limit` (a hang guard).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+fn sh(script: &str) {
+    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
+#[test]
+fn a_24_mib_cp_through_a_4_mbit_uplink_succeeds() {
+    let b = Bucket::new("slow-up");
+    let p = proxy();
+    let m = Mount::new(&b.name, "slow-up", &["--endpoint-url", &p.endpoint]);
+    let data = pseudo_random(24 << 20, 21);
+    let src = common::run_dir().join("slow-up.src");
+    fs::write(&src, &data).unwrap();
+    // 500 KB/s: three 8 MiB parts in flight share the link, about 50 s each.
+    p.throttle(500_000);
+    let dst = m.path.join("slow.bin");
+    let status = within(
+        Duration::from_secs(400),
+        "cp through a slow link",
+        move || Command::new("cp").arg(&src).arg(&dst).status().unwrap(),
+    );
+    p.throttle(0);
+    assert!(
+        status.success(),
+        "cp failed; log:\n{}",
+        fs::read_to_string(&m.log).unwrap_or_default()
+    );
+    assert_eq!(sha256(&b.get("slow.bin")), sha256(&data));
+    assert_eq!(b.multipart_uploads(), 0);
+}
+
+#[test]
+fn a_64_mib_read_through_a_1_mbyte_link_succeeds() {
+    let b = Bucket::new("slow-down");
+    let data = pseudo_random(64 << 20, 22);
+    b.put("big.bin", data.clone());
+    let p = proxy();
+    let m = Mount::new(&b.name, "slow-down", &["--endpoint-url", &p.endpoint]);
+    p.throttle(1_000_000);
+    let path = m.path.join("big.bin");
+    let got = within(
+        Duration::from_secs(400),
+        "a read through a slow link",
+        move || fs::read(path),
+    );
+    p.throttle(0);
+    let got = got.unwrap_or_else(|e| {
+        panic!(
+            "read failed: {e}; log:\n{}",
+            fs::read_to_string(&m.log).unwrap_or_default()
+        )
+    });
+    assert_eq!(sha256(&got), sha256(&data));
+}
+
+#[test]
+fn a_stalled_server_fails_a_write_within_the_stall_bound_and_leaves_no_upload() {
+    let b = Bucket::new("stalled-up");
+    let p = proxy();
+    let m = Mount::new(&b.name, "stalled-up", &["--endpoint-url", &p.endpoint]);
+    let path = m.path.join("stalled.bin");
+    let chunk = pseudo_random(1 << 20, 23);
+    let mut file = fs::File::create(&path).unwrap();
+    for _ in 0..12 {
+        file.write_all(&chunk).unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || b.multipart_uploads() == 1),
+        "a multipart upload should have begun"
+    );
+    p.stall();
+    // Nothing moves: the transfer fails once no byte moved for 30 s (docs/SEMANTICS.md),
+    // retries included, and close() reports it.
+    let closed = within(
+        Duration::from_secs(180),
+        "close against a stalled server",
+        move || {
+            file.write_all(&chunk)?;
+            file.sync_all()
+        },
+    );
+    let err = closed.expect_err("fsync against a stalled server must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    p.resume();
+    assert!(
+        eventually(Duration::from_secs(90), || b.multipart_uploads() == 0),
+        "the failed upload is aborted once the server answers"
+    );
+    assert!(b.head("stalled.bin").is_none(), "no partial object");
+}
+
+/// `procs` processes each run `script(i)` at once; waits for all, asserting success.
+fn run_concurrently(procs: usize, script: impl Fn(usize) -> String) {
+    let children: Vec<_> = (0..procs)
+        .map(|i| Command::new("sh").arg("-c").arg(script(i)).spawn().unwrap())
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+fn appenders_lose_no_line(ttl: &str) {
+    let b = Bucket::new("append");
+    b.put("log.txt", "start\n");
+    let m = Mount::new(&b.name, "append", &["--metadata-ttl", ttl]);
+    let log = m.path.join("log.txt");
+    // Eight processes, each with its own O_APPEND descriptor (fd 3), 50 lines each.
+    run_concurrently(8, |p| {
+        format!(
+            "exec 3>>'{}'; i=0; while [ $i -lt 50 ]; do echo \"p{p} line $i\" >&3; i=$((i+1)); done",
+            log.display()
+        )
+    });
+    let text = String::from_utf8(b.get("log.txt")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"start"));
+    lines.sort_unstable();
+    let mut want: Vec<String> = (0..8)
+        .flat_map(|p| (0..50).map(move |i| format!("p{p} line {i}")))
+        .collect();
+    want.push("start".into());
+    want.sort_unstable();
+    assert_eq!(lines, want, "every appended line, once (ttl {ttl})");
+}
+
+#[test]
+fn eight_o_append_writers_lose_no_line() {
+    appenders_lose_no_line("5s");
+}
+
+#[test]
+fn eight_o_append_writers_lose_no_line_with_no_metadata_cache() {
+    appenders_lose_no_line("0");
+}
+
+fn range_writers_lose_no_write(ttl: &str) {
+    const PAGE: usize = 4096;
+    let b = Bucket::new("ranges");
+    b.put("shared.bin", vec![b'.'; 4 * PAGE]);
+    let m = Mount::new(&b.name, "ranges", &["--metadata-ttl", ttl]);
+    let target = m.path.join("shared.bin");
+    let dir = common::run_dir().join(format!("ranges-{}", b.name));
+    fs::create_dir_all(&dir).unwrap();
+    for p in 0..4 {
+        for round in 0..10 {
+            let page = vec![b'a' + (p * 10 + round) as u8 % 26; PAGE];
+            fs::write(dir.join(format!("p{p}r{round}")), page).unwrap();
+        }
+    }
+    // Four processes, each writing its own 4 KiB page of one existing file, ten rounds each:
+    // open, pwrite, close (dd conv=notrunc).
+    run_concurrently(4, |p| {
+        format!(
+            "for r in 0 1 2 3 4 5 6 7 8 9; do dd if='{}/p{p}r'$r of='{}' bs=4096 seek={p} count=1 conv=notrunc status=none || exit 1; done",
+            dir.display(),
+            target.display()
+        )
+    });
+    let body = b.get("shared.bin");
+    assert_eq!(body.len(), 4 * PAGE);
+    for p in 0..4 {
+        let last = b'a' + (p * 10 + 9) as u8 % 26;
+        assert!(
+            body[p * PAGE..(p + 1) * PAGE].iter().all(|c| *c == last),
+            "process {p}'s last write is in the object (ttl {ttl})"
+        );
+    }
+}
+
+#[test]
+fn four_range_writers_lose_no_write() {
+    range_writers_lose_no_write("5s");
+}
+
+#[test]
+fn four_range_writers_lose_no_write_with_no_metadata_cache() {
+    range_writers_lose_no_write("0");
+}
+
+#[test]
+fn a_thousand_shell_redirects_cost_a_put_each_and_never_an_empty_object() {
+    let b = Bucket::new("redirects");
+    let p = proxy();
+    let m = Mount::new(&b.name, "redirects", &["--endpoint-url", &p.endpoint]);
+    fs::create_dir(m.path.join("d")).unwrap();
+    let before = (p.counts().put.load(Ordering::SeqCst), p.counts().total());
+    let x = "x".repeat(4096);
+    sh(&format!(
+        "x='{x}'; cd '{}' && i=0; while [ $i -lt 1000 ]; do printf %s \"$x\" > f$i; i=$((i+1)); done",
+        m.path.join("d").display()
+    ));
+    let puts = p.counts().put.load(Ordering::SeqCst) - before.0;
+    let others = p.counts().total() - before.1 - puts;
+    eprintln!("1000 shell redirects: {puts} PUTs, {others} other requests");
+    assert!(puts <= 1000, "{puts} PUTs for 1000 redirects");
+    assert!(others <= 10, "{others} requests besides the PUTs");
+    // Every object has its content: none was first published empty and left so.
+    assert_eq!(b.keys_under("d/f").len(), 1000);
+    assert_eq!(b.size("d/f0"), Some(4096));
+    assert_eq!(b.size("d/f999"), Some(4096));
+}
+
+#[test]
+fn a_reader_reads_the_committed_version_while_a_200_mib_commit_runs() {
+    let b = Bucket::new("read-during-commit");
+    let old = pseudo_random(1 << 20, 24);
+    b.put("f.bin", old.clone());
+    let p = proxy();
+    let m = Mount::new(
+        &b.name,
+        "read-during-commit",
+        &["--endpoint-url", &p.endpoint],
+    );
+    let path = m.path.join("f.bin");
+    let reader = fs::File::open(&path).unwrap();
+    // O_RDWR changes the file in place: a staging copy, uploaded whole by the commit.
+    let writer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let chunk = pseudo_random(1 << 20, 25);
+    for i in 0..200u64 {
+        writer.write_at(&chunk, i << 20).unwrap();
+    }
+    p.throttle(20_000_000);
+    let (tx, rx) = mpsc::channel();
+    let committer = std::thread::spawn(move || {
+        let r = writer.sync_all();
+        let _ = tx.send(());
+        r
+    });
+    assert!(
+        eventually(Duration::from_secs(30), || b.multipart_uploads() == 1),
+        "the commit should be uploading"
+    );
+    let got = within(
+        Duration::from_secs(60),
+        "a read during a commit",
+        move || {
+            let mut buf = vec![0; 1 << 20];
+            reader.read_at(&mut buf, 0).map(|n| buf[..n].to_vec())
+        },
+    )
+    .unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "the read finished while the commit was still running"
+    );
+    assert_eq!(sha256(&got), sha256(&old), "the committed version");
+    within(Duration::from_secs(300), "the commit", move || {
+        committer.join().unwrap()
+    })
+    .unwrap();
+    p.throttle(0);
+    assert_eq!(b.size("f.bin"), Some(200 << 20));
+}
