@@ -12,6 +12,7 @@
 //!      for them, and the request fails once no byte moved for `stall_timeout`;
 //!    - a GET body that stalls for `stall_timeout` or breaks mid-stream is resumed from the
 //!      first missing byte with `If-Match`, so a flaky link costs the rest, not the whole.
+//!
 //!    Requests without a body keep a whole-request bound (`request_timeout`).
 //! 3. A HEAD has no body, so a 404 carries no error code: we classify by status as well as code.
 //! 4. Messages carry the S3 error code and the key, never credentials.
