@@ -1,4 +1,5 @@
-//! The only file that speaks FUSE: decode a request, call `fs` on the tokio runtime, reply.
+//! FUSE requests: decode a request, call `fs` on the tokio runtime, reply. (`daemon.rs` uses
+//! fuser too, only to build and run the session.)
 //!
 //! Non-obvious problems:
 //! 1. fuser calls us on its own threads; every operation that may touch S3 is spawned onto the
@@ -12,6 +13,9 @@
 //! 6. Every close of a descriptor sends a flush, also a forked child's close of its inherited
 //!    copy (exec closes O_CLOEXEC descriptors). Requests carry the calling thread's id; the
 //!    process it belongs to is passed to `fs`, which commits only the opener's close.
+//! 7. The kernel counts every entry it is given (lookup, create, mkdir, symlink, and each entry
+//!    of a readdirplus reply that fit) until FORGET; `fs` counts the same, so it can free what
+//!    the kernel forgot. An entry that did not fit in a reply is uncounted again.
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -21,9 +25,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -530,16 +534,80 @@ impl Filesystem for FuseAdapter {
     ) {
         let ttl = self.ttl();
         self.spawn(|fs| async move {
-            let filled = fill_dir(&fs, ino, fh, offset, |next, name, attr| {
-                let attr = file_attr(attr);
-                reply.add(attr.ino, next, name, &ttl, &attr, Generation(0))
-            })
+            let filled = async {
+                let dir = fs.path_of_dir(Ino(ino.0))?;
+                fill_dir(&fs, ino, fh, offset, |next, name, attr| {
+                    let mut attr = file_attr(attr);
+                    if name == "." || name == ".." {
+                        return reply.add(attr.ino, next, name, &ttl, &attr, Generation(0));
+                    }
+                    // The kernel counts every entry of a readdirplus reply as a lookup.
+                    let counted = fs.entry_to_kernel(&dir, name);
+                    attr.ino = INodeNo(counted.0);
+                    let full = reply.add(attr.ino, next, name, &ttl, &attr, Generation(0));
+                    if full {
+                        fs.forget(counted, 1); // not sent after all
+                    }
+                    full
+                })
+                .await
+            }
             .await;
             match filled {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("readdirplus", e)),
             }
         });
+    }
+
+    // BATCH_FORGET: fuser's default hands each node to `forget` (its node type is private).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(Ino(ino.0), nlookup);
+    }
+
+    // No extended attributes are stored yet: answered quietly (fuser's defaults log a warning
+    // each, and the kernel asks for security.capability before every write).
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn releasedir(

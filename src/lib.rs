@@ -4,12 +4,15 @@
 //! - `cli`: command line and `-o` mount options into a validated [`config::Config`].
 //! - `config`: plain configuration structs and their defaults.
 //! - `daemon`: checks, fork and readiness, mount, signals, exit.
-//! - `fuse`: the only module that speaks FUSE (fuser); spawns each request onto tokio.
+//! - `fuse`: the FUSE requests (fuser); spawns each onto tokio. `daemon` uses fuser only to
+//!   build and run the session.
 //! - `mount`: mount(2) and unmount without opening the mount point (systemd automount).
-//! - `fs`: the FUSE-agnostic filesystem: inode table, listings, attributes, handles.
+//! - `fs`: the FUSE-agnostic filesystem: handles, writers, namespace changes; `fs::meta` owns
+//!   inodes, attributes, listings and misses behind an event API.
 //! - `cache`: the block cache and read-ahead.
 //! - `upload`: write buffers into PutObject or multipart uploads; staging files on disk.
-//! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), and an in-memory one (`memory`).
+//! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), an in-memory one (`memory`)
+//!   and, for tests, a failure-injecting wrapper (`faulty`).
 //! - `error`: errno-carrying errors and the store-error-to-errno table.
 //!
 //! Read flow: kernel READ → `fuse` → `fs::Fs::read` (handle → key + ETag) → `cache::BlockCache`

@@ -293,3 +293,43 @@ fn a_reader_reads_the_committed_version_while_a_200_mib_commit_runs() {
     p.throttle(0);
     assert_eq!(b.size("f.bin"), Some(200 << 20));
 }
+
+#[test]
+fn a_server_stalled_during_sigterm_then_revived_leaves_no_multipart_upload() {
+    let b = Bucket::new("stop-stalled");
+    let p = proxy();
+    let m = Mount::new(&b.name, "stop-stalled", &["--endpoint-url", &p.endpoint]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let data = pseudo_random(20 << 20, 26);
+    let mut f = fs::File::create(m.path.join("open.bin")).unwrap();
+    f.write_all(&data).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || b.multipart_uploads() == 1),
+        "20 MiB with 8 MiB parts should have begun a multipart upload"
+    );
+    p.stall();
+    // SAFETY: kill(2) on the pid of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_secs(5));
+    p.resume();
+    // The commit goes on or is aborted; either way the daemon exits once the file is closed
+    // and leaves no multipart upload behind.
+    within(
+        Duration::from_secs(180),
+        "close after the stop",
+        move || drop(f),
+    );
+    assert!(
+        common::wait_gone(pid, Duration::from_secs(180)),
+        "the daemon did not exit; log:\n{}",
+        fs::read_to_string(&m.log).unwrap_or_default()
+    );
+    assert_eq!(b.multipart_uploads(), 0, "no multipart upload left");
+    if b.head("open.bin").is_some() {
+        assert_eq!(
+            sha256(&b.get("open.bin")),
+            sha256(&data),
+            "whole or nothing"
+        );
+    }
+}

@@ -138,6 +138,7 @@ impl Fs {
         let path = self.path_of(ino)?;
         let prefix = self.dir_prefix(&path);
         let handle = Arc::new(DirHandle::new(Arc::default(), None));
+        let token = self.tables.lock().unwrap().meta.listing_started(ino);
         let (first_tx, first_rx) = oneshot::channel::<FsResult<()>>();
         let (fs, listing) = (Arc::clone(self), Arc::clone(&handle));
         tokio::spawn(async move {
@@ -165,7 +166,7 @@ impl Fs {
                         false
                     });
                     all.sort_by(|a, b| a.name.cmp(&b.name));
-                    listing.append(fs.cache_listing(ino, &path, all));
+                    listing.append(fs.cache_listing(ino, &path, token, all));
                     Ok(())
                 }
                 Err(e) => Err(FsError::from(e)),

@@ -6,13 +6,18 @@
 //! 2. Two paths may hash alike: the later one probes upward to the next free number. Which path
 //!    gets the probed number depends on the order they were seen, so stability across remounts
 //!    holds for all paths but colliding ones (odds about n²/2⁶⁵).
-//! 3. Entries are never forgotten for now: an inode number stays valid for the life of the mount,
-//!    which costs memory proportional to the paths seen.
+//! 3. Each number carries the kernel's lookup count. The kernel holds an inode until it sends
+//!    FORGET for every lookup it was given; a number whose count reaches 0 can be dropped
+//!    (`fs::meta` decides when), so memory follows what the kernel holds, not every path seen.
 //! 4. A rename keeps the numbers: the kernel still holds the moved inodes, so the moved path (and
-//!    everything below it) takes over the old numbers, and what the target path had is dropped.
-//!    After a remount the new paths get their own hashes.
+//!    everything below it) takes over the old numbers, and what the target path had loses its
+//!    path (an orphan, kept until the kernel forgets it, so its number is not reused). After a
+//!    remount the new paths get their own hashes.
+//! 5. Paths are kept sorted, so a subtree (`d`, then `d/...`) is one contiguous range: renaming
+//!    a directory costs the paths below it, not the whole table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 /// An inode number.
@@ -32,12 +37,19 @@ pub fn path_hash(path: &str) -> u64 {
         .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
+/// One number: its path (none for an orphan of a rename) and the kernel's lookup count.
+#[derive(Debug)]
+struct Entry {
+    path: Option<Arc<str>>,
+    lookups: u64,
+}
+
 /// Two-way map between paths (relative to the mount root, no leading or trailing `/`) and inode
-/// numbers.
+/// numbers, with the kernel's lookup count of each.
 #[derive(Debug)]
 pub struct InodeTable {
-    by_ino: HashMap<Ino, Arc<str>>,
-    by_path: HashMap<Arc<str>, Ino>,
+    by_ino: HashMap<Ino, Entry>,
+    by_path: BTreeMap<Arc<str>, Ino>,
 }
 
 impl Default for InodeTable {
@@ -50,9 +62,13 @@ impl InodeTable {
     /// A table holding only the root (path "").
     pub fn new() -> Self {
         let root: Arc<str> = Arc::from("");
+        let entry = Entry {
+            path: Some(Arc::clone(&root)),
+            lookups: 1,
+        };
         Self {
-            by_ino: HashMap::from([(Ino::ROOT, Arc::clone(&root))]),
-            by_path: HashMap::from([(root, Ino::ROOT)]),
+            by_ino: HashMap::from([(Ino::ROOT, entry)]),
+            by_path: BTreeMap::from([(root, Ino::ROOT)]),
         }
     }
 
@@ -67,14 +83,72 @@ impl InodeTable {
         }
         let ino = Ino(candidate);
         let path: Arc<str> = Arc::from(path);
-        self.by_ino.insert(ino, Arc::clone(&path));
+        let entry = Entry {
+            path: Some(Arc::clone(&path)),
+            lookups: 0,
+        };
+        self.by_ino.insert(ino, entry);
         self.by_path.insert(path, ino);
         ino
     }
 
     /// The path of `ino`, if known.
     pub fn path(&self, ino: Ino) -> Option<Arc<str>> {
-        self.by_ino.get(&ino).cloned()
+        self.by_ino.get(&ino).and_then(|e| e.path.clone())
+    }
+
+    /// The kernel was given `ino` once more (an entry reply).
+    pub fn looked_up(&mut self, ino: Ino) {
+        if let Some(entry) = self.by_ino.get_mut(&ino) {
+            entry.lookups += 1;
+        }
+    }
+
+    /// The kernel's lookup count of `ino`.
+    pub fn lookups(&self, ino: Ino) -> u64 {
+        self.by_ino.get(&ino).map_or(0, |e| e.lookups)
+    }
+
+    /// The kernel forgot `n` lookups of `ino`: true when it holds it no more.
+    pub fn forget(&mut self, ino: Ino, n: u64) -> bool {
+        match self.by_ino.get_mut(&ino) {
+            Some(entry) if ino != Ino::ROOT => {
+                entry.lookups = entry.lookups.saturating_sub(n);
+                entry.lookups == 0
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops `ino` if the kernel does not hold it; returns whether it did.
+    pub fn remove_unheld(&mut self, ino: Ino) -> bool {
+        match self.by_ino.get(&ino) {
+            Some(entry) if entry.lookups == 0 && ino != Ino::ROOT => {
+                if let Some(path) = &entry.path {
+                    self.by_path.remove(path);
+                }
+                self.by_ino.remove(&ino);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `root` and every known path below it, in order.
+    fn subtree(&self, root: &str) -> Vec<(Arc<str>, Ino)> {
+        let low = format!("{root}/");
+        // '0' follows '/': every "root/..." path sorts below "root0".
+        let high = format!("{root}0");
+        let below = self.by_path.range::<str, _>((
+            Bound::Included(low.as_str()),
+            Bound::Excluded(high.as_str()),
+        ));
+        self.by_path
+            .get_key_value(root)
+            .into_iter()
+            .chain(below)
+            .map(|(p, i)| (Arc::clone(p), *i))
+            .collect()
     }
 
     /// Number of known inodes, root included.
@@ -90,32 +164,24 @@ impl InodeTable {
     /// Gives `to` (and every path below it) the numbers `from` (and its descendants) had.
     /// Returns the numbers moved.
     pub fn rename(&mut self, from: &str, to: &str) -> Vec<Ino> {
-        let below = |p: &str, root: &str| {
-            p == root
-                || (p.len() > root.len() && p.starts_with(root) && p.as_bytes()[root.len()] == b'/')
-        };
-        let replaced: Vec<Arc<str>> = self
-            .by_path
-            .keys()
-            .filter(|p| below(p, to))
-            .cloned()
-            .collect();
-        for path in replaced {
-            if let Some(ino) = self.by_path.remove(&path) {
-                self.by_ino.remove(&ino);
+        for (path, ino) in self.subtree(to) {
+            self.by_path.remove(&path);
+            match self.by_ino.get_mut(&ino) {
+                // The kernel still holds it: keep the number taken until it forgets it.
+                Some(entry) if entry.lookups > 0 => entry.path = None,
+                _ => {
+                    self.by_ino.remove(&ino);
+                }
             }
         }
-        let moved: Vec<(Arc<str>, Ino)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| below(p, from))
-            .map(|(p, i)| (Arc::clone(p), *i))
-            .collect();
+        let moved = self.subtree(from);
         let mut inos = Vec::with_capacity(moved.len());
         for (path, ino) in moved {
             self.by_path.remove(&path);
             let new: Arc<str> = Arc::from(format!("{to}{}", &path[from.len()..]));
-            self.by_ino.insert(ino, Arc::clone(&new));
+            if let Some(entry) = self.by_ino.get_mut(&ino) {
+                entry.path = Some(Arc::clone(&new));
+            }
             self.by_path.insert(new, ino);
             inos.push(ino);
         }
@@ -155,7 +221,11 @@ mod tests {
         let first = t.ino_for("a");
         // Force a collision: pretend another path already holds the hash of "b".
         let taken = Ino(path_hash("b"));
-        t.by_ino.insert(taken, Arc::from("squatter"));
+        let squatter = Entry {
+            path: Some(Arc::from("squatter")),
+            lookups: 0,
+        };
+        t.by_ino.insert(taken, squatter);
         let b = t.ino_for("b");
         assert_ne!(b, taken);
         assert_eq!(b.0, taken.0.wrapping_add(1));
@@ -194,5 +264,28 @@ mod tests {
             assert!(ino.0 > 1);
         }
         assert_eq!(t.len(), 10_001);
+    }
+
+    #[test]
+    fn forgotten_numbers_go_and_held_orphans_stay_taken() {
+        let mut t = InodeTable::new();
+        let a = t.ino_for("a");
+        t.looked_up(a);
+        t.looked_up(a);
+        assert!(!t.forget(a, 1));
+        assert!(t.forget(a, 1));
+        assert!(t.remove_unheld(a));
+        assert_eq!(t.get("a"), None);
+        assert!(!t.forget(Ino::ROOT, 5), "the root is never forgotten");
+        // A rename over a held target leaves its number taken, pathless.
+        let target = t.ino_for("t");
+        t.looked_up(target);
+        let src = t.ino_for("s");
+        t.rename("s", "t");
+        assert_eq!(t.get("t"), Some(src));
+        assert_eq!(t.path(target), None);
+        assert_eq!(t.lookups(target), 1);
+        assert!(t.forget(target, 1));
+        assert!(t.remove_unheld(target));
     }
 }

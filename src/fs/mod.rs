@@ -15,10 +15,15 @@
 //!    mount's defaults: `ls -l` stays one LIST per 1,000 entries.
 //! 5. Mutations update the cached listing of the parent in place, so `tar x` of a thousand files
 //!    answers its lookups from memory instead of a HEAD + LIST per name.
+//! 6. What is known about names lives in `meta::Meta`, changed only through its events; `Fs`
+//!    holds it with the files open for writing under one lock (`Tables`). Entries handed to
+//!    the kernel (lookup, create, mkdir, symlink, readdirplus) are counted there, and FORGET
+//!    frees them (see meta.rs).
 
 mod dir;
 pub mod inode;
 pub mod list;
+pub mod meta;
 mod namespace;
 pub mod posix;
 mod write;
@@ -26,7 +31,7 @@ mod write;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -38,8 +43,8 @@ use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
 pub use dir::DirHandle;
 pub use inode::Ino;
-use inode::InodeTable;
 use list::{valid_name, Child};
+use meta::{Cached, ListToken, Meta};
 pub use namespace::{RenameMode, SetAttr};
 use posix::Posix;
 pub use write::OpenMode;
@@ -97,14 +102,6 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-/// What the filesystem knows about a node's object, with an expiry.
-#[derive(Debug, Clone)]
-struct NodeState {
-    kind: Kind,
-    meta: Option<ObjectMeta>,
-    expires: Instant,
-}
-
 #[derive(Debug)]
 struct OpenFile {
     /// The version seen at open (`None` for a file created by this handle).
@@ -117,12 +114,10 @@ struct OpenFile {
     opener: u32,
 }
 
-#[derive(Debug, Default)]
+/// What is known about names, and the files open for writing, under one lock.
+#[derive(Debug)]
 struct Tables {
-    inodes: InodeTable,
-    nodes: HashMap<Ino, NodeState>,
-    listings: HashMap<Ino, (Arc<Vec<DirEntry>>, Instant)>,
-    negative: HashMap<(Ino, String), Instant>,
+    meta: Meta,
     /// Files open for writing, by inode: every handle on one file shares its writer.
     writers: HashMap<Ino, Arc<Writer>>,
 }
@@ -187,6 +182,7 @@ impl Fs {
         config: FsConfig,
         writes: Writes,
     ) -> Self {
+        let meta = Meta::new(config.metadata_ttl, config.negative_ttl);
         Self {
             store,
             cache,
@@ -194,7 +190,10 @@ impl Fs {
             writes,
             mounted_at: SystemTime::now(),
             root_posix: Mutex::default(),
-            tables: Mutex::default(),
+            tables: Mutex::new(Tables {
+                meta,
+                writers: HashMap::new(),
+            }),
             dirs: Mutex::default(),
             files: Mutex::default(),
             next_fh: AtomicU64::new(1),
@@ -228,7 +227,7 @@ impl Fs {
         self.tables
             .lock()
             .unwrap()
-            .inodes
+            .meta
             .path(ino)
             .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
     }
@@ -274,29 +273,16 @@ impl Fs {
         }
     }
 
-    /// Records what is known of `path` and returns its attributes.
-    fn remember(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
-        self.remember_locked(&mut self.tables.lock().unwrap(), path, kind, meta)
-    }
-
-    fn remember_locked(
-        &self,
-        t: &mut Tables,
-        path: &str,
-        kind: Kind,
-        meta: Option<ObjectMeta>,
-    ) -> Attr {
-        let ino = t.inodes.ino_for(path);
+    /// Records what the store said of `path`; returns its attributes, counted as an entry
+    /// handed to the kernel when `to_kernel`.
+    fn remember(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>, to_kernel: bool) -> Attr {
+        let mut t = self.tables.lock().unwrap();
+        let ino = t.meta.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
-        let expires = Instant::now() + self.config.metadata_ttl;
-        t.nodes.insert(
-            ino,
-            NodeState {
-                kind,
-                meta,
-                expires,
-            },
-        );
+        t.meta.seen(path, kind, meta);
+        if to_kernel {
+            t.meta.looked_up(path);
+        }
         attr
     }
 
@@ -305,43 +291,66 @@ impl Fs {
         self.attr(Ino::ROOT, Kind::Dir, None)
     }
 
-    /// Looks up `name` in directory `parent`.
+    /// Looks up `name` in directory `parent` for the kernel: the entry is counted until the
+    /// kernel forgets it.
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        self.find(parent, name, true).await
+    }
+
+    /// Looks up `name` in `parent`; `to_kernel` counts the entry handed out.
+    async fn find(&self, parent: Ino, name: &str, to_kernel: bool) -> FsResult<Attr> {
         if !valid_name(name) {
             return Err(FsError::not_found());
         }
         let parent_path = self.path_of(parent)?;
         let path = join(&parent_path, name);
-        let now = Instant::now();
         {
-            let t = self.tables.lock().unwrap();
-            if let Some(writer) = t.inodes.get(&path).and_then(|ino| t.writers.get(&ino)) {
-                return Ok(self.writer_attr(writer));
-            }
-            if let Some((entries, expires)) = t.listings.get(&parent) {
-                if *expires > now {
-                    return match entries.binary_search_by(|e| e.name.as_str().cmp(name)) {
-                        Ok(i) => Ok(entries[i].attr.clone()),
-                        Err(_) => Err(FsError::not_found()),
-                    };
+            let mut t = self.tables.lock().unwrap();
+            let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(&ino));
+            let cached = match writer {
+                Some(writer) => Cached::Entry(self.writer_attr(writer)),
+                None => t.meta.cached_child(parent, name),
+            };
+            match cached {
+                Cached::Entry(mut attr) => {
+                    if to_kernel {
+                        attr.ino = t.meta.looked_up(&path);
+                    }
+                    return Ok(attr);
                 }
-            }
-            if t.negative
-                .get(&(parent, name.to_string()))
-                .is_some_and(|e| *e > now)
-            {
-                return Err(FsError::not_found());
+                Cached::Missing => return Err(FsError::not_found()),
+                Cached::Unknown => {}
             }
         }
         match self.probe(&path).await? {
-            Some((kind, meta)) => Ok(self.remember(&path, kind, meta)),
+            Some((kind, meta)) => Ok(self.remember(&path, kind, meta, to_kernel)),
             None => {
-                let expires = Instant::now() + self.config.negative_ttl;
-                let mut t = self.tables.lock().unwrap();
-                t.negative.insert((parent, name.to_string()), expires);
+                self.tables.lock().unwrap().meta.missed(parent, name);
                 Err(FsError::not_found())
             }
         }
+    }
+
+    /// The path of directory `ino` (for counting the entries of a readdirplus reply).
+    pub fn path_of_dir(&self, ino: Ino) -> FsResult<Arc<str>> {
+        self.path_of(ino)
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.tables.lock().unwrap().meta.forget(ino, n);
+    }
+
+    /// Entry `name` of directory `dir` goes to the kernel in a readdirplus reply: counted,
+    /// and its current number returned.
+    pub fn entry_to_kernel(&self, dir_path: &str, name: &str) -> Ino {
+        let path = join(dir_path, name);
+        self.tables.lock().unwrap().meta.looked_up(&path)
+    }
+
+    /// Sizes of the metadata maps.
+    pub fn meta_stats(&self) -> meta::MetaStats {
+        self.tables.lock().unwrap().meta.stats()
     }
 
     /// HEAD `key` and LIST `key/` concurrently: a directory, a file, or nothing.
@@ -377,16 +386,14 @@ impl Fs {
         }
         let path = {
             let t = self.tables.lock().unwrap();
-            if let Some(node) = t.nodes.get(&ino) {
-                if node.expires > Instant::now() {
-                    return Ok((node.kind, node.meta.clone()));
-                }
+            if let Some(node) = t.meta.fresh_node(ino) {
+                return Ok(node);
             }
-            t.inodes.path(ino)
+            t.meta.path(ino)
         };
         let path = path.ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))?;
         let (kind, meta) = self.probe(&path).await?.ok_or_else(FsError::not_found)?;
-        self.remember(&path, kind, meta.clone());
+        self.remember(&path, kind, meta.clone(), false);
         Ok((kind, meta))
     }
 
@@ -401,11 +408,7 @@ impl Fs {
 
     /// The cached listing of `ino`, while fresh.
     fn fresh_listing(&self, ino: Ino) -> Option<Arc<Vec<DirEntry>>> {
-        let t = self.tables.lock().unwrap();
-        t.listings
-            .get(&ino)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(entries, _)| Arc::clone(entries))
+        self.tables.lock().unwrap().meta.fresh_listing(ino)
     }
 
     /// Records listed children (inode numbers, attributes) and returns them as entries.
@@ -414,12 +417,12 @@ impl Fs {
         path: &str,
         children: impl IntoIterator<Item = (String, Child)>,
     ) -> Vec<DirEntry> {
-        let expires = Instant::now() + self.config.metadata_ttl;
         let mut t = self.tables.lock().unwrap();
         let mut entries = Vec::new();
         for (name, child) in children {
-            let child_ino = t.inodes.ino_for(&join(path, &name));
-            let known = t.nodes.get(&child_ino).and_then(|n| n.meta.as_ref());
+            let child_path = join(path, &name);
+            let child_ino = t.meta.ino_for(&child_path);
+            let known = t.meta.known_meta(child_ino);
             let (kind, meta) = match child {
                 // A directory keeps the marker headers it was seen with.
                 Child::Dir => (Kind::Dir, known.filter(|m| m.key.ends_with('/')).cloned()),
@@ -437,23 +440,21 @@ impl Fs {
                 Some(writer) => self.writer_attr(writer),
                 None => self.attr(child_ino, kind, meta.as_ref()),
             };
-            t.nodes.insert(
-                child_ino,
-                NodeState {
-                    kind,
-                    meta,
-                    expires,
-                },
-            );
+            t.meta.seen(&child_path, kind, meta);
             entries.push(DirEntry { name, attr });
         }
         entries
     }
 
-    /// Caches the complete, sorted listing `entries` of `ino` with the files being written in
-    /// it added; returns those added files.
-    fn cache_listing(&self, ino: Ino, path: &str, mut entries: Vec<DirEntry>) -> Vec<DirEntry> {
-        let expires = Instant::now() + self.config.metadata_ttl;
+    /// Caches the complete, sorted listing `entries` of `ino` (started at `token`) with the
+    /// files being written in it added; returns those added files.
+    fn cache_listing(
+        &self,
+        ino: Ino,
+        path: &str,
+        token: ListToken,
+        mut entries: Vec<DirEntry>,
+    ) -> Vec<DirEntry> {
         let mut t = self.tables.lock().unwrap();
         // Files created here and not yet committed are not in the bucket yet, but they exist.
         let pending: Vec<(String, Attr)> = t
@@ -473,14 +474,7 @@ impl Fs {
                 entries.insert(i, entry);
             }
         }
-        let entries = Arc::new(entries);
-        // Expired listings and misses are dropped here, at a cost proportional to the listing
-        // just fetched, so neither cache outgrows what is still fresh.
-        let now = Instant::now();
-        t.listings.retain(|_, (_, e)| *e > now);
-        t.listings.insert(ino, (entries, expires));
-        t.negative
-            .retain(|(parent, _), e| *parent != ino && *e > now);
+        t.meta.listed(ino, token, entries);
         added
     }
 
@@ -567,67 +561,23 @@ impl Fs {
     /// holds the old ETag), so the next lookup and open see the new version.
     fn forget_stale(&self, ino: Ino) {
         let mut t = self.tables.lock().unwrap();
-        t.nodes.remove(&ino);
-        if let Some(path) = t.inodes.path(ino) {
-            let parent_ino = t.inodes.ino_for(split(&path).0);
-            t.listings.remove(&parent_ino);
-        }
-    }
-
-    /// Records a change of `name` in directory `parent`: its entry in a cached listing is
-    /// replaced (`Some`) or removed (`None`), and a remembered miss is dropped.
-    fn upsert_entry(&self, t: &mut Tables, parent: Ino, name: &str, attr: Option<Attr>) {
-        t.negative.remove(&(parent, name.to_string()));
-        let Some((entries, _)) = t.listings.get_mut(&parent) else {
-            return;
-        };
-        let entries = Arc::make_mut(entries);
-        match (
-            entries.binary_search_by(|e| e.name.as_str().cmp(name)),
-            attr,
-        ) {
-            (Ok(i), Some(attr)) => entries[i].attr = attr,
-            (Ok(i), None) => {
-                entries.remove(i);
-            }
-            (Err(i), Some(attr)) => entries.insert(
-                i,
-                DirEntry {
-                    name: name.to_string(),
-                    attr,
-                },
-            ),
-            (Err(_), None) => {}
+        if let Some(path) = t.meta.path(ino) {
+            t.meta.stale(&path);
         }
     }
 
     /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
     fn record(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
         let mut t = self.tables.lock().unwrap();
-        let attr = self.remember_locked(&mut t, path, kind, meta);
-        let (parent_path, name) = split(path);
-        let parent = t.inodes.ino_for(parent_path);
-        self.upsert_entry(&mut t, parent, name, Some(attr.clone()));
+        let ino = t.meta.ino_for(path);
+        let attr = self.attr(ino, kind, meta.as_ref());
+        t.meta.created(path, kind, meta, attr.clone());
         attr
     }
 
     /// Records that `path` is gone.
     fn record_gone(&self, path: &str) {
-        let mut t = self.tables.lock().unwrap();
-        if let Some(ino) = t.inodes.get(path) {
-            t.nodes.remove(&ino);
-            t.listings.remove(&ino);
-        }
-        self.name_gone(&mut t, path);
-    }
-
-    /// Drops `path` from its parent's cached listing and remembers the miss.
-    fn name_gone(&self, t: &mut Tables, path: &str) {
-        let (parent_path, name) = split(path);
-        let parent = t.inodes.ino_for(parent_path);
-        self.upsert_entry(t, parent, name, None);
-        let expires = Instant::now() + self.config.negative_ttl;
-        t.negative.insert((parent, name.to_string()), expires);
+        self.tables.lock().unwrap().meta.removed(path);
     }
 }
 

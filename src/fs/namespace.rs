@@ -12,13 +12,13 @@
 //!    from S3 once its last key is, so rmdir of a vanished directory succeeds.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::posix::{Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
-use super::{join, object_kind, split, Attr, Fs, Ino, Kind};
+use super::{join, object_kind, Attr, Fs, Ino, Kind};
 use crate::error::{FsError, FsResult};
 use crate::store::{CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StoreError};
 use crate::upload::{abort_with_retries, PendingAbort};
@@ -294,8 +294,8 @@ impl Fs {
         let attr = self.record(&path, Kind::Dir, Some(marker));
         // A new directory is empty: its lookups need no request until the listing expires.
         let mut t = self.tables.lock().unwrap();
-        let expires = Instant::now() + self.config.metadata_ttl;
-        t.listings.insert(attr.ino, (Arc::new(Vec::new()), expires));
+        t.meta.made_dir(attr.ino);
+        t.meta.looked_up(&path);
         Ok(attr)
     }
 
@@ -317,7 +317,9 @@ impl Fs {
         };
         let body = Bytes::copy_from_slice(target.as_bytes());
         let meta = self.put_new(self.key_of(&path), body, &posix).await?;
-        Ok(self.record(&path, Kind::Symlink, Some(meta)))
+        let attr = self.record(&path, Kind::Symlink, Some(meta));
+        self.tables.lock().unwrap().meta.looked_up(&path);
+        Ok(attr)
     }
 
     /// PutObject of a new object with `posix` as its headers.
@@ -367,8 +369,10 @@ impl Fs {
                     key: meta.key,
                     etag: meta.etag,
                 });
+                // A target is at most PATH_MAX bytes: an object that claims to be a symlink
+                // but holds gigabytes is not read whole.
                 let state = std::sync::Mutex::default();
-                let len = u32::try_from(meta.size).unwrap_or(u32::MAX);
+                let len = meta.size.min(libc::PATH_MAX as u64) as u32;
                 self.cache.read(&object, meta.size, &state, 0, len).await
             }
             _ => Err(FsError::new(libc::EINVAL, "not a symlink")),
@@ -379,7 +383,7 @@ impl Fs {
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
         self.check_writable(name)?;
         let path = join(&self.path_of(parent)?, name);
-        let ino = self.lookup(parent, name).await?.ino;
+        let ino = self.find(parent, name, false).await?.ino;
         let writer = self.tables.lock().unwrap().writers.remove(&ino);
         if let Some(writer) = writer {
             writer.state.lock().await.unlinked = true;
@@ -393,7 +397,7 @@ impl Fs {
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
         self.check_writable(name)?;
         let path = join(&self.path_of(parent)?, name);
-        let attr = match self.lookup(parent, name).await {
+        let attr = match self.find(parent, name, false).await {
             Ok(attr) => attr,
             // A directory without a marker vanishes with its last key: it is as removed as
             // asked (`rm -r` removes the files, then the directory).
@@ -454,8 +458,8 @@ impl Fs {
         }
         let from = join(&self.path_of(parent)?, name);
         let to = join(&self.path_of(new_parent)?, new_name);
-        let source = self.lookup(parent, name).await?;
-        let target = match self.lookup(new_parent, new_name).await {
+        let source = self.find(parent, name, false).await?;
+        let target = match self.find(new_parent, new_name, false).await {
             Ok(attr) => Some(attr),
             Err(e) if e.errno == libc::ENOENT => None,
             Err(e) => return Err(e),
@@ -501,15 +505,7 @@ impl Fs {
     /// After a rename: the moved inodes take the new paths, and cached listings follow.
     fn rebind(&self, from: &str, to: &str, source: &Attr) {
         let mut t = self.tables.lock().unwrap();
-        let moved = t.inodes.rename(from, to);
-        for ino in moved {
-            t.nodes.remove(&ino);
-            t.listings.remove(&ino);
-        }
-        self.name_gone(&mut t, from);
-        let (new_parent_path, new_leaf) = split(to);
-        let new_parent = t.inodes.ino_for(new_parent_path);
-        self.upsert_entry(&mut t, new_parent, new_leaf, Some(source.clone()));
+        t.meta.renamed(from, to, source.clone());
         if let Some(writer) = t.writers.get(&source.ino) {
             *writer.path.lock().unwrap() = to.to_string();
         }

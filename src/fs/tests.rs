@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use super::*;
 
-/// A small copy limit, so tests exercise the multipart copy.
-const MIN_COPY_PART: u64 = 1 << 20;
+/// A small copy limit, so tests exercise the multipart copy (S3's smallest part).
+const MIN_COPY_PART: u64 = crate::upload::MIN_PART_SIZE;
 use crate::config::CacheConfig;
 use crate::store::memory::MemoryStore;
 use crate::upload::staging::StagingDir;
@@ -667,4 +667,24 @@ async fn stop_commits_every_open_file_new_empty_ones_too() {
     assert_eq!(&store.object("a").unwrap().0[..], b"a");
     assert_eq!(store.object("b").unwrap().0.len(), 0, "empty new files too");
     assert_eq!(store.object("c").unwrap().0.len(), 0);
+}
+
+#[tokio::test]
+async fn readlink_reads_at_most_path_max_bytes() {
+    use crate::store::PutOptions;
+    let store = Arc::new(MemoryStore::new());
+    let options = PutOptions {
+        metadata: crate::store::UserMetadata::from([("mode".to_string(), "41471".to_string())]),
+        if_none_match: false,
+    };
+    store
+        .put_object("huge-link", Bytes::from(vec![b'a'; 1 << 20]), &options)
+        .await
+        .unwrap();
+    let fs = fs_over(&store, "");
+    let link = fs.lookup(Ino::ROOT, "huge-link").await.unwrap();
+    assert_eq!(link.kind, Kind::Symlink);
+    let target = fs.readlink(link.ino).await.unwrap();
+    assert_eq!(target.len(), libc::PATH_MAX as usize);
+    assert!(store.counts.get_bytes.load(Ordering::Relaxed) <= 1 << 20);
 }

@@ -30,7 +30,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::posix::{Posix, S_IFMT, S_IFREG};
-use super::{split, Attr, Fs, Ino, Kind, OpenFile, ReadState};
+use super::{Attr, Fs, Ino, Kind, OpenFile, ReadState};
 use crate::cache::ObjectId;
 use crate::error::{FsError, FsResult};
 use crate::store::{CopySource, ObjectMeta, StoreError, StoreErrorKind, UserMetadata};
@@ -203,9 +203,7 @@ impl Fs {
             return (existing, false);
         }
         t.writers.insert(ino, Arc::clone(&writer));
-        let (parent_path, name) = split(path);
-        let parent = t.inodes.ino_for(parent_path);
-        self.upsert_entry(&mut t, parent, name, Some(self.writer_attr(&writer)));
+        t.meta.entry_changed(path, self.writer_attr(&writer));
         (writer, true)
     }
 
@@ -225,7 +223,7 @@ impl Fs {
         let path = super::join(&self.path_of(parent)?, name);
         let shared = {
             let mut t = self.tables.lock().unwrap();
-            let ino = t.inodes.ino_for(&path);
+            let ino = t.meta.ino_for(&path);
             if excl && t.writers.contains_key(&ino) {
                 return Err(FsError::new(libc::EEXIST, "file exists"));
             }
@@ -255,6 +253,8 @@ impl Fs {
             }
         };
         debug_assert_eq!(ino, writer.ino);
+        // The kernel holds the new entry from now on.
+        self.tables.lock().unwrap().meta.looked_up(&path);
         Ok((
             self.writer_attr(&writer),
             self.writer_handle(writer, opener),

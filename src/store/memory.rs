@@ -227,7 +227,8 @@ impl ObjectStore for MemoryStore {
             ));
         }
         let len = body.len() as u64;
-        if range.start >= len && len > 0 {
+        // As S3: a range that starts at or past the end (any range of an empty object) is 416.
+        if range.start >= len {
             return Err(StoreError::new(
                 StoreErrorKind::InvalidRange,
                 "InvalidRange",
@@ -331,8 +332,25 @@ impl ObjectStore for MemoryStore {
                     format!("NoSuchUpload: {upload_id}"),
                 )
             })?;
+        // As S3: parts listed in ascending order, each but the last at least 5 MiB.
+        if parts.windows(2).any(|w| w[0].number >= w[1].number) {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("InvalidPartOrder: {key}"),
+            ));
+        }
         let mut body = Vec::new();
-        for part in parts {
+        for (i, part) in parts.iter().enumerate() {
+            let small = upload
+                .parts
+                .get(&part.number)
+                .is_some_and(|(bytes, _)| (bytes.len() as u64) < crate::upload::MIN_PART_SIZE);
+            if small && i + 1 < parts.len() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    format!("EntityTooSmall: part {} of {key}", part.number),
+                ));
+            }
             match upload.parts.get(&part.number) {
                 Some((bytes, etag)) if *etag == part.etag => body.extend_from_slice(bytes),
                 _ => {

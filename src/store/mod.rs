@@ -10,6 +10,7 @@
 //! 3. Errors are classified into a small `StoreErrorKind` here, so that `error.rs` can map them to
 //!    an errno in one place and no AWS type leaks above this module.
 
+pub mod contract;
 #[cfg(test)]
 pub mod faulty;
 pub mod memory;

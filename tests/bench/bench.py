@@ -43,10 +43,19 @@ MiB, GiB = 1 << 20, 1 << 30
 
 SCALES = {
     "full": dict(big=2 * GiB, big4=2 * GiB, rand_seconds=30, write=2 * GiB, write4=GiB,
-                 ls=[1000, 10000, 100000], small=2000, runs=3, timeout=900),
+                 ls=[1000, 10000, 100000], small=2000, redirects=1000, tree_dirs=50,
+                 tree_files=1000, runs=3, timeout=900),
     "quick": dict(big=256 * MiB, big4=128 * MiB, rand_seconds=5, write=256 * MiB, write4=64 * MiB,
-                  ls=[1000, 10000], small=200, runs=1, timeout=240),
+                  ls=[1000, 10000], small=200, redirects=200, tree_dirs=5, tree_files=200,
+                  runs=1, timeout=240),
 }
+
+# Shell-redirect creates write this many bytes each: a typical small config or log file.
+REDIRECT_SIZE = 4096
+
+
+class NotApplicable(Exception):
+    """A workload that has no meaning for a system (the raw client keeps no metadata)."""
 
 SYSTEMS = ["raw", "bucketfs", "s3fs", "rclone-off", "rclone-full"]
 LABELS = {"raw": "raw S3 (bench-raw)", "bucketfs": "bucketfs", "s3fs": "s3fs",
@@ -322,6 +331,7 @@ class Bench:
         self.weed = args.weed
         self.read_server = None
         self.small_src = os.path.join("/dev/shm", f"bucketfs-bench-{os.getpid()}-small")
+        self.redirect_src = os.path.join("/dev/shm", f"bucketfs-bench-{os.getpid()}-redirect")
         self.results = {}
 
     # --- workload table: name -> (unit, higher_is_better, server kind, function)
@@ -343,6 +353,8 @@ class Bench:
             ("cp-in", "s", False, "write", self.cp_in),
             ("rm-r", "s", False, "write", self.rm_r),
             ("cp-out", "s", False, "read", self.cp_out),
+            ("redirects", "s", False, "write", self.redirects),
+            ("meta-rss", "%", False, "read", self.meta_rss),
         ]
         return table
 
@@ -370,6 +382,15 @@ class Bench:
         raw(server, "put-dir", "--concurrency", "32", self.small_src, "small/")
         self.small_bytes = sum(os.path.getsize(os.path.join(d, f))
                                for d, _, fs in os.walk(self.small_src) for f in fs)
+        os.makedirs(self.redirect_src, exist_ok=True)
+        for i in range(s["redirects"]):
+            with open(os.path.join(self.redirect_src, f"f{i}"), "wb") as f:
+                f.write(b"x" * REDIRECT_SIZE)
+        if "meta-rss" in names:
+            for tree in (1, 2):
+                for d in range(s["tree_dirs"]):
+                    raw(server, "put-many", "--count", str(s["tree_files"]), "--min", "0",
+                        "--max", "64", "--concurrency", "64", f"meta/t{tree}/d{d:02}/f")
 
     # --- the workloads; `m` is a Mount or None (raw), `r` the run number
     def seq_read_1(self, m, r):
@@ -491,6 +512,44 @@ class Bench:
             shutil.rmtree(dest, ignore_errors=True)
         return dict(value=seconds, bytes=self.small_bytes)
 
+    def redirects(self, m, r):
+        """`printf > f` of 4 KiB files in a new directory, one after another, until every object
+        is in the bucket; raw: the same PUTs made one at a time."""
+        s = self.scale
+        prefix = f"redir-{r}/"
+        n = s["redirects"]
+        if m is None:
+            out = raw(self.server, "put-dir", "--concurrency", "1", self.redirect_src, prefix,
+                      timeout=s["timeout"])
+            return dict(value=out["seconds"], bytes=out["bytes"])
+        start = time.monotonic()
+        script = (f'x=$(head -c {REDIRECT_SIZE} /dev/zero | tr "\\0" x); mkdir {m.path}/redir-{r} '
+                  f'&& cd {m.path}/redir-{r} && i=0; while [ $i -lt {n} ]; do '
+                  f'printf %s "$x" > f$i || exit 1; i=$((i+1)); done')
+        run_cmd(["sh", "-c", script], s["timeout"])
+        wait_for_objects(self.server, prefix + "f", n, n * REDIRECT_SIZE, s["timeout"])
+        return dict(value=time.monotonic() - start, bytes=n * REDIRECT_SIZE)
+
+    def meta_rss(self, m, r):
+        """Growth of the daemon's peak RSS from walking a second tree after the kernel dropped
+        the first (`find` and `ls -lR` of each; caches dropped between): metadata memory follows
+        what the kernel holds, or it grows with every path ever seen."""
+        if m is None:
+            raise NotApplicable("a raw client keeps no metadata")
+        timeout = self.scale["timeout"]
+
+        def walk(tree):
+            run_cmd(["find", f"{m.path}/meta/t{tree}"], timeout)
+            run_cmd(["ls", "-lR", f"{m.path}/meta/t{tree}"], timeout)
+            return m.stats()[0]
+
+        first = walk(1)
+        drop_caches()
+        second = walk(2)
+        log(f"meta-rss: peak RSS {first // 1024} MiB after the first tree, "
+            f"{second // 1024} MiB after the second")
+        return dict(value=(second / first - 1) * 100, rss_first_kib=first)
+
     # --- the loop
     def measure(self, system, name, kind, func, run):
         """One cold run: fresh mount, caches dropped, the workload, the daemon's figures."""
@@ -530,6 +589,7 @@ class Bench:
                 self.server.stop()
             self.read_server.stop()
             shutil.rmtree(self.small_src, ignore_errors=True)
+            shutil.rmtree(self.redirect_src, ignore_errors=True)
         return table, systems
 
     def run_workload(self, system, name, kind, func):
@@ -545,6 +605,10 @@ class Bench:
                 if name == "rm-r" and not self.results.get("cp-in", {}).get(system):
                     raise RuntimeError("needs cp-in")
                 result = self.measure(system, name, kind, func, run)
+            except NotApplicable as e:
+                log(f"{system} {name}: not applicable ({e})")
+                runs.append(dict(na=str(e)))
+                break
             except RuntimeError as e:
                 log(f"{system} {name} run {run + 1}: FAILED: {e}")
                 runs.append(dict(error=str(e)))
@@ -595,9 +659,13 @@ def machine():
     return f"{os.cpu_count()} CPUs ({model}), {mem} GiB RAM, Linux {platform.release()}"
 
 
-def fmt(value, unit):
+def not_applicable(runs):
+    return bool(runs) and all("na" in r for r in runs)
+
+
+def fmt(value, unit, runs=None):
     if value is None:
-        return "failed"
+        return "n/a" if runs and not_applicable(runs) else "failed"
     if unit == "ms":
         return f"{value:.1f} ms"
     if unit == "s":
@@ -630,8 +698,12 @@ def report(bench, table, systems, command, started):
         f"sequential write of {human(s['write'])} and 4 concurrent writes of "
         f"{human(s['write4'])} with fsync at the end, counted until the objects are in the "
         f"bucket; `ls -l` of {', '.join(str(n) for n in s['ls'])} entries; `cp -r` of "
-        f"{s['small']} files of 4-64 KiB in 10 directories; median of {s['runs']} cold "
-        f"run(s), each on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches`.",
+        f"{s['small']} files of 4-64 KiB in 10 directories; redirects: {s['redirects']} "
+        f"`printf %s \"$x\" > f$i` of 4 KiB in a new directory, timed until every object is "
+        f"stored (raw: the same PUTs one at a time); meta-rss: growth of the daemon's peak RSS "
+        f"from `find` + `ls -lR` of a second tree of {s['tree_dirs']} x {s['tree_files']} "
+        f"objects after the same over a first tree and dropping caches; median of {s['runs']} "
+        f"cold run(s), each on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches`.",
         "",
         "### Absolute figures (median)",
         "",
@@ -639,7 +711,7 @@ def report(bench, table, systems, command, started):
         "|---|" + "---:|" * len(systems),
     ]
     for name, unit, higher, _, _ in table:
-        row = [fmt(median_of(res[name][x], "value"), unit) for x in systems]
+        row = [fmt(median_of(res[name][x], "value"), unit, res[name][x]) for x in systems]
         arrow = "higher is better" if higher else "lower is better"
         lines.append(f"| {name} ({arrow}) | " + " | ".join(row) + " |")
     if "bucketfs" in systems:
@@ -648,6 +720,8 @@ def report(bench, table, systems, command, started):
                   "|---|" + "---:|" * (1 + len(peers))]
         for name, unit, higher, _, _ in table:
             ours = median_of(res[name]["bucketfs"], "value")
+            if unit == "%":  # a growth, not a speed: see the absolute figures
+                ours = None
             cells = []
             for other in ["raw"] + peers:
                 ratio = speed_ratio(ours, median_of(res[name].get(other, []), "value"), higher)
@@ -664,7 +738,7 @@ def report(bench, table, systems, command, started):
             cpu = median_of(runs, "cpu")
             moved = median_of(runs, "bytes")
             if rss is None:
-                cells.append("failed")
+                cells.append("n/a" if not_applicable(runs) else "failed")
                 continue
             cell = f"{rss / 1024:.0f} MiB"
             if moved and cpu is not None:
@@ -681,7 +755,7 @@ def report(bench, table, systems, command, started):
         for x in systems:
             runs = [r for r in res[name][x] if "requests" in r]
             if not runs:
-                cells.append("failed")
+                cells.append("n/a" if not_applicable(res[name][x]) else "failed")
                 continue
             mid = sorted(runs, key=lambda r: r["value"])[len(runs) // 2]
             req = mid["requests"]
@@ -706,6 +780,7 @@ def chart(bench, table, systems, path):
         log("matplotlib missing: no chart")
         return
     shown = [x for x in systems if x != "raw"]
+    table = [w for w in table if w[1] != "%"]  # growth figures have no speed to compare
     names = [w[0] for w in table]
     fig, ax = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / max(len(shown), 1)

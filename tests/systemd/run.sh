@@ -228,6 +228,15 @@ cx systemctl start bucketfs@mnt-svc.service
 mounted /mnt/svc || fail "service started but /mnt/svc is not mounted yet"
 [ "$(cx systemctl is-active bucketfs@mnt-svc.service)" = active ] || fail "service not active"
 [ "$(cx cat /mnt/svc/readme.md)" = "$content" ] || fail "service: wrong bytes"
+
+step "a daemon killed with SIGKILL leaves no dead mount: ExecStopPost detaches it, the restart mounts again"
+main_pid="$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)"
+[ -n "$main_pid" ] && [ "$main_pid" != 0 ] || fail "no main pid for the service"
+cx kill -KILL "$main_pid"
+remounted() { [ "$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)" != "$main_pid" ] &&
+  [ "$(cx systemctl is-active bucketfs@mnt-svc.service)" = active ] &&
+  [ "$(cx cat /mnt/svc/readme.md 2>/dev/null)" = "$content" ]; }
+until_ok 40 remounted || fail "after SIGKILL the service did not come back with a live mount"
 cx systemctl stop bucketfs@mnt-svc.service
 ! mounted /mnt/svc || fail "service stopped but still mounted"
 until_ok 10 no_daemons || fail "the daemon did not exit at systemctl stop"

@@ -1,0 +1,575 @@
+//! The one owner of what the mount knows about names: inode numbers (with the kernel's lookup
+//! counts), attributes of nodes, complete listings of directories, and remembered misses. It
+//! does no I/O: `Fs` asks the store and reports what it learned or changed through the events
+//! below, which are the only way these maps change. Invalidations pushed from outside (S3 event
+//! notifications) call the same events.
+//!
+//! Invariants and non-obvious problems:
+//! 1. Every change of a name is one event (`created`, `entry_changed`, `removed`, `renamed`,
+//!    `stale`) that updates the node, its parent's cached listing and the parent's misses
+//!    together, so a lookup answered from memory never disagrees with a getattr.
+//! 2. Each directory change takes a sequence number. A listing records the number current when
+//!    it started (`listing_started`) and is cached as complete (`listed`) only if its directory
+//!    did not change since: a commit that raced the LIST may be missing from its pages.
+//! 3. An inode lives while the kernel holds it (lookup count > 0, FORGET brings it down) or
+//!    while a cached listing names it; when neither holds, it is freed with its attributes and
+//!    its own listing. Memory follows what the kernel holds plus the caches below.
+//! 4. Listings are kept for the metadata TTL and at most `MAX_LISTED_ENTRIES` entries in all
+//!    (least recently used out); misses for the negative TTL and at most `MAX_MISSES`. A
+//!    workload of lookups alone stays bounded.
+//! 5. Directory change numbers are kept for at most `MAX_CHANGED_DIRS` directories; a
+//!    directory whose number was dropped counts as changed at the newest dropped number, which
+//!    errs on the safe side (a listing not cached, never a stale one cached).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use super::inode::{Ino, InodeTable};
+use super::{join, split, Attr, DirEntry, Kind};
+use crate::store::ObjectMeta;
+
+/// Listed entries kept in all: about 100 bytes each, so at most ~25 MiB of listings.
+const MAX_LISTED_ENTRIES: usize = 256 << 10;
+/// Misses kept: a lookup-only workload (a shell's PATH search, `stat` of absent names) costs
+/// at most this many entries.
+const MAX_MISSES: usize = 64 << 10;
+/// Directories whose last change number is kept (see 5.).
+const MAX_CHANGED_DIRS: usize = 64 << 10;
+
+/// What is known about a node's object, with an expiry.
+#[derive(Debug, Clone)]
+struct NodeState {
+    kind: Kind,
+    meta: Option<ObjectMeta>,
+    expires: Instant,
+}
+
+/// A complete, sorted listing of a directory.
+#[derive(Debug)]
+struct Listing {
+    entries: Arc<Vec<DirEntry>>,
+    expires: Instant,
+}
+
+/// What memory says about a name in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// Listed with these attributes.
+    Entry(Attr),
+    /// Known not to exist.
+    Missing,
+    /// Not known: ask the store.
+    Unknown,
+}
+
+/// The change number a listing started at (see 2.).
+#[derive(Debug, Clone, Copy)]
+pub struct ListToken(u64);
+
+/// Sizes of the maps, for tests and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaStats {
+    /// Inode numbers known.
+    pub inodes: usize,
+    /// Nodes with attributes.
+    pub nodes: usize,
+    /// Listings cached.
+    pub listings: usize,
+    /// Entries in them.
+    pub listed_entries: usize,
+    /// Misses remembered.
+    pub misses: usize,
+}
+
+/// Inodes, attributes, listings and misses, changed only through events.
+#[derive(Debug)]
+pub struct Meta {
+    ttl: Duration,
+    negative_ttl: Duration,
+    inodes: InodeTable,
+    nodes: HashMap<Ino, NodeState>,
+    listings: LruCache<Ino, Listing>,
+    listed_entries: usize,
+    misses: LruCache<(Ino, String), Instant>,
+    changed: LruCache<Ino, u64>,
+    /// The newest change number dropped from `changed`.
+    changed_floor: u64,
+    seq: u64,
+}
+
+impl Meta {
+    /// Empty, with attributes and listings kept for `ttl` and misses for `negative_ttl`.
+    pub fn new(ttl: Duration, negative_ttl: Duration) -> Self {
+        Self {
+            ttl,
+            negative_ttl,
+            inodes: InodeTable::new(),
+            nodes: HashMap::new(),
+            listings: LruCache::unbounded(),
+            listed_entries: 0,
+            misses: LruCache::unbounded(),
+            changed: LruCache::unbounded(),
+            changed_floor: 0,
+            seq: 0,
+        }
+    }
+
+    // ---- questions ----
+
+    /// The path of `ino`.
+    pub fn path(&self, ino: Ino) -> Option<Arc<str>> {
+        self.inodes.path(ino)
+    }
+
+    /// The inode number of `path`, if it has one.
+    pub fn ino(&self, path: &str) -> Option<Ino> {
+        self.inodes.get(path)
+    }
+
+    /// The inode number of `path`, given one if it has none.
+    pub fn ino_for(&mut self, path: &str) -> Ino {
+        self.inodes.ino_for(path)
+    }
+
+    /// Kind and object of `ino` while fresh.
+    pub fn fresh_node(&self, ino: Ino) -> Option<(Kind, Option<ObjectMeta>)> {
+        self.nodes
+            .get(&ino)
+            .filter(|n| n.expires > Instant::now())
+            .map(|n| (n.kind, n.meta.clone()))
+    }
+
+    /// The object last seen for `ino`, however old.
+    pub fn known_meta(&self, ino: Ino) -> Option<&ObjectMeta> {
+        self.nodes.get(&ino).and_then(|n| n.meta.as_ref())
+    }
+
+    /// The cached listing of `dir`, while fresh.
+    pub fn fresh_listing(&mut self, dir: Ino) -> Option<Arc<Vec<DirEntry>>> {
+        self.listings
+            .get(&dir)
+            .filter(|l| l.expires > Instant::now())
+            .map(|l| Arc::clone(&l.entries))
+    }
+
+    /// What memory says about `name` in `parent`.
+    pub fn cached_child(&mut self, parent: Ino, name: &str) -> Cached {
+        let now = Instant::now();
+        if let Some(listing) = self.listings.get(&parent).filter(|l| l.expires > now) {
+            return match listing
+                .entries
+                .binary_search_by(|e| e.name.as_str().cmp(name))
+            {
+                Ok(i) => Cached::Entry(listing.entries[i].attr.clone()),
+                Err(_) => Cached::Missing,
+            };
+        }
+        match self.misses.get(&(parent, name.to_string())) {
+            Some(expires) if *expires > now => Cached::Missing,
+            _ => Cached::Unknown,
+        }
+    }
+
+    /// Sizes of the maps.
+    pub fn stats(&self) -> MetaStats {
+        MetaStats {
+            inodes: self.inodes.len(),
+            nodes: self.nodes.len(),
+            listings: self.listings.len(),
+            listed_entries: self.listed_entries,
+            misses: self.misses.len(),
+        }
+    }
+
+    // ---- what the store said ----
+
+    /// `path` was seen as `kind` with object `meta` (a HEAD, a probe, a listing); returns its
+    /// inode number.
+    pub fn seen(&mut self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Ino {
+        let ino = self.inodes.ino_for(path);
+        let expires = Instant::now() + self.ttl;
+        self.nodes.insert(
+            ino,
+            NodeState {
+                kind,
+                meta,
+                expires,
+            },
+        );
+        ino
+    }
+
+    /// `name` does not exist in `parent`.
+    pub fn missed(&mut self, parent: Ino, name: &str) {
+        let expires = Instant::now() + self.negative_ttl;
+        self.misses.put((parent, name.to_string()), expires);
+        while self.misses.len() > MAX_MISSES {
+            self.misses.pop_lru();
+        }
+    }
+
+    /// A listing of `dir` starts now.
+    pub fn listing_started(&self, dir: Ino) -> ListToken {
+        let _ = dir;
+        ListToken(self.seq)
+    }
+
+    /// The complete, sorted listing of `dir` that started at `token`; cached unless the
+    /// directory changed meanwhile (see 2.). Returns whether it was cached.
+    pub fn listed(&mut self, dir: Ino, token: ListToken, entries: Vec<DirEntry>) -> bool {
+        let last = self
+            .changed
+            .peek(&dir)
+            .copied()
+            .unwrap_or(self.changed_floor);
+        if last > token.0 {
+            return false;
+        }
+        let now = Instant::now();
+        let expired: Vec<Ino> = self
+            .listings
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in expired.into_iter().filter(|ino| *ino != dir) {
+            self.drop_listing(ino);
+        }
+        // The old listing of `dir` goes; children it named that the new one does not are
+        // freed (the new one's children were just `seen`).
+        if let Some(old) = self.listings.pop(&dir) {
+            self.listed_entries -= old.entries.len();
+            if let Some(path) = self.inodes.path(dir) {
+                for entry in old.entries.iter() {
+                    let kept = entries
+                        .binary_search_by(|e| e.name.as_str().cmp(&entry.name))
+                        .is_ok();
+                    if let (false, Some(child)) = (kept, self.inodes.get(&join(&path, &entry.name)))
+                    {
+                        self.free(child);
+                    }
+                }
+            }
+        }
+        self.listed_entries += entries.len();
+        let expires = now + self.ttl;
+        self.listings.put(
+            dir,
+            Listing {
+                entries: Arc::new(entries),
+                expires,
+            },
+        );
+        // The listing answers for every name in it now.
+        self.misses.retain(|(parent, _), _| *parent != dir);
+        while self.listed_entries > MAX_LISTED_ENTRIES {
+            match self.listings.peek_lru() {
+                Some((ino, _)) if *ino != dir => {
+                    let ino = *ino;
+                    self.drop_listing(ino);
+                }
+                _ => break,
+            }
+        }
+        true
+    }
+
+    // ---- what this mount changed ----
+
+    /// This mount made `path` into `kind` with object `meta`; `attr` is what its parent's
+    /// listing shows (its `ino` is `ino_for(path)`).
+    pub fn created(&mut self, path: &str, kind: Kind, meta: Option<ObjectMeta>, attr: Attr) {
+        self.seen(path, kind, meta);
+        self.entry_changed(path, attr);
+    }
+
+    /// The attributes `path` shows in its parent's listing changed (a file opened for writing,
+    /// its size moving).
+    pub fn entry_changed(&mut self, path: &str, attr: Attr) {
+        let (parent_path, name) = split(path);
+        let parent = self.inodes.ino_for(parent_path);
+        self.set_entry(parent, name, Some(attr));
+    }
+
+    /// `path` is gone (unlink, rmdir, a failed file's end).
+    pub fn removed(&mut self, path: &str) {
+        if let Some(ino) = self.inodes.get(path) {
+            self.nodes.remove(&ino);
+            self.drop_listing(ino);
+        }
+        let (parent_path, name) = split(path);
+        let parent = self.inodes.ino_for(parent_path);
+        self.set_entry(parent, name, None);
+        self.missed(parent, name);
+    }
+
+    /// `from` was renamed to `to`, which shows `attr` now: the moved inodes keep their numbers.
+    pub fn renamed(&mut self, from: &str, to: &str, attr: Attr) {
+        for ino in self.inodes.rename(from, to) {
+            self.nodes.remove(&ino);
+            self.drop_listing(ino);
+        }
+        let (old_parent, old_name) = split(from);
+        let old_parent = self.inodes.ino_for(old_parent);
+        self.set_entry(old_parent, old_name, None);
+        self.missed(old_parent, old_name);
+        self.entry_changed(to, attr);
+    }
+
+    /// The object behind `path` changed elsewhere (an ESTALE, an S3 event): its attributes and
+    /// its parent's listing go, so the next lookup asks the store.
+    pub fn stale(&mut self, path: &str) {
+        if let Some(ino) = self.inodes.get(path) {
+            self.nodes.remove(&ino);
+        }
+        let (parent_path, name) = split(path);
+        if let Some(parent) = self.inodes.get(parent_path) {
+            self.drop_listing(parent);
+            self.misses.pop(&(parent, name.to_string()));
+            self.bump(parent);
+        }
+    }
+
+    /// A directory this mount just made: empty, and known so until the TTL.
+    pub fn made_dir(&mut self, ino: Ino) {
+        let token = ListToken(self.seq);
+        self.listed(ino, token, Vec::new());
+    }
+
+    // ---- the kernel's references ----
+
+    /// The kernel was given an entry for `path`; returns its number (given anew if it had
+    /// been freed).
+    pub fn looked_up(&mut self, path: &str) -> Ino {
+        let ino = self.inodes.ino_for(path);
+        self.inodes.looked_up(ino);
+        ino
+    }
+
+    /// The kernel forgot `n` lookups of `ino`: at 0 it is freed with what is known of it,
+    /// unless a cached listing still names it.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if !self.inodes.forget(ino, n) {
+            return;
+        }
+        let listed = self.inodes.path(ino).is_some_and(|path| {
+            let (parent, name) = split(&path);
+            self.inodes.get(parent).is_some_and(|p| {
+                self.listings.peek(&p).is_some_and(|l| {
+                    l.entries
+                        .binary_search_by(|e| e.name.as_str().cmp(name))
+                        .is_ok()
+                })
+            })
+        });
+        if !listed {
+            self.free(ino);
+        }
+    }
+
+    // ---- internals ----
+
+    /// Frees `ino` if the kernel does not hold it, with its attributes and its listing.
+    fn free(&mut self, ino: Ino) {
+        if self.inodes.lookups(ino) == 0 {
+            // Its listing first, while its path still names its children.
+            self.drop_listing(ino);
+            self.nodes.remove(&ino);
+            self.inodes.remove_unheld(ino);
+        }
+    }
+
+    /// Drops the cached listing of `dir`; children it alone kept alive are freed.
+    fn drop_listing(&mut self, dir: Ino) {
+        let Some(listing) = self.listings.pop(&dir) else {
+            return;
+        };
+        self.listed_entries -= listing.entries.len();
+        let Some(path) = self.inodes.path(dir) else {
+            return;
+        };
+        for entry in listing.entries.iter() {
+            if let Some(child) = self.inodes.get(&join(&path, &entry.name)) {
+                if child != dir {
+                    self.free(child);
+                }
+            }
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) `name` in `parent`'s cached listing, drops a miss
+    /// for it, and marks the directory changed.
+    fn set_entry(&mut self, parent: Ino, name: &str, attr: Option<Attr>) {
+        self.misses.pop(&(parent, name.to_string()));
+        self.bump(parent);
+        let Some(listing) = self.listings.peek_mut(&parent) else {
+            return;
+        };
+        let entries = Arc::make_mut(&mut listing.entries);
+        let before = entries.len();
+        match (
+            entries.binary_search_by(|e| e.name.as_str().cmp(name)),
+            attr,
+        ) {
+            (Ok(i), Some(attr)) => entries[i].attr = attr,
+            (Ok(i), None) => {
+                entries.remove(i);
+            }
+            (Err(i), Some(attr)) => entries.insert(
+                i,
+                DirEntry {
+                    name: name.to_string(),
+                    attr,
+                },
+            ),
+            (Err(_), None) => {}
+        }
+        self.listed_entries = self.listed_entries + entries.len() - before;
+    }
+
+    /// Directory `dir` changed: listings of it that started before now are incomplete.
+    fn bump(&mut self, dir: Ino) {
+        self.seq += 1;
+        self.changed.put(dir, self.seq);
+        while self.changed.len() > MAX_CHANGED_DIRS {
+            if let Some((_, seq)) = self.changed.pop_lru() {
+                self.changed_floor = self.changed_floor.max(seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn attr(ino: Ino) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::File,
+            size: 1,
+            mtime: SystemTime::UNIX_EPOCH,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn entries(meta: &mut Meta, dir: &str, names: &[&str]) -> Vec<DirEntry> {
+        names
+            .iter()
+            .map(|n| {
+                let ino = meta.seen(&join(dir, n), Kind::File, None);
+                DirEntry {
+                    name: n.to_string(),
+                    attr: attr(ino),
+                }
+            })
+            .collect()
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_listing_that_raced_a_change_is_not_cached_as_complete() {
+        let mut m = Meta::new(TTL, TTL);
+        let d = m.ino_for("d");
+        let token = m.listing_started(d);
+        // A commit lands while the LIST pages are on their way.
+        let ino = m.ino_for("d/new");
+        m.created("d/new", Kind::File, None, attr(ino));
+        let listed = entries(&mut m, "d", &["a"]);
+        assert!(!m.listed(d, token, listed.clone()));
+        assert_eq!(m.cached_child(d, "new"), Cached::Unknown, "ask the store");
+        let token = m.listing_started(d);
+        assert!(m.listed(d, token, listed));
+        assert_eq!(m.cached_child(d, "zzz"), Cached::Missing);
+    }
+
+    #[test]
+    fn changes_update_the_cached_listing_in_place() {
+        let mut m = Meta::new(TTL, TTL);
+        let d = m.ino_for("d");
+        let token = m.listing_started(d);
+        let listed = entries(&mut m, "d", &["a", "c"]);
+        assert!(m.listed(d, token, listed));
+        let b = m.ino_for("d/b");
+        m.created("d/b", Kind::File, None, attr(b));
+        assert_eq!(m.cached_child(d, "b"), Cached::Entry(attr(b)));
+        m.removed("d/a");
+        assert_eq!(m.cached_child(d, "a"), Cached::Missing);
+        let c = m.ino("d/c").unwrap();
+        m.renamed("d/c", "d/e", attr(c));
+        assert_eq!(m.cached_child(d, "c"), Cached::Missing);
+        assert_eq!(m.cached_child(d, "e"), Cached::Entry(attr(c)));
+        assert_eq!(m.stats().listed_entries, 2);
+        m.stale("d/e");
+        assert_eq!(m.cached_child(d, "e"), Cached::Unknown);
+    }
+
+    #[test]
+    fn forgotten_inodes_are_freed_with_their_attributes() {
+        let mut m = Meta::new(TTL, TTL);
+        let f = m.seen("x/f", Kind::File, None);
+        assert_eq!(m.looked_up("x/f"), f);
+        m.looked_up("x/f");
+        m.forget(f, 1);
+        assert!(m.fresh_node(f).is_some(), "still held once");
+        m.forget(f, 1);
+        assert!(m.fresh_node(f).is_none());
+        assert_eq!(m.path(f), None);
+        assert_eq!(m.stats().inodes, 1, "only the root is left");
+    }
+
+    #[test]
+    fn a_listing_keeps_its_children_until_it_goes() {
+        let mut m = Meta::new(TTL, TTL);
+        let d = m.looked_up("d");
+        let token = m.listing_started(d);
+        let listed = entries(&mut m, "d", &["a", "b"]);
+        let a = listed[0].attr.ino;
+        assert!(m.listed(d, token, listed));
+        m.looked_up("d/a");
+        m.forget(a, 1);
+        assert_eq!(
+            m.path(a).as_deref(),
+            Some("d/a"),
+            "named by a cached listing"
+        );
+        // The directory is forgotten: its listing goes, and the children with it.
+        m.forget(d, 1);
+        let stats = m.stats();
+        assert_eq!((stats.inodes, stats.nodes, stats.listings), (1, 0, 0));
+    }
+
+    #[test]
+    fn misses_and_listings_are_capped() {
+        let mut m = Meta::new(TTL, TTL);
+        for i in 0..MAX_MISSES + 100 {
+            m.missed(Ino::ROOT, &format!("absent{i}"));
+        }
+        assert_eq!(m.stats().misses, MAX_MISSES);
+        for d in 0..3 {
+            let dir = m.looked_up(&format!("big{d}"));
+            let names: Vec<String> = (0..MAX_LISTED_ENTRIES / 2)
+                .map(|i| format!("f{i}"))
+                .collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let token = m.listing_started(dir);
+            let listed = entries(&mut m, &format!("big{d}"), &names);
+            assert!(m.listed(dir, token, listed));
+        }
+        let stats = m.stats();
+        assert!(stats.listed_entries <= MAX_LISTED_ENTRIES);
+        assert_eq!(stats.listings, 2);
+        assert!(
+            stats.inodes <= 4 + MAX_LISTED_ENTRIES,
+            "children of evicted listings are freed: {stats:?}"
+        );
+    }
+}
