@@ -449,8 +449,14 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// The binary under test: this build's, or `BUCKETFS_TEST_BIN` (to show that a test fails on
+/// an older build).
 pub fn bucketfs_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_bucketfs")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BUCKETFS_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bucketfs").to_string())
+    })
 }
 
 /// A fresh empty directory to mount on.
