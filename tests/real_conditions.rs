@@ -11,30 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::proxy::Proxy;
-use common::{eventually, pseudo_random, sha256, Bucket, Mount};
-
-fn proxy() -> Proxy {
-    let upstream = common::server()
-        .endpoint
-        .trim_start_matches("http://")
-        .to_string();
-    Proxy::start(&upstream)
-}
-
-/// Runs `f` on a thread and fails the test if it has not finished within `limit` (a hang guard).
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
-}
+use common::{eventually, proxy, pseudo_random, sha256, within, Bucket, Mount};
 
 fn sh(script: &str) {
     let status = Command::new("sh").arg("-c").arg(script).status().unwrap();

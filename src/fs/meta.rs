@@ -300,10 +300,7 @@ impl Meta {
             self.nodes.remove(&ino);
             self.drop_listing(ino);
         }
-        let (parent_path, name) = split(path);
-        let parent = self.inodes.ino_for(parent_path);
-        self.set_entry(parent, name, None);
-        self.missed(parent, name);
+        self.name_gone(path);
     }
 
     /// `from` was renamed to `to`, which shows `attr` now: the moved inodes keep their numbers.
@@ -312,11 +309,16 @@ impl Meta {
             self.nodes.remove(&ino);
             self.drop_listing(ino);
         }
-        let (old_parent, old_name) = split(from);
-        let old_parent = self.inodes.ino_for(old_parent);
-        self.set_entry(old_parent, old_name, None);
-        self.missed(old_parent, old_name);
+        self.name_gone(from);
         self.entry_changed(to, attr);
+    }
+
+    /// The name `path` left its parent: out of the cached listing, remembered as a miss.
+    fn name_gone(&mut self, path: &str) {
+        let (parent_path, name) = split(path);
+        let parent = self.inodes.ino_for(parent_path);
+        self.set_entry(parent, name, None);
+        self.missed(parent, name);
     }
 
     /// The object behind `path` changed elsewhere (an ESTALE, an S3 event): its attributes and

@@ -246,6 +246,11 @@ impl Fs {
                 let extra = UserMetadata::new();
                 let (writer, new) =
                     self.insert_writer(ino, &path, content, posix, excl, extra, true);
+                if !new && excl {
+                    // Another create of the name won the race.
+                    self.detach(&writer).await;
+                    return Err(FsError::new(libc::EEXIST, "file exists"));
+                }
                 if !new {
                     self.truncate_shared(&writer).await?;
                 }

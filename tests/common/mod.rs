@@ -624,3 +624,23 @@ pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(data))
 }
+
+/// Runs `f` on a thread and fails the test if it has not finished within `limit` (a hang guard).
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// A fault-injecting proxy in front of the test server.
+pub fn proxy() -> proxy::Proxy {
+    let upstream = server().endpoint.trim_start_matches("http://").to_string();
+    proxy::Proxy::start(&upstream)
+}
