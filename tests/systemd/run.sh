@@ -232,7 +232,7 @@ mounted /mnt/svc || fail "service started but /mnt/svc is not mounted yet"
 step "a daemon killed with SIGKILL leaves no dead mount: ExecStopPost detaches it, the restart mounts again"
 main_pid="$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)"
 [ -n "$main_pid" ] && [ "$main_pid" != 0 ] || fail "no main pid for the service"
-cx kill -KILL "$main_pid"
+cx sh -c "kill -KILL $main_pid"
 remounted() { [ "$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)" != "$main_pid" ] &&
   [ "$(cx systemctl is-active bucketfs@mnt-svc.service)" = active ] &&
   [ "$(cx cat /mnt/svc/readme.md 2>/dev/null)" = "$content" ]; }
