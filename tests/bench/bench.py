@@ -835,10 +835,15 @@ def main():
     parser.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench", "work"))
     parser.add_argument("--weed", default=os.environ.get("BUCKETFS_WEED", "weed"))
     parser.add_argument("--command", default="bash tests/bench/run.sh")
+    parser.add_argument("--bucketfs-bin", help="another bucketfs binary (an older build, to "
+                        "compare in the same conditions); the report names it")
     args = parser.parse_args()
-    global REVISION
+    global REVISION, BUCKETFS
     REVISION = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip() or "unknown"
+    if args.bucketfs_bin:
+        BUCKETFS = os.path.abspath(args.bucketfs_bin)
+        REVISION = f"binary {BUCKETFS}"
     BUCKETFS_OPTIONS.extend(args.bucketfs_options.split())
     if os.geteuid() != 0:
         sys.exit("bench: run as root (drop_caches and FUSE mounts for every peer)")
