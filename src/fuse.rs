@@ -534,25 +534,21 @@ impl Filesystem for FuseAdapter {
     ) {
         let ttl = self.ttl();
         self.spawn(|fs| async move {
-            let filled = async {
-                let dir = fs.path_of_dir(Ino(ino.0))?;
-                fill_dir(&fs, ino, fh, offset, |next, name, attr| {
-                    let mut attr = file_attr(attr);
-                    if name == "." || name == ".." {
-                        return reply.add(attr.ino, next, name, &ttl, &attr, Generation(0));
-                    }
-                    // The kernel counts every entry of a readdirplus reply as a lookup.
-                    let counted = fs.entry_to_kernel(&dir, name);
-                    attr.ino = INodeNo(counted.0);
-                    let full = reply.add(attr.ino, next, name, &ttl, &attr, Generation(0));
-                    if full {
-                        fs.forget(counted, 1); // not sent after all
-                    }
-                    full
-                })
-                .await
-            }
+            // The kernel counts every entry of a readdirplus reply as a lookup: so do we, for
+            // the entries that fit, before the reply goes out.
+            let mut sent = Vec::new();
+            let filled = fill_dir(&fs, ino, fh, offset, |next, name, attr| {
+                let attr = file_attr(attr);
+                let full = reply.add(attr.ino, next, name, &ttl, &attr, Generation(0));
+                if !full && next > 2 {
+                    sent.push((Ino(attr.ino.0), next as usize - 3));
+                }
+                full
+            })
             .await;
+            if filled.is_ok() {
+                fs.entries_to_kernel(Ino(ino.0), fh.0, &sent);
+            }
             match filled {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("readdirplus", e)),
@@ -565,18 +561,17 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(Ino(ino.0), nlookup);
     }
 
-    // No extended attributes are stored yet: answered quietly (fuser's defaults log a warning
-    // each, and the kernel asks for security.capability before every write).
+    // No extended attributes are stored yet. ENOSYS (answered here, without fuser's warning
+    // per call) tells the kernel once for the whole mount: it stops asking (`ls -l` asks for
+    // ACLs of every entry, every write asks for security.capability) and programs get
+    // EOPNOTSUPP, as on any filesystem without xattrs. ENODATA instead cost `ls -l` of 100k
+    // entries 100k more requests (benchmarks: 1.4 -> 2.6 s).
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn setxattr(
@@ -589,11 +584,11 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        reply.error(Errno::ENOSYS);
     }
 
     fn ioctl(

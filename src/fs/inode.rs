@@ -97,10 +97,14 @@ impl InodeTable {
         self.by_ino.get(&ino).and_then(|e| e.path.clone())
     }
 
-    /// The kernel was given `ino` once more (an entry reply).
-    pub fn looked_up(&mut self, ino: Ino) {
-        if let Some(entry) = self.by_ino.get_mut(&ino) {
-            entry.lookups += 1;
+    /// The kernel was given `ino` once more (an entry reply); false if the number is unknown.
+    pub fn looked_up(&mut self, ino: Ino) -> bool {
+        match self.by_ino.get_mut(&ino) {
+            Some(entry) => {
+                entry.lookups += 1;
+                true
+            }
+            None => false,
         }
     }
 

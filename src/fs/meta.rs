@@ -190,6 +190,12 @@ impl Meta {
     /// inode number.
     pub fn seen(&mut self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Ino {
         let ino = self.inodes.ino_for(path);
+        self.seen_ino(ino, kind, meta);
+        ino
+    }
+
+    /// Like `seen`, for a number `ino_for` just gave.
+    pub fn seen_ino(&mut self, ino: Ino, kind: Kind, meta: Option<ObjectMeta>) {
         let expires = Instant::now() + self.ttl;
         self.nodes.insert(
             ino,
@@ -199,7 +205,6 @@ impl Meta {
                 expires,
             },
         );
-        ino
     }
 
     /// `name` does not exist in `parent`.
@@ -349,6 +354,12 @@ impl Meta {
         let ino = self.inodes.ino_for(path);
         self.inodes.looked_up(ino);
         ino
+    }
+
+    /// The kernel was given an entry it had from a listing as `ino`: counted, unless the
+    /// number was freed meanwhile (false: count it by path with `looked_up`).
+    pub fn looked_up_ino(&mut self, ino: Ino) -> bool {
+        self.inodes.looked_up(ino)
     }
 
     /// The kernel forgot `n` lookups of `ino`: at 0 it is freed with what is known of it,

@@ -331,21 +331,28 @@ impl Fs {
         }
     }
 
-    /// The path of directory `ino` (for counting the entries of a readdirplus reply).
-    pub fn path_of_dir(&self, ino: Ino) -> FsResult<Arc<str>> {
-        self.path_of(ino)
-    }
-
     /// The kernel forgot `n` lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
         self.tables.lock().unwrap().meta.forget(ino, n);
     }
 
-    /// Entry `name` of directory `dir` goes to the kernel in a readdirplus reply: counted,
-    /// and its current number returned.
-    pub fn entry_to_kernel(&self, dir_path: &str, name: &str) -> Ino {
-        let path = join(dir_path, name);
-        self.tables.lock().unwrap().meta.looked_up(&path)
+    /// The entries of a readdirplus reply went to the kernel, each under the number its
+    /// listing gave it (`sent`: numbers and positions in directory handle `fh` of `dir`):
+    /// counted under one hold of the lock. A number freed since is counted by its path again.
+    pub fn entries_to_kernel(&self, dir: Ino, fh: u64, sent: &[(Ino, usize)]) {
+        let mut t = self.tables.lock().unwrap();
+        for (ino, position) in sent {
+            if t.meta.looked_up_ino(*ino) {
+                continue;
+            }
+            let (Some(dir_path), Ok(handle)) = (t.meta.path(dir), self.dir_handle(fh)) else {
+                continue;
+            };
+            handle.visit(*position, |_, entry| {
+                t.meta.looked_up(&join(&dir_path, &entry.name));
+                true
+            });
+        }
     }
 
     /// Sizes of the metadata maps.
@@ -440,7 +447,7 @@ impl Fs {
                 Some(writer) => self.writer_attr(writer),
                 None => self.attr(child_ino, kind, meta.as_ref()),
             };
-            t.meta.seen(&child_path, kind, meta);
+            t.meta.seen_ino(child_ino, kind, meta);
             entries.push(DirEntry { name, attr });
         }
         entries
