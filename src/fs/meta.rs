@@ -12,8 +12,10 @@
 //!    it started (`listing_started`) and is cached as complete (`listed`) only if its directory
 //!    did not change since: a commit that raced the LIST may be missing from its pages.
 //! 3. An inode lives while the kernel holds it (lookup count > 0, FORGET brings it down) or
-//!    while a cached listing names it; when neither holds, it is freed with its attributes and
-//!    its own listing. Memory follows what the kernel holds plus the caches below.
+//!    while a cached listing names it; when neither holds, it is freed with its attributes.
+//!    A directory the kernel forgot loses its listing at once (lookups in it need the kernel
+//!    to hold it), so a forgotten tree goes from the leaves up in one pass. Memory follows
+//!    what the kernel holds plus the caches below.
 //! 4. Listings are kept for the metadata TTL and at most `MAX_LISTED_ENTRIES` entries in all
 //!    (least recently used out); misses for the negative TTL and at most `MAX_MISSES`. A
 //!    workload of lookups alone stays bounded.
@@ -362,12 +364,14 @@ impl Meta {
         self.inodes.looked_up(ino)
     }
 
-    /// The kernel forgot `n` lookups of `ino`: at 0 it is freed with what is known of it,
-    /// unless a cached listing still names it.
+    /// The kernel forgot `n` lookups of `ino`: at 0 its own listing goes (no lookup can come
+    /// for a directory the kernel does not hold), and it is freed with what is known of it,
+    /// unless its parent's cached listing still names it.
     pub fn forget(&mut self, ino: Ino, n: u64) {
         if !self.inodes.forget(ino, n) {
             return;
         }
+        self.drop_listing(ino);
         let listed = self.inodes.path(ino).is_some_and(|path| {
             let (parent, name) = split(&path);
             self.inodes.get(parent).is_some_and(|p| {
@@ -558,6 +562,22 @@ mod tests {
         m.forget(d, 1);
         let stats = m.stats();
         assert_eq!((stats.inodes, stats.nodes, stats.listings), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_forgotten_directory_drops_its_listing_though_its_parent_names_it() {
+        let mut m = Meta::new(TTL, TTL);
+        let root_token = m.listing_started(Ino::ROOT);
+        let dirs = entries(&mut m, "", &["d"]);
+        assert!(m.listed(Ino::ROOT, root_token, dirs));
+        let d = m.looked_up("d");
+        let token = m.listing_started(d);
+        let children = entries(&mut m, "d", &["a", "b"]);
+        assert!(m.listed(d, token, children));
+        m.forget(d, 1);
+        assert_eq!(m.path(d).as_deref(), Some("d"), "named by the root's listing");
+        let stats = m.stats();
+        assert_eq!((stats.listings, stats.inodes), (1, 2), "root listing, root and d");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!      first missing byte with `If-Match`, so a flaky link costs the rest, not the whole.
 //!
 //!    Requests without a body keep a whole-request bound (`request_timeout`).
+//!    A streamed body is signed as UNSIGNED-PAYLOAD (the SDK cannot hash what it has not
+//!    read): TLS guards it on https endpoints.
 //! 3. A HEAD has no body, so a 404 carries no error code: we classify by status as well as code.
 //! 4. Messages carry the S3 error code and the key, never credentials.
 //! 5. Request checksums are sent only where S3 requires them: the SDK's default (a CRC32 trailer
