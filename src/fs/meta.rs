@@ -575,9 +575,17 @@ mod tests {
         let children = entries(&mut m, "d", &["a", "b"]);
         assert!(m.listed(d, token, children));
         m.forget(d, 1);
-        assert_eq!(m.path(d).as_deref(), Some("d"), "named by the root's listing");
+        assert_eq!(
+            m.path(d).as_deref(),
+            Some("d"),
+            "named by the root's listing"
+        );
         let stats = m.stats();
-        assert_eq!((stats.listings, stats.inodes), (1, 2), "root listing, root and d");
+        assert_eq!(
+            (stats.listings, stats.inodes),
+            (1, 2),
+            "root listing, root and d"
+        );
     }
 
     #[test]
