@@ -92,7 +92,7 @@ def free_base():
     """A port base with base..base+5 and the gRPC ports SeaweedFS adds (+10000) free."""
     for _ in range(200):
         base = 20000 + random.randrange(0, 1000) * 10
-        ports = [base + i for i in range(6)] + [base + 10000 + i for i in range(3)]
+        ports = [base + i for i in range(6)] + [base + 10000 + i for i in range(6)]
         try:
             for port in ports:
                 with socket.socket() as s:
@@ -114,6 +114,16 @@ class Weed:
             json.dump({"identities": [{"name": "bench", "credentials": [
                 {"accessKey": KEY_ID, "secretKey": SECRET}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
+        # A port found free can be taken before weed binds it (its gRPC ports lie in the
+        # ephemeral range): a start that dies at once is retried on other ports.
+        for attempt in range(3):
+            if self.start(weed, workdir, config):
+                return
+            log(f"SeaweedFS exited at start (attempt {attempt + 1}); log: {self.log_tail()}")
+        raise RuntimeError(f"SeaweedFS exited at start three times; see {workdir}/weed.log")
+
+    def start(self, weed, workdir, config):
+        """Starts weed on free ports; False if it exits before it serves."""
         base = free_base()
         self.endpoint = f"http://127.0.0.1:{base + 3}"
         self.metrics = f"http://127.0.0.1:{base + 5}/metrics"
@@ -128,14 +138,22 @@ class Weed:
         deadline = time.time() + 120
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited; see {workdir}/weed.log")
+                self.log.close()
+                return False
             try:
                 raw(self, "make-bucket")
-                return
+                return True
             except RuntimeError:
                 if time.time() > deadline:
                     raise RuntimeError(f"SeaweedFS did not come up; see {workdir}/weed.log")
                 time.sleep(0.5)
+
+    def log_tail(self):
+        try:
+            with open(os.path.join(self.dir, "weed.log")) as f:
+                return " | ".join(f.read().strip().splitlines()[-3:])
+        except OSError:
+            return "(none)"
 
     def requests(self):
         """Requests so far to the benchmark bucket, by type (GET includes HEAD)."""
