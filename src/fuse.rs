@@ -11,8 +11,9 @@
 //! 5. close() sees only what flush returns (never release), so flush is where uploads commit
 //!    and report; release is replied to once the handle's leftovers are settled.
 //! 6. Every close of a descriptor sends a flush, also a forked child's close of its inherited
-//!    copy (exec closes O_CLOEXEC descriptors). Requests carry the calling thread's id; the
-//!    process it belongs to is passed to `fs`, which commits only the opener's close.
+//!    copy (exec closes O_CLOEXEC descriptors). Requests carry the calling thread's id; `fs`
+//!    commits only the opener's close, looking the thread's process up in /proc only when
+//!    the thread is not the opener's main thread.
 //! 7. The kernel counts every entry it is given (lookup, create, mkdir, symlink, and each entry
 //!    of a readdirplus reply that fit) until FORGET; `fs` counts the same, so it can free what
 //!    the kernel forgot. An entry that did not fit in a reply is uncounted again.
@@ -459,8 +460,10 @@ impl Filesystem for FuseAdapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let closer = process_of(req.pid());
-        self.spawn(|fs| async move { reply_empty("flush", reply, fs.close(fh.0, closer).await) });
+        let tid = req.pid();
+        self.spawn(|fs| async move {
+            reply_empty("flush", reply, fs.close(fh.0, tid, process_of).await)
+        });
     }
 
     fn release(

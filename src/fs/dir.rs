@@ -138,7 +138,7 @@ impl Fs {
         let path = self.path_of(ino)?;
         let prefix = self.dir_prefix(&path);
         let handle = Arc::new(DirHandle::new(Arc::default(), None));
-        let token = self.tables.lock().unwrap().meta.listing_started(ino);
+        let token = self.tables.lock().unwrap().meta.listing_started();
         let (first_tx, first_rx) = oneshot::channel::<FsResult<()>>();
         let (fs, listing) = (Arc::clone(self), Arc::clone(&handle));
         tokio::spawn(async move {

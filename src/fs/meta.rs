@@ -218,9 +218,8 @@ impl Meta {
         }
     }
 
-    /// A listing of `dir` starts now.
-    pub fn listing_started(&self, dir: Ino) -> ListToken {
-        let _ = dir;
+    /// A listing starts now: the change number it must not see passed for its directory.
+    pub fn listing_started(&self) -> ListToken {
         ListToken(self.seq)
     }
 
@@ -247,20 +246,7 @@ impl Meta {
         }
         // The old listing of `dir` goes; children it named that the new one does not are
         // freed (the new one's children were just `seen`).
-        if let Some(old) = self.listings.pop(&dir) {
-            self.listed_entries -= old.entries.len();
-            if let Some(path) = self.inodes.path(dir) {
-                for entry in old.entries.iter() {
-                    let kept = entries
-                        .binary_search_by(|e| e.name.as_str().cmp(&entry.name))
-                        .is_ok();
-                    if let (false, Some(child)) = (kept, self.inodes.get(&join(&path, &entry.name)))
-                    {
-                        self.free(child);
-                    }
-                }
-            }
-        }
+        self.drop_listing_keeping(dir, &entries);
         self.listed_entries += entries.len();
         let expires = now + self.ttl;
         self.listings.put(
@@ -401,6 +387,12 @@ impl Meta {
 
     /// Drops the cached listing of `dir`; children it alone kept alive are freed.
     fn drop_listing(&mut self, dir: Ino) {
+        self.drop_listing_keeping(dir, &[]);
+    }
+
+    /// Drops the cached listing of `dir`; children it alone kept alive are freed, but those
+    /// named in `keep` (sorted: the listing replacing it).
+    fn drop_listing_keeping(&mut self, dir: Ino, keep: &[DirEntry]) {
         let Some(listing) = self.listings.pop(&dir) else {
             return;
         };
@@ -409,10 +401,12 @@ impl Meta {
             return;
         };
         for entry in listing.entries.iter() {
-            if let Some(child) = self.inodes.get(&join(&path, &entry.name)) {
-                if child != dir {
-                    self.free(child);
-                }
+            let kept = keep
+                .binary_search_by(|e| e.name.as_str().cmp(&entry.name))
+                .is_ok();
+            match self.inodes.get(&join(&path, &entry.name)) {
+                Some(child) if !kept && child != dir => self.free(child),
+                _ => {}
             }
         }
     }
@@ -496,14 +490,14 @@ mod tests {
     fn a_listing_that_raced_a_change_is_not_cached_as_complete() {
         let mut m = Meta::new(TTL, TTL);
         let d = m.ino_for("d");
-        let token = m.listing_started(d);
+        let token = m.listing_started();
         // A commit lands while the LIST pages are on their way.
         let ino = m.ino_for("d/new");
         m.created("d/new", Kind::File, None, attr(ino));
         let listed = entries(&mut m, "d", &["a"]);
         assert!(!m.listed(d, token, listed.clone()));
         assert_eq!(m.cached_child(d, "new"), Cached::Unknown, "ask the store");
-        let token = m.listing_started(d);
+        let token = m.listing_started();
         assert!(m.listed(d, token, listed));
         assert_eq!(m.cached_child(d, "zzz"), Cached::Missing);
     }
@@ -512,7 +506,7 @@ mod tests {
     fn changes_update_the_cached_listing_in_place() {
         let mut m = Meta::new(TTL, TTL);
         let d = m.ino_for("d");
-        let token = m.listing_started(d);
+        let token = m.listing_started();
         let listed = entries(&mut m, "d", &["a", "c"]);
         assert!(m.listed(d, token, listed));
         let b = m.ino_for("d/b");
@@ -547,7 +541,7 @@ mod tests {
     fn a_listing_keeps_its_children_until_it_goes() {
         let mut m = Meta::new(TTL, TTL);
         let d = m.looked_up("d");
-        let token = m.listing_started(d);
+        let token = m.listing_started();
         let listed = entries(&mut m, "d", &["a", "b"]);
         let a = listed[0].attr.ino;
         assert!(m.listed(d, token, listed));
@@ -567,11 +561,11 @@ mod tests {
     #[test]
     fn a_forgotten_directory_drops_its_listing_though_its_parent_names_it() {
         let mut m = Meta::new(TTL, TTL);
-        let root_token = m.listing_started(Ino::ROOT);
+        let root_token = m.listing_started();
         let dirs = entries(&mut m, "", &["d"]);
         assert!(m.listed(Ino::ROOT, root_token, dirs));
         let d = m.looked_up("d");
-        let token = m.listing_started(d);
+        let token = m.listing_started();
         let children = entries(&mut m, "d", &["a", "b"]);
         assert!(m.listed(d, token, children));
         m.forget(d, 1);
@@ -601,7 +595,7 @@ mod tests {
                 .map(|i| format!("f{i}"))
                 .collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let token = m.listing_started(dir);
+            let token = m.listing_started();
             let listed = entries(&mut m, &format!("big{d}"), &names);
             assert!(m.listed(dir, token, listed));
         }

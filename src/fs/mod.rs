@@ -279,9 +279,9 @@ impl Fs {
         let mut t = self.tables.lock().unwrap();
         let ino = t.meta.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
-        t.meta.seen(path, kind, meta);
+        t.meta.seen_ino(ino, kind, meta);
         if to_kernel {
-            t.meta.looked_up(path);
+            t.meta.looked_up_ino(ino);
         }
         attr
     }
@@ -353,11 +353,6 @@ impl Fs {
                 true
             });
         }
-    }
-
-    /// Sizes of the metadata maps.
-    pub fn meta_stats(&self) -> meta::MetaStats {
-        self.tables.lock().unwrap().meta.stats()
     }
 
     /// HEAD `key` and LIST `key/` concurrently: a directory, a file, or nothing.

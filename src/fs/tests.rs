@@ -613,10 +613,10 @@ async fn only_the_openers_close_commits() {
         .unwrap();
     fs.write(fh, 0, b"half").await.unwrap();
     // A forked child (pid 200) closes its inherited copy: nothing is published.
-    fs.close(fh, 200).await.unwrap();
+    fs.close(fh, 200, |tid| tid).await.unwrap();
     assert!(store.object("f").is_none());
     fs.write(fh, 4, b" and the rest").await.unwrap();
-    fs.close(fh, 100).await.unwrap();
+    fs.close(fh, 100, |tid| tid).await.unwrap();
     assert_eq!(&store.object("f").unwrap().0[..], b"half and the rest");
     fs.release(fh).await;
     assert_eq!(store.counts.put.load(Ordering::Relaxed), 1);

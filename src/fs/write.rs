@@ -542,15 +542,21 @@ impl Fs {
         }
     }
 
-    /// A close of `fh` by process `pid`: only the opener's commits (a forked child closing an
-    /// inherited descriptor must not publish the opener's half-written file).
-    pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
+    /// A close of `fh` by thread `tid`: only the opener's process commits (a forked child
+    /// closing an inherited descriptor must not publish the opener's half-written file).
+    /// `process_of` maps a thread to its process; it is asked only for a write handle closed
+    /// by a thread that is not the opener's main thread, so most closes cost no lookup.
+    pub async fn close(&self, fh: u64, tid: u32, process_of: fn(u32) -> u32) -> FsResult<()> {
         let file = self.handle(fh)?;
-        if file.writer.is_some() && file.opener != 0 && file.opener != pid {
+        let foreign = file.writer.is_some()
+            && file.opener != 0
+            && file.opener != tid
+            && file.opener != process_of(tid);
+        if foreign {
             tracing::debug!(
                 fh,
                 opener = file.opener,
-                pid,
+                tid,
                 "close by another process: no commit"
             );
             return Ok(());
@@ -589,13 +595,9 @@ impl Fs {
         let excl = st.excl;
         let key = st.key.clone();
         writer.transferring.store(true, Ordering::SeqCst);
-        let result = self.transfer(st, &key, &metadata, excl).await;
+        let uploaded = self.transfer(st, &key, &metadata, excl).await;
         writer.transferring.store(false, Ordering::SeqCst);
-        let result = match result {
-            Ok(uploaded) => self.settle(writer, st, &key, uploaded, metadata).await,
-            Err(e) => Err(e),
-        };
-        result
+        self.settle(writer, st, key, uploaded?, metadata).await
     }
 
     /// The upload of a commit: the content, or a copy with new headers.
@@ -641,11 +643,10 @@ impl Fs {
         &self,
         writer: &Writer,
         st: &mut WriteState,
-        key: &str,
+        key: String,
         mut uploaded: Uploaded,
         mut metadata: UserMetadata,
     ) -> FsResult<()> {
-        let key = key.to_string();
         if writer.posix.lock().unwrap().mtime.is_none() {
             // No explicit utime: the mtime a multipart upload was started with stands (it is
             // the time of its first part), rather than a server-side copy to move it.
