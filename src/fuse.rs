@@ -86,6 +86,10 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -111,16 +115,16 @@ fn file_attr(attr: &Attr) -> FileAttr {
         ino: INodeNo(attr.ino.0),
         size: attr.size,
         blocks,
-        atime: attr.mtime,
+        atime: attr.atime,
         mtime: attr.mtime,
-        ctime: attr.mtime,
+        ctime: attr.ctime,
         crtime: attr.mtime,
         kind,
         perm: attr.perm,
         nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.rdev,
         flags: 0,
         blksize: MAX_READ,
     }
@@ -216,7 +220,7 @@ impl Filesystem for FuseAdapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -227,15 +231,17 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let ttl = self.ttl();
+        let time = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        };
         let change = SetAttr {
             mode,
             uid,
             gid,
             size,
-            mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => SystemTime::now(),
-            }),
+            mtime: mtime.map(time),
+            atime: atime.map(time),
         };
         self.spawn(|fs| async move {
             match fs.setattr(Ino(ino.0), change).await {
@@ -261,13 +267,13 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         self.spawn(|fs| async move {
             let result = async {
-                fs.mknod(Ino(parent.0), name_str(&name)?, mode & !umask, owner)
+                fs.mknod(Ino(parent.0), name_str(&name)?, mode & !umask, rdev, owner)
                     .await
             }
             .await;
@@ -358,10 +364,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        match self.fs.link() {
-            Ok(_) => unreachable!("hard links always fail"),
-            Err(e) => reply.error(errno("link", e)),
-        }
+        let e = self.fs.link();
+        reply.error(errno("link", e));
     }
 
     fn create(

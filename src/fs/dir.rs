@@ -93,6 +93,16 @@ impl DirHandle {
 }
 
 impl Fs {
+    /// True unless the headers of this version of the object are known already.
+    fn headers_unknown(&self, object: &crate::store::ObjectMeta) -> bool {
+        let Some(path) = object.key.strip_prefix(&self.config.prefix) else {
+            return true;
+        };
+        let t = self.tables.lock().unwrap();
+        let known = t.meta.ino(path).and_then(|ino| t.meta.known_meta(ino));
+        !known.is_some_and(|k| k.metadata.is_some() && super::same_etag(&k.etag, &object.etag))
+    }
+
     /// Opens directory `ino`: from the listing cache while fresh, else returns once the first
     /// page of a new listing is in and lets the rest arrive while readdir runs.
     pub async fn opendir(self: &Arc<Self>, ino: Ino) -> FsResult<u64> {
@@ -144,7 +154,8 @@ impl Fs {
         tokio::spawn(async move {
             let mut first = Some(first_tx);
             let mut gone = false;
-            let result = stream_children(fs.store.as_ref(), &prefix, |batch, exists| {
+            let unknown = |m: &crate::store::ObjectMeta| fs.headers_unknown(m);
+            let result = stream_children(fs.store.as_ref(), &prefix, unknown, |batch, exists| {
                 if !exists && ino != Ino::ROOT {
                     // No key under the prefix any more: the directory is gone.
                     gone = true;

@@ -10,8 +10,14 @@
 //! 4. SeaweedFS ends a delimited listing early when a page ends exactly on a `dir/` marker (it
 //!    says "not truncated"). A full page without a continuation token is therefore followed by
 //!    one more request starting after its last entry; duplicates are dropped by the merge.
+//! 5. Listings carry no headers, and an empty object may be a FIFO, socket or device node,
+//!    which only its mode header tells from an empty file: empty objects whose headers are not
+//!    known yet are HEADed (16 at a time) before their page is handed out. Empty objects are
+//!    rare in most buckets; that is one HEAD each per version.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use futures::stream::{self, StreamExt};
 
 use crate::store::{ListRequest, ListStart, ObjectMeta, ObjectStore, StoreError};
 
@@ -53,17 +59,23 @@ pub struct Listing {
 /// Lists the children of the directory whose keys start with `prefix` (empty or ending in `/`).
 pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<Listing, StoreError> {
     let mut children = BTreeMap::new();
-    let exists = stream_children(store, prefix, |batch, _| {
-        children.extend(batch);
-        true
-    })
+    let exists = stream_children(
+        store,
+        prefix,
+        |_| true,
+        |batch, _| {
+            children.extend(batch);
+            true
+        },
+    )
     .await?;
     Ok(Listing { children, exists })
 }
 
 /// Lists the children of `prefix` page by page: after each page, `emit` gets the children no
 /// later page can change, sorted, and whether any key exists so far; it returns false to stop.
-/// Returns whether any key at all starts with the prefix.
+/// Returns whether any key at all starts with the prefix. Empty objects for which
+/// `unknown_headers` is true are HEADed first (see 5.).
 ///
 /// A file `x` is held back until the listing has passed the key `x/`: a later page could still
 /// hold the directory of that name, which wins. Keys arrive sorted, so that is at most the last
@@ -72,6 +84,7 @@ pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<List
 pub async fn stream_children(
     store: &dyn ObjectStore,
     prefix: &str,
+    unknown_headers: impl Fn(&ObjectMeta) -> bool,
     mut emit: impl FnMut(Vec<(String, Child)>, bool) -> bool,
 ) -> Result<bool, StoreError> {
     let mut exists = false;
@@ -135,6 +148,7 @@ pub async fn stream_children(
         }
         held = still_held;
         batch.sort_by(|a, b| a.0.cmp(&b.0));
+        read_headers(store, &mut batch, &unknown_headers).await;
         let go_on = emit(batch, exists);
         match next {
             Some(next) if go_on => start = next,
@@ -142,6 +156,40 @@ pub async fn stream_children(
         }
     }
 }
+
+/// HEADs the empty files of `batch` whose headers are unknown (see 5.). A HEAD that fails
+/// leaves the entry as listed: the listing itself does not fail for it.
+async fn read_headers(
+    store: &dyn ObjectStore,
+    batch: &mut [(String, Child)],
+    unknown: &impl Fn(&ObjectMeta) -> bool,
+) {
+    let wanted: Vec<(usize, String)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, child))| match child {
+            Child::File(m) if m.size == 0 && m.metadata.is_none() && unknown(m) => {
+                Some((i, m.key.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let heads: Vec<(usize, Result<Option<ObjectMeta>, StoreError>)> = stream::iter(wanted)
+        .map(|(i, key)| async move { (i, store.head_object(&key).await) })
+        .buffer_unordered(HEAD_CONCURRENCY)
+        .collect()
+        .await;
+    for (i, head) in heads {
+        if let (Ok(Some(head)), Child::File(listed)) = (head, &mut batch[i].1) {
+            if head.size == 0 {
+                *listed = head;
+            }
+        }
+    }
+}
+
+/// HEADs in flight while a listing reads the headers of empty objects.
+const HEAD_CONCURRENCY: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,10 @@
 //!    holds it with the files open for writing under one lock (`Tables`). Entries handed to
 //!    the kernel (lookup, create, mkdir, symlink, readdirplus) are counted there, and FORGET
 //!    frees them (see meta.rs).
+//! 7. A directory's mode, owner and times as this mount last wrote them win over the store's:
+//!    some servers drop the headers of `dir/` markers, an implicit directory has no object to
+//!    hold them, and a directory's mtime moves with every entry added or removed, which is
+//!    kept in memory only (rewriting the marker for each `touch` would double its cost).
 
 mod dir;
 pub mod inode;
@@ -50,6 +54,9 @@ use posix::Posix;
 pub use write::OpenMode;
 use write::Writer;
 
+/// Directories whose attributes this mount changed, kept (least recently changed first out).
+const MAX_WRITTEN_DIRS: usize = 64 << 10;
+
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -59,6 +66,51 @@ pub enum Kind {
     Dir,
     /// A symbolic link (an object whose mode header says so; the body is the target).
     Symlink,
+    /// A named pipe (an empty object whose mode header says so).
+    Fifo,
+    /// A Unix socket (an empty object whose mode header says so).
+    Socket,
+    /// A character device (an empty object with mode and `rdev` headers).
+    CharDevice,
+    /// A block device (an empty object with mode and `rdev` headers).
+    BlockDevice,
+}
+
+impl Kind {
+    /// The kind the type bits of a mode name, when they name one.
+    pub fn from_type_bits(bits: u32) -> Option<Kind> {
+        Some(match bits & posix::S_IFMT {
+            posix::S_IFREG => Kind::File,
+            posix::S_IFDIR => Kind::Dir,
+            posix::S_IFLNK => Kind::Symlink,
+            posix::S_IFIFO => Kind::Fifo,
+            posix::S_IFSOCK => Kind::Socket,
+            posix::S_IFCHR => Kind::CharDevice,
+            posix::S_IFBLK => Kind::BlockDevice,
+            _ => return None,
+        })
+    }
+
+    /// The type bits of `st_mode` for this kind.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => posix::S_IFREG,
+            Kind::Dir => posix::S_IFDIR,
+            Kind::Symlink => posix::S_IFLNK,
+            Kind::Fifo => posix::S_IFIFO,
+            Kind::Socket => posix::S_IFSOCK,
+            Kind::CharDevice => posix::S_IFCHR,
+            Kind::BlockDevice => posix::S_IFBLK,
+        }
+    }
+
+    /// A FIFO, socket or device: an empty object that only names the node.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice
+        )
+    }
 }
 
 /// Everything the write path needs besides the store.
@@ -85,6 +137,12 @@ pub struct Attr {
     pub size: u64,
     /// Modification time.
     pub mtime: SystemTime,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Status change time.
+    pub ctime: SystemTime,
+    /// Device number (devices only).
+    pub rdev: u32,
     /// Permission bits.
     pub perm: u16,
     /// Owner.
@@ -130,7 +188,8 @@ pub struct Fs {
     config: FsConfig,
     writes: Writes,
     mounted_at: SystemTime,
-    root_posix: Mutex<Posix>,
+    /// What this mount wrote to directories (see 7.): wins over what the store says.
+    written: Mutex<lru::LruCache<Ino, Posix>>,
     tables: Mutex<Tables>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -165,12 +224,15 @@ fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
 
-/// File or symlink, from the object's mode header.
+/// What an object is, from its mode header: a file unless the type bits name a symlink or
+/// a special file (a directory's mode on a plain object is not believed).
 fn object_kind(meta: &ObjectMeta) -> Kind {
-    if posix_of(Some(meta)).is_symlink() {
-        Kind::Symlink
-    } else {
-        Kind::File
+    match posix_of(Some(meta))
+        .type_bits()
+        .and_then(Kind::from_type_bits)
+    {
+        Some(Kind::Dir) | None => Kind::File,
+        Some(kind) => kind,
     }
 }
 
@@ -189,7 +251,7 @@ impl Fs {
             config,
             writes,
             mounted_at: SystemTime::now(),
-            root_posix: Mutex::default(),
+            written: Mutex::new(lru::LruCache::unbounded()),
             tables: Mutex::new(Tables {
                 meta,
                 writers: HashMap::new(),
@@ -236,13 +298,13 @@ impl Fs {
     /// `meta` is the object of a file or symlink, the `dir/` marker (if seen) of a directory.
     fn attr(&self, ino: Ino, kind: Kind, meta: Option<&ObjectMeta>) -> Attr {
         let posix = if ino == Ino::ROOT {
-            *self.root_posix.lock().unwrap()
+            Posix::default()
         } else {
             posix_of(meta)
         };
         let (size, modified) = match (kind, meta) {
-            (Kind::File | Kind::Symlink, Some(m)) => (m.size, m.last_modified),
-            _ => (0, self.mounted_at),
+            (Kind::Dir, _) | (_, None) => (0, self.mounted_at),
+            (_, Some(m)) => (m.size, m.last_modified),
         };
         self.attr_from(ino, kind, size, &posix, modified)
     }
@@ -259,18 +321,58 @@ impl Fs {
     ) -> Attr {
         let perm = match kind {
             Kind::Dir => self.config.dir_mode,
-            Kind::File => self.config.file_mode,
             Kind::Symlink => 0o777,
+            _ => self.config.file_mode,
+        };
+        let mut posix = *posix;
+        if kind == Kind::Dir {
+            if let Some(written) = self.written.lock().unwrap().peek(&ino) {
+                posix.merge(written);
+            }
+        }
+        let mtime = posix.mtime.unwrap_or(modified);
+        let rdev = match kind {
+            Kind::CharDevice | Kind::BlockDevice => posix.rdev.and_then(|r| u32::try_from(r).ok()),
+            _ => None,
         };
         Attr {
             ino,
             kind,
             size,
-            mtime: posix.mtime.unwrap_or(modified),
+            mtime,
+            atime: posix.atime.unwrap_or(mtime),
+            ctime: posix.ctime.unwrap_or(mtime),
+            rdev: rdev.unwrap_or(0),
             perm: posix.mode.map_or(perm, |m| (m & 0o7777) as u16),
             uid: posix.uid.unwrap_or(self.config.uid),
             gid: posix.gid.unwrap_or(self.config.gid),
         }
+    }
+
+    /// This mount changed the attributes of directory `ino`: they win over the store's until
+    /// it is removed (servers may drop a marker's headers, an implicit directory has none).
+    fn wrote_dir(&self, ino: Ino, change: impl FnOnce(&mut Posix)) {
+        let mut written = self.written.lock().unwrap();
+        let mut posix = written.pop(&ino).unwrap_or_default();
+        change(&mut posix);
+        written.push(ino, posix);
+        if written.len() > MAX_WRITTEN_DIRS {
+            written.pop_lru();
+        }
+    }
+
+    /// An entry of directory `ino` was added, removed or renamed: its mtime and ctime move.
+    fn dir_changed(&self, ino: Ino) {
+        let now = SystemTime::now();
+        self.wrote_dir(ino, |p| {
+            p.mtime = Some(now);
+            p.ctime = Some(now);
+        });
+    }
+
+    /// Directory `ino` is gone: what this mount wrote to it goes too.
+    pub(crate) fn dir_gone(&self, ino: Ino) {
+        self.written.lock().unwrap().pop(&ino);
     }
 
     /// Records what the store said of `path`; returns its attributes, counted as an entry
@@ -299,11 +401,13 @@ impl Fs {
 
     /// Looks up `name` in `parent`; `to_kernel` counts the entry handed out.
     async fn find(&self, parent: Ino, name: &str, to_kernel: bool) -> FsResult<Attr> {
+        write::check_length(name)?;
         if !valid_name(name) {
             return Err(FsError::not_found());
         }
         let parent_path = self.path_of(parent)?;
         let path = join(&parent_path, name);
+        self.check_key_length(&path, 0)?;
         {
             let mut t = self.tables.lock().unwrap();
             let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(&ino));

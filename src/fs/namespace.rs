@@ -43,14 +43,25 @@ pub struct SetAttr {
     pub size: Option<u64>,
     /// New modification time.
     pub mtime: Option<SystemTime>,
+    /// New access time.
+    pub atime: Option<SystemTime>,
 }
 
 impl SetAttr {
     fn touches_headers(&self) -> bool {
-        self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some()
+        self.mode.is_some()
+            || self.uid.is_some()
+            || self.gid.is_some()
+            || self.mtime.is_some()
+            || self.atime.is_some()
     }
 
+    /// Applies the change; any change of attributes moves the ctime.
     fn apply(&self, posix: &mut Posix, type_bits: u32) {
+        posix.ctime = Some(SystemTime::now());
+        if self.atime.is_some() {
+            posix.atime = self.atime;
+        }
         if let Some(mode) = self.mode {
             posix.mode = Some(type_bits | (mode & 0o7777));
         }
@@ -185,7 +196,7 @@ impl Fs {
         self.check_changes_allowed()?;
         if ino == Ino::ROOT {
             // The bucket root has no object to hold headers: kept for the mount's life only.
-            change.apply(&mut self.root_posix.lock().unwrap(), S_IFDIR);
+            self.wrote_dir(ino, |p| change.apply(p, S_IFDIR));
             return Ok(self.root_attr());
         }
         if let Some(size) = change.size {
@@ -206,18 +217,21 @@ impl Fs {
         let path = self.path_of(ino)?;
         let (kind, meta) = self.node(ino).await?;
         let current = self.attr(ino, kind, meta.as_ref());
-        let type_bits = match kind {
-            Kind::Dir => S_IFDIR,
-            Kind::File => S_IFREG,
-            Kind::Symlink => S_IFLNK,
-        };
+        let type_bits = kind.type_bits();
         let mut posix = Posix {
             mode: Some(type_bits | u32::from(current.perm)),
             uid: Some(current.uid),
             gid: Some(current.gid),
             mtime: Some(current.mtime),
+            atime: Some(current.atime),
+            ctime: Some(current.ctime),
+            rdev: super::posix_of(meta.as_ref()).rdev,
         };
         change.apply(&mut posix, type_bits);
+        if kind == Kind::Dir {
+            // Kept by this mount whatever the server keeps of the marker's headers.
+            self.wrote_dir(ino, |p| p.merge(&posix));
+        }
         // A directory's headers live on its marker, which may not exist yet (implicit).
         let key = if kind == Kind::Dir {
             self.dir_prefix(&path)
@@ -280,18 +294,15 @@ impl Fs {
         mode: u32,
         owner: (u32, u32),
     ) -> FsResult<Attr> {
-        self.check_writable(name)?;
-        let path = join(&self.path_of(parent)?, name);
-        let posix = Posix {
-            mode: Some(S_IFDIR | (mode & 0o7777)),
-            uid: Some(owner.0),
-            gid: Some(owner.1),
-            mtime: Some(SystemTime::now()),
-        };
+        let path = self.new_path(parent, name)?;
+        let posix = Posix::new_node(S_IFDIR | (mode & 0o7777), owner, 0);
         let marker = self
             .put_new(self.dir_prefix(&path), Bytes::new(), &posix)
             .await?;
+        let ino = self.tables.lock().unwrap().meta.ino_for(&path);
+        self.wrote_dir(ino, |p| p.merge(&posix));
         let attr = self.record(&path, Kind::Dir, Some(marker));
+        self.dir_changed(parent);
         // A new directory is empty: its lookups need no request until the listing expires.
         let mut t = self.tables.lock().unwrap();
         t.meta.made_dir(attr.ino);
@@ -307,18 +318,26 @@ impl Fs {
         target: &str,
         owner: (u32, u32),
     ) -> FsResult<Attr> {
-        self.check_writable(name)?;
-        let path = join(&self.path_of(parent)?, name);
-        let posix = Posix {
-            mode: Some(S_IFLNK | 0o777),
-            uid: Some(owner.0),
-            gid: Some(owner.1),
-            mtime: Some(SystemTime::now()),
-        };
+        let path = self.new_path(parent, name)?;
+        let posix = Posix::new_node(S_IFLNK | 0o777, owner, 0);
         let body = Bytes::copy_from_slice(target.as_bytes());
-        let meta = self.put_new(self.key_of(&path), body, &posix).await?;
-        let attr = self.record(&path, Kind::Symlink, Some(meta));
-        self.tables.lock().unwrap().meta.looked_up(&path);
+        self.make_node(parent, &path, Kind::Symlink, body, &posix)
+            .await
+    }
+
+    /// Writes the object of a new symlink or special file at `path` in `parent`.
+    async fn make_node(
+        &self,
+        parent: Ino,
+        path: &str,
+        kind: Kind,
+        body: Bytes,
+        posix: &Posix,
+    ) -> FsResult<Attr> {
+        let meta = self.put_new(self.key_of(path), body, posix).await?;
+        let attr = self.record(path, kind, Some(meta));
+        self.dir_changed(parent);
+        self.tables.lock().unwrap().meta.looked_up(path);
         Ok(attr)
     }
 
@@ -339,26 +358,36 @@ impl Fs {
         })
     }
 
-    /// mknod: regular files only (an empty object); FIFOs, sockets and devices cannot be
-    /// objects.
+    /// mknod: a regular file is created empty; a FIFO, socket or device is an empty object
+    /// whose mode header carries its type (and `rdev` its device number), as s3fs stores them.
     pub async fn mknod(
         &self,
         parent: Ino,
         name: &str,
         mode: u32,
+        rdev: u32,
         owner: (u32, u32),
     ) -> FsResult<Attr> {
         let mode = Self::file_mode_bits(mode);
-        if mode & S_IFMT != S_IFREG {
-            return Err(FsError::new(
-                libc::EPERM,
-                "only regular files can be stored in S3",
-            ));
+        match Kind::from_type_bits(mode) {
+            Some(Kind::File) => {
+                let (attr, fh) = self.create(parent, name, mode, owner, true, 0).await?;
+                let result = self.fsync(fh).await;
+                self.release(fh).await;
+                result.map(|()| attr)
+            }
+            Some(kind) if kind.is_special() => {
+                let path = self.new_path(parent, name)?;
+                let device = matches!(kind, Kind::CharDevice | Kind::BlockDevice);
+                let posix = Posix::new_node(mode, owner, if device { rdev } else { 0 });
+                self.make_node(parent, &path, kind, Bytes::new(), &posix)
+                    .await
+            }
+            _ => Err(FsError::new(
+                libc::EINVAL,
+                format!("mknod of file type {:o}", mode & S_IFMT),
+            )),
         }
-        let (attr, fh) = self.create(parent, name, mode, owner, true, 0).await?;
-        let result = self.fsync(fh).await;
-        self.release(fh).await;
-        result.map(|()| attr)
     }
 
     /// readlink: the body of the symlink object.
@@ -390,6 +419,7 @@ impl Fs {
         }
         self.store.delete_object(&self.key_of(&path)).await?;
         self.record_gone(&path);
+        self.dir_changed(parent);
         Ok(())
     }
 
@@ -416,6 +446,8 @@ impl Fs {
         }
         self.store.delete_object(&marker).await?;
         self.record_gone(&path);
+        self.dir_gone(attr.ino);
+        self.dir_changed(parent);
         Ok(())
     }
 
@@ -458,6 +490,7 @@ impl Fs {
         }
         let from = join(&self.path_of(parent)?, name);
         let to = join(&self.path_of(new_parent)?, new_name);
+        self.check_key_length(&to, 1)?;
         let source = self.find(parent, name, false).await?;
         let target = match self.find(new_parent, new_name, false).await {
             Ok(attr) => Some(attr),
@@ -495,10 +528,18 @@ impl Fs {
             Some(self.rename_file(source.ino, &from, &to).await?)
         };
         self.rebind(&from, &to, &source);
-        if let Some(meta) = moved_file {
+        match moved_file {
             // Recorded under the moved inode, headers included, so listings keep them.
-            self.record(&to, object_kind(&meta), Some(meta));
+            Some(meta) => {
+                self.record(&to, object_kind(&meta), Some(meta));
+            }
+            None => self.wrote_dir(source.ino, |p| p.ctime = Some(SystemTime::now())),
         }
+        if let Some(target) = target.filter(|t| t.kind == Kind::Dir && t.ino != source.ino) {
+            self.dir_gone(target.ino);
+        }
+        self.dir_changed(parent);
+        self.dir_changed(new_parent);
         Ok(())
     }
 
@@ -531,7 +572,15 @@ impl Fs {
             key: &meta.key,
             etag: &meta.etag,
         };
-        let etag = self.copy(source, meta.size, &new_key, None).await?;
+        // A rename changes the node's status: its ctime moves (headers otherwise kept).
+        let moved = Posix {
+            ctime: Some(SystemTime::now()),
+            ..Posix::default()
+        };
+        let headers = moved.apply_to(meta.metadata.as_ref().unwrap_or(&Default::default()));
+        let etag = self
+            .copy(source, meta.size, &new_key, Some(&headers))
+            .await?;
         if let Some(writer) = &writer {
             writer.moved(&new_key, &etag).await;
         }
@@ -539,6 +588,7 @@ impl Fs {
         Ok(ObjectMeta {
             key: new_key,
             etag,
+            metadata: Some(headers),
             ..meta
         })
     }
@@ -625,11 +675,8 @@ impl Fs {
         Ok(out)
     }
 
-    /// Hard links cannot be expressed in S3.
-    pub fn link(&self) -> FsResult<Attr> {
-        Err(FsError::new(
-            libc::EPERM,
-            "hard links are not supported on S3",
-        ))
+    /// Hard links cannot be expressed in S3: the error link(2) gives.
+    pub fn link(&self) -> FsError {
+        FsError::new(libc::EPERM, "hard links are not supported on S3")
     }
 }

@@ -22,8 +22,17 @@ pub const S_IFDIR: u32 = 0o040_000;
 pub const S_IFREG: u32 = 0o100_000;
 /// Symbolic link.
 pub const S_IFLNK: u32 = 0o120_000;
+/// Named pipe (FIFO).
+pub const S_IFIFO: u32 = 0o010_000;
+/// Character device.
+pub const S_IFCHR: u32 = 0o020_000;
+/// Block device.
+pub const S_IFBLK: u32 = 0o060_000;
+/// Unix domain socket.
+pub const S_IFSOCK: u32 = 0o140_000;
 
-/// Owner, group, mode and mtime as stored in headers; `None` where a header is absent.
+/// Owner, group, mode, times and device number as stored in headers; `None` where a header
+/// is absent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Posix {
     /// Full `st_mode`, type bits included.
@@ -34,6 +43,12 @@ pub struct Posix {
     pub gid: Option<u32>,
     /// Modification time.
     pub mtime: Option<SystemTime>,
+    /// Access time.
+    pub atime: Option<SystemTime>,
+    /// Status change time.
+    pub ctime: Option<SystemTime>,
+    /// Device number of a character or block device (`x-amz-meta-rdev`).
+    pub rdev: Option<u64>,
 }
 
 fn parse_time(s: &str) -> Option<SystemTime> {
@@ -63,12 +78,19 @@ fn format_time(t: SystemTime) -> String {
 impl Posix {
     /// Reads the headers present in `metadata`.
     pub fn from_metadata(metadata: &UserMetadata) -> Self {
-        let number = |name: &str| metadata.get(name).and_then(|v| v.trim().parse().ok());
+        let number = |name: &str| {
+            metadata
+                .get(name)
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
         Self {
             mode: number("mode"),
             uid: number("uid"),
             gid: number("gid"),
             mtime: metadata.get("mtime").and_then(|v| parse_time(v)),
+            atime: metadata.get("atime").and_then(|v| parse_time(v)),
+            ctime: metadata.get("ctime").and_then(|v| parse_time(v)),
+            rdev: metadata.get("rdev").and_then(|v| v.trim().parse().ok()),
         }
     }
 
@@ -84,8 +106,18 @@ impl Posix {
         if let Some(gid) = self.gid {
             out.insert("gid".into(), gid.to_string());
         }
-        if let Some(mtime) = self.mtime {
-            out.insert("mtime".into(), format_time(mtime));
+        let times = [
+            ("mtime", self.mtime),
+            ("atime", self.atime),
+            ("ctime", self.ctime),
+        ];
+        for (name, time) in times {
+            if let Some(time) = time {
+                out.insert(name.into(), format_time(time));
+            }
+        }
+        if let Some(rdev) = self.rdev {
+            out.insert("rdev".into(), rdev.to_string());
         }
         out
     }
@@ -97,7 +129,38 @@ impl Posix {
 
     /// True when the mode says symbolic link.
     pub fn is_symlink(&self) -> bool {
-        self.mode.is_some_and(|m| m & S_IFMT == S_IFLNK)
+        self.type_bits() == Some(S_IFLNK)
+    }
+
+    /// The headers of a node created now with `mode` (type bits included) by `owner`;
+    /// `rdev` is kept for devices only.
+    pub fn new_node(mode: u32, owner: (u32, u32), rdev: u32) -> Self {
+        let now = SystemTime::now();
+        Self {
+            mode: Some(mode),
+            uid: Some(owner.0),
+            gid: Some(owner.1),
+            mtime: Some(now),
+            atime: Some(now),
+            ctime: Some(now),
+            rdev: (rdev != 0).then_some(u64::from(rdev)),
+        }
+    }
+
+    /// Takes every field `other` has.
+    pub fn merge(&mut self, other: &Posix) {
+        self.mode = other.mode.or(self.mode);
+        self.uid = other.uid.or(self.uid);
+        self.gid = other.gid.or(self.gid);
+        self.mtime = other.mtime.or(self.mtime);
+        self.atime = other.atime.or(self.atime);
+        self.ctime = other.ctime.or(self.ctime);
+        self.rdev = other.rdev.or(self.rdev);
+    }
+
+    /// The file type bits of the mode, when there is a mode with some.
+    pub fn type_bits(&self) -> Option<u32> {
+        self.mode.map(|m| m & S_IFMT).filter(|t| *t != 0)
     }
 }
 

@@ -140,7 +140,10 @@ impl Fs {
     fn touched(&self, writer: &Writer, st: &mut WriteState, size: u64) {
         st.dirty = true;
         writer.size.store(size, Ordering::SeqCst);
-        writer.posix.lock().unwrap().mtime = None;
+        let mut posix = writer.posix.lock().unwrap();
+        posix.mtime = None;
+        posix.ctime = None;
+        drop(posix);
         *writer.modified.lock().unwrap() = SystemTime::now();
     }
 
@@ -219,8 +222,7 @@ impl Fs {
         excl: bool,
         opener: u32,
     ) -> FsResult<(Attr, u64)> {
-        self.check_writable(name)?;
-        let path = super::join(&self.path_of(parent)?, name);
+        let path = self.new_path(parent, name)?;
         let shared = {
             let mut t = self.tables.lock().unwrap();
             let ino = t.meta.ino_for(&path);
@@ -236,11 +238,11 @@ impl Fs {
                 (writer.ino, writer)
             }
             (ino, None) => {
+                // mtime and ctime: the time of the last change (see `touched`).
                 let posix = Posix {
-                    mode: Some(S_IFREG | (mode & 0o7777)),
-                    uid: Some(owner.0),
-                    gid: Some(owner.1),
                     mtime: None,
+                    ctime: None,
+                    ..Posix::new_node(S_IFREG | (mode & 0o7777), owner, 0)
                 };
                 let content = Content::Stream(self.new_upload(&self.key_of(&path)));
                 let extra = UserMetadata::new();
@@ -258,6 +260,7 @@ impl Fs {
             }
         };
         debug_assert_eq!(ino, writer.ino);
+        self.dir_changed(parent);
         // The kernel holds the new entry from now on.
         self.tables.lock().unwrap().meta.looked_up(&path);
         Ok((
@@ -307,7 +310,8 @@ impl Fs {
             mode: Some(S_IFREG | u32::from(attr.perm)),
             uid: Some(attr.uid),
             gid: Some(attr.gid),
-            mtime: None,
+            atime: Some(attr.atime),
+            ..Posix::default()
         };
         let extra = meta.metadata.clone().unwrap_or_default();
         let content = if mode.truncate {
@@ -452,10 +456,13 @@ impl Fs {
         st.failed = Some(err);
     }
 
-    /// Headers the next commit writes: the object's other headers plus mode, owner and mtime.
+    /// Headers the next commit writes: the object's other headers plus mode, owner and times
+    /// (mtime and ctime, unless set since, of the last change).
     fn wanted_metadata(&self, writer: &Writer, st: &WriteState) -> UserMetadata {
         let mut posix = *writer.posix.lock().unwrap();
-        posix.mtime.get_or_insert(*writer.modified.lock().unwrap());
+        let modified = *writer.modified.lock().unwrap();
+        posix.mtime.get_or_insert(modified);
+        posix.ctime.get_or_insert(modified);
         posix.apply_to(&st.extra)
     }
 
@@ -647,11 +654,12 @@ impl Fs {
         mut uploaded: Uploaded,
         mut metadata: UserMetadata,
     ) -> FsResult<()> {
-        if writer.posix.lock().unwrap().mtime.is_none() {
-            // No explicit utime: the mtime a multipart upload was started with stands (it is
+        let posix = *writer.posix.lock().unwrap();
+        for (name, explicit) in [("mtime", posix.mtime), ("ctime", posix.ctime)] {
+            // Not set explicitly: the time a multipart upload was started with stands (it is
             // the time of its first part), rather than a server-side copy to move it.
-            if let Some(sent) = uploaded.metadata.get("mtime") {
-                metadata.insert("mtime".into(), sent.clone());
+            if let (None, Some(sent)) = (explicit, uploaded.metadata.get(name)) {
+                metadata.insert(name.into(), sent.clone());
             }
         }
         if uploaded.metadata != metadata {
@@ -816,10 +824,31 @@ impl Fs {
 
     pub(super) fn check_writable(&self, name: &str) -> FsResult<()> {
         self.check_changes_allowed()?;
+        check_length(name)?;
         if !super::list::valid_name(name) {
             return Err(FsError::new(
                 libc::EINVAL,
                 format!("'{name}' cannot be a name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The path of a new entry `name` in `parent`, when it can be one.
+    pub(super) fn new_path(&self, parent: Ino, name: &str) -> FsResult<String> {
+        self.check_writable(name)?;
+        let path = super::join(&self.path_of(parent)?, name);
+        // A directory's marker is one byte longer than its name's key.
+        self.check_key_length(&path, 1)?;
+        Ok(path)
+    }
+
+    /// ENAMETOOLONG for a path whose key (plus `extra` bytes) would be longer than S3 allows.
+    pub(super) fn check_key_length(&self, path: &str, extra: usize) -> FsResult<()> {
+        if self.key_of(path).len() + extra > MAX_KEY_LEN {
+            return Err(FsError::new(
+                libc::ENAMETOOLONG,
+                format!("the key of '{path}' would be longer than S3's {MAX_KEY_LEN} bytes"),
             ));
         }
         Ok(())
@@ -833,6 +862,20 @@ impl Fs {
             mode
         }
     }
+}
+
+/// Longest key S3 accepts, in bytes of UTF-8.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// ENAMETOOLONG for a name longer than NAME_MAX.
+pub(super) fn check_length(name: &str) -> FsResult<()> {
+    if name.len() > super::list::NAME_MAX {
+        return Err(FsError::new(
+            libc::ENAMETOOLONG,
+            format!("a name has at most {} bytes", super::list::NAME_MAX),
+        ));
+    }
+    Ok(())
 }
 
 fn lost() -> FsError {

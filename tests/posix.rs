@@ -1,0 +1,328 @@
+//! A mount behaves like a local filesystem: special files, times, names, and what this mount
+//! wrote winning over a server that forgot it. Real mounts against SeaweedFS on 127.0.0.1.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::{Bucket, Mount};
+
+fn sh(script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("spawn bash");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn header(b: &Bucket, key: &str, name: &str) -> Option<String> {
+    b.head(key).and_then(|(_, m)| m.get(name).cloned())
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode()
+}
+
+/// Binds a Unix socket at `path` (the way a server creates one) and closes it.
+fn bind_socket(path: &Path) {
+    std::os::unix::net::UnixListener::bind(path).expect("bind a unix socket in the mount");
+}
+
+fn makedev(major: u64, minor: u64) -> u64 {
+    libc::makedev(major as u32, minor as u32)
+}
+
+/// What `ls -l` and `stat` show of the special files, as (name, type letter, rdev).
+fn listed_types(dir: &Path) -> Vec<(String, char, u64)> {
+    let mut out: Vec<(String, char, u64)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let letter = if t.is_fifo() {
+                'p'
+            } else if t.is_socket() {
+                's'
+            } else if t.is_char_device() {
+                'c'
+            } else if t.is_block_device() {
+                'b'
+            } else if t.is_dir() {
+                'd'
+            } else if t.is_symlink() {
+                'l'
+            } else {
+                '-'
+            };
+            let rdev = fs::symlink_metadata(e.path()).unwrap().rdev();
+            (e.file_name().into_string().unwrap(), letter, rdev)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn special_files_are_created_listed_changed_renamed_removed_and_survive_a_remount() {
+    let b = Bucket::new("px-special");
+    let mount = || Mount::new(&b.name, "px-special", &[]);
+    let m = mount();
+    let p = |n: &str| m.path.join(n);
+    fs::create_dir(p("dev")).unwrap();
+    sh(&format!(
+        "cd {}; mkfifo -m 0640 fifo; mknod chr c 1 3; mknod blk b 8 1",
+        p("dev").display()
+    ));
+    bind_socket(&p("dev/sock"));
+    fs::write(p("dev/plain"), "").unwrap();
+
+    let want = vec![
+        ("blk".to_string(), 'b', makedev(8, 1)),
+        ("chr".to_string(), 'c', makedev(1, 3)),
+        ("fifo".to_string(), 'p', 0),
+        ("plain".to_string(), '-', 0),
+        ("sock".to_string(), 's', 0),
+    ];
+    assert_eq!(listed_types(&p("dev")), want);
+    assert_eq!(mode_of(&p("dev/fifo")), libc::S_IFIFO | 0o640);
+
+    // What another S3 client (and s3fs) reads: empty objects whose mode carries the type.
+    assert_eq!(b.size("dev/fifo"), Some(0));
+    assert_eq!(
+        header(&b, "dev/fifo", "mode"),
+        Some((libc::S_IFIFO | 0o640).to_string())
+    );
+    assert_eq!(
+        header(&b, "dev/chr", "rdev"),
+        Some(makedev(1, 3).to_string())
+    );
+    assert_eq!(
+        header(&b, "dev/sock", "mode").map(|m| m.parse::<u32>().unwrap() & libc::S_IFMT),
+        Some(libc::S_IFSOCK)
+    );
+
+    // chmod, chown and rename keep the type.
+    fs::set_permissions(p("dev/fifo"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::lchown(p("dev/chr"), Some(1234), Some(4321)).unwrap();
+    fs::rename(p("dev/blk"), p("dev/blk2")).unwrap();
+    assert_eq!(mode_of(&p("dev/fifo")), libc::S_IFIFO | 0o600);
+    let chr = fs::symlink_metadata(p("dev/chr")).unwrap();
+    assert_eq!(
+        (chr.uid(), chr.gid(), chr.rdev()),
+        (1234, 4321, makedev(1, 3))
+    );
+    assert!(fs::symlink_metadata(p("dev/blk2"))
+        .unwrap()
+        .file_type()
+        .is_block_device());
+    assert_eq!(
+        header(&b, "dev/blk2", "rdev"),
+        Some(makedev(8, 1).to_string())
+    );
+    assert!(b.head("dev/blk").is_none(), "the old name is gone");
+
+    // A FIFO in the mount works as a FIFO: the kernel carries the bytes.
+    let fifo = p("dev/fifo");
+    let writer = std::thread::spawn(move || fs::write(fifo, "through the pipe").unwrap());
+    assert_eq!(
+        fs::read_to_string(p("dev/fifo")).unwrap(),
+        "through the pipe"
+    );
+    writer.join().unwrap();
+
+    // After a remount, a listing (ls -l) and a stat show the same types.
+    drop(m);
+    let m = mount();
+    let p = |n: &str| m.path.join(n);
+    let want = vec![
+        ("blk2".to_string(), 'b', makedev(8, 1)),
+        ("chr".to_string(), 'c', makedev(1, 3)),
+        ("fifo".to_string(), 'p', 0),
+        ("plain".to_string(), '-', 0),
+        ("sock".to_string(), 's', 0),
+    ];
+    assert_eq!(listed_types(&p("dev")), want);
+    let ls = sh(&format!("ls -l {}", p("dev").display()));
+    assert!(ls.contains("prw-------"), "{ls}");
+    assert!(ls.contains("crw-r--r--"), "{ls}");
+    assert!(ls.contains("srwx"), "{ls}");
+
+    for name in ["blk2", "chr", "fifo", "plain", "sock"] {
+        fs::remove_file(p(&format!("dev/{name}"))).unwrap();
+    }
+    assert_eq!(listed_types(&p("dev")), vec![]);
+    assert_eq!(b.keys_under("dev/"), vec!["dev/".to_string()]);
+}
+
+#[test]
+fn names_too_long_for_linux_or_s3_give_enametoolong() {
+    let b = Bucket::new("px-names");
+    let m = Mount::new(&b.name, "px-names", &[]);
+    let long = m.path.join("n".repeat(256));
+    for result in [
+        fs::write(&long, "x").map(|_| ()),
+        fs::create_dir(&long),
+        fs::metadata(&long).map(|_| ()),
+        std::os::unix::fs::symlink("t", &long),
+    ] {
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    }
+    // 255 bytes is a name; nested names make a key over S3's 1,024 bytes (968 bytes here,
+    // plus a name of 100).
+    let mut deep = m.path.clone();
+    for len in [255, 255, 255, 200] {
+        deep = deep.join("m".repeat(len));
+        fs::create_dir(&deep).unwrap();
+    }
+    let too_deep = deep.join("x".repeat(100));
+    for result in [
+        fs::write(&too_deep, "x").map(|_| ()),
+        fs::create_dir(&too_deep),
+    ] {
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    }
+    fs::write(deep.join("short"), "fits").unwrap();
+    assert_eq!(fs::read_to_string(deep.join("short")).unwrap(), "fits");
+}
+
+fn times(p: &Path) -> (SystemTime, SystemTime, SystemTime) {
+    let m = fs::symlink_metadata(p).unwrap();
+    let at = |s: i64, ns: i64| SystemTime::UNIX_EPOCH + Duration::new(s as u64, ns as u32);
+    (
+        at(m.atime(), m.atime_nsec()),
+        at(m.mtime(), m.mtime_nsec()),
+        at(m.ctime(), m.ctime_nsec()),
+    )
+}
+
+/// Times move the way they do on a local disk (all within one mount).
+#[test]
+fn atime_mtime_and_ctime_follow_posix() {
+    let b = Bucket::new("px-times");
+    let m = Mount::new(&b.name, "px-times", &[]);
+    let p = |n: &str| m.path.join(n);
+    fs::create_dir(p("d")).unwrap();
+    fs::write(p("d/f"), "one").unwrap();
+    let pause = || std::thread::sleep(Duration::from_millis(1100));
+
+    // utimensat sets atime and mtime independently, and both are stored.
+    sh(&format!(
+        "touch -a -d '2001-02-03 04:05:06' {0}; touch -m -d '2011-12-13 14:15:16' {0}",
+        p("d/f").display()
+    ));
+    let (atime, mtime, _) = times(&p("d/f"));
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        sh(&format!("date -d @{} -u +%Y", secs(atime))).trim(),
+        "2001"
+    );
+    assert_eq!(
+        sh(&format!("date -d @{} -u +%Y", secs(mtime))).trim(),
+        "2011"
+    );
+    assert_eq!(
+        header(&b, "d/f", "atime").map(|v| v.split('.').next().unwrap().to_string()),
+        Some(secs(atime).to_string())
+    );
+
+    // chmod, chown and rename move ctime only.
+    let changes: Vec<Box<dyn Fn()>> = vec![
+        Box::new(|| fs::set_permissions(p("d/f"), fs::Permissions::from_mode(0o600)).unwrap()),
+        Box::new(|| std::os::unix::fs::chown(p("d/f"), Some(7), Some(7)).unwrap()),
+        Box::new(|| {
+            fs::rename(p("d/f"), p("d/g")).unwrap();
+            fs::rename(p("d/g"), p("d/f")).unwrap();
+        }),
+    ];
+    for change in changes {
+        let before = times(&p("d/f"));
+        pause();
+        change();
+        let after = times(&p("d/f"));
+        assert_eq!(
+            (after.0, after.1),
+            (before.0, before.1),
+            "atime, mtime kept"
+        );
+        assert!(after.2 > before.2, "ctime moves: {before:?} -> {after:?}");
+    }
+
+    // A write moves mtime and ctime, not atime.
+    let before = times(&p("d/f"));
+    pause();
+    fs::write(p("d/f"), "two").unwrap();
+    let after = times(&p("d/f"));
+    assert_eq!(after.0, before.0, "a write leaves atime");
+    assert!(after.1 > before.1 && after.2 > before.2);
+
+    // Adding, renaming and removing entries move the directory's mtime and ctime.
+    let changes: Vec<Box<dyn Fn()>> = vec![
+        Box::new(|| fs::write(p("d/new"), "n").unwrap()),
+        Box::new(|| fs::rename(p("d/new"), p("d/renamed")).unwrap()),
+        Box::new(|| fs::remove_file(p("d/renamed")).unwrap()),
+        Box::new(|| fs::create_dir(p("d/sub")).unwrap()),
+        Box::new(|| fs::remove_dir(p("d/sub")).unwrap()),
+        Box::new(|| std::os::unix::fs::symlink("f", p("d/link")).unwrap()),
+    ];
+    for change in changes {
+        let before = times(&p("d"));
+        pause();
+        change();
+        let after = times(&p("d"));
+        assert!(
+            after.1 > before.1 && after.2 > before.2,
+            "dir mtime and ctime move: {before:?} -> {after:?}"
+        );
+    }
+}
+
+/// SeaweedFS drops the headers of `dir/` markers: what this mount wrote still wins, also
+/// after the metadata TTL sent it back to the server.
+#[test]
+fn a_directory_keeps_the_mode_and_owner_this_mount_gave_it() {
+    let b = Bucket::new("px-dirmode");
+    let m = Mount::new(&b.name, "px-dirmode", &["--metadata-ttl", "1s"]);
+    let d = m.path.join("d");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(&d, Some(1234), Some(99)).unwrap();
+    let check = || {
+        let meta = fs::metadata(&d).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o711);
+        assert_eq!((meta.uid(), meta.gid()), (1234, 99));
+    };
+    check();
+    std::thread::sleep(Duration::from_secs(2));
+    check();
+    // A lookup from the parent's listing shows the same.
+    let listed = sh(&format!("ls -ln {}", m.path.display()));
+    assert!(
+        listed.contains("drwx--x--x") && listed.contains("1234"),
+        "{listed}"
+    );
+    // And a directory made implicitly (keys below it, no marker) takes a chmod too.
+    b.put("implicit/file", "x");
+    std::thread::sleep(Duration::from_secs(2));
+    let i = m.path.join("implicit");
+    fs::set_permissions(&i, fs::Permissions::from_mode(0o700)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fs::metadata(&i).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(
+        fs::read_dir(&m.path).unwrap().count(),
+        2,
+        "nothing else appeared"
+    );
+}
