@@ -108,7 +108,6 @@ fn reply_empty(op: &str, reply: ReplyEmpty, result: FsResult<()>) {
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {
-    let nlink = if attr.kind == Kind::Dir { 2 } else { 1 };
     let blocks = attr.size.div_ceil(512);
     let kind = file_type(attr.kind);
     FileAttr {
@@ -121,7 +120,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
         crtime: attr.mtime,
         kind,
         perm: attr.perm,
-        nlink,
+        nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
         rdev: attr.rdev,
@@ -171,7 +170,9 @@ async fn fill_dir(
     }
     let skip = offset.saturating_sub(2) as usize;
     handle.wait_for(skip).await?;
-    handle.visit(skip, |i, entry| add(i as u64 + 3, &entry.name, &entry.attr));
+    handle.visit(skip, |i, entry| {
+        add(i as u64 + 3, &entry.name, &fs.listed_attr(&entry.attr))
+    });
     Ok(())
 }
 
@@ -380,11 +381,16 @@ impl Filesystem for FuseAdapter {
     ) {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
-        let opener = process_of(req.pid());
+        let open = OpenMode {
+            write: true,
+            truncate: false,
+            read: flags & libc::O_ACCMODE == libc::O_RDWR,
+            opener: process_of(req.pid()),
+        };
         self.spawn(|fs| async move {
             let result = async {
                 let name = name_str(&name)?;
-                fs.create(Ino(parent.0), name, mode & !umask, owner, excl, opener)
+                fs.create(Ino(parent.0), name, mode & !umask, owner, excl, open)
                     .await
             }
             .await;
@@ -406,6 +412,7 @@ impl Filesystem for FuseAdapter {
         let mode = OpenMode {
             write,
             truncate: flags.0 & libc::O_TRUNC != 0,
+            read: flags.acc_mode() == OpenAccMode::O_RDWR,
             opener: if write { process_of(req.pid()) } else { 0 },
         };
         self.spawn(|fs| async move {

@@ -326,3 +326,194 @@ fn a_directory_keeps_the_mode_and_owner_this_mount_gave_it() {
         "nothing else appeared"
     );
 }
+
+/// A file unlinked while open stays readable and writable through its descriptors until the
+/// last close (`tail -f` of a rotated log, temp-file idioms), and nothing of it is uploaded.
+#[test]
+fn an_unlinked_open_file_lives_until_its_last_close() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    let b = Bucket::new("px-unlinked");
+    let body = common::pseudo_random(3 << 20, 7);
+    b.put("log", body.clone());
+    let m = Mount::new(&b.name, "px-unlinked", &[]);
+    let p = |n: &str| m.path.join(n);
+
+    // A reader that has read only the start.
+    let mut reader = fs::File::open(p("log")).unwrap();
+    let mut head = [0u8; 10];
+    reader.read_exact(&mut head).unwrap();
+    fs::remove_file(p("log")).unwrap();
+    assert!(b.head("log").is_none(), "the object is deleted at unlink");
+    assert!(fs::metadata(p("log")).is_err(), "the name is gone");
+    let meta = reader.metadata().unwrap();
+    assert_eq!((meta.len(), meta.nlink()), (body.len() as u64, 0));
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert_eq!([&head[..], &rest[..]].concat(), body);
+
+    // The name is free for a new file meanwhile, independent of the open one.
+    fs::write(p("log"), "new file").unwrap();
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    let mut again = vec![0u8; 100];
+    reader.read_exact(&mut again).unwrap();
+    assert_eq!(again, body[..100]);
+    drop(reader);
+    assert_eq!(b.get("log"), b"new file");
+
+    // A temp file: created, unlinked, written and read back through its descriptor.
+    let mut tmp = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p("tmp"))
+        .unwrap();
+    tmp.write_all(b"before unlink;").unwrap();
+    fs::remove_file(p("tmp")).unwrap();
+    tmp.write_all(b" after unlink").unwrap();
+    tmp.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    tmp.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "before unlink; after unlink");
+    assert_eq!(tmp.metadata().unwrap().nlink(), 0);
+    tmp.sync_all().unwrap();
+    drop(tmp);
+    let names: Vec<String> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["log".to_string()]);
+    assert_eq!(b.keys(), vec!["log".to_string()], "nothing of tmp uploaded");
+}
+
+/// Reads and writes in any order on any descriptor, past several parts: as on a local disk.
+#[test]
+fn any_write_pattern_works_past_several_parts() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+
+    let b = Bucket::new("px-patterns");
+    let m = Mount::new(&b.name, "px-patterns", &[]);
+    let p = |n: &str| m.path.join(n);
+    let size = 40 << 20; // five 8 MiB parts
+    let data = common::pseudo_random(size, 3);
+
+    // O_RDWR|O_CREAT|O_TRUNC: write it all, go back, write and read anywhere.
+    let mut expect = data.clone();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p("rw"))
+        .unwrap();
+    f.write_all(&data).unwrap();
+    for (at, patch) in [
+        (5usize << 20, b"patch one"),
+        (123, b"patch two"),
+        (size - 4, b"tail+ext!"),
+    ] {
+        f.write_all_at(patch, at as u64).unwrap();
+        if expect.len() < at + patch.len() {
+            expect.resize(at + patch.len(), 0);
+        }
+        expect[at..at + patch.len()].copy_from_slice(patch);
+        let mut back = vec![0u8; patch.len()];
+        f.read_exact_at(&mut back, at as u64).unwrap();
+        assert_eq!(&back, patch);
+    }
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut all = Vec::new();
+    f.read_to_end(&mut all).unwrap();
+    assert!(all == expect, "read back through the descriptor");
+    drop(f);
+    assert!(b.get("rw") == expect, "the object holds every write");
+
+    // O_WRONLY streaming: parts leave while it writes, then it goes back to fix a header.
+    let mut w = fs::File::create(p("wo")).unwrap();
+    w.write_all(&data).unwrap();
+    w.write_all_at(b"HEADER", 0).unwrap();
+    w.write_all(b"trailer").unwrap();
+    drop(w);
+    let mut expect = data.clone();
+    expect[..6].copy_from_slice(b"HEADER");
+    expect.extend_from_slice(b"trailer");
+    assert!(
+        b.get("wo") == expect,
+        "the header fix and the trailer both landed"
+    );
+
+    // A writer through a shared mapping (it must be O_RDWR).
+    sh(&format!(
+        r#"python3 - <<'PY'
+import mmap, os
+fd = os.open("{0}", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 3 << 20)
+mm = mmap.mmap(fd, 3 << 20)
+mm[0:5] = b"start"
+mm[(3 << 20) - 3:] = b"end"
+mm[1 << 20:(1 << 20) + 6] = b"middle"
+mm.flush()
+mm.close()
+os.close(fd)
+PY"#,
+        p("mapped").display()
+    ));
+    let mapped = b.get("mapped");
+    assert_eq!(mapped.len(), 3 << 20);
+    assert_eq!(&mapped[..5], b"start");
+    assert_eq!(&mapped[(1 << 20)..(1 << 20) + 6], b"middle");
+    assert_eq!(&mapped[(3 << 20) - 3..], b"end");
+}
+
+/// A file replaced by another client within the TTL: a handle that has read nothing yet
+/// follows the new version; one that read the old version gets ESTALE, never a mix.
+#[test]
+fn a_file_replaced_elsewhere_is_read_right() {
+    use std::os::unix::fs::FileExt;
+
+    let b = Bucket::new("px-replaced");
+    let old = common::pseudo_random(32 << 20, 1);
+    let new = common::pseudo_random(32 << 20, 2);
+    b.put("f", old.clone());
+    let m = Mount::new(&b.name, "px-replaced", &["--metadata-ttl", "60s"]);
+    let f = m.path.join("f");
+    assert_eq!(fs::metadata(&f).unwrap().len(), old.len() as u64);
+
+    // Opened on the cached (old) attributes, replaced before the first read.
+    let early = fs::File::open(&f).unwrap();
+    let reading = fs::File::open(&f).unwrap();
+    let mut first = [0u8; 4096];
+    reading.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(first[..], old[..4096]);
+    b.put("f", new.clone());
+    let mut got = vec![0u8; 4096];
+    early.read_exact_at(&mut got, 20 << 20).unwrap();
+    assert_eq!(
+        got[..],
+        new[20 << 20..(20 << 20) + 4096],
+        "followed the new version"
+    );
+    let err = reading.read_exact_at(&mut got, 24 << 20).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "no mix of versions");
+    drop((early, reading));
+    assert!(
+        fs::read(&f).unwrap() == new,
+        "a new open reads the new version"
+    );
+}
+
+#[test]
+fn a_directory_links_itself_and_its_subdirectories() {
+    let b = Bucket::new("px-nlink");
+    let m = Mount::new(&b.name, "px-nlink", &[]);
+    let d = m.path.join("d");
+    fs::create_dir(&d).unwrap();
+    fs::create_dir(d.join("a")).unwrap();
+    fs::create_dir(d.join("b")).unwrap();
+    fs::write(d.join("f"), "x").unwrap();
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 3);
+    assert_eq!(fs::metadata(&d).unwrap().nlink(), 4);
+    assert_eq!(fs::metadata(d.join("f")).unwrap().nlink(), 1);
+}

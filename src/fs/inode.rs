@@ -192,6 +192,20 @@ impl InodeTable {
         inos
     }
 
+    /// `path` lost its name while the kernel may still hold it (an unlinked open file): its
+    /// number stays taken, without a path, until the kernel forgets it; a new file of that
+    /// name gets a number of its own. Returns the number.
+    pub fn orphan(&mut self, path: &str) -> Option<Ino> {
+        let ino = self.by_path.remove(path)?;
+        match self.by_ino.get_mut(&ino) {
+            Some(entry) if entry.lookups > 0 => entry.path = None,
+            _ => {
+                self.by_ino.remove(&ino);
+            }
+        }
+        Some(ino)
+    }
+
     /// Never true: the root is always there.
     pub fn is_empty(&self) -> bool {
         self.by_ino.is_empty()

@@ -296,6 +296,23 @@ impl Meta {
         self.name_gone(path);
     }
 
+    /// Subdirectories of `dir` while its listing is cached (for its link count).
+    pub fn subdirs(&self, dir: Ino) -> Option<u32> {
+        let listing = self.listings.peek(&dir)?;
+        let dirs = listing.entries.iter().filter(|e| e.attr.kind == Kind::Dir);
+        Some(dirs.count().min(u32::MAX as usize - 2) as u32)
+    }
+
+    /// `path` was unlinked while open: its number lives on without a path until the kernel
+    /// forgets it, and the name is free for a new file with a number of its own.
+    pub fn unlinked_open(&mut self, path: &str) {
+        if let Some(ino) = self.inodes.get(path) {
+            self.nodes.remove(&ino);
+        }
+        self.name_gone(path);
+        self.inodes.orphan(path);
+    }
+
     /// `from` was renamed to `to`, which shows `attr` now: the moved inodes keep their numbers.
     pub fn renamed(&mut self, from: &str, to: &str, attr: Attr) {
         for ino in self.inodes.rename(from, to) {
@@ -468,6 +485,7 @@ mod tests {
             atime: SystemTime::UNIX_EPOCH,
             ctime: SystemTime::UNIX_EPOCH,
             rdev: 0,
+            nlink: 1,
             perm: 0o644,
             uid: 0,
             gid: 0,

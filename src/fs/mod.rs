@@ -19,6 +19,9 @@
 //!    holds it with the files open for writing under one lock (`Tables`). Entries handed to
 //!    the kernel (lookup, create, mkdir, symlink, readdirplus) are counted there, and FORGET
 //!    frees them (see meta.rs).
+//! 8. A handle whose object was replaced by another client before it read a byte follows the
+//!    new version (the kernel opened it on attributes up to a TTL old); once it has returned
+//!    bytes of the old one, a read of a block not yet cached gives ESTALE instead of a mix.
 //! 7. A directory's mode, owner and times as this mount last wrote them win over the store's:
 //!    some servers drop the headers of `dir/` markers, an implicit directory has no object to
 //!    hold them, and a directory's mtime moves with every entry added or removed, which is
@@ -145,6 +148,9 @@ pub struct Attr {
     pub rdev: u32,
     /// Permission bits.
     pub perm: u16,
+    /// Links: 1 for a file (0 once unlinked while open), 2 for a directory (plus its
+    /// subdirectories while its listing is known).
+    pub nlink: u32,
     /// Owner.
     pub uid: u32,
     /// Group.
@@ -160,11 +166,21 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-#[derive(Debug)]
-struct OpenFile {
-    /// The version seen at open (`None` for a file created by this handle).
+/// The version of an object a handle reads.
+#[derive(Debug, Clone, Default)]
+struct Version {
+    /// `None` for a file created by this handle.
     object: Option<Arc<ObjectId>>,
     size: u64,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    ino: Ino,
+    /// The version seen at open; followed to a newer one while no byte of it was read (see 8.).
+    version: Mutex<Version>,
+    /// A byte of `version` was returned through this handle.
+    served: std::sync::atomic::AtomicBool,
     state: Mutex<ReadState>,
     /// Set for handles opened for writing.
     writer: Option<Arc<Writer>>,
@@ -343,6 +359,7 @@ impl Fs {
             atime: posix.atime.unwrap_or(mtime),
             ctime: posix.ctime.unwrap_or(mtime),
             rdev: rdev.unwrap_or(0),
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
             perm: posix.mode.map_or(perm, |m| (m & 0o7777) as u16),
             uid: posix.uid.unwrap_or(self.config.uid),
             gid: posix.gid.unwrap_or(self.config.gid),
@@ -368,6 +385,37 @@ impl Fs {
             p.mtime = Some(now);
             p.ctime = Some(now);
         });
+    }
+
+    /// A directory's attributes as a listing holds them, with what this mount wrote to it
+    /// since.
+    fn overlay(&self, attr: &mut Attr) {
+        if let Some(written) = self.written.lock().unwrap().peek(&attr.ino) {
+            let times = [
+                (written.mtime, &mut attr.mtime),
+                (written.atime, &mut attr.atime),
+                (written.ctime, &mut attr.ctime),
+            ];
+            for (time, field) in times {
+                if let Some(time) = time {
+                    *field = time;
+                }
+            }
+            if let Some(mode) = written.mode {
+                attr.perm = (mode & 0o7777) as u16;
+            }
+            attr.uid = written.uid.unwrap_or(attr.uid);
+            attr.gid = written.gid.unwrap_or(attr.gid);
+        }
+    }
+
+    /// The attributes a listing entry shows now (a directory's own changes applied).
+    pub fn listed_attr(&self, attr: &Attr) -> Attr {
+        let mut attr = attr.clone();
+        if attr.kind == Kind::Dir {
+            self.overlay(&mut attr);
+        }
+        attr
     }
 
     /// Directory `ino` is gone: what this mount wrote to it goes too.
@@ -417,6 +465,10 @@ impl Fs {
             };
             match cached {
                 Cached::Entry(mut attr) => {
+                    if attr.kind == Kind::Dir {
+                        self.overlay(&mut attr);
+                        attr.nlink += t.meta.subdirs(attr.ino).unwrap_or(0);
+                    }
                     if to_kernel {
                         attr.ino = t.meta.looked_up(&path);
                     }
@@ -509,7 +561,12 @@ impl Fs {
             return Ok(self.writer_attr(&writer));
         }
         let (kind, meta) = self.node(ino).await?;
-        Ok(self.attr(ino, kind, meta.as_ref()))
+        let mut attr = self.attr(ino, kind, meta.as_ref());
+        if kind == Kind::Dir {
+            let subdirs = self.tables.lock().unwrap().meta.subdirs(ino);
+            attr.nlink += subdirs.unwrap_or(0);
+        }
+        Ok(attr)
     }
 
     /// The cached listing of `ino`, while fresh.
@@ -566,6 +623,7 @@ impl Fs {
         let pending: Vec<(String, Attr)> = t
             .writers
             .values()
+            .filter(|w| !w.unlinked.load(Ordering::SeqCst))
             .filter_map(|w| {
                 let p = w.path();
                 let (parent, name) = split(&p);
@@ -611,8 +669,9 @@ impl Fs {
             None
         };
         let file = OpenFile {
-            object,
-            size,
+            ino,
+            version: Mutex::new(Version { object, size }),
+            served: Default::default(),
             state: Mutex::default(),
             writer,
             opener: mode.opener,
@@ -648,19 +707,51 @@ impl Fs {
                 return Ok(bytes);
             }
         }
-        let Some(object) = &file.object else {
-            return Ok(Bytes::new());
-        };
-        let result = self
-            .cache
-            .read(object, file.size, &file.state, offset, len)
-            .await;
-        if let Err(e) = &result {
-            if e.errno == libc::ESTALE {
-                self.forget_stale(ino);
+        let mut followed = false;
+        loop {
+            let version = file.version.lock().unwrap().clone();
+            let Some(object) = version.object else {
+                return Ok(Bytes::new());
+            };
+            match self
+                .cache
+                .read(&object, version.size, &file.state, offset, len)
+                .await
+            {
+                Ok(bytes) => {
+                    file.served.store(true, Ordering::SeqCst);
+                    return Ok(bytes);
+                }
+                Err(e) if e.errno == libc::ESTALE => {
+                    self.forget_stale(ino);
+                    if followed || file.served.load(Ordering::SeqCst) || !self.follow(&file).await {
+                        return Err(e);
+                    }
+                    followed = true;
+                }
+                Err(e) => return Err(e),
             }
         }
-        result
+    }
+
+    /// Points a handle that has read nothing yet at the object's current version; false when
+    /// there is none (gone, or no longer a file).
+    async fn follow(&self, file: &OpenFile) -> bool {
+        match self.node(file.ino).await {
+            Ok((Kind::File, Some(meta))) => {
+                tracing::debug!(key = %meta.key, "replaced before the first read: following it");
+                *file.version.lock().unwrap() = Version {
+                    object: Some(Arc::new(ObjectId {
+                        key: meta.key,
+                        etag: meta.etag,
+                    })),
+                    size: meta.size,
+                };
+                *file.state.lock().unwrap() = ReadState::default();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The object behind `ino` changed: drop its attributes and its parent's listing (which

@@ -11,6 +11,7 @@
 //!    directory (at most its marker) from a full one. A directory without a marker is gone
 //!    from S3 once its last key is, so rmdir of a vanished directory succeeds.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -272,6 +273,7 @@ impl Fs {
         let mode = super::OpenMode {
             write: true,
             truncate: size == 0,
+            read: false,
             opener: 0,
         };
         let writer = self.attach_writer(ino, mode).await?;
@@ -371,7 +373,11 @@ impl Fs {
         let mode = Self::file_mode_bits(mode);
         match Kind::from_type_bits(mode) {
             Some(Kind::File) => {
-                let (attr, fh) = self.create(parent, name, mode, owner, true, 0).await?;
+                let open = super::OpenMode {
+                    write: true,
+                    ..Default::default()
+                };
+                let (attr, fh) = self.create(parent, name, mode, owner, true, open).await?;
                 let result = self.fsync(fh).await;
                 self.release(fh).await;
                 result.map(|()| attr)
@@ -408,17 +414,30 @@ impl Fs {
         }
     }
 
-    /// unlink: DeleteObject. A file still open for writing is not uploaded any more.
+    /// unlink: DeleteObject. A file still open keeps its bytes for its handles (see write.rs,
+    /// 10.); nothing of it is uploaded any more.
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
         self.check_writable(name)?;
         let path = join(&self.path_of(parent)?, name);
-        let ino = self.find(parent, name, false).await?.ino;
-        let writer = self.tables.lock().unwrap().writers.remove(&ino);
-        if let Some(writer) = writer {
-            writer.state.lock().await.unlinked = true;
+        let attr = self.find(parent, name, false).await?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::new(libc::EISDIR, "is a directory"));
+        }
+        let open = self.is_open(attr.ino);
+        if open {
+            self.keep_for_handles(attr.ino).await?;
+        } else {
+            let writer = self.tables.lock().unwrap().writers.remove(&attr.ino);
+            if let Some(writer) = writer {
+                writer.unlinked.store(true, Ordering::SeqCst);
+            }
         }
         self.store.delete_object(&self.key_of(&path)).await?;
-        self.record_gone(&path);
+        if open {
+            self.tables.lock().unwrap().meta.unlinked_open(&path);
+        } else {
+            self.record_gone(&path);
+        }
         self.dir_changed(parent);
         Ok(())
     }
@@ -455,7 +474,9 @@ impl Fs {
     fn writing_below(&self, path: &str) -> bool {
         let below = format!("{path}/");
         let t = self.tables.lock().unwrap();
-        t.writers.values().any(|w| w.path().starts_with(&below))
+        t.writers
+            .values()
+            .any(|w| !w.unlinked.load(Ordering::SeqCst) && w.path().starts_with(&below))
     }
 
     async fn dir_is_empty(&self, path: &str, marker: &str) -> FsResult<bool> {

@@ -28,13 +28,20 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Arc<Fs> {
 const READ: OpenMode = OpenMode {
     write: false,
     truncate: false,
+    read: true,
     opener: 0,
 };
 const WRITE: OpenMode = OpenMode {
     write: true,
     truncate: false,
+    read: false,
     opener: 0,
 };
+
+/// A new file opened O_WRONLY by process `opener`.
+const fn by(opener: u32) -> OpenMode {
+    OpenMode { opener, ..WRITE }
+}
 
 fn writes() -> Writes {
     writes_with(1 << 30)
@@ -160,7 +167,7 @@ async fn files_open_read_only_and_directories_refuse_open() {
 }
 
 #[tokio::test]
-async fn a_stale_read_drops_the_parent_listing_so_reopen_sees_the_new_version() {
+async fn a_replaced_file_is_followed_before_its_first_read_and_drops_only_its_listing() {
     let store = Arc::new(MemoryStore::new());
     store.put("d/f", "old");
     store.put("other/g", "g");
@@ -172,10 +179,8 @@ async fn a_stale_read_drops_the_parent_listing_so_reopen_sees_the_new_version() 
     let f = fs.lookup(d.ino, "f").await.unwrap();
     let fh = fs.open(f.ino, READ).await.unwrap();
     store.put("d/f", "new!");
-    assert_eq!(
-        fs.read(f.ino, fh, 0, 10).await.unwrap_err().errno,
-        libc::ESTALE
-    );
+    // Nothing of the old version was read through the handle: it follows the new one.
+    assert_eq!(&fs.read(f.ino, fh, 0, 10).await.unwrap()[..], b"new!");
     let lists = store.counts.list.load(Ordering::Relaxed);
     fs.lookup(other.ino, "g").await.unwrap();
     assert_eq!(
@@ -201,7 +206,7 @@ async fn a_new_file_is_listed_at_once_and_stored_at_flush_with_s3fs_headers() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "p/");
     let (attr, fh) = fs
-        .create(Ino::ROOT, "new.txt", 0o640, (1000, 100), true, 0)
+        .create(Ino::ROOT, "new.txt", 0o640, (1000, 100), true, by(0))
         .await
         .unwrap();
     fs.write(fh, 0, b"hello ").await.unwrap();
@@ -278,7 +283,7 @@ async fn exclusive_create_loses_to_a_concurrent_creator() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "x", 0o644, (0, 0), true, 0)
+        .create(Ino::ROOT, "x", 0o644, (0, 0), true, by(0))
         .await
         .unwrap();
     fs.write(fh, 0, b"mine").await.unwrap();
@@ -293,7 +298,7 @@ async fn unlinking_a_file_being_written_stores_nothing() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "tmp", 0o600, (0, 0), false, 0)
+        .create(Ino::ROOT, "tmp", 0o600, (0, 0), false, by(0))
         .await
         .unwrap();
     fs.write(fh, 0, b"scratch").await.unwrap();
@@ -314,7 +319,7 @@ async fn rename_moves_files_and_trees_and_keeps_headers() {
     Arc::get_mut(&mut fs).unwrap().config.copy_limit = Some(MIN_COPY_PART);
     let d = fs.mkdir(Ino::ROOT, "d", 0o700, (0, 0)).await.unwrap();
     let (_, fh) = fs
-        .create(d.ino, "f", 0o600, (5, 6), false, 0)
+        .create(d.ino, "f", 0o600, (5, 6), false, by(0))
         .await
         .unwrap();
     let big = vec![3u8; 3 * MIN_COPY_PART as usize + 10];
@@ -406,7 +411,7 @@ async fn a_multipart_upload_is_not_copied_again_to_move_its_mtime() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "big", 0o644, (0, 0), false, 0)
+        .create(Ino::ROOT, "big", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
     let chunk = vec![1u8; 1 << 20];
@@ -425,7 +430,7 @@ async fn stopping_commits_open_files_and_refuses_new_changes() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "open.txt", 0o644, (0, 0), false, 0)
+        .create(Ino::ROOT, "open.txt", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
     fs.write(fh, 0, b"not closed yet").await.unwrap();
@@ -434,7 +439,7 @@ async fn stopping_commits_open_files_and_refuses_new_changes() {
     assert_eq!(fs.stop().await, 0);
     assert_eq!(&store.object("open.txt").unwrap().0[..], b"not closed yet");
     let refused = fs
-        .create(Ino::ROOT, "new.txt", 0o644, (0, 0), false, 0)
+        .create(Ino::ROOT, "new.txt", 0o644, (0, 0), false, by(0))
         .await;
     assert_eq!(refused.unwrap_err().errno, libc::EROFS);
     assert_eq!(
@@ -549,7 +554,7 @@ async fn a_failed_staging_step_returns_the_errno_and_keeps_the_bytes() {
     let dyn_store: Arc<dyn ObjectStore> = store.clone();
     let fs = fs_with(dyn_store, Duration::from_secs(60), writes_with(16));
     let (_, fh) = fs
-        .create(Ino::ROOT, "f", 0o644, (0, 0), false, 0)
+        .create(Ino::ROOT, "f", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
     fs.write(fh, 0, &[b'x'; 100]).await.unwrap();
@@ -571,7 +576,7 @@ async fn a_shell_redirect_costs_one_put_and_never_shows_an_empty_file() {
     let fs = fs_over(&store, "");
     // bash: open, dup2 onto stdout, close the original (a flush), write, close (a flush).
     let (_, fh) = fs
-        .create(Ino::ROOT, "out", 0o644, (0, 0), false, 0)
+        .create(Ino::ROOT, "out", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
     fs.flush(fh).await.unwrap();
@@ -588,7 +593,7 @@ async fn a_new_file_left_empty_is_published_at_its_last_release() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (attr, fh) = fs
-        .create(Ino::ROOT, "touched", 0o644, (0, 0), false, 0)
+        .create(Ino::ROOT, "touched", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
     fs.flush(fh).await.unwrap();
@@ -608,7 +613,7 @@ async fn only_the_openers_close_commits() {
     let store = Arc::new(MemoryStore::new());
     let fs = fs_over(&store, "");
     let (_, fh) = fs
-        .create(Ino::ROOT, "f", 0o644, (0, 0), false, 100)
+        .create(Ino::ROOT, "f", 0o644, (0, 0), false, by(100))
         .await
         .unwrap();
     fs.write(fh, 0, b"half").await.unwrap();
@@ -657,7 +662,7 @@ async fn stop_commits_every_open_file_new_empty_ones_too() {
     let mut fhs = Vec::new();
     for name in ["a", "b", "c"] {
         let (_, fh) = fs
-            .create(Ino::ROOT, name, 0o644, (0, 0), false, 0)
+            .create(Ino::ROOT, name, 0o644, (0, 0), false, by(0))
             .await
             .unwrap();
         fhs.push(fh);

@@ -5,8 +5,11 @@
 //!    application writes. Anything else (a write into existing bytes, append, O_RDWR reads,
 //!    truncate to a non-zero size) first copies the object into a staging file, and the whole
 //!    file is uploaded at the commit point.
-//! 2. A stream cannot go back: a write behind bytes already uploaded is refused with EINVAL.
-//!    While nothing has left the buffer the stream quietly becomes a staging file instead.
+//!    A handle opened O_RDWR stages from the start: it may read back or go back at any time.
+//! 2. A stream cannot go back: its parts are on the server, out of reach until completed.
+//!    While nothing has left the buffer the stream quietly becomes a staging file; after that,
+//!    a write behind the stream, a read of it through its own handle or a resize commits what
+//!    was streamed (as an fsync would), copies it into a staging file and goes on there.
 //! 3. Commit points are flush (every `close()`) and fsync; only handles opened for writing
 //!    commit, so a reader closing the file never publishes half of someone's write.
 //! 4. The first commit of an O_EXCL file sends `If-None-Match: *`: a file created elsewhere in
@@ -22,6 +25,10 @@
 //! 8. A failed staging step (disk full, staging directory removed) leaves the content as it
 //!    was: the failing write returns the errno, and nothing written before is lost.
 //! 9. Which close commits is decided here from the caller's process id: only the opener's.
+//! 10. A file unlinked while open stays readable and writable through its handles until the
+//!     last close, as POSIX wants: before the object is deleted its bytes are copied into a
+//!     staging file (a download, unless already staged), which every handle of the inode reads
+//!     and writes; nothing is committed any more, and the staging file goes with the last close.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +51,8 @@ pub struct OpenMode {
     pub write: bool,
     /// O_TRUNC: the content starts empty.
     pub truncate: bool,
+    /// O_RDWR: the handle may read back what it writes (see 1.).
+    pub read: bool,
     /// The opening process (0: unknown, every close commits).
     pub opener: u32,
 }
@@ -70,8 +79,6 @@ pub(super) struct WriteState {
     pub(super) dirty: bool,
     /// Send `If-None-Match: *` with the next commit (O_EXCL, nothing committed yet).
     excl: bool,
-    /// The name was unlinked: nothing is committed any more.
-    pub(super) unlinked: bool,
     /// Why the content was lost, reported by every later write and commit.
     failed: Option<FsError>,
     /// Headers of the existing object other than ours, kept on overwrite.
@@ -95,6 +102,11 @@ pub(super) struct Writer {
     /// A commit, or a streaming write, is moving bytes to the store: readers on other handles
     /// read their own version meanwhile instead of waiting behind the upload.
     transferring: AtomicBool,
+    /// The name was unlinked: nothing is committed any more (see 10.).
+    pub(super) unlinked: AtomicBool,
+    /// The unlink holds one handle until the last handle of the inode, reader or writer, is
+    /// closed: the staged bytes live that long.
+    pub(super) held: AtomicBool,
 }
 
 impl Writer {
@@ -133,7 +145,11 @@ impl Fs {
     pub(super) fn writer_attr(&self, w: &Writer) -> Attr {
         let posix = *w.posix.lock().unwrap();
         let size = w.size.load(Ordering::SeqCst);
-        self.attr_from(w.ino, Kind::File, size, &posix, *w.modified.lock().unwrap())
+        let mut attr = self.attr_from(w.ino, Kind::File, size, &posix, *w.modified.lock().unwrap());
+        if w.unlinked.load(Ordering::SeqCst) {
+            attr.nlink = 0;
+        }
+        attr
     }
 
     /// The content changed to `size` bytes: the next commit uploads it with a fresh mtime.
@@ -190,7 +206,6 @@ impl Fs {
                 content,
                 dirty,
                 excl,
-                unlinked: false,
                 failed: None,
                 extra,
                 unpublished,
@@ -200,6 +215,8 @@ impl Fs {
             handles: AtomicUsize::new(1),
             modified: Mutex::new(SystemTime::now()),
             transferring: AtomicBool::new(false),
+            unlinked: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         });
         let mut t = self.tables.lock().unwrap();
         if let Some(existing) = Self::share_writer(&t, ino) {
@@ -220,7 +237,7 @@ impl Fs {
         mode: u32,
         owner: (u32, u32),
         excl: bool,
-        opener: u32,
+        open: OpenMode,
     ) -> FsResult<(Attr, u64)> {
         let path = self.new_path(parent, name)?;
         let shared = {
@@ -244,7 +261,7 @@ impl Fs {
                     ctime: None,
                     ..Posix::new_node(S_IFREG | (mode & 0o7777), owner, 0)
                 };
-                let content = Content::Stream(self.new_upload(&self.key_of(&path)));
+                let content = self.empty_content(&self.key_of(&path), open).await?;
                 let extra = UserMetadata::new();
                 let (writer, new) =
                     self.insert_writer(ino, &path, content, posix, excl, extra, true);
@@ -265,7 +282,7 @@ impl Fs {
         self.tables.lock().unwrap().meta.looked_up(&path);
         Ok((
             self.writer_attr(&writer),
-            self.writer_handle(writer, opener),
+            self.writer_handle(writer, open.opener),
         ))
     }
 
@@ -280,8 +297,9 @@ impl Fs {
 
     fn writer_handle(&self, writer: Arc<Writer>, opener: u32) -> u64 {
         self.add_handle(OpenFile {
-            object: None,
-            size: 0,
+            ino: writer.ino,
+            version: Mutex::default(),
+            served: Default::default(),
             state: Mutex::default(),
             writer: Some(writer),
             opener,
@@ -315,7 +333,7 @@ impl Fs {
         };
         let extra = meta.metadata.clone().unwrap_or_default();
         let content = if mode.truncate {
-            Content::Stream(self.new_upload(&meta.key))
+            self.empty_content(&meta.key, mode).await?
         } else {
             Content::Base(Some(meta))
         };
@@ -324,6 +342,27 @@ impl Fs {
             self.truncate_shared(&writer).await?;
         }
         Ok(writer)
+    }
+
+    /// Empty content for `key`: a stream, or a staging file for a handle that reads (see 1.).
+    async fn empty_content(&self, key: &str, open: OpenMode) -> FsResult<Content> {
+        Ok(if open.read {
+            Content::Staged(self.writes.staging.create().await?)
+        } else {
+            Content::Stream(self.new_upload(key))
+        })
+    }
+
+    /// A stream whose parts left commits them first (see 2.); then, like `stage`, the
+    /// content becomes a staging file holding the same bytes.
+    async fn unstream(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
+        if let Content::Stream(upload) = &st.content {
+            if upload.started() {
+                tracing::info!(key = %st.key, "going back in a file being streamed: committing what was written, then changing it in a staging copy");
+                self.commit_locked(writer, st).await?;
+            }
+        }
+        self.stage(st).await
     }
 
     /// Turns the content into a staging file holding the same bytes. On failure the content
@@ -399,19 +438,10 @@ impl Fs {
         let streams = match &st.content {
             Content::Stream(upload) if offset == upload.len() => true,
             Content::Stream(upload) if upload.started() && offset > upload.len() => true,
-            Content::Stream(upload) if upload.started() => {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!(
-                        "{}: write at {offset} behind bytes already uploaded (sequential writes only; open with O_RDWR to change a file in place)",
-                        st.key
-                    ),
-                ))
-            }
             _ => false,
         };
         if !streams {
-            self.stage(&mut st).await?;
+            self.unstream(&writer, &mut st).await?;
         }
         let metadata = self.wanted_metadata(&writer, &st);
         match &mut st.content {
@@ -481,16 +511,8 @@ impl Fs {
             return Ok(None);
         }
         let mut st = writer.state.lock().await;
-        if mine {
-            if let Content::Stream(upload) = &st.content {
-                if upload.started() {
-                    return Err(FsError::new(
-                        libc::EINVAL,
-                        "cannot read back a file being streamed; open with O_RDWR before writing",
-                    ));
-                }
-                self.stage(&mut st).await?;
-            }
+        if mine && matches!(st.content, Content::Stream(_)) {
+            self.unstream(writer, &mut st).await?;
         }
         match &st.content {
             Content::Staged(file) => Ok(Some(file.read_at(offset, len as usize).await?)),
@@ -520,16 +542,8 @@ impl Fs {
             st.failed = None;
         } else {
             let current = writer.size.load(Ordering::SeqCst);
-            if let Content::Stream(upload) = &st.content {
-                if upload.started() && len != current {
-                    return Err(FsError::new(
-                        libc::EINVAL,
-                        "cannot resize a file while its first parts are uploading",
-                    ));
-                }
-            }
             if len != current || !matches!(st.content, Content::Stream(_)) {
-                self.stage(&mut st).await?;
+                self.unstream(writer, &mut st).await?;
                 if let Content::Staged(file) = &st.content {
                     file.set_len(len).await?;
                 }
@@ -589,7 +603,7 @@ impl Fs {
     }
 
     async fn commit_locked(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
-        if st.unlinked {
+        if writer.unlinked.load(Ordering::SeqCst) {
             return Ok(());
         }
         if let Some(e) = &st.failed {
@@ -742,6 +756,33 @@ impl Fs {
         futures::future::join_all(commits).await.into_iter().sum()
     }
 
+    /// True while a handle (reader or writer) of `ino` is open.
+    pub(super) fn is_open(&self, ino: Ino) -> bool {
+        self.files.lock().unwrap().values().any(|f| f.ino == ino)
+    }
+
+    /// Before the object of open file `ino` is deleted: its bytes go into a staging file that
+    /// every handle of the inode uses until the last one closes (see 10.).
+    pub(super) async fn keep_for_handles(&self, ino: Ino) -> FsResult<()> {
+        let mode = OpenMode {
+            write: true,
+            ..OpenMode::default()
+        };
+        let writer = self.attach_writer(ino, mode).await?;
+        let result = async {
+            let mut st = writer.state.lock().await;
+            self.unstream(&writer, &mut st).await?;
+            writer.unlinked.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        .await;
+        if result.is_err() || writer.held.swap(true, Ordering::SeqCst) {
+            // Failed, or unlinked twice (a second name cannot exist): give the handle back.
+            self.detach(&writer).await;
+        }
+        result
+    }
+
     /// Closes handle `fh`. The last handle of a writer commits what no flush committed (a
     /// write through a shared mapping, a new file left empty) or, after a failure, leaves the
     /// abort running.
@@ -751,6 +792,14 @@ impl Fs {
         };
         if let Some(writer) = &file.writer {
             self.detach(writer).await;
+        }
+        if !self.is_open(file.ino) {
+            // The last handle of an unlinked file: its staged bytes go (see 10.).
+            if let Some(writer) = self.writer_of(file.ino) {
+                if writer.held.swap(false, Ordering::SeqCst) {
+                    self.detach(&writer).await;
+                }
+            }
         }
     }
 
