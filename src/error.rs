@@ -41,7 +41,13 @@ impl FsError {
     pub fn is_expected(&self) -> bool {
         matches!(
             self.errno,
-            libc::ENOENT | libc::EROFS | libc::ENOTDIR | libc::EISDIR
+            libc::ENOENT
+                | libc::EROFS
+                | libc::ENOTDIR
+                | libc::EISDIR
+                | libc::ENODATA
+                | libc::ENOTEMPTY
+                | libc::ENAMETOOLONG
         )
     }
 }

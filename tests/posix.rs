@@ -517,3 +517,150 @@ fn a_directory_links_itself_and_its_subdirectories() {
     assert_eq!(fs::metadata(&d).unwrap().nlink(), 4);
     assert_eq!(fs::metadata(d.join("f")).unwrap().nlink(), 1);
 }
+
+/// Extended attributes round trip and are stored in s3fs's `x-amz-meta-xattr` format.
+#[test]
+fn extended_attributes_round_trip_through_s3fs_headers() {
+    let b = Bucket::new("px-xattr");
+    b.put("listed", "from a listing");
+    let m = Mount::new(&b.name, "px-xattr", &[]);
+    let p = |n: &str| m.path.join(n);
+    fs::write(p("f"), "content").unwrap();
+    fs::create_dir(p("d")).unwrap();
+    let out = sh(&format!(
+        r#"python3 - <<'PY'
+import os, errno
+f, d, listed = "{0}", "{1}", "{2}"
+os.setxattr(f, "user.comment", b"hello, world")
+os.setxattr(f, "user.bin", bytes(range(256)))
+assert os.getxattr(f, "user.comment") == b"hello, world"
+assert os.getxattr(f, "user.bin") == bytes(range(256))
+assert sorted(os.listxattr(f)) == ["user.bin", "user.comment"], os.listxattr(f)
+for flags, name, want in [(os.XATTR_CREATE, "user.comment", errno.EEXIST),
+                          (os.XATTR_REPLACE, "user.none", errno.ENODATA)]:
+    try:
+        os.setxattr(f, name, b"x", flags)
+        raise SystemExit("no error for " + name)
+    except OSError as e:
+        assert e.errno == want, (name, e)
+try:
+    os.getxattr(f, "user.none")
+    raise SystemExit("user.none found")
+except OSError as e:
+    assert e.errno == errno.ENODATA, e
+os.removexattr(f, "user.bin")
+assert os.listxattr(f) == ["user.comment"]
+try:
+    os.setxattr(f, "user.huge", b"x" * 4096)
+    raise SystemExit("4 KiB of xattr accepted")
+except OSError as e:
+    assert e.errno in (errno.E2BIG, errno.ENOSPC), e
+os.setxattr(d, "user.dir", b"on a directory")
+assert os.getxattr(d, "user.dir") == b"on a directory"
+os.setxattr(listed, "user.later", b"1")
+assert os.getxattr(listed, "user.later") == b"1"
+# A file open for writing takes it with its commit.
+with open(f + ".open", "w") as w:
+    w.write("open")
+    os.setxattr(f + ".open", "user.pending", b"yes")
+    assert os.getxattr(f + ".open", "user.pending") == b"yes"
+print("ok")
+PY"#,
+        p("f").display(),
+        p("d").display(),
+        p("listed").display()
+    ));
+    assert_eq!(out.trim(), "ok");
+    let stored = header(&b, "f", "xattr").expect("x-amz-meta-xattr on f");
+    assert!(
+        stored.starts_with("%7B%22user.comment%22%3A%22"),
+        "{stored}"
+    );
+    assert!(header(&b, "f.open", "xattr").is_some_and(|x| x.contains("user.pending")));
+    assert_eq!(b.get("listed"), b"from a listing", "the body is kept");
+    // Headers set by s3fs (user.a = "b") read the same here.
+    let m2 = Mount::new(&b.name, "px-xattr-2", &[]);
+    let read = sh(&format!(
+        "python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], \"user.comment\").decode())' {}",
+        m2.path.join("f").display()
+    ));
+    assert_eq!(read.trim(), "hello, world", "kept across a remount");
+}
+
+/// Extending a file needs no staging space for the hole; past 5 TiB is EFBIG.
+#[test]
+fn truncate_makes_holes_without_staging_space_and_stops_at_five_tib() {
+    let b = Bucket::new("px-sizes");
+    let m = Mount::new(&b.name, "px-sizes", &["--cache-dir-limit", "16MiB"]);
+    let f = m.path.join("sparse");
+    fs::write(&f, "").unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    file.set_len(256 << 20)
+        .expect("a hole needs no staging space");
+    drop(file);
+    assert_eq!(fs::metadata(&f).unwrap().len(), 256 << 20);
+    assert_eq!(b.size("sparse"), Some(256 << 20));
+    let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    let err = file.set_len(6 << 40).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG));
+}
+
+/// `tar x` of an archive with every kind of entry, then rsync compares: nothing differs but
+/// the hard link tar could not make; an `rsync -aX` round trip keeps modes, times, xattrs.
+#[test]
+fn tar_and_rsync_keep_special_files_modes_times_and_xattrs() {
+    let b = Bucket::new("px-tar");
+    let m = Mount::new(&b.name, "px-tar", &[]);
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().join("tree");
+    sh(&format!(
+        r#"mkdir -p {s}/dir/sub && cd {s}
+echo hello > dir/file && chmod 640 dir/file && touch -d '2020-01-02 03:04:05' dir/file
+mkfifo dir/fifo && mknod dir/null c 1 3 && mknod dir/disk b 7 0
+ln -s file dir/link && ln dir/file dir/hard
+chmod 700 dir/sub && touch -d '2019-05-06 07:08:09' dir/sub
+python3 -c 'import os; os.setxattr("dir/file", "user.tag", b"kept")'
+tar --xattrs -cf {s}.tar -C {s} ."#,
+        s = s.display()
+    ));
+    let out = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=user.*", "-xpf"])
+        .arg(format!("{}.tar", s.display()))
+        .arg("-C")
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Only the hard link fails (EPERM); tar then reports it and exits 2.
+    for line in stderr
+        .lines()
+        .filter(|l| !l.contains("Exiting with failure"))
+    {
+        assert!(
+            line.contains("dir/hard") && line.contains("Operation not permitted"),
+            "{stderr}"
+        );
+    }
+    let diff = sh(&format!(
+        "rsync -rlptgoDXnci --exclude=dir/hard {}/ {}/",
+        s.display(),
+        m.path.display()
+    ));
+    assert_eq!(diff.trim(), "", "rsync sees no difference: {diff}");
+    assert!(!m.path.join("dir/hard").exists());
+
+    // rsync -aX into the mount and back out: the same tree.
+    let back = src.path().join("back");
+    sh(&format!(
+        "rsync -aX --exclude=dir/hard {0}/ {1}/copy/ && rsync -aX {1}/copy/ {2}/ && rsync -rlptgoDXnci --exclude=dir/hard {0}/ {2}/",
+        s.display(),
+        m.path.display(),
+        back.display()
+    ));
+    let diff = sh(&format!(
+        "rsync -rlptgoDXnci --exclude=dir/hard {}/ {}/",
+        s.display(),
+        back.display()
+    ));
+    assert_eq!(diff.trim(), "", "round trip: {diff}");
+}

@@ -42,6 +42,8 @@ pub fn path_hash(path: &str) -> u64 {
 struct Entry {
     path: Option<Arc<str>>,
     lookups: u64,
+    /// An unlinked file still open: the number is not freed, whatever the kernel forgets.
+    pinned: bool,
 }
 
 /// Two-way map between paths (relative to the mount root, no leading or trailing `/`) and inode
@@ -65,6 +67,7 @@ impl InodeTable {
         let entry = Entry {
             path: Some(Arc::clone(&root)),
             lookups: 1,
+            pinned: false,
         };
         Self {
             by_ino: HashMap::from([(Ino::ROOT, entry)]),
@@ -86,6 +89,7 @@ impl InodeTable {
         let entry = Entry {
             path: Some(Arc::clone(&path)),
             lookups: 0,
+            pinned: false,
         };
         self.by_ino.insert(ino, entry);
         self.by_path.insert(path, ino);
@@ -127,7 +131,7 @@ impl InodeTable {
     /// Drops `ino` if the kernel does not hold it; returns whether it did.
     pub fn remove_unheld(&mut self, ino: Ino) -> bool {
         match self.by_ino.get(&ino) {
-            Some(entry) if entry.lookups == 0 && ino != Ino::ROOT => {
+            Some(entry) if entry.lookups == 0 && !entry.pinned && ino != Ino::ROOT => {
                 if let Some(path) = &entry.path {
                     self.by_path.remove(path);
                 }
@@ -195,15 +199,23 @@ impl InodeTable {
     /// `path` lost its name while the kernel may still hold it (an unlinked open file): its
     /// number stays taken, without a path, until the kernel forgets it; a new file of that
     /// name gets a number of its own. Returns the number.
+    /// The number is pinned until `unpin`: files open for writing are found by it.
     pub fn orphan(&mut self, path: &str) -> Option<Ino> {
         let ino = self.by_path.remove(path)?;
-        match self.by_ino.get_mut(&ino) {
-            Some(entry) if entry.lookups > 0 => entry.path = None,
-            _ => {
-                self.by_ino.remove(&ino);
-            }
+        if let Some(entry) = self.by_ino.get_mut(&ino) {
+            entry.path = None;
+            entry.pinned = true;
         }
         Some(ino)
+    }
+
+    /// The last handle of an unlinked file closed: its number is freed once the kernel
+    /// forgot it too.
+    pub fn unpin(&mut self, ino: Ino) {
+        if let Some(entry) = self.by_ino.get_mut(&ino) {
+            entry.pinned = false;
+        }
+        self.remove_unheld(ino);
     }
 
     /// Never true: the root is always there.
@@ -242,6 +254,7 @@ mod tests {
         let squatter = Entry {
             path: Some(Arc::from("squatter")),
             lookups: 0,
+            pinned: false,
         };
         t.by_ino.insert(taken, squatter);
         let b = t.ino_for("b");

@@ -313,6 +313,12 @@ impl Meta {
         self.inodes.orphan(path);
     }
 
+    /// The last handle of unlinked file `ino` closed: its number may go.
+    pub fn orphan_closed(&mut self, ino: Ino) {
+        self.nodes.remove(&ino);
+        self.inodes.unpin(ino);
+    }
+
     /// `from` was renamed to `to`, which shows `attr` now: the moved inodes keep their numbers.
     pub fn renamed(&mut self, from: &str, to: &str, attr: Attr) {
         for ino in self.inodes.rename(from, to) {

@@ -34,6 +34,7 @@ pub mod meta;
 mod namespace;
 pub mod posix;
 mod write;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,7 @@ pub use namespace::{RenameMode, SetAttr};
 use posix::Posix;
 pub use write::OpenMode;
 use write::Writer;
+pub use xattr::SetMode;
 
 /// Directories whose attributes this mount changed, kept (least recently changed first out).
 const MAX_WRITTEN_DIRS: usize = 64 << 10;
@@ -174,8 +176,9 @@ struct Version {
     size: u64,
 }
 
+/// An open file handle (its fields are the filesystem's own).
 #[derive(Debug)]
-struct OpenFile {
+pub struct OpenFile {
     ino: Ino,
     /// The version seen at open; followed to a newer one while no byte of it was read (see 8.).
     version: Mutex<Version>,

@@ -21,7 +21,9 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use super::posix::{Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::{join, object_kind, Attr, Fs, Ino, Kind};
 use crate::error::{FsError, FsResult};
-use crate::store::{CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StoreError};
+use crate::store::{
+    CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StoreError, UserMetadata,
+};
 use crate::upload::{abort_with_retries, PendingAbort};
 
 /// CopyObject's limit; larger objects are copied in parts.
@@ -181,7 +183,7 @@ impl Fs {
 
     /// The object or marker behind `path` with its headers, read with a HEAD when the cached
     /// one came from a listing.
-    async fn with_headers(
+    pub(super) async fn with_headers(
         &self,
         key: &str,
         meta: Option<ObjectMeta>,
@@ -208,13 +210,32 @@ impl Fs {
         }
         if let Some(writer) = self.writer_of(ino) {
             // An open file takes the change with its next commit.
-            if self
-                .change_open(&writer, |posix| change.apply(posix, S_IFREG))
-                .await
-            {
+            let changed = self
+                .change_open(&writer, |posix, _| {
+                    change.apply(posix, S_IFREG);
+                    Ok(())
+                })
+                .await?;
+            if changed {
                 return Ok(self.writer_attr(&writer));
             }
         }
+        self.rewrite_headers(ino, |posix, _| {
+            let type_bits = posix.type_bits().unwrap_or(S_IFREG);
+            change.apply(posix, type_bits);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Rewrites the headers of `ino` (not open for writing): `change` edits its POSIX
+    /// attributes and its other headers, then the object is copied onto itself with them (a
+    /// directory's marker is written again, made if the directory was implicit).
+    pub(super) async fn rewrite_headers(
+        &self,
+        ino: Ino,
+        change: impl FnOnce(&mut Posix, &mut UserMetadata) -> FsResult<()>,
+    ) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
         let (kind, meta) = self.node(ino).await?;
         let current = self.attr(ino, kind, meta.as_ref());
@@ -228,23 +249,24 @@ impl Fs {
             ctime: Some(current.ctime),
             rdev: super::posix_of(meta.as_ref()).rdev,
         };
-        change.apply(&mut posix, type_bits);
-        if kind == Kind::Dir {
-            // Kept by this mount whatever the server keeps of the marker's headers.
-            self.wrote_dir(ino, |p| p.merge(&posix));
-        }
         // A directory's headers live on its marker, which may not exist yet (implicit).
         let key = if kind == Kind::Dir {
             self.dir_prefix(&path)
         } else {
             self.key_of(&path)
         };
-        let (size, etag, extra) = match self.with_headers(&key, meta).await? {
+        let (size, etag, mut extra) = match self.with_headers(&key, meta).await? {
             Some(m) => (m.size, m.etag, m.metadata.unwrap_or_default()),
             None if kind == Kind::Dir => (0, String::new(), Default::default()),
             None => return Err(FsError::not_found()),
         };
+        change(&mut posix, &mut extra)?;
         let metadata = posix.apply_to(&extra);
+        super::xattr::check_fits(&metadata)?;
+        if kind == Kind::Dir {
+            // Kept by this mount whatever the server keeps of the marker's headers.
+            self.wrote_dir(ino, |p| p.merge(&posix));
+        }
         let source = CopySource {
             key: &key,
             etag: &etag,
@@ -429,6 +451,9 @@ impl Fs {
         } else {
             let writer = self.tables.lock().unwrap().writers.remove(&attr.ino);
             if let Some(writer) = writer {
+                // Under the state lock: a commit still running (the last release's) lands
+                // before the delete, never after it.
+                let _st = writer.state.lock().await;
                 writer.unlinked.store(true, Ordering::SeqCst);
             }
         }

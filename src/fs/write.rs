@@ -535,6 +535,9 @@ impl Fs {
 
     /// Sets the length of the file behind `writer`.
     pub(super) async fn truncate_writer(&self, writer: &Writer, len: u64) -> FsResult<()> {
+        if len > crate::upload::MAX_OBJECT_SIZE {
+            return Err(FsError::new(libc::EFBIG, "past S3's 5 TiB object limit"));
+        }
         let mut st = writer.state.lock().await;
         if len == 0 {
             // The old stream, if any, is dropped and its multipart upload aborted.
@@ -787,9 +790,19 @@ impl Fs {
     /// write through a shared mapping, a new file left empty) or, after a failure, leaves the
     /// abort running.
     pub async fn release(&self, fh: u64) {
-        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
-            return;
-        };
+        if let Some(file) = self.take_handle(fh) {
+            self.released(file).await;
+        }
+    }
+
+    /// Takes handle `fh` out of the open files at once (before the rest of its release runs),
+    /// so an unlink that follows a close does not count it as still open.
+    pub fn take_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().unwrap().remove(&fh)
+    }
+
+    /// The rest of a release: the writer's handle, and an unlinked file's staged bytes.
+    pub async fn released(&self, file: Arc<OpenFile>) {
         if let Some(writer) = &file.writer {
             self.detach(writer).await;
         }
@@ -798,6 +811,7 @@ impl Fs {
             if let Some(writer) = self.writer_of(file.ino) {
                 if writer.held.swap(false, Ordering::SeqCst) {
                     self.detach(&writer).await;
+                    self.tables.lock().unwrap().meta.orphan_closed(file.ino);
                 }
             }
         }
@@ -840,20 +854,31 @@ impl Fs {
             .is_some_and(|w| std::ptr::eq(Arc::as_ptr(w), writer))
     }
 
-    /// Applies a header change to an open file, for its next commit. False when the writer
-    /// was closed meanwhile (the caller then changes the object itself).
+    /// Applies a header change (its POSIX attributes, its other headers) to an open file, for
+    /// its next commit. False when the writer was closed meanwhile (the caller then changes
+    /// the object itself).
     pub(super) async fn change_open(
         &self,
         writer: &Writer,
-        apply: impl FnOnce(&mut Posix),
-    ) -> bool {
+        change: impl FnOnce(&mut Posix, &mut UserMetadata) -> FsResult<()>,
+    ) -> FsResult<bool> {
         let mut st = writer.state.lock().await;
         if !self.is_registered(&self.tables.lock().unwrap(), writer) {
-            return false;
+            return Ok(false);
         }
-        apply(&mut writer.posix.lock().unwrap());
+        let mut posix = *writer.posix.lock().unwrap();
+        let mut extra = st.extra.clone();
+        change(&mut posix, &mut extra)?;
+        super::xattr::check_fits(&posix.apply_to(&extra))?;
+        *writer.posix.lock().unwrap() = posix;
+        st.extra = extra;
         st.dirty = true;
-        true
+        Ok(true)
+    }
+
+    /// The headers an open file will be committed with, other than mode, owner and times.
+    pub(super) async fn open_headers(&self, writer: &Writer) -> UserMetadata {
+        writer.state.lock().await.extra.clone()
     }
 
     /// Fails mutations on a read-only mount and names the filesystem cannot hold.

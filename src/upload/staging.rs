@@ -2,8 +2,11 @@
 //! O_RDWR, truncate), uploaded whole at the commit point.
 //!
 //! Non-obvious problems:
-//! 1. Disk use is bounded by `limit`: the sum of the staging files' lengths (holes included) may
-//!    not pass it, and a write that would is refused with ENOSPC, as a full disk would.
+//! 1. Disk use is bounded by `limit`: the sum of the blocks the staging files hold on disk may
+//!    not pass it, and a write that could is refused with ENOSPC, as a full disk would. Holes
+//!    cost nothing: `truncate -s 20G` of an empty file needs no staging space. A write reserves
+//!    its length plus two blocks first, then the file's real allocation (`st_blocks`) is taken
+//!    from the disk.
 //! 2. Each file is unlinked as soon as it is created, so a crash leaves no stray copies: the
 //!    open descriptor is the only reference.
 //! 3. Reads and writes are positioned (`pread`/`pwrite`), so handles never share a file offset.
@@ -37,6 +40,17 @@ pub struct StagingFile {
     file: Arc<File>,
     dir: Arc<StagingDir>,
     len: AtomicU64,
+    /// Bytes it holds on disk, as last measured (counted in the directory's `used`).
+    held: AtomicU64,
+}
+
+/// Slack a write reserves on top of its length: it may touch a partial block at each end.
+const BLOCK_SLACK: u64 = 2 * 4096;
+
+/// Bytes `file` holds on disk.
+fn allocated(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata()?.blocks() * 512)
 }
 
 fn io_error(what: &str, e: std::io::Error) -> FsError {
@@ -124,6 +138,7 @@ impl StagingDir {
             file: Arc::new(file),
             dir: Arc::clone(self),
             len: AtomicU64::new(0),
+            held: AtomicU64::new(0),
         })
     }
 
@@ -156,45 +171,62 @@ impl StagingFile {
         self.len() == 0
     }
 
-    /// Changes the length, growing the disk reservation or giving it back.
+    /// Counts the file's new allocation `now` instead of what it held, and lets go of
+    /// `reserved`.
+    fn measured(&self, now: u64, reserved: u64) {
+        let before = self.held.swap(now, Ordering::SeqCst);
+        // Add first: `used` includes `before` and `reserved`, so the subtraction cannot wrap.
+        self.dir.used.fetch_add(now, Ordering::SeqCst);
+        self.dir.used.fetch_sub(before + reserved, Ordering::SeqCst);
+    }
+
+    /// Changes the length. Growing makes a hole (no disk space); shrinking gives blocks back.
     pub async fn set_len(&self, len: u64) -> FsResult<()> {
-        let old = self.len();
-        if len > old {
-            self.dir.grow(len - old)?;
-        }
         let file = Arc::clone(&self.file);
-        if let Err(e) = blocking(move || file.set_len(len)).await {
-            if len > old {
-                self.dir.used.fetch_sub(len - old, Ordering::SeqCst);
+        let resized = blocking(move || {
+            file.set_len(len)?;
+            allocated(&file)
+        })
+        .await;
+        match resized {
+            Ok(now) => {
+                self.measured(now, 0);
+                self.len.store(len, Ordering::SeqCst);
+                Ok(())
             }
-            return Err(io_error("resizing a staging file", e));
+            Err(e) => Err(io_error("resizing a staging file", e)),
         }
-        if len < old {
-            self.dir.used.fetch_sub(old - len, Ordering::SeqCst);
-        }
-        self.len.store(len, Ordering::SeqCst);
-        Ok(())
     }
 
     /// Writes `data` at `offset`, growing the file as needed.
     pub async fn write_at(&self, offset: u64, data: Bytes) -> FsResult<()> {
         let end = offset + data.len() as u64;
-        let old = self.len();
-        if end > old {
-            self.dir.grow(end - old)?;
-            self.len.store(end, Ordering::SeqCst);
-        }
+        let reserve = data.len() as u64 + BLOCK_SLACK;
+        self.dir.grow(reserve)?;
         let file = Arc::clone(&self.file);
-        let written = blocking(move || file.write_all_at(&data, offset)).await;
-        written.map_err(|e| {
-            if end > old {
-                // Keep the reservation only for what the file really holds.
-                self.len.store(old, Ordering::SeqCst);
-                self.dir.used.fetch_sub(end - old, Ordering::SeqCst);
-                let _ = self.file.set_len(old);
+        let old = self.len();
+        let written = blocking(move || {
+            let written = file.write_all_at(&data, offset);
+            if written.is_err() && end > old {
+                // Keep only what the file really held.
+                let _ = file.set_len(old);
             }
-            io_error("writing a staging file", e)
+            Ok((written, allocated(&file)))
         })
+        .await;
+        let (written, now) = match written {
+            Ok(both) => both,
+            Err(e) => (Err(e), Ok(self.held.load(Ordering::SeqCst))),
+        };
+        let held = self.held.load(Ordering::SeqCst);
+        self.measured(now.unwrap_or(held), reserve);
+        match written {
+            Ok(()) => {
+                self.len.fetch_max(end, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => Err(io_error("writing a staging file", e)),
+        }
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end).
@@ -219,7 +251,9 @@ impl StagingFile {
 
 impl Drop for StagingFile {
     fn drop(&mut self) {
-        self.dir.used.fetch_sub(self.len(), Ordering::SeqCst);
+        self.dir
+            .used
+            .fetch_sub(*self.held.get_mut(), Ordering::SeqCst);
     }
 }
 
@@ -228,25 +262,33 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn limit_gives_enospc_and_space_comes_back() {
+    async fn limit_gives_enospc_holes_are_free_and_space_comes_back() {
+        const K: u64 = 1024;
         let tmp = tempfile::tempdir().unwrap();
-        let dir = StagingDir::new(tmp.path(), 100).unwrap();
+        let dir = StagingDir::new(tmp.path(), 40 * K).unwrap();
         let a = dir.create().await.unwrap();
-        a.write_at(0, Bytes::from(vec![1; 60])).await.unwrap();
+        a.write_at(0, Bytes::from(vec![1; 16 * K as usize]))
+            .await
+            .unwrap();
+        assert_eq!(dir.used(), 16 * K, "what the file holds on disk");
         let b = dir.create().await.unwrap();
-        let full = b.write_at(0, Bytes::from(vec![2; 50])).await;
+        let full = b.write_at(0, Bytes::from(vec![2; 20 * K as usize])).await;
         assert_eq!(full.unwrap_err().errno, libc::ENOSPC);
-        assert_eq!(b.len(), 0);
-        b.write_at(10, Bytes::from(vec![2; 30])).await.unwrap();
-        assert_eq!(dir.used(), 100);
+        assert_eq!((b.len(), dir.used()), (0, 16 * K));
+        b.set_len(1 << 30).await.expect("a hole needs no space");
+        assert_eq!((b.len(), dir.used()), (1 << 30, 16 * K));
+        b.write_at(4 * K, Bytes::from(vec![2; 8 * K as usize]))
+            .await
+            .unwrap();
+        assert_eq!(dir.used(), 24 * K);
         assert_eq!(
-            &b.read_at(0, 100).await.unwrap()[..],
-            &[&[0u8; 10][..], &[2; 30]].concat()[..]
+            &b.read_at(0, 16 * K as usize).await.unwrap()[..],
+            &[&[0u8; 4096][..], &[2; 8192], &[0; 4096]].concat()[..]
         );
-        a.set_len(10).await.unwrap();
-        assert_eq!(dir.used(), 50);
+        a.set_len(4 * K).await.unwrap();
+        assert_eq!(dir.used(), 12 * K);
         drop(b);
-        assert_eq!(dir.used(), 10);
+        assert_eq!(dir.used(), 4 * K);
         assert_eq!(
             std::fs::read_dir(tmp.path()).unwrap().count(),
             0,
@@ -258,7 +300,7 @@ mod tests {
     async fn a_removed_directory_is_made_again() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("staging");
-        let dir = StagingDir::new(&path, 100).unwrap();
+        let dir = StagingDir::new(&path, 1 << 20).unwrap();
         std::fs::remove_dir(&path).unwrap();
         let f = dir.create().await.expect("recreated");
         f.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
