@@ -79,6 +79,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
 
+    /// Content-Type of new objects whose file name's extension says none (others get the type
+    /// their extension names, e.g. text/html for .html)
+    #[arg(long, value_name = "TYPE", value_parser = parse_content_type, default_value = crate::config::DEFAULT_CONTENT_TYPE)]
+    pub content_type_default: String,
+
     /// Memory budget: half for cached blocks and read-ahead, half for write buffers (e.g. 512MiB, 2GiB)
     #[arg(long, value_parser = parse_size, default_value = "512MiB")]
     pub cache_size: u64,
@@ -155,6 +160,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "allow-other",
     "metadata-ttl",
     "negative-ttl",
+    "content-type-default",
     "cache-size",
     "part-size",
     "upload-concurrency",
@@ -232,6 +238,21 @@ pub fn parse_source(source: &str) -> Result<(String, String), String> {
         format!("{prefix}/")
     };
     Ok((bucket.to_string(), prefix))
+}
+
+/// A Content-Type: `type/subtype` (parameters allowed), printable ASCII only.
+fn parse_content_type(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let valid = s.split_once('/').is_some_and(|(t, rest)| {
+        !t.is_empty() && !rest.is_empty() && !t.contains(char::is_whitespace)
+    }) && s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a content type like application/octet-stream"
+        ))
+    }
 }
 
 /// Parses an octal permission mode such as `644`, `0644` or `0o644`.
@@ -331,6 +352,7 @@ impl Args {
             metadata_ttl: self.metadata_ttl,
             negative_ttl: self.negative_ttl.unwrap_or(self.metadata_ttl),
             copy_limit: None,
+            content_type_default: self.content_type_default,
         };
         let cache = CacheConfig {
             budget: self.cache_size - self.cache_size / 2,

@@ -90,7 +90,12 @@ pub struct FsConfig {
     /// Largest object copied with one CopyObject; `None` is S3's 5 GiB (tests lower it to
     /// exercise the multipart copy).
     pub copy_limit: Option<u64>,
+    /// Content-Type of new objects whose name's extension says none.
+    pub content_type_default: String,
 }
+
+/// What S3 and s3fs use for bytes of unknown type.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 impl Default for FsConfig {
     fn default() -> Self {
@@ -104,6 +109,7 @@ impl Default for FsConfig {
             metadata_ttl: Duration::from_secs(5),
             negative_ttl: Duration::from_secs(5),
             copy_limit: None,
+            content_type_default: DEFAULT_CONTENT_TYPE.to_string(),
         }
     }
 }

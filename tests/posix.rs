@@ -664,3 +664,38 @@ tar --xattrs -cf {s}.tar -C {s} ."#,
     ));
     assert_eq!(diff.trim(), "", "round trip: {diff}");
 }
+
+/// New objects get the Content-Type their name says (web-served buckets need it), kept by
+/// chmod and following a rename; `--content-type-default` covers unknown extensions.
+#[test]
+fn new_objects_get_a_content_type_from_their_name() {
+    let b = Bucket::new("px-ctype");
+    let m = Mount::new(&b.name, "px-ctype", &[]);
+    let p = |n: &str| m.path.join(n);
+    fs::write(p("index.html"), "<html></html>").unwrap();
+    fs::write(p("style.css"), "body {}").unwrap();
+    fs::write(p("data.weirdext"), "?").unwrap();
+    fs::write(p("movie.mp4"), common::pseudo_random(20 << 20, 9)).unwrap(); // multipart
+    fs::write(p("draft.tmp"), "<p>").unwrap();
+    fs::create_dir(p("d")).unwrap();
+    fs::set_permissions(p("index.html"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(p("draft.tmp"), p("page.html")).unwrap();
+    for (key, want) in [
+        ("index.html", "text/html"),
+        ("style.css", "text/css"),
+        ("data.weirdext", "application/octet-stream"),
+        ("movie.mp4", "video/mp4"),
+        ("page.html", "text/html"),
+        ("d/", "application/x-directory"),
+    ] {
+        assert_eq!(b.content_type(key).as_deref(), Some(want), "{key}");
+    }
+    drop(m);
+    let m = Mount::new(
+        &b.name,
+        "px-ctype",
+        &["--content-type-default", "text/plain"],
+    );
+    fs::write(m.path.join("notes"), "plain").unwrap();
+    assert_eq!(b.content_type("notes").as_deref(), Some("text/plain"));
+}

@@ -292,6 +292,18 @@ impl Fs {
         &self.config
     }
 
+    /// Content-Type of a new object at `key`: from its name's extension, else the mount's
+    /// default; a `dir/` marker is `application/x-directory`, as s3fs writes it.
+    fn guess_type(&self, key: &str) -> String {
+        if key.ends_with('/') {
+            return namespace::DIRECTORY_TYPE.to_string();
+        }
+        let name = key.rsplit('/').next().unwrap_or(key);
+        mime_guess::from_path(name)
+            .first_raw()
+            .map_or_else(|| self.config.content_type_default.clone(), str::to_string)
+    }
+
     fn key_of(&self, path: &str) -> String {
         format!("{}{}", self.config.prefix, path)
     }

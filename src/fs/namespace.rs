@@ -30,6 +30,8 @@ use crate::upload::{abort_with_retries, PendingAbort};
 pub const COPY_LIMIT: u64 = 5 << 30;
 /// Part size of a multipart copy: 10,000 of them cover S3's 5 TiB object limit.
 const COPY_PART: u64 = 512 << 20;
+/// Content-Type of `dir/` markers, as s3fs writes them.
+pub const DIRECTORY_TYPE: &str = "application/x-directory";
 /// Objects copied or deleted at once when a directory is renamed.
 const TREE_CONCURRENCY: usize = 16;
 
@@ -96,23 +98,27 @@ impl Fs {
         source: CopySource<'_>,
         size: u64,
         key: &str,
-        metadata: Option<&crate::store::UserMetadata>,
+        replace: Option<(&UserMetadata, Option<&str>)>,
     ) -> Result<String, StoreError> {
         if source.key.ends_with('/') {
             // A `dir/` marker: empty, so writing it anew is the copy (SeaweedFS refuses to
             // copy markers).
-            let metadata = self.copied_metadata(source, metadata).await?;
+            let (metadata, _) = self.copied_headers(source, replace).await?;
             let options = PutOptions {
                 metadata,
+                content_type: Some(DIRECTORY_TYPE.to_string()),
                 if_none_match: false,
             };
             return self.store.put_object(key, Bytes::new(), &options).await;
         }
         if size <= self.copy_limit() {
-            return self.store.copy_object(source, key, metadata).await;
+            return self.store.copy_object(source, key, replace).await;
         }
-        let metadata = self.copied_metadata(source, metadata).await?;
-        let id = self.store.create_multipart_upload(key, &metadata).await?;
+        let (metadata, content_type) = self.copied_headers(source, replace).await?;
+        let id = self
+            .store
+            .create_multipart_upload(key, &metadata, content_type.as_deref())
+            .await?;
         let part = self.copy_part_size(size);
         let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..size.div_ceil(part))
             .map(|i| (i as i32 + 1, i * part..((i + 1) * part).min(size)))
@@ -152,20 +158,18 @@ impl Fs {
     }
 
     /// The headers a copy gets: `replace` when given, else the source's (one HEAD).
-    async fn copied_metadata(
+    async fn copied_headers(
         &self,
         source: CopySource<'_>,
-        replace: Option<&crate::store::UserMetadata>,
-    ) -> Result<crate::store::UserMetadata, StoreError> {
-        match replace {
-            Some(m) => Ok(m.clone()),
-            None => Ok(self
-                .store
-                .head_object(source.key)
-                .await?
-                .and_then(|m| m.metadata)
-                .unwrap_or_default()),
+        replace: Option<(&UserMetadata, Option<&str>)>,
+    ) -> Result<(UserMetadata, Option<String>), StoreError> {
+        if let Some((metadata, content_type)) = replace {
+            return Ok((metadata.clone(), content_type.map(str::to_string)));
         }
+        let head = self.store.head_object(source.key).await?;
+        Ok(head
+            .map(|m| (m.metadata.unwrap_or_default(), m.content_type))
+            .unwrap_or_default())
     }
 
     fn copy_limit(&self) -> u64 {
@@ -255,11 +259,18 @@ impl Fs {
         } else {
             self.key_of(&path)
         };
-        let (size, etag, mut extra) = match self.with_headers(&key, meta).await? {
-            Some(m) => (m.size, m.etag, m.metadata.unwrap_or_default()),
-            None if kind == Kind::Dir => (0, String::new(), Default::default()),
+        let (size, etag, mut extra, content_type) = match self.with_headers(&key, meta).await? {
+            Some(m) => (
+                m.size,
+                m.etag,
+                m.metadata.unwrap_or_default(),
+                m.content_type,
+            ),
+            None if kind == Kind::Dir => (0, String::new(), Default::default(), None),
             None => return Err(FsError::not_found()),
         };
+        // The object keeps its Content-Type (a REPLACE copy would drop it).
+        let content_type = content_type.unwrap_or_else(|| self.guess_type(&key));
         change(&mut posix, &mut extra)?;
         let metadata = posix.apply_to(&extra);
         super::xattr::check_fits(&metadata)?;
@@ -271,13 +282,15 @@ impl Fs {
             key: &key,
             etag: &etag,
         };
-        let etag = self.copy(source, size, &key, Some(&metadata)).await?;
+        let replace = (&metadata, Some(content_type.as_str()));
+        let etag = self.copy(source, size, &key, Some(replace)).await?;
         let new = ObjectMeta {
             key,
             size,
             etag,
             last_modified: SystemTime::now(),
             metadata: Some(metadata),
+            content_type: Some(content_type),
         };
         let kind = if kind == Kind::Dir {
             Kind::Dir
@@ -369,6 +382,7 @@ impl Fs {
     async fn put_new(&self, key: String, body: Bytes, posix: &Posix) -> FsResult<ObjectMeta> {
         let options = PutOptions {
             metadata: posix.to_metadata(),
+            content_type: Some(self.guess_type(&key)),
             if_none_match: false,
         };
         let size = body.len() as u64;
@@ -379,6 +393,7 @@ impl Fs {
             etag,
             last_modified: SystemTime::now(),
             metadata: Some(options.metadata),
+            content_type: options.content_type,
         })
     }
 
@@ -624,8 +639,14 @@ impl Fs {
             ..Posix::default()
         };
         let headers = moved.apply_to(meta.metadata.as_ref().unwrap_or(&Default::default()));
+        // The type guessed from the old name follows the name; a type set otherwise stays.
+        let content_type = match &meta.content_type {
+            Some(t) if *t != self.guess_type(&meta.key) => t.clone(),
+            _ => self.guess_type(&new_key),
+        };
+        let replace = (&headers, Some(content_type.as_str()));
         let etag = self
-            .copy(source, meta.size, &new_key, Some(&headers))
+            .copy(source, meta.size, &new_key, Some(replace))
             .await?;
         if let Some(writer) = &writer {
             writer.moved(&new_key, &etag).await;
@@ -635,6 +656,7 @@ impl Fs {
             key: new_key,
             etag,
             metadata: Some(headers),
+            content_type: Some(content_type),
             ..meta
         })
     }
@@ -688,7 +710,10 @@ impl Fs {
         }
         if objects.is_empty() {
             // An empty directory known only to this mount still gets its marker at the new name.
-            let options = PutOptions::default();
+            let options = PutOptions {
+                content_type: Some(DIRECTORY_TYPE.to_string()),
+                ..PutOptions::default()
+            };
             self.store
                 .put_object(&new_prefix, Bytes::new(), &options)
                 .await?;

@@ -680,7 +680,7 @@ async fn readlink_reads_at_most_path_max_bytes() {
     let store = Arc::new(MemoryStore::new());
     let options = PutOptions {
         metadata: crate::store::UserMetadata::from([("mode".to_string(), "41471".to_string())]),
-        if_none_match: false,
+        ..PutOptions::default()
     };
     store
         .put_object("huge-link", Bytes::from(vec![b'a'; 1 << 20]), &options)

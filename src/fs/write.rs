@@ -83,6 +83,8 @@ pub(super) struct WriteState {
     failed: Option<FsError>,
     /// Headers of the existing object other than ours, kept on overwrite.
     extra: UserMetadata,
+    /// Content-Type of the existing object, kept on overwrite (`None`: from the name).
+    content_type: Option<String>,
     /// Created by this mount and never committed: the last release publishes it even empty.
     unpublished: bool,
 }
@@ -163,7 +165,10 @@ impl Fs {
         *writer.modified.lock().unwrap() = SystemTime::now();
     }
 
-    fn new_upload(&self, key: &str) -> Upload {
+    /// An upload to `key`, stored with the Content-Type `kept` from the object it replaces,
+    /// else the one its name suggests.
+    fn new_upload(&self, key: &str, kept: Option<&str>) -> Upload {
+        let content_type = kept.map_or_else(|| self.guess_type(key), str::to_string);
         Upload::new(
             Arc::clone(&self.store),
             key.to_string(),
@@ -171,6 +176,7 @@ impl Fs {
             self.writes.budget.clone(),
             self.writes.tasks.clone(),
         )
+        .with_content_type(content_type)
     }
 
     /// Takes one more handle on the registered writer of `ino`, if there is one.
@@ -198,6 +204,10 @@ impl Fs {
             _ => 0,
         };
         let dirty = !matches!(content, Content::Base(_)) && !unpublished;
+        let content_type = match &content {
+            Content::Base(Some(meta)) => meta.content_type.clone(),
+            _ => None,
+        };
         let writer = Arc::new(Writer {
             ino,
             path: Mutex::new(path.to_string()),
@@ -208,6 +218,7 @@ impl Fs {
                 excl,
                 failed: None,
                 extra,
+                content_type,
                 unpublished,
             }),
             size: AtomicU64::new(size),
@@ -261,7 +272,7 @@ impl Fs {
                     ctime: None,
                     ..Posix::new_node(S_IFREG | (mode & 0o7777), owner, 0)
                 };
-                let content = self.empty_content(&self.key_of(&path), open).await?;
+                let content = self.empty_content(&self.key_of(&path), None, open).await?;
                 let extra = UserMetadata::new();
                 let (writer, new) =
                     self.insert_writer(ino, &path, content, posix, excl, extra, true);
@@ -333,7 +344,8 @@ impl Fs {
         };
         let extra = meta.metadata.clone().unwrap_or_default();
         let content = if mode.truncate {
-            self.empty_content(&meta.key, mode).await?
+            self.empty_content(&meta.key, meta.content_type.as_deref(), mode)
+                .await?
         } else {
             Content::Base(Some(meta))
         };
@@ -345,11 +357,16 @@ impl Fs {
     }
 
     /// Empty content for `key`: a stream, or a staging file for a handle that reads (see 1.).
-    async fn empty_content(&self, key: &str, open: OpenMode) -> FsResult<Content> {
+    async fn empty_content(
+        &self,
+        key: &str,
+        kept_type: Option<&str>,
+        open: OpenMode,
+    ) -> FsResult<Content> {
         Ok(if open.read {
             Content::Staged(self.writes.staging.create().await?)
         } else {
-            Content::Stream(self.new_upload(key))
+            Content::Stream(self.new_upload(key, kept_type))
         })
     }
 
@@ -430,7 +447,7 @@ impl Fs {
         if let Content::Base(meta) = &st.content {
             if meta.as_ref().is_none_or(|m| m.size == 0) && offset == 0 {
                 let key = st.key.clone();
-                st.content = Content::Stream(self.new_upload(&key));
+                st.content = Content::Stream(self.new_upload(&key, st.content_type.as_deref()));
             }
         }
         // A stream takes the next bytes, and a gap once it has started (zeros are sent); a
@@ -541,7 +558,7 @@ impl Fs {
         let mut st = writer.state.lock().await;
         if len == 0 {
             // The old stream, if any, is dropped and its multipart upload aborted.
-            st.content = Content::Stream(self.new_upload(&st.key));
+            st.content = Content::Stream(self.new_upload(&st.key, st.content_type.as_deref()));
             st.failed = None;
         } else {
             let current = writer.size.load(Ordering::SeqCst);
@@ -642,21 +659,36 @@ impl Fs {
                 }
                 result
             }
-            Content::Staged(file) => self.upload_staged(key, file, metadata, excl).await,
+            Content::Staged(file) => {
+                let upload = self.new_upload(key, st.content_type.as_deref());
+                self.upload_staged(upload, file, metadata, excl).await
+            }
             Content::Base(Some(meta)) => {
                 let source = CopySource {
                     key: &meta.key,
                     etag: &meta.etag,
                 };
-                self.copy(source, meta.size, key, Some(metadata))
-                    .await
-                    .map(|etag| Uploaded {
-                        etag,
-                        size: meta.size,
-                        metadata: metadata.clone(),
-                    })
+                let content_type = meta
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| self.guess_type(key));
+                self.copy(
+                    source,
+                    meta.size,
+                    key,
+                    Some((metadata, Some(&content_type))),
+                )
+                .await
+                .map(|etag| Uploaded {
+                    etag,
+                    size: meta.size,
+                    metadata: metadata.clone(),
+                })
             }
-            Content::Base(None) => self.new_upload(key).finish(metadata, excl).await,
+            Content::Base(None) => {
+                let mut upload = self.new_upload(key, st.content_type.as_deref());
+                upload.finish(metadata, excl).await
+            }
             Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
         };
         result.map_err(|e| commit_error(e, excl))
@@ -679,6 +711,10 @@ impl Fs {
                 metadata.insert(name.into(), sent.clone());
             }
         }
+        let content_type = st
+            .content_type
+            .clone()
+            .unwrap_or_else(|| self.guess_type(&key));
         if uploaded.metadata != metadata {
             // A multipart upload took its headers at its start; a chmod or utime since then is
             // applied by copying the object onto itself.
@@ -686,8 +722,9 @@ impl Fs {
                 key: &key,
                 etag: &uploaded.etag,
             };
+            let replace = (&metadata, Some(content_type.as_str()));
             uploaded.etag = self
-                .copy(source, uploaded.size, &key, Some(&metadata))
+                .copy(source, uploaded.size, &key, Some(replace))
                 .await?;
             uploaded.metadata = metadata;
         }
@@ -697,6 +734,7 @@ impl Fs {
             etag: uploaded.etag,
             last_modified: SystemTime::now(),
             metadata: Some(uploaded.metadata),
+            content_type: Some(content_type),
         };
         if matches!(st.content, Content::Stream(_)) {
             st.content = Content::Base(Some(meta.clone()));
@@ -712,13 +750,12 @@ impl Fs {
     /// Uploads a staging file whole, through the same bounded part pipeline as a stream.
     async fn upload_staged(
         &self,
-        key: &str,
+        mut upload: Upload,
         file: &StagingFile,
         metadata: &UserMetadata,
         excl: bool,
     ) -> Result<Uploaded, StoreError> {
         // On failure the upload is dropped, which aborts it in the background.
-        let mut upload = self.new_upload(key);
         let chunk = crate::config::DEFAULT_BLOCK_SIZE as usize;
         let mut offset = 0;
         while offset < file.len() {

@@ -59,6 +59,7 @@ async fn put(
 ) -> Result<String, String> {
     let options = PutOptions {
         metadata: m,
+        content_type: Some("text/plain".into()),
         if_none_match: false,
     };
     store
@@ -189,8 +190,8 @@ async fn conditional_requests(store: &dyn ObjectStore, p: &str) -> CaseResult {
         "GET If-Match with the old ETag",
     )?;
     let excl = PutOptions {
-        metadata: UserMetadata::new(),
         if_none_match: true,
+        ..PutOptions::default()
     };
     expect_kind(
         store
@@ -269,7 +270,7 @@ async fn upload_parts(
     sizes: &[usize],
 ) -> Result<(String, Vec<CompletedPart>), String> {
     let id = store
-        .create_multipart_upload(key, &meta(&[("mode", "33188")]))
+        .create_multipart_upload(key, &meta(&[("mode", "33188")]), Some("video/mp4"))
         .await
         .map_err(err)?;
     let mut parts = Vec::new();
@@ -314,10 +315,7 @@ async fn multipart_parts_in_order_complete(store: &dyn ObjectStore, p: &str) -> 
         "the parts are not joined in order".into()
     })?;
     let (id, parts) = upload_parts(store, &format!("{p}excl"), &[10]).await?;
-    let taken = PutOptions {
-        metadata: UserMetadata::new(),
-        if_none_match: false,
-    };
+    let taken = PutOptions::default();
     store
         .put_object(&format!("{p}excl"), Bytes::from_static(b"x"), &taken)
         .await
@@ -382,15 +380,26 @@ async fn copies_keep_or_replace_metadata(store: &dyn ObjectStore, p: &str) -> Ca
         .map_err(err)?;
     let replaced = meta(&[("mode", "33261")]);
     store
-        .copy_object(source(), &format!("{p}replaced"), Some(&replaced))
+        .copy_object(
+            source(),
+            &format!("{p}replaced"),
+            Some((&replaced, Some("text/html"))),
+        )
         .await
         .map_err(err)?;
-    for (name, want) in [("kept", "33188"), ("replaced", "33261")] {
+    let copies = [
+        ("kept", "33188", "text/plain"),
+        ("replaced", "33261", "text/html"),
+    ];
+    for (name, want, content_type) in copies {
         let head = store
             .head_object(&format!("{p}{name}"))
             .await
             .map_err(err)?;
         let head = head.ok_or_else(|| format!("the copy {name} is missing"))?;
+        check(head.content_type.as_deref() == Some(content_type), || {
+            format!("{name}: Content-Type {:?}", head.content_type)
+        })?;
         let mode = head.metadata.unwrap_or_default().get("mode").cloned();
         check(mode.as_deref() == Some(want), || {
             format!("{name}: mode {mode:?}")

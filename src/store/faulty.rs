@@ -135,9 +135,12 @@ impl ObjectStore for FaultyStore {
         &self,
         key: &str,
         metadata: &UserMetadata,
+        content_type: Option<&str>,
     ) -> Result<String, StoreError> {
         self.enter("CreateMultipartUpload").await?;
-        self.inner.create_multipart_upload(key, metadata).await
+        self.inner
+            .create_multipart_upload(key, metadata, content_type)
+            .await
     }
 
     async fn upload_part(
@@ -187,10 +190,10 @@ impl ObjectStore for FaultyStore {
         &self,
         source: CopySource<'_>,
         key: &str,
-        metadata: Option<&UserMetadata>,
+        replace: Option<(&UserMetadata, Option<&str>)>,
     ) -> Result<String, StoreError> {
         self.enter("CopyObject").await?;
-        self.inner.copy_object(source, key, metadata).await
+        self.inner.copy_object(source, key, replace).await
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {

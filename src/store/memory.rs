@@ -45,12 +45,17 @@ struct Stored {
     body: Bytes,
     etag: String,
     metadata: UserMetadata,
+    content_type: Option<String>,
 }
+
+/// What S3 answers for an object stored without a Content-Type.
+const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 
 #[derive(Debug, Default)]
 struct PendingUpload {
     key: String,
     metadata: UserMetadata,
+    content_type: Option<String>,
     parts: BTreeMap<i32, (Bytes, String)>,
 }
 
@@ -74,16 +79,23 @@ impl MemoryStore {
 
     /// Puts `body` under `key`, with a fresh ETag.
     pub fn put(&self, key: &str, body: impl Into<Bytes>) {
-        self.store(key, body.into(), UserMetadata::new());
+        self.store(key, body.into(), UserMetadata::new(), None);
     }
 
-    fn store(&self, key: &str, body: Bytes, metadata: UserMetadata) -> String {
+    fn store(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: UserMetadata,
+        content_type: Option<String>,
+    ) -> String {
         let n = self.version.fetch_add(1, Ordering::Relaxed);
         let etag = format!("\"etag-{n}\"");
         let stored = Stored {
             body,
             etag: etag.clone(),
             metadata,
+            content_type,
         };
         self.objects.lock().unwrap().insert(key.to_string(), stored);
         etag
@@ -102,13 +114,16 @@ impl MemoryStore {
         self.uploads.lock().unwrap().len()
     }
 
-    fn meta(key: &str, o: &Stored, metadata: Option<UserMetadata>) -> ObjectMeta {
+    /// What a HEAD (`headers`) or a listing says of `o`.
+    fn meta(key: &str, o: &Stored, headers: bool) -> ObjectMeta {
+        let content_type = o.content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE);
         ObjectMeta {
             key: key.to_string(),
             size: o.body.len() as u64,
             etag: o.etag.clone(),
             last_modified: SystemTime::UNIX_EPOCH,
-            metadata,
+            metadata: headers.then(|| o.metadata.clone()),
+            content_type: headers.then(|| content_type.to_string()),
         }
     }
 
@@ -156,9 +171,7 @@ impl ObjectStore for MemoryStore {
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.counts.head.fetch_add(1, Ordering::Relaxed);
         let objects = self.objects.lock().unwrap();
-        Ok(objects
-            .get(key)
-            .map(|o| Self::meta(key, o, Some(o.metadata.clone()))))
+        Ok(objects.get(key).map(|o| Self::meta(key, o, true)))
     }
 
     async fn list_objects_v2(&self, request: &ListRequest) -> Result<ListPage, StoreError> {
@@ -198,7 +211,7 @@ impl ObjectStore for MemoryStore {
             if rolled_up.is_some() {
                 page.common_prefixes.push(entry.clone());
             } else {
-                page.objects.push(Self::meta(key, object, None));
+                page.objects.push(Self::meta(key, object, false));
             }
             last = Some(entry);
         }
@@ -255,18 +268,25 @@ impl ObjectStore for MemoryStore {
                 format!("PreconditionFailed: {key} exists"),
             ));
         }
-        Ok(self.store(key, body, options.metadata.clone()))
+        Ok(self.store(
+            key,
+            body,
+            options.metadata.clone(),
+            options.content_type.clone(),
+        ))
     }
 
     async fn create_multipart_upload(
         &self,
         key: &str,
         metadata: &UserMetadata,
+        content_type: Option<&str>,
     ) -> Result<String, StoreError> {
         let id = format!("upload-{}", self.version.fetch_add(1, Ordering::Relaxed));
         let upload = PendingUpload {
             key: key.to_string(),
             metadata: metadata.clone(),
+            content_type: content_type.map(str::to_string),
             parts: BTreeMap::new(),
         };
         self.uploads.lock().unwrap().insert(id.clone(), upload);
@@ -362,7 +382,7 @@ impl ObjectStore for MemoryStore {
             }
         }
         debug_assert_eq!(upload.key, key);
-        Ok(self.store(key, body.into(), upload.metadata))
+        Ok(self.store(key, body.into(), upload.metadata, upload.content_type))
     }
 
     async fn abort_multipart_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
@@ -374,12 +394,16 @@ impl ObjectStore for MemoryStore {
         &self,
         source: CopySource<'_>,
         key: &str,
-        metadata: Option<&UserMetadata>,
+        replace: Option<(&UserMetadata, Option<&str>)>,
     ) -> Result<String, StoreError> {
         self.counts.copy.fetch_add(1, Ordering::Relaxed);
         let stored = self.source(source)?;
-        let metadata = metadata.cloned().unwrap_or(stored.metadata);
-        Ok(self.store(key, stored.body, metadata))
+        // REPLACE sets both; a missing Content-Type falls back to the default, as on S3.
+        let (metadata, content_type) = match replace {
+            Some((m, t)) => (m.clone(), t.map(str::to_string)),
+            None => (stored.metadata, stored.content_type),
+        };
+        Ok(self.store(key, stored.body, metadata, content_type))
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {

@@ -36,6 +36,8 @@ pub struct ObjectMeta {
     /// User metadata (`x-amz-meta-*`, names without the prefix); `None` when not known, as in
     /// a listing, which carries none.
     pub metadata: Option<UserMetadata>,
+    /// Content-Type, when known (a HEAD says it; a listing does not).
+    pub content_type: Option<String>,
 }
 
 /// User metadata of an object: `x-amz-meta-NAME: VALUE` as `NAME -> VALUE`, names in lower case.
@@ -46,6 +48,8 @@ pub type UserMetadata = BTreeMap<String, String>;
 pub struct PutOptions {
     /// User metadata stored with the object.
     pub metadata: UserMetadata,
+    /// Content-Type (the server's default when `None`).
+    pub content_type: Option<String>,
     /// `If-None-Match: *`: fail with `PreconditionFailed` when the key already exists.
     pub if_none_match: bool,
 }
@@ -240,11 +244,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         options: &PutOptions,
     ) -> Result<String, StoreError>;
 
-    /// CreateMultipartUpload; returns the upload id.
+    /// CreateMultipartUpload with the object's metadata and Content-Type; returns the upload id.
     async fn create_multipart_upload(
         &self,
         key: &str,
         metadata: &UserMetadata,
+        content_type: Option<&str>,
     ) -> Result<String, StoreError>;
 
     /// UploadPart; returns the part's ETag.
@@ -278,13 +283,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// AbortMultipartUpload: drops the parts; the key is untouched.
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
 
-    /// CopyObject (up to 5 GiB) of `source` to `key`: with `metadata` REPLACE, else COPY.
-    /// Returns the new ETag.
+    /// CopyObject (up to 5 GiB) of `source` to `key`: with `replace` (metadata and
+    /// Content-Type) REPLACE, else COPY. Returns the new ETag.
     async fn copy_object(
         &self,
         source: CopySource<'_>,
         key: &str,
-        metadata: Option<&UserMetadata>,
+        replace: Option<(&UserMetadata, Option<&str>)>,
     ) -> Result<String, StoreError>;
 
     /// DeleteObject; deleting a missing key succeeds, as on S3.

@@ -344,6 +344,7 @@ impl ObjectStore for S3Store {
                         })
                         .unwrap_or_default(),
                 ),
+                content_type: out.content_type().map(str::to_string),
             })),
             Err(err) => {
                 let e = classify(&format!("HeadObject {key}"), err);
@@ -383,6 +384,7 @@ impl ObjectStore for S3Store {
                     etag: o.e_tag().unwrap_or_default().to_string(),
                     last_modified: system_time(o.last_modified()),
                     metadata: None,
+                    content_type: None,
                 })
             })
             .collect();
@@ -485,7 +487,8 @@ impl ObjectStore for S3Store {
             .key(key)
             .content_length(body.len() as i64)
             .body(progress_body(body, &progress))
-            .set_metadata(metadata_map(&options.metadata));
+            .set_metadata(metadata_map(&options.metadata))
+            .set_content_type(options.content_type.clone());
         if options.if_none_match {
             call = call.if_none_match("*");
         }
@@ -501,6 +504,7 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         metadata: &UserMetadata,
+        content_type: Option<&str>,
     ) -> Result<String, StoreError> {
         let what = format!("CreateMultipartUpload {key}");
         let call = self
@@ -508,7 +512,8 @@ impl ObjectStore for S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .set_metadata(metadata_map(metadata));
+            .set_metadata(metadata_map(metadata))
+            .set_content_type(content_type.map(str::to_string));
         let out = self.bounded(&what, call.send()).await?;
         out.upload_id()
             .map(str::to_string)
@@ -622,7 +627,7 @@ impl ObjectStore for S3Store {
         &self,
         source: CopySource<'_>,
         key: &str,
-        metadata: Option<&UserMetadata>,
+        replace: Option<(&UserMetadata, Option<&str>)>,
     ) -> Result<String, StoreError> {
         let what = format!("CopyObject {} -> {key}", source.key);
         let mut call = self
@@ -632,10 +637,11 @@ impl ObjectStore for S3Store {
             .key(key)
             .copy_source(copy_source(&self.bucket, source.key))
             .copy_source_if_match(source.etag);
-        if let Some(metadata) = metadata {
+        if let Some((metadata, content_type)) = replace {
             call = call
                 .metadata_directive(MetadataDirective::Replace)
-                .set_metadata(metadata_map(metadata));
+                .set_metadata(metadata_map(metadata))
+                .set_content_type(content_type.map(str::to_string));
         }
         let out = self.bounded(&what, call.send()).await?;
         Ok(out

@@ -120,6 +120,8 @@ pub struct Upload {
     budget: WriteBudget,
     /// Where aborts of a dropped upload run, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// Content-Type of the object (the server's default when `None`).
+    content_type: Option<String>,
     buffer: Vec<u8>,
     held: Option<OwnedSemaphorePermit>,
     upload_id: Option<String>,
@@ -156,6 +158,7 @@ impl Upload {
             tuning,
             budget,
             tasks,
+            content_type: None,
             buffer: Vec::new(),
             held: None,
             upload_id: None,
@@ -166,6 +169,12 @@ impl Upload {
             len: 0,
             failed: None,
         }
+    }
+
+    /// The same upload, storing the object with this Content-Type.
+    pub fn with_content_type(mut self, content_type: String) -> Self {
+        self.content_type = Some(content_type);
+        self
     }
 
     /// Bytes written so far.
@@ -319,7 +328,7 @@ impl Upload {
         if self.upload_id.is_none() {
             let id = self
                 .store
-                .create_multipart_upload(&self.key, metadata)
+                .create_multipart_upload(&self.key, metadata, self.content_type.as_deref())
                 .await?;
             self.upload_id = Some(id);
             self.sent = Some(metadata.clone());
@@ -361,6 +370,7 @@ impl Upload {
             let body = Bytes::from(std::mem::take(&mut self.buffer));
             let options = PutOptions {
                 metadata: metadata.clone(),
+                content_type: self.content_type.clone(),
                 if_none_match,
             };
             let etag = self.store.put_object(&self.key, body, &options).await?;

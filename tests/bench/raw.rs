@@ -336,7 +336,7 @@ async fn put_one(
         return Ok(1);
     }
     let upload_id = store
-        .create_multipart_upload(key, &Default::default())
+        .create_multipart_upload(key, &Default::default(), None)
         .await?;
     let count = size.div_ceil(part_size);
     let parts: Vec<CompletedPart> = stream::iter(0..count)

@@ -382,6 +382,11 @@ impl Bucket {
         ))
     }
 
+    /// Content-Type of `key`, or `None` when it does not exist.
+    pub fn content_type(&self, key: &str) -> Option<String> {
+        self.head_object(key)?.content_type().map(str::to_string)
+    }
+
     /// Size of `key` on the server, or `None` when it does not exist.
     pub fn size(&self, key: &str) -> Option<u64> {
         let length = self.head_object(key)?.content_length()?;
