@@ -699,3 +699,53 @@ fn new_objects_get_a_content_type_from_their_name() {
     fs::write(m.path.join("notes"), "plain").unwrap();
     assert_eq!(b.content_type("notes").as_deref(), Some("text/plain"));
 }
+
+/// Directories other tools wrote: Hadoop's `name_$folder$` and s3fs's legacy `name` object
+/// (application/x-directory) list, stat and work as directories; rmdir removes their objects.
+#[test]
+fn other_tools_directory_formats_are_directories() {
+    let b = Bucket::new("px-legacy");
+    b.put("hadoop_$folder$", "");
+    b.put("hadoop/inside.txt", "in hadoop's dir");
+    b.put("emptyhadoop_$folder$", "");
+    let dir_mode = (libc::S_IFDIR | 0o750).to_string();
+    b.put_typed(
+        "olds3fs",
+        b"",
+        "application/x-directory",
+        &[("mode", &dir_mode)],
+    );
+    b.put_typed("olds3fs2", b"", "application/x-directory", &[]);
+    let m = Mount::new(&b.name, "px-legacy", &[]);
+    let p = |n: &str| m.path.join(n);
+    let listed = listed_types(&m.path);
+    let names: Vec<(&str, char)> = listed.iter().map(|(n, t, _)| (n.as_str(), *t)).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("emptyhadoop", 'd'),
+            ("hadoop", 'd'),
+            ("olds3fs", 'd'),
+            ("olds3fs2", 'd')
+        ]
+    );
+    assert_eq!(mode_of(&p("olds3fs")), libc::S_IFDIR | 0o750);
+    assert_eq!(
+        fs::read_to_string(p("hadoop/inside.txt")).unwrap(),
+        "in hadoop's dir"
+    );
+    // Work in them: files go under `name/`.
+    fs::write(p("olds3fs/new.txt"), "new").unwrap();
+    assert_eq!(b.get("olds3fs/new.txt"), b"new");
+    // A fresh mount finds them by name too (no listing first).
+    drop(m);
+    let m = Mount::new(&b.name, "px-legacy", &[]);
+    let p = |n: &str| m.path.join(n);
+    assert!(fs::metadata(p("emptyhadoop")).unwrap().is_dir());
+    assert!(fs::metadata(p("olds3fs2")).unwrap().is_dir());
+    fs::remove_dir(p("emptyhadoop")).unwrap();
+    fs::remove_dir(p("olds3fs2")).unwrap();
+    assert!(b.head("emptyhadoop_$folder$").is_none());
+    assert!(b.head("olds3fs2").is_none());
+    assert!(fs::metadata(p("olds3fs2")).is_err());
+}

@@ -10,6 +10,10 @@
 //! 4. SeaweedFS ends a delimited listing early when a page ends exactly on a `dir/` marker (it
 //!    says "not truncated"). A full page without a continuation token is therefore followed by
 //!    one more request starting after its last entry; duplicates are dropped by the merge.
+//! 6. Other tools' directories are read too: Hadoop's (and old S3 tools') `name_$folder$`
+//!    object, and the legacy s3fs form, an empty object `name` (no slash) whose Content-Type is
+//!    `application/x-directory` or whose mode says directory (known after its HEAD, see 5.).
+//!    bucketfs itself writes `name/` markers.
 //! 5. Listings carry no headers, and an empty object may be a FIFO, socket or device node,
 //!    which only its mode header tells from an empty file: empty objects whose headers are not
 //!    known yet are HEADed (16 at a time) before their page is handed out. Empty objects are
@@ -34,6 +38,31 @@ pub enum Child {
     Dir,
     /// A file with its listing metadata.
     File(ObjectMeta),
+    /// A directory held by an object in another tool's format (see 6.).
+    DirObject(ObjectMeta),
+}
+
+/// Suffix of Hadoop's directory objects (`name_$folder$`).
+pub const FOLDER_SUFFIX: &str = "_$folder$";
+
+/// True when `meta` is a directory in another tool's format: `name_$folder$`, or an empty
+/// `name` object typed `application/x-directory` or with a directory mode (see 6.).
+pub fn is_dir_object(meta: &ObjectMeta) -> bool {
+    if meta.key.ends_with('/') || meta.size != 0 {
+        return false;
+    }
+    if meta.key.ends_with(FOLDER_SUFFIX) {
+        return true;
+    }
+    let typed = meta
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with(super::namespace::DIRECTORY_TYPE));
+    let mode = meta.metadata.as_ref().and_then(|m| m.get("mode"));
+    let dir_mode = mode
+        .and_then(|m| m.trim().parse::<u32>().ok())
+        .is_some_and(|m| m & super::posix::S_IFMT == super::posix::S_IFDIR);
+    typed || dir_mode
 }
 
 /// Can `name` be a file name in the mount?
@@ -114,6 +143,12 @@ pub async fn stream_children(
             }
             last_file = Some(object.key.clone());
             match object.key.strip_prefix(prefix) {
+                Some(name) if name.ends_with(FOLDER_SUFFIX) && object.size == 0 => {
+                    let dir = &name[..name.len() - FOLDER_SUFFIX.len()];
+                    if valid_name(dir) && dirs.insert(dir.to_string()) {
+                        batch.push((dir.to_string(), Child::DirObject(object)));
+                    }
+                }
                 Some(name) if valid_name(name) => held.push((name.to_string(), object)),
                 _ => {}
             }
@@ -180,9 +215,13 @@ async fn read_headers(
         .collect()
         .await;
     for (i, head) in heads {
-        if let (Ok(Some(head)), Child::File(listed)) = (head, &mut batch[i].1) {
+        if let Ok(Some(head)) = head {
             if head.size == 0 {
-                *listed = head;
+                batch[i].1 = if is_dir_object(&head) {
+                    Child::DirObject(head)
+                } else {
+                    Child::File(head)
+                };
             }
         }
     }
@@ -194,6 +233,8 @@ const HEAD_CONCURRENCY: usize = 16;
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
+
+    use bytes::Bytes;
 
     use super::*;
     use crate::store::memory::MemoryStore;
@@ -263,6 +304,47 @@ mod tests {
             ]
         );
         assert_eq!(names(&s, "d/data-dir/").await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn other_tools_directory_objects_are_directories() {
+        use crate::store::PutOptions;
+        let s = MemoryStore::new();
+        s.put("h/hadoop_$folder$", "");
+        s.put("h/both_$folder$", "");
+        s.put("h/both/inner", "1");
+        s.put("h/both", "a file the directory hides");
+        s.put("h/plain_$folder$", "data: not a directory object");
+        let legacy = PutOptions {
+            content_type: Some("application/x-directory".into()),
+            ..PutOptions::default()
+        };
+        s.put_object("h/s3fs", Bytes::new(), &legacy).await.unwrap();
+        s.put("h/empty", "");
+        let children = list_children(&s, "h/").await.unwrap().children;
+        let kinds: Vec<(&str, &str)> = children
+            .iter()
+            .map(|(n, c)| {
+                let kind = match c {
+                    Child::Dir => "dir",
+                    Child::DirObject(_) => "dir object",
+                    Child::File(_) => "file",
+                };
+                (n.as_str(), kind)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("both", "dir object"),
+                ("empty", "file"),
+                ("hadoop", "dir object"),
+                ("plain_$folder$", "file"),
+                ("s3fs", "dir object"),
+            ]
+        );
+        // The empty objects cost one HEAD each (the _$folder$ ones need none).
+        assert_eq!(s.counts.head.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

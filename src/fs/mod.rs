@@ -5,8 +5,9 @@
 //!    child and is kept for `metadata_ttl`, so the lookups and getattrs that follow are answered
 //!    from it (and readdirplus carries the attributes in the same reply).
 //! 2. A lookup of an unknown name costs one HEAD (`dir/name`) and one LIST (`dir/name/`, one key),
-//!    issued concurrently; a directory wins over a file of the same name. Misses go to a negative
-//!    cache for `negative_ttl`.
+//!    issued concurrently; a directory wins over a file of the same name. A name found under
+//!    neither costs one more HEAD (`dir/name_$folder$`, Hadoop's directory object). Misses go
+//!    to a negative cache for `negative_ttl`.
 //! 3. A file handle pins the ETag seen at open; every read is a GET with `If-Match`, so a replaced
 //!    object gives ESTALE instead of mixed bytes.
 //! 4. Listings carry no user metadata, so a file's mode, owner, mtime and symlink-ness come from
@@ -246,6 +247,9 @@ fn same_etag(a: &str, b: &str) -> bool {
 /// What an object is, from its mode header: a file unless the type bits name a symlink or
 /// a special file (a directory's mode on a plain object is not believed).
 fn object_kind(meta: &ObjectMeta) -> Kind {
+    if list::is_dir_object(meta) {
+        return Kind::Dir;
+    }
     match posix_of(Some(meta))
         .type_bits()
         .and_then(Kind::from_type_bits)
@@ -526,7 +530,8 @@ impl Fs {
         }
     }
 
-    /// HEAD `key` and LIST `key/` concurrently: a directory, a file, or nothing.
+    /// HEAD `key` and LIST `key/` concurrently: a directory, a file, or nothing (then one
+    /// more HEAD for another tool's `key_$folder$` directory object).
     async fn probe(&self, path: &str) -> FsResult<Option<(Kind, Option<ObjectMeta>)>> {
         let key = self.key_of(path);
         let request = ListRequest {
@@ -549,7 +554,15 @@ impl Fs {
             };
             return Ok(Some((Kind::Dir, meta)));
         }
-        Ok(head?.map(|meta| (object_kind(&meta), Some(meta))))
+        match head? {
+            Some(meta) => Ok(Some((object_kind(&meta), Some(meta)))),
+            // Nothing under either name: perhaps another tool's `name_$folder$` directory.
+            None => {
+                let folder = format!("{key}{}", list::FOLDER_SUFFIX);
+                let head = self.store.head_object(&folder).await?;
+                Ok(head.map(|meta| (Kind::Dir, Some(meta))))
+            }
+        }
     }
 
     /// Kind and object metadata of `ino`, from the cache while fresh, else from the store.
@@ -604,6 +617,7 @@ impl Fs {
             let (kind, meta) = match child {
                 // A directory keeps the marker headers it was seen with.
                 Child::Dir => (Kind::Dir, known.filter(|m| m.key.ends_with('/')).cloned()),
+                Child::DirObject(meta) => (Kind::Dir, Some(meta)),
                 Child::File(mut meta) => {
                     // Headers read earlier for this very version still hold.
                     if let Some(old) =

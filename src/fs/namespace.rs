@@ -504,10 +504,22 @@ impl Fs {
             return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
         }
         self.store.delete_object(&marker).await?;
+        if let Some(legacy) = self.dir_object(attr.ino).await {
+            self.store.delete_object(&legacy).await?;
+        }
         self.record_gone(&path);
         self.dir_gone(attr.ino);
         self.dir_changed(parent);
         Ok(())
+    }
+
+    /// The key of the object that holds directory `ino` in another tool's format (s3fs's
+    /// legacy `name`, Hadoop's `name_$folder$`), if that is what it was seen as.
+    async fn dir_object(&self, ino: Ino) -> Option<String> {
+        match self.node(ino).await {
+            Ok((Kind::Dir, Some(meta))) if !meta.key.ends_with('/') => Some(meta.key),
+            _ => None,
+        }
     }
 
     /// True while a file below directory `path` is open for writing.
@@ -584,6 +596,10 @@ impl Fs {
                 ));
             }
             self.rename_dir(&from, &to).await?;
+            if let Some(legacy) = self.dir_object(source.ino).await {
+                // The old name's directory object goes too; the new name has a `dir/` form.
+                self.store.delete_object(&legacy).await?;
+            }
             None
         } else {
             Some(self.rename_file(source.ino, &from, &to).await?)

@@ -266,6 +266,23 @@ impl Bucket {
         })
     }
 
+    /// Puts an object with a Content-Type and user metadata, as another tool would.
+    pub fn put_typed(&self, key: &str, body: &[u8], content_type: &str, metadata: &[(&str, &str)]) {
+        let s = server();
+        let mut call = s
+            .client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body.to_vec()));
+        for (k, v) in metadata {
+            call = call.metadata(*k, *v);
+        }
+        s.rt.block_on(call.send())
+            .unwrap_or_else(|e| panic!("put {key}: {:?}", e.into_service_error()));
+    }
+
     pub fn delete(&self, key: &str) {
         let s = server();
         s.rt.block_on(s.client.delete_object().bucket(&self.name).key(key).send())
