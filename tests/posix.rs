@@ -385,6 +385,29 @@ fn an_unlinked_open_file_lives_until_its_last_close() {
         .collect();
     assert_eq!(names, vec!["log".to_string()]);
     assert_eq!(b.keys(), vec!["log".to_string()], "nothing of tmp uploaded");
+
+    // Replaced by a rename while open: the reader keeps the old bytes, and a writer of the old
+    // file does not overwrite the new one when it closes.
+    fs::write(p("cfg"), &body).unwrap();
+    let mut old_reader = fs::File::open(p("cfg")).unwrap();
+    let mut start = [0u8; 10];
+    old_reader.read_exact(&mut start).unwrap();
+    let mut old_writer = fs::OpenOptions::new().write(true).open(p("cfg")).unwrap();
+    fs::write(p("cfg.new"), "the new config").unwrap();
+    fs::rename(p("cfg.new"), p("cfg")).unwrap();
+    old_writer.write_all(b"late write to the replaced file").unwrap();
+    drop(old_writer);
+    let mut rest = Vec::new();
+    old_reader.read_to_end(&mut rest).unwrap();
+    // Both descriptors are the old file: the reader sees the late write past what it read.
+    let late = b"late write to the replaced file";
+    let mut old_file = body.clone();
+    old_file[..late.len()].copy_from_slice(late);
+    assert_eq!(start[..], body[..10]);
+    assert!(rest[..] == old_file[10..], "the old file's bytes, whole");
+    drop(old_reader);
+    assert_eq!(b.get("cfg"), b"the new config");
+    assert_eq!(fs::read_to_string(p("cfg")).unwrap(), "the new config");
 }
 
 /// Reads and writes in any order on any descriptor, past several parts: as on a local disk.

@@ -588,6 +588,15 @@ impl Fs {
                 _ => {}
             }
         }
+        // A file replaced while open keeps its bytes for its handles, as if unlinked, and
+        // its writer (if any) commits no more: its old content must not land on the new file.
+        let replaced_open = match &target {
+            Some(t) if t.kind != Kind::Dir && t.ino != source.ino && self.is_open(t.ino) => {
+                self.keep_for_handles(t.ino).await?;
+                true
+            }
+            _ => false,
+        };
         let moved_file = if source.kind == Kind::Dir {
             if to.starts_with(&format!("{from}/")) {
                 return Err(FsError::new(
@@ -604,6 +613,9 @@ impl Fs {
         } else {
             Some(self.rename_file(source.ino, &from, &to).await?)
         };
+        if replaced_open {
+            self.tables.lock().unwrap().meta.unlinked_open(&to);
+        }
         self.rebind(&from, &to, &source);
         match moved_file {
             // Recorded under the moved inode, headers included, so listings keep them.
