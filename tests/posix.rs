@@ -395,7 +395,9 @@ fn an_unlinked_open_file_lives_until_its_last_close() {
     let mut old_writer = fs::OpenOptions::new().write(true).open(p("cfg")).unwrap();
     fs::write(p("cfg.new"), "the new config").unwrap();
     fs::rename(p("cfg.new"), p("cfg")).unwrap();
-    old_writer.write_all(b"late write to the replaced file").unwrap();
+    old_writer
+        .write_all(b"late write to the replaced file")
+        .unwrap();
     drop(old_writer);
     let mut rest = Vec::new();
     old_reader.read_to_end(&mut rest).unwrap();
