@@ -79,6 +79,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
 
+    /// Answer no extended-attribute requests (ENOTSUP, asked once per mount): `ls -l` then
+    /// sends no per-entry xattr questions, about twice as fast on large directories
+    #[arg(long)]
+    pub no_xattr: bool,
+
     /// Content-Type of new objects whose file name's extension says none (others get the type
     /// their extension names, e.g. text/html for .html)
     #[arg(long, value_name = "TYPE", value_parser = parse_content_type, default_value = crate::config::DEFAULT_CONTENT_TYPE)]
@@ -161,6 +166,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "metadata-ttl",
     "negative-ttl",
     "content-type-default",
+    "no-xattr",
     "cache-size",
     "part-size",
     "upload-concurrency",
@@ -184,6 +190,7 @@ pub fn mount_options_to_flags(list: &str) -> Result<Vec<String>, String> {
         }
         let flag = match key {
             "ro" => "read-only".to_string(),
+            "noxattr" => "no-xattr".to_string(),
             other => other.replace('_', "-"),
         };
         if !FLAG_OPTIONS.contains(&flag.as_str()) {
@@ -242,7 +249,6 @@ pub fn parse_source(source: &str) -> Result<(String, String), String> {
 
 /// A Content-Type: `type/subtype` (parameters allowed), printable ASCII only.
 fn parse_content_type(s: &str) -> Result<String, String> {
-    let s = s.trim();
     let valid = s.split_once('/').is_some_and(|(t, rest)| {
         !t.is_empty() && !rest.is_empty() && !t.contains(char::is_whitespace)
     }) && s.bytes().all(|b| (0x20..0x7f).contains(&b));
@@ -353,6 +359,7 @@ impl Args {
             negative_ttl: self.negative_ttl.unwrap_or(self.metadata_ttl),
             copy_limit: None,
             content_type_default: self.content_type_default,
+            xattr: !self.no_xattr,
         };
         let cache = CacheConfig {
             budget: self.cache_size - self.cache_size / 2,

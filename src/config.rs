@@ -92,6 +92,8 @@ pub struct FsConfig {
     pub copy_limit: Option<u64>,
     /// Content-Type of new objects whose name's extension says none.
     pub content_type_default: String,
+    /// Extended attributes are served (else the kernel is told, once, there are none).
+    pub xattr: bool,
 }
 
 /// What S3 and s3fs use for bytes of unknown type.
@@ -110,6 +112,7 @@ impl Default for FsConfig {
             negative_ttl: Duration::from_secs(5),
             copy_limit: None,
             content_type_default: DEFAULT_CONTENT_TYPE.to_string(),
+            xattr: true,
         }
     }
 }

@@ -48,6 +48,7 @@ impl FsError {
                 | libc::ENODATA
                 | libc::ENOTEMPTY
                 | libc::ENAMETOOLONG
+                | libc::EOPNOTSUPP
         )
     }
 }

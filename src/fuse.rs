@@ -399,7 +399,6 @@ impl Filesystem for FuseAdapter {
         let open = OpenMode {
             write: true,
             truncate: false,
-            read: flags & libc::O_ACCMODE == libc::O_RDWR,
             opener: process_of(req.pid()),
         };
         self.spawn(|fs| async move {
@@ -427,7 +426,6 @@ impl Filesystem for FuseAdapter {
         let mode = OpenMode {
             write,
             truncate: flags.0 & libc::O_TRUNC != 0,
-            read: flags.acc_mode() == OpenAccMode::O_RDWR,
             opener: if write { process_of(req.pid()) } else { 0 },
         };
         self.spawn(|fs| async move {
@@ -594,8 +592,19 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(Ino(ino.0), nlookup);
     }
 
-    // Extended attributes live in the object's headers (fs/xattr.rs).
+    // Extended attributes live in the object's headers (fs/xattr.rs). With --no-xattr, ENOSYS
+    // tells the kernel once for the whole mount: it stops asking, and programs get EOPNOTSUPP.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.fs.config().xattr {
+            return reply.error(Errno::ENOSYS);
+        }
+        // Most questions (ls -l's, each write's security.capability) are answered from memory
+        // right here, without a task.
+        if let Ok(text) = xattr_name(name) {
+            if let Some(result) = self.fs.getxattr_now(Ino(ino.0), text) {
+                return reply_xattr("getxattr", reply, size, result);
+            }
+        }
         let name = name.to_owned();
         self.spawn(|fs| async move {
             let result = async { fs.getxattr(Ino(ino.0), xattr_name(&name)?).await }.await;
@@ -604,6 +613,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.fs.config().xattr {
+            return reply.error(Errno::ENOSYS);
+        }
         self.spawn(|fs| async move {
             let result = fs.listxattr(Ino(ino.0)).await.map(|names| {
                 names
@@ -625,6 +637,9 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.fs.config().xattr {
+            return reply.error(Errno::ENOSYS);
+        }
         let (name, value) = (name.to_owned(), value.to_vec());
         let mode = if flags & libc::XATTR_CREATE != 0 {
             SetMode::Create
@@ -644,6 +659,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.fs.config().xattr {
+            return reply.error(Errno::ENOSYS);
+        }
         let name = name.to_owned();
         self.spawn(|fs| async move {
             let result = async {
@@ -652,6 +670,22 @@ impl Filesystem for FuseAdapter {
             }
             .await;
             reply_empty("removexattr", reply, result);
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|fs| async move {
+            let result = fs.fallocate(fh.0, offset, length, mode).await;
+            reply_empty("fallocate", reply, result);
         });
     }
 

@@ -628,6 +628,36 @@ fn truncate_makes_holes_without_staging_space_and_stops_at_five_tib() {
     let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
     let err = file.set_len(6 << 40).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EFBIG));
+    drop(file);
+    // fallocate(2) extends (a hole); the modes S3 cannot do are EOPNOTSUPP.
+    let g = m.path.join("allocated");
+    sh(&format!("fallocate -l 3MiB {}", g.display()));
+    assert_eq!(fs::metadata(&g).unwrap().len(), 3 << 20);
+    assert_eq!(b.size("allocated"), Some(3 << 20));
+    let punch = Command::new("fallocate")
+        .args(["-p", "-o", "0", "-l", "4096"])
+        .arg(&g)
+        .output()
+        .unwrap();
+    assert!(!punch.status.success());
+    assert!(
+        String::from_utf8_lossy(&punch.stderr).contains("supported"),
+        "{}",
+        String::from_utf8_lossy(&punch.stderr)
+    );
+}
+
+/// `--no-xattr` answers no extended-attribute request (the fast `ls -l` of huge directories).
+#[test]
+fn no_xattr_refuses_extended_attributes() {
+    let b = Bucket::new("px-noxattr");
+    let m = Mount::new(&b.name, "px-noxattr", &["--no-xattr"]);
+    fs::write(m.path.join("f"), "x").unwrap();
+    let out = sh(&format!(
+        "python3 -c 'import os,sys\ntry:\n os.setxattr(sys.argv[1], \"user.a\", b\"1\")\nexcept OSError as e: print(e.errno)' {}",
+        m.path.join("f").display()
+    ));
+    assert_eq!(out.trim(), libc::EOPNOTSUPP.to_string());
 }
 
 /// `tar x` of an archive with every kind of entry, then rsync compares: nothing differs but
@@ -773,4 +803,42 @@ fn other_tools_directory_formats_are_directories() {
     assert!(b.head("emptyhadoop_$folder$").is_none());
     assert!(b.head("olds3fs2").is_none());
     assert!(fs::metadata(p("olds3fs2")).is_err());
+}
+
+/// On a server that keeps marker headers (moto, like AWS), a directory's explicit times and
+/// extended attributes survive a remount, as its mode does (SeaweedFS drops them).
+#[test]
+fn directory_times_and_xattrs_survive_a_remount_on_moto() {
+    let moto = common::moto::Moto::start();
+    let bucket = "dirmeta";
+    moto.create_bucket(bucket);
+    let mount = || Mount::new(bucket, "px-moto-dir", &["--endpoint-url", &moto.endpoint]);
+    let m = mount();
+    let d = m.path.join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), "x").unwrap();
+    sh(&format!(
+        "mkfifo {0}/fifo; python3 -c 'import os,sys; os.setxattr(sys.argv[1], \"user.dir\", b\"kept\")' {0}; touch -m -d '2003-04-05 06:07:08' {0}",
+        d.display()
+    ));
+    let before = times(&d);
+    drop(m);
+    let m = mount();
+    let d = m.path.join("d");
+    let after = times(&d);
+    assert_eq!(after.1, before.1, "the directory's mtime");
+    let read = sh(&format!(
+        "python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], \"user.dir\").decode())' {}",
+        d.display()
+    ));
+    assert_eq!(read.trim(), "kept");
+    assert!(fs::symlink_metadata(d.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let marker = moto.metadata(bucket, "d/").expect("marker d/");
+    assert!(
+        marker.contains_key("xattr") && marker.contains_key("mtime"),
+        "{marker:?}"
+    );
 }

@@ -138,3 +138,16 @@ fn part_sizes_that_cannot_reach_five_tib_are_refused() {
         .unwrap();
     assert_eq!(ok.upload.staging_limit, 1 << 30);
 }
+
+#[test]
+fn xattr_and_content_type_options() {
+    let config = parse(&["b", "/m"]).unwrap().into_config().unwrap();
+    assert!(config.fs.xattr, "extended attributes are served by default");
+    assert_eq!(config.fs.content_type_default, "application/octet-stream");
+    let args = parse(&["b", "/m", "-o", "noxattr,content_type_default=text/plain"]).unwrap();
+    let config = args.into_config().unwrap();
+    assert!(!config.fs.xattr);
+    assert_eq!(config.fs.content_type_default, "text/plain");
+    assert!(parse(&["b", "/m", "--content-type-default", "nonsense"]).is_err());
+    assert!(parse(&["b", "/m", "--content-type-default", "text/html\n"]).is_err());
+}

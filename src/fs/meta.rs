@@ -144,6 +144,11 @@ impl Meta {
             .map(|n| (n.kind, n.meta.clone()))
     }
 
+    /// The kind `ino` was last seen as, however long ago.
+    pub fn known_kind(&self, ino: Ino) -> Option<Kind> {
+        self.nodes.get(&ino).map(|n| n.kind)
+    }
+
     /// The object last seen for `ino`, however old.
     pub fn known_meta(&self, ino: Ino) -> Option<&ObjectMeta> {
         self.nodes.get(&ino).and_then(|n| n.meta.as_ref())

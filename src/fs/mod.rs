@@ -23,6 +23,10 @@
 //! 8. A handle whose object was replaced by another client before it read a byte follows the
 //!    new version (the kernel opened it on attributes up to a TTL old); once it has returned
 //!    bytes of the old one, a read of a block not yet cached gives ESTALE instead of a mix.
+//! 9. A name known as a file (this mount wrote it, or saw it) is checked again after the TTL
+//!    with one HEAD, not a HEAD and a LIST: only if it is gone is the LIST sent, to find a
+//!    directory of that name. (A directory created elsewhere under the name of a file that
+//!    still exists shows once the file is seen gone, or in the next listing.)
 //! 7. A directory's mode, owner and times as this mount last wrote them win over the store's:
 //!    some servers drop the headers of `dir/` markers, an implicit directory has no object to
 //!    hold them, and a directory's mtime moves with every entry added or removed, which is
@@ -497,7 +501,7 @@ impl Fs {
                 Cached::Unknown => {}
             }
         }
-        match self.probe(&path).await? {
+        match self.probe(&path, self.known_file(&path)).await? {
             Some((kind, meta)) => Ok(self.remember(&path, kind, meta, to_kernel)),
             None => {
                 self.tables.lock().unwrap().meta.missed(parent, name);
@@ -530,10 +534,29 @@ impl Fs {
         }
     }
 
+    /// True when `path` was last seen as a file (or symlink, or special file).
+    fn known_file(&self, path: &str) -> bool {
+        let t = self.tables.lock().unwrap();
+        let kind = t.meta.ino(path).and_then(|ino| t.meta.known_kind(ino));
+        kind.is_some_and(|k| k != Kind::Dir)
+    }
+
     /// HEAD `key` and LIST `key/` concurrently: a directory, a file, or nothing (then one
-    /// more HEAD for another tool's `key_$folder$` directory object).
-    async fn probe(&self, path: &str) -> FsResult<Option<(Kind, Option<ObjectMeta>)>> {
+    /// more HEAD for another tool's `key_$folder$` directory object). A name last seen as a
+    /// file is checked with the HEAD alone first (see 9.).
+    async fn probe(
+        &self,
+        path: &str,
+        known_file: bool,
+    ) -> FsResult<Option<(Kind, Option<ObjectMeta>)>> {
         let key = self.key_of(path);
+        if known_file {
+            if let Some(meta) = self.store.head_object(&key).await? {
+                if !list::is_dir_object(&meta) {
+                    return Ok(Some((object_kind(&meta), Some(meta))));
+                }
+            }
+        }
         let request = ListRequest {
             prefix: format!("{key}/"),
             delimiter: Some("/".to_string()),
@@ -578,7 +601,9 @@ impl Fs {
             t.meta.path(ino)
         };
         let path = path.ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))?;
-        let (kind, meta) = self.probe(&path).await?.ok_or_else(FsError::not_found)?;
+        let known_file = self.known_file(&path);
+        let probed = self.probe(&path, known_file).await?;
+        let (kind, meta) = probed.ok_or_else(FsError::not_found)?;
         self.remember(&path, kind, meta.clone(), false);
         Ok((kind, meta))
     }

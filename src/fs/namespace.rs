@@ -308,7 +308,6 @@ impl Fs {
         let mode = super::OpenMode {
             write: true,
             truncate: size == 0,
-            read: false,
             opener: 0,
         };
         let writer = self.attach_writer(ino, mode).await?;
@@ -463,6 +462,13 @@ impl Fs {
         let open = self.is_open(attr.ino);
         if open {
             self.keep_for_handles(attr.ino).await?;
+            if let Err(e) = self.store.delete_object(&self.key_of(&path)).await {
+                self.unkeep(attr.ino).await;
+                return Err(e.into());
+            }
+            self.tables.lock().unwrap().meta.unlinked_open(&path);
+            self.dir_changed(parent);
+            return Ok(());
         } else {
             let writer = self.tables.lock().unwrap().writers.remove(&attr.ino);
             if let Some(writer) = writer {
@@ -473,11 +479,7 @@ impl Fs {
             }
         }
         self.store.delete_object(&self.key_of(&path)).await?;
-        if open {
-            self.tables.lock().unwrap().meta.unlinked_open(&path);
-        } else {
-            self.record_gone(&path);
-        }
+        self.record_gone(&path);
         self.dir_changed(parent);
         Ok(())
     }
@@ -593,9 +595,9 @@ impl Fs {
         let replaced_open = match &target {
             Some(t) if t.kind != Kind::Dir && t.ino != source.ino && self.is_open(t.ino) => {
                 self.keep_for_handles(t.ino).await?;
-                true
+                Some(t.ino)
             }
-            _ => false,
+            _ => None,
         };
         let moved_file = if source.kind == Kind::Dir {
             if to.starts_with(&format!("{from}/")) {
@@ -611,9 +613,17 @@ impl Fs {
             }
             None
         } else {
-            Some(self.rename_file(source.ino, &from, &to).await?)
+            match self.rename_file(source.ino, &from, &to).await {
+                Ok(meta) => Some(meta),
+                Err(e) => {
+                    if let Some(ino) = replaced_open {
+                        self.unkeep(ino).await;
+                    }
+                    return Err(e);
+                }
+            }
         };
-        if replaced_open {
+        if replaced_open.is_some() {
             self.tables.lock().unwrap().meta.unlinked_open(&to);
         }
         self.rebind(&from, &to, &source);

@@ -28,13 +28,11 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Arc<Fs> {
 const READ: OpenMode = OpenMode {
     write: false,
     truncate: false,
-    read: true,
     opener: 0,
 };
 const WRITE: OpenMode = OpenMode {
     write: true,
     truncate: false,
-    read: false,
     opener: 0,
 };
 
@@ -693,4 +691,56 @@ async fn readlink_reads_at_most_path_max_bytes() {
     let target = fs.readlink(link.ino).await.unwrap();
     assert_eq!(target.len(), libc::PATH_MAX as usize);
     assert!(store.counts.get_bytes.load(Ordering::Relaxed) <= 1 << 20);
+}
+
+#[tokio::test]
+async fn a_known_file_is_checked_again_with_one_head() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("f", "x");
+    let fs = fs_with(store.clone(), Duration::ZERO, writes());
+    let f = fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let (heads, lists) = (
+        store.counts.head.load(Ordering::Relaxed),
+        store.counts.list.load(Ordering::Relaxed),
+    );
+    // The TTL (0 here) ran out: one HEAD, no LIST.
+    assert_eq!(fs.lookup(Ino::ROOT, "f").await.unwrap().ino, f.ino);
+    assert_eq!(fs.getattr(f.ino).await.unwrap().size, 1);
+    assert_eq!(store.counts.head.load(Ordering::Relaxed), heads + 2);
+    assert_eq!(store.counts.list.load(Ordering::Relaxed), lists);
+    // Gone as a file, a directory now: the LIST finds it.
+    store.delete_object("f").await.unwrap();
+    store.put("f/inner", "y");
+    assert_eq!(fs.lookup(Ino::ROOT, "f").await.unwrap().kind, Kind::Dir);
+}
+
+#[tokio::test]
+async fn an_unlink_that_fails_leaves_the_open_file_as_it_was() {
+    use crate::store::faulty::FaultyStore;
+    use crate::store::StoreErrorKind;
+    let memory = Arc::new(MemoryStore::new());
+    memory.put("f", "old");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let fs = fs_with(faulty.clone(), Duration::from_secs(60), writes());
+    let ino = fs.lookup(Ino::ROOT, "f").await.unwrap().ino;
+    let fh = fs.open(ino, WRITE).await.unwrap();
+    faulty.fail("DeleteObject", 1, StoreErrorKind::Unreachable);
+    assert_eq!(
+        fs.unlink(Ino::ROOT, "f").await.unwrap_err().errno,
+        libc::EIO
+    );
+    // Still there, still written to the bucket at close.
+    assert_eq!(fs.lookup(Ino::ROOT, "f").await.unwrap().ino, ino);
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(&memory.object("f").unwrap().0[..], b"new");
+    // And unlinked for real: gone from the bucket, its handle still works until closed.
+    let fh = fs.open(ino, READ).await.unwrap();
+    fs.unlink(Ino::ROOT, "f").await.unwrap();
+    assert!(memory.object("f").is_none());
+    assert_eq!(&fs.read(ino, fh, 0, 10).await.unwrap()[..], b"new");
+    assert_eq!(fs.getattr(ino).await.unwrap().nlink, 0);
+    fs.release(fh).await;
+    assert!(fs.lookup(Ino::ROOT, "f").await.is_err());
 }

@@ -5,7 +5,6 @@
 //!    application writes. Anything else (a write into existing bytes, append, O_RDWR reads,
 //!    truncate to a non-zero size) first copies the object into a staging file, and the whole
 //!    file is uploaded at the commit point.
-//!    A handle opened O_RDWR stages from the start: it may read back or go back at any time.
 //! 2. A stream cannot go back: its parts are on the server, out of reach until completed.
 //!    While nothing has left the buffer the stream quietly becomes a staging file; after that,
 //!    a write behind the stream, a read of it through its own handle or a resize commits what
@@ -51,8 +50,6 @@ pub struct OpenMode {
     pub write: bool,
     /// O_TRUNC: the content starts empty.
     pub truncate: bool,
-    /// O_RDWR: the handle may read back what it writes (see 1.).
-    pub read: bool,
     /// The opening process (0: unknown, every close commits).
     pub opener: u32,
 }
@@ -104,6 +101,9 @@ pub(super) struct Writer {
     /// A commit, or a streaming write, is moving bytes to the store: readers on other handles
     /// read their own version meanwhile instead of waiting behind the upload.
     transferring: AtomicBool,
+    /// A copy of the state's `extra` headers, readable without waiting for a transfer that
+    /// holds the state lock (every write(2) makes the kernel ask for `security.capability`).
+    pub(super) headers: Mutex<UserMetadata>,
     /// The name was unlinked: nothing is committed any more (see 10.).
     pub(super) unlinked: AtomicBool,
     /// The unlink holds one handle until the last handle of the inode, reader or writer, is
@@ -204,6 +204,7 @@ impl Fs {
             _ => 0,
         };
         let dirty = !matches!(content, Content::Base(_)) && !unpublished;
+        let extra_copy = extra.clone();
         let content_type = match &content {
             Content::Base(Some(meta)) => meta.content_type.clone(),
             _ => None,
@@ -228,6 +229,7 @@ impl Fs {
             transferring: AtomicBool::new(false),
             unlinked: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            headers: Mutex::new(extra_copy),
         });
         let mut t = self.tables.lock().unwrap();
         if let Some(existing) = Self::share_writer(&t, ino) {
@@ -272,7 +274,7 @@ impl Fs {
                     ctime: None,
                     ..Posix::new_node(S_IFREG | (mode & 0o7777), owner, 0)
                 };
-                let content = self.empty_content(&self.key_of(&path), None, open).await?;
+                let content = self.empty_content(&self.key_of(&path), None);
                 let extra = UserMetadata::new();
                 let (writer, new) =
                     self.insert_writer(ino, &path, content, posix, excl, extra, true);
@@ -344,8 +346,7 @@ impl Fs {
         };
         let extra = meta.metadata.clone().unwrap_or_default();
         let content = if mode.truncate {
-            self.empty_content(&meta.key, meta.content_type.as_deref(), mode)
-                .await?
+            self.empty_content(&meta.key, meta.content_type.as_deref())
         } else {
             Content::Base(Some(meta))
         };
@@ -356,18 +357,10 @@ impl Fs {
         Ok(writer)
     }
 
-    /// Empty content for `key`: a stream, or a staging file for a handle that reads (see 1.).
-    async fn empty_content(
-        &self,
-        key: &str,
-        kept_type: Option<&str>,
-        open: OpenMode,
-    ) -> FsResult<Content> {
-        Ok(if open.read {
-            Content::Staged(self.writes.staging.create().await?)
-        } else {
-            Content::Stream(self.new_upload(key, kept_type))
-        })
+    /// Empty content for `key`: a stream (see 1. and 2.; even O_RDWR opens stream, so front-
+    /// to-back writers keep the fast path whatever their flags).
+    fn empty_content(&self, key: &str, kept_type: Option<&str>) -> Content {
+        Content::Stream(self.new_upload(key, kept_type))
     }
 
     /// A stream whose parts left commits them first (see 2.); then, like `stage`, the
@@ -548,6 +541,29 @@ impl Fs {
             Content::Lost if mine => Err(st.failed.clone().unwrap_or_else(lost)),
             _ => Ok(None),
         }
+    }
+
+    /// fallocate(2) through handle `fh`: mode 0 extends the file to `offset + length` (a hole,
+    /// as S3 stores no reservation); other modes are not supported (EOPNOTSUPP).
+    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        if mode != 0 {
+            return Err(FsError::new(
+                libc::EOPNOTSUPP,
+                format!("fallocate mode {mode:#x} cannot be done on S3"),
+            ));
+        }
+        let file = self.handle(fh)?;
+        let writer = file
+            .writer
+            .clone()
+            .ok_or_else(|| FsError::new(libc::EBADF, "not open for writing"))?;
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| FsError::new(libc::EFBIG, "offset + length overflows"))?;
+        if end > writer.size.load(Ordering::SeqCst) {
+            self.truncate_writer(&writer, end).await?;
+        }
+        Ok(())
     }
 
     /// Sets the length of the file behind `writer`.
@@ -823,6 +839,17 @@ impl Fs {
         result
     }
 
+    /// Undoes `keep_for_handles` when the name could not be removed after all (the delete or
+    /// the rename failed): the file is a normal open file again, and commits as before.
+    pub(super) async fn unkeep(&self, ino: Ino) {
+        if let Some(writer) = self.writer_of(ino) {
+            writer.unlinked.store(false, Ordering::SeqCst);
+            if writer.held.swap(false, Ordering::SeqCst) {
+                self.detach(&writer).await;
+            }
+        }
+    }
+
     /// Closes handle `fh`. The last handle of a writer commits what no flush committed (a
     /// write through a shared mapping, a new file left empty) or, after a failure, leaves the
     /// abort running.
@@ -908,14 +935,15 @@ impl Fs {
         change(&mut posix, &mut extra)?;
         super::xattr::check_fits(&posix.apply_to(&extra))?;
         *writer.posix.lock().unwrap() = posix;
+        writer.headers.lock().unwrap().clone_from(&extra);
         st.extra = extra;
         st.dirty = true;
         Ok(true)
     }
 
     /// The headers an open file will be committed with, other than mode, owner and times.
-    pub(super) async fn open_headers(&self, writer: &Writer) -> UserMetadata {
-        writer.state.lock().await.extra.clone()
+    pub(super) fn open_headers(&self, writer: &Writer) -> UserMetadata {
+        writer.headers.lock().unwrap().clone()
     }
 
     /// Fails mutations on a read-only mount and names the filesystem cannot hold.

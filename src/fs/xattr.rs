@@ -151,7 +151,7 @@ impl Fs {
     /// object's (a HEAD when only a listing saw it, unless `cheap` says none will do).
     async fn headers_of(&self, ino: Ino, cheap: bool) -> FsResult<Option<UserMetadata>> {
         if let Some(writer) = self.writer_of(ino) {
-            return Ok(Some(self.open_headers(&writer).await));
+            return Ok(Some(self.open_headers(&writer)));
         }
         if ino == Ino::ROOT {
             return Ok(None);
@@ -172,6 +172,27 @@ impl Fs {
             self.remember(&path, kind, Some(m.clone()), false);
         }
         Ok(meta.and_then(|m| m.metadata))
+    }
+
+    /// getxattr answered from memory, without a request or waiting on anything, when that
+    /// can be done: an open file's headers, an object's known headers, or (see 4.) "none"
+    /// for the names `ls -l` asks of an object seen only in a listing. `None`: ask `getxattr`.
+    pub fn getxattr_now(&self, ino: Ino, name: &str) -> Option<FsResult<Vec<u8>>> {
+        let headers = match self.writer_of(ino) {
+            Some(writer) => Some(self.open_headers(&writer)),
+            None if ino == Ino::ROOT => None,
+            None => {
+                let t = self.tables.lock().unwrap();
+                match t.meta.known_meta(ino).map(|m| m.metadata.clone()) {
+                    Some(Some(headers)) => Some(headers),
+                    // Seen, headers unknown (a listing, a directory without marker).
+                    _ if asked_of_every_entry(name) && t.meta.path(ino).is_some() => None,
+                    _ => return None,
+                }
+            }
+        };
+        let mut xattrs = headers.as_ref().map(parse).unwrap_or_default();
+        Some(xattrs.remove(name).ok_or_else(no_data))
     }
 
     /// getxattr: the value of `name`, or ENODATA.
