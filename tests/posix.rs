@@ -9,28 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use common::{Bucket, Mount};
-
-fn sh(script: &str) -> String {
-    let out = Command::new("bash")
-        .arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("spawn bash");
-    assert!(
-        out.status.success(),
-        "{script} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn header(b: &Bucket, key: &str, name: &str) -> Option<String> {
-    b.head(key).and_then(|(_, m)| m.get(name).cloned())
-}
+use common::{sh, Bucket, Mount};
 
 fn mode_of(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().mode()
@@ -102,15 +81,13 @@ fn special_files_are_created_listed_changed_renamed_removed_and_survive_a_remoun
     // What another S3 client (and s3fs) reads: empty objects whose mode carries the type.
     assert_eq!(b.size("dev/fifo"), Some(0));
     assert_eq!(
-        header(&b, "dev/fifo", "mode"),
+        b.header("dev/fifo", "mode"),
         Some((libc::S_IFIFO | 0o640).to_string())
     );
+    assert_eq!(b.header("dev/chr", "rdev"), Some(makedev(1, 3).to_string()));
     assert_eq!(
-        header(&b, "dev/chr", "rdev"),
-        Some(makedev(1, 3).to_string())
-    );
-    assert_eq!(
-        header(&b, "dev/sock", "mode").map(|m| m.parse::<u32>().unwrap() & libc::S_IFMT),
+        b.header("dev/sock", "mode")
+            .map(|m| m.parse::<u32>().unwrap() & libc::S_IFMT),
         Some(libc::S_IFSOCK)
     );
 
@@ -129,7 +106,7 @@ fn special_files_are_created_listed_changed_renamed_removed_and_survive_a_remoun
         .file_type()
         .is_block_device());
     assert_eq!(
-        header(&b, "dev/blk2", "rdev"),
+        b.header("dev/blk2", "rdev"),
         Some(makedev(8, 1).to_string())
     );
     assert!(b.head("dev/blk").is_none(), "the old name is gone");
@@ -234,7 +211,8 @@ fn atime_mtime_and_ctime_follow_posix() {
         "2011"
     );
     assert_eq!(
-        header(&b, "d/f", "atime").map(|v| v.split('.').next().unwrap().to_string()),
+        b.header("d/f", "atime")
+            .map(|v| v.split('.').next().unwrap().to_string()),
         Some(secs(atime).to_string())
     );
 
@@ -596,12 +574,14 @@ PY"#,
         p("listed").display()
     ));
     assert_eq!(out.trim(), "ok");
-    let stored = header(&b, "f", "xattr").expect("x-amz-meta-xattr on f");
+    let stored = b.header("f", "xattr").expect("x-amz-meta-xattr on f");
     assert!(
         stored.starts_with("%7B%22user.comment%22%3A%22"),
         "{stored}"
     );
-    assert!(header(&b, "f.open", "xattr").is_some_and(|x| x.contains("user.pending")));
+    assert!(b
+        .header("f.open", "xattr")
+        .is_some_and(|x| x.contains("user.pending")));
     assert_eq!(b.get("listed"), b"from a listing", "the body is kept");
     // Headers set by s3fs (user.a = "b") read the same here.
     let m2 = Mount::new(&b.name, "px-xattr-2", &[]);

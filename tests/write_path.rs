@@ -10,30 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, pseudo_random, sha256, Bucket, Mount};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh(script: &str) -> String {
-    run(Command::new("bash")
-        .arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(script))
-}
-
-fn header(b: &Bucket, key: &str, name: &str) -> Option<String> {
-    b.head(key).and_then(|(_, m)| m.get(name).cloned())
-}
+use common::{eventually, pseudo_random, run, sh, sha256, Bucket, Mount};
 
 #[test]
 fn create_overwrite_append_and_truncate_are_plain_objects() {
@@ -48,7 +25,7 @@ fn create_overwrite_append_and_truncate_are_plain_objects() {
     ));
     assert_eq!(b.get("echo.txt"), b"hello\nworld\n");
     assert_eq!(
-        header(&b, "echo.txt", "mode").unwrap(),
+        b.header("echo.txt", "mode").unwrap(),
         (0o100644).to_string()
     );
 
@@ -145,7 +122,7 @@ fn o_excl_on_an_existing_name_is_eexist() {
     f.write_all(b"mine").unwrap();
     drop(f);
     assert_eq!(b.get("fresh"), b"mine");
-    assert_eq!(header(&b, "fresh", "mode").unwrap(), (0o100600).to_string());
+    assert_eq!(b.header("fresh", "mode").unwrap(), (0o100600).to_string());
     assert_eq!(b.get("there"), b"x");
 }
 
@@ -229,16 +206,13 @@ fn chmod_chown_touch_and_symlinks_use_s3fs_headers_and_survive_a_remount() {
     ));
 
     assert_eq!(b.get("f"), b"content", "metadata changes keep the bytes");
-    assert_eq!(header(&b, "f", "mode").unwrap(), (0o100751).to_string());
-    assert_eq!(header(&b, "f", "uid").unwrap(), "1234");
-    assert_eq!(header(&b, "f", "gid").unwrap(), "5678");
-    assert_eq!(header(&b, "f", "mtime").unwrap(), "1500000000");
+    assert_eq!(b.header("f", "mode").unwrap(), (0o100751).to_string());
+    assert_eq!(b.header("f", "uid").unwrap(), "1234");
+    assert_eq!(b.header("f", "gid").unwrap(), "5678");
+    assert_eq!(b.header("f", "mtime").unwrap(), "1500000000");
     assert_eq!(b.get("link"), b"f", "a symlink's body is its target");
-    assert_eq!(header(&b, "link", "mode").unwrap(), (0o120777).to_string());
-    assert_eq!(
-        header(&b, "plain", "mtime").unwrap(),
-        "1600000000.250000000"
-    );
+    assert_eq!(b.header("link", "mode").unwrap(), (0o120777).to_string());
+    assert_eq!(b.header("plain", "mtime").unwrap(), "1600000000.250000000");
     drop(m);
 
     // A new mount reads the headers back (a stat of one name is a HEAD).
@@ -374,7 +348,7 @@ fn tar_rsync_and_git_work_in_the_mount() {
     let mtimes: Vec<_> = a.iter().zip(&z).filter(|(x, y)| x.3 != y.3).collect();
     assert!(mtimes.is_empty(), "{:?}", &mtimes[..mtimes.len().min(5)]);
     assert_eq!(
-        header(&b, "rs/d0/e0/f0.txt", "mode").unwrap(),
+        b.header("rs/d0/e0/f0.txt", "mode").unwrap(),
         (0o100600).to_string()
     );
 

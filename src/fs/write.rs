@@ -422,17 +422,18 @@ impl Fs {
         file.set_len(meta.size).await
     }
 
-    /// Writes `data` at `offset` through handle `fh`.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let file = self.handle(fh)?;
-        let writer = file
+    /// The writer of handle `fh`; EBADF for a handle not open for writing.
+    fn handle_writer(&self, fh: u64) -> FsResult<Arc<Writer>> {
+        self.handle(fh)?
             .writer
             .clone()
-            .ok_or_else(|| FsError::new(libc::EBADF, "not open for writing"))?;
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|end| *end <= crate::upload::MAX_OBJECT_SIZE)
-            .ok_or_else(|| FsError::new(libc::EFBIG, "past S3's 5 TiB object limit"))?;
+            .ok_or_else(|| FsError::new(libc::EBADF, "not open for writing"))
+    }
+
+    /// Writes `data` at `offset` through handle `fh`.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let writer = self.handle_writer(fh)?;
+        let end = object_end(offset, data.len() as u64)?;
         let mut st = writer.state.lock().await;
         if let Some(e) = &st.failed {
             return Err(e.clone());
@@ -552,14 +553,8 @@ impl Fs {
                 format!("fallocate mode {mode:#x} cannot be done on S3"),
             ));
         }
-        let file = self.handle(fh)?;
-        let writer = file
-            .writer
-            .clone()
-            .ok_or_else(|| FsError::new(libc::EBADF, "not open for writing"))?;
-        let end = offset
-            .checked_add(length)
-            .ok_or_else(|| FsError::new(libc::EFBIG, "offset + length overflows"))?;
+        let writer = self.handle_writer(fh)?;
+        let end = object_end(offset, length)?;
         if end > writer.size.load(Ordering::SeqCst) {
             self.truncate_writer(&writer, end).await?;
         }
@@ -568,9 +563,7 @@ impl Fs {
 
     /// Sets the length of the file behind `writer`.
     pub(super) async fn truncate_writer(&self, writer: &Writer, len: u64) -> FsResult<()> {
-        if len > crate::upload::MAX_OBJECT_SIZE {
-            return Err(FsError::new(libc::EFBIG, "past S3's 5 TiB object limit"));
-        }
+        object_end(len, 0)?;
         let mut st = writer.state.lock().await;
         if len == 0 {
             // The old stream, if any, is dropped and its multipart upload aborted.
@@ -1001,6 +994,14 @@ impl Fs {
             mode
         }
     }
+}
+
+/// `offset + len`: EFBIG past S3's 5 TiB object limit.
+fn object_end(offset: u64, len: u64) -> FsResult<u64> {
+    offset
+        .checked_add(len)
+        .filter(|end| *end <= crate::upload::MAX_OBJECT_SIZE)
+        .ok_or_else(|| FsError::new(libc::EFBIG, "past S3's 5 TiB object limit"))
 }
 
 /// Longest key S3 accepts, in bytes of UTF-8.

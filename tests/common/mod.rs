@@ -404,6 +404,11 @@ impl Bucket {
         self.head_object(key)?.content_type().map(str::to_string)
     }
 
+    /// User metadata header `name` (`x-amz-meta-NAME`) of `key`, when both exist.
+    pub fn header(&self, key: &str, name: &str) -> Option<String> {
+        self.head(key).and_then(|(_, m)| m.get(name).cloned())
+    }
+
     /// Size of `key` on the server, or `None` when it does not exist.
     pub fn size(&self, key: &str) -> Option<u64> {
         let length = self.head_object(key)?.content_length()?;
@@ -509,6 +514,27 @@ pub fn bucketfs_command(source: &str, mountpoint: &Path, extra: &[&str]) -> Comm
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(Stdio::null());
     cmd
+}
+
+/// Runs `cmd`, fails the test unless it succeeds, returns its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a bash script (`-euo pipefail`), fails the test unless it succeeds, returns its stdout.
+pub fn sh(script: &str) -> String {
+    run(Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script))
 }
 
 /// A live mount of the real binary; unmounts and waits for the daemon to exit on drop.
