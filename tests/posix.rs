@@ -641,7 +641,7 @@ fn no_xattr_refuses_extended_attributes() {
 }
 
 /// `tar x` of an archive with every kind of entry, then rsync compares: nothing differs but
-/// the hard link tar could not make; an `rsync -aX` round trip keeps modes, times, xattrs.
+/// the hard link tar could not make; an `rsync -aAX` round trip keeps modes, times, ACLs, xattrs.
 #[test]
 fn tar_and_rsync_keep_special_files_modes_times_and_xattrs() {
     let b = Bucket::new("px-tar");
@@ -684,16 +684,16 @@ tar --xattrs -cf {s}.tar -C {s} ."#,
     assert_eq!(diff.trim(), "", "rsync sees no difference: {diff}");
     assert!(!m.path.join("dir/hard").exists());
 
-    // rsync -aX into the mount and back out: the same tree.
+    // rsync -aAX into the mount and back out: the same tree.
     let back = src.path().join("back");
     sh(&format!(
-        "rsync -aX --exclude=dir/hard {0}/ {1}/copy/ && rsync -aX {1}/copy/ {2}/ && rsync -rlptgoDXnci --exclude=dir/hard {0}/ {2}/",
+        "rsync -aAX --exclude=dir/hard {0}/ {1}/copy/ && rsync -aAX {1}/copy/ {2}/",
         s.display(),
         m.path.display(),
         back.display()
     ));
     let diff = sh(&format!(
-        "rsync -rlptgoDXnci --exclude=dir/hard {}/ {}/",
+        "rsync -rlptgoDAXnci --exclude=dir/hard {}/ {}/",
         s.display(),
         back.display()
     ));
