@@ -177,7 +177,14 @@ fn names_too_long_for_linux_or_s3_give_enametoolong() {
 
 fn times(p: &Path) -> (SystemTime, SystemTime, SystemTime) {
     let m = fs::symlink_metadata(p).unwrap();
-    let at = |s: i64, ns: i64| SystemTime::UNIX_EPOCH + Duration::new(s as u64, ns as u32);
+    let at = |s: i64, ns: i64| {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64);
+        if s >= 0 {
+            t + Duration::from_secs(s as u64)
+        } else {
+            t - Duration::from_secs(s.unsigned_abs())
+        }
+    };
     (
         at(m.atime(), m.atime_nsec()),
         at(m.mtime(), m.mtime_nsec()),
@@ -215,6 +222,19 @@ fn atime_mtime_and_ctime_follow_posix() {
             .map(|v| v.split('.').next().unwrap().to_string()),
         Some(secs(atime).to_string())
     );
+
+    // Times before the epoch are kept too (utimensat allows them).
+    sh(&format!(
+        "touch -m -d '1960-06-07 08:09:10 UTC' {}",
+        p("d/f").display()
+    ));
+    let old = times(&p("d/f")).1;
+    assert!(old < SystemTime::UNIX_EPOCH, "{old:?}");
+    assert!(b.header("d/f", "mtime").is_some_and(|v| v.starts_with('-')));
+    sh(&format!(
+        "touch -m -d '2011-12-13 14:15:16' {}",
+        p("d/f").display()
+    ));
 
     // chmod, chown and rename move ctime only.
     let changes: Vec<Box<dyn Fn()>> = vec![

@@ -52,7 +52,12 @@ pub struct Posix {
 }
 
 fn parse_time(s: &str) -> Option<SystemTime> {
-    let (secs, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    let s = s.trim();
+    let (before, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs: u64 = secs.parse().ok()?;
     let nanos = if frac.is_empty() {
         0
@@ -63,15 +68,25 @@ fn parse_time(s: &str) -> Option<SystemTime> {
         }
         format!("{digits:0<9}").parse().ok()?
     };
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+    let d = Duration::new(secs, nanos);
+    if before {
+        UNIX_EPOCH.checked_sub(d)
+    } else {
+        UNIX_EPOCH.checked_add(d)
+    }
 }
 
+/// Seconds since the epoch, with a nine-digit fraction when there is one; a time before the
+/// epoch (utimensat allows them) is written with a minus sign: `-1.5` is 1.5 s before.
 fn format_time(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (sign, d) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => ("", d),
+        Err(e) => ("-", e.duration()),
+    };
     if d.subsec_nanos() == 0 {
-        d.as_secs().to_string()
+        format!("{sign}{}", d.as_secs())
     } else {
-        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+        format!("{sign}{}.{:09}", d.as_secs(), d.subsec_nanos())
     }
 }
 
@@ -187,6 +202,20 @@ mod tests {
         assert_eq!(back.get("mtime").unwrap(), "1700000000.500000000");
         assert_eq!(back.get("other").unwrap(), "kept");
         assert_eq!(Posix::from_metadata(&back), p);
+    }
+
+    #[test]
+    fn times_before_the_epoch_round_trip() {
+        let before = UNIX_EPOCH - Duration::new(86_400, 250_000_000);
+        let p = Posix {
+            mtime: Some(before),
+            atime: Some(UNIX_EPOCH - Duration::from_secs(1)),
+            ..Posix::default()
+        };
+        let m = p.to_metadata();
+        assert_eq!(m.get("mtime").unwrap(), "-86400.250000000");
+        assert_eq!(m.get("atime").unwrap(), "-1");
+        assert_eq!(Posix::from_metadata(&m), p);
     }
 
     #[test]
