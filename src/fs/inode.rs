@@ -196,17 +196,17 @@ impl InodeTable {
         inos
     }
 
-    /// `path` lost its name while the kernel may still hold it (an unlinked open file): its
-    /// number stays taken, without a path, until the kernel forgets it; a new file of that
-    /// name gets a number of its own. Returns the number.
-    /// The number is pinned until `unpin`: files open for writing are found by it.
-    pub fn orphan(&mut self, path: &str) -> Option<Ino> {
-        let ino = self.by_path.remove(path)?;
+    /// `path` lost its name while open (an unlinked open file): its number stays taken,
+    /// without a path, until `unpin` and the kernel's FORGET (files open for writing are
+    /// found by it); a new file of that name gets a number of its own.
+    pub fn orphan(&mut self, path: &str) {
+        let Some(ino) = self.by_path.remove(path) else {
+            return;
+        };
         if let Some(entry) = self.by_ino.get_mut(&ino) {
             entry.path = None;
             entry.pinned = true;
         }
-        Some(ino)
     }
 
     /// The last handle of an unlinked file closed: its number is freed once the kernel

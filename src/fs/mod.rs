@@ -20,6 +20,10 @@
 //!    holds it with the files open for writing under one lock (`Tables`). Entries handed to
 //!    the kernel (lookup, create, mkdir, symlink, readdirplus) are counted there, and FORGET
 //!    frees them (see meta.rs).
+//! 7. A directory's mode, owner and times as this mount last wrote them win over the store's:
+//!    some servers drop the headers of `dir/` markers, an implicit directory has no object to
+//!    hold them, and a directory's mtime moves with every entry added or removed, which is
+//!    kept in memory only (rewriting the marker for each `touch` would double its cost).
 //! 8. A handle whose object was replaced by another client before it read a byte follows the
 //!    new version (the kernel opened it on attributes up to a TTL old); once it has returned
 //!    bytes of the old one, a read of a block not yet cached gives ESTALE instead of a mix.
@@ -27,10 +31,6 @@
 //!    with one HEAD, not a HEAD and a LIST: only if it is gone is the LIST sent, to find a
 //!    directory of that name. (A directory created elsewhere under the name of a file that
 //!    still exists shows once the file is seen gone, or in the next listing.)
-//! 7. A directory's mode, owner and times as this mount last wrote them win over the store's:
-//!    some servers drop the headers of `dir/` markers, an implicit directory has no object to
-//!    hold them, and a directory's mtime moves with every entry added or removed, which is
-//!    kept in memory only (rewriting the marker for each `touch` would double its cost).
 
 mod dir;
 pub mod inode;
@@ -363,18 +363,12 @@ impl Fs {
             Kind::Symlink => 0o777,
             _ => self.config.file_mode,
         };
-        let mut posix = *posix;
-        if kind == Kind::Dir {
-            if let Some(written) = self.written.lock().unwrap().peek(&ino) {
-                posix.merge(written);
-            }
-        }
         let mtime = posix.mtime.unwrap_or(modified);
         let rdev = match kind {
             Kind::CharDevice | Kind::BlockDevice => posix.rdev.and_then(|r| u32::try_from(r).ok()),
             _ => None,
         };
-        Attr {
+        let mut attr = Attr {
             ino,
             kind,
             size,
@@ -386,7 +380,11 @@ impl Fs {
             perm: posix.mode.map_or(perm, |m| (m & 0o7777) as u16),
             uid: posix.uid.unwrap_or(self.config.uid),
             gid: posix.gid.unwrap_or(self.config.gid),
+        };
+        if kind == Kind::Dir {
+            self.overlay(&mut attr);
         }
+        attr
     }
 
     /// This mount changed the attributes of directory `ino`: they win over the store's until
@@ -410,8 +408,7 @@ impl Fs {
         });
     }
 
-    /// A directory's attributes as a listing holds them, with what this mount wrote to it
-    /// since.
+    /// A directory's attributes with what this mount wrote to it (see 7.) put over them.
     fn overlay(&self, attr: &mut Attr) {
         if let Some(written) = self.written.lock().unwrap().peek(&attr.ino) {
             let times = [
@@ -550,23 +547,30 @@ impl Fs {
         known_file: bool,
     ) -> FsResult<Option<(Kind, Option<ObjectMeta>)>> {
         let key = self.key_of(path);
-        if known_file {
-            if let Some(meta) = self.store.head_object(&key).await? {
-                if !list::is_dir_object(&meta) {
-                    return Ok(Some((object_kind(&meta), Some(meta))));
+        // A known file's HEAD goes first, alone; its answer stands in for the concurrent one.
+        let known = if known_file {
+            match self.store.head_object(&key).await? {
+                Some(meta) if !list::is_dir_object(&meta) => {
+                    return Ok(Some((object_kind(&meta), Some(meta))))
                 }
+                head => Some(head),
             }
-        }
+        } else {
+            None
+        };
         let request = ListRequest {
             prefix: format!("{key}/"),
             delimiter: Some("/".to_string()),
             start: ListStart::Beginning,
             max_keys: 1,
         };
-        let (head, listing) = tokio::join!(
-            self.store.head_object(&key),
-            self.store.list_objects_v2(&request)
-        );
+        let (head, listing) = match known {
+            Some(head) => (Ok(head), self.store.list_objects_v2(&request).await),
+            None => tokio::join!(
+                self.store.head_object(&key),
+                self.store.list_objects_v2(&request)
+            ),
+        };
         let listing = listing?;
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
             // A `dir/` marker sorts first; its headers hold the directory's mode and owner.

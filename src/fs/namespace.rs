@@ -459,16 +459,14 @@ impl Fs {
         if attr.kind == Kind::Dir {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
-        let open = self.is_open(attr.ino);
-        if open {
+        let key = self.key_of(&path);
+        if self.is_open(attr.ino) {
             self.keep_for_handles(attr.ino).await?;
-            if let Err(e) = self.store.delete_object(&self.key_of(&path)).await {
+            if let Err(e) = self.store.delete_object(&key).await {
                 self.unkeep(attr.ino).await;
                 return Err(e.into());
             }
             self.tables.lock().unwrap().meta.unlinked_open(&path);
-            self.dir_changed(parent);
-            return Ok(());
         } else {
             let writer = self.tables.lock().unwrap().writers.remove(&attr.ino);
             if let Some(writer) = writer {
@@ -477,9 +475,9 @@ impl Fs {
                 let _st = writer.state.lock().await;
                 writer.unlinked.store(true, Ordering::SeqCst);
             }
+            self.store.delete_object(&key).await?;
+            self.record_gone(&path);
         }
-        self.store.delete_object(&self.key_of(&path)).await?;
-        self.record_gone(&path);
         self.dir_changed(parent);
         Ok(())
     }
@@ -505,8 +503,9 @@ impl Fs {
         if !self.dir_is_empty(&path, &marker).await? {
             return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
         }
+        let legacy = self.dir_object(attr.ino);
         self.store.delete_object(&marker).await?;
-        if let Some(legacy) = self.dir_object(attr.ino).await {
+        if let Some(legacy) = legacy {
             self.store.delete_object(&legacy).await?;
         }
         self.record_gone(&path);
@@ -516,12 +515,13 @@ impl Fs {
     }
 
     /// The key of the object that holds directory `ino` in another tool's format (s3fs's
-    /// legacy `name`, Hadoop's `name_$folder$`), if that is what it was seen as.
-    async fn dir_object(&self, ino: Ino) -> Option<String> {
-        match self.node(ino).await {
-            Ok((Kind::Dir, Some(meta))) if !meta.key.ends_with('/') => Some(meta.key),
-            _ => None,
-        }
+    /// legacy `name`, Hadoop's `name_$folder$`), if that is what it was last seen as (no
+    /// request: the lookup that found the directory recorded it).
+    fn dir_object(&self, ino: Ino) -> Option<String> {
+        let t = self.tables.lock().unwrap();
+        let meta = t.meta.known_meta(ino)?;
+        let legacy = t.meta.known_kind(ino) == Some(Kind::Dir) && !meta.key.ends_with('/');
+        legacy.then(|| meta.key.clone())
     }
 
     /// True while a file below directory `path` is open for writing.
@@ -606,8 +606,9 @@ impl Fs {
                     "cannot move a directory into itself",
                 ));
             }
+            let legacy = self.dir_object(source.ino);
             self.rename_dir(&from, &to).await?;
-            if let Some(legacy) = self.dir_object(source.ino).await {
+            if let Some(legacy) = legacy {
                 // The old name's directory object goes too; the new name has a `dir/` form.
                 self.store.delete_object(&legacy).await?;
             }

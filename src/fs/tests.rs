@@ -711,7 +711,13 @@ async fn a_known_file_is_checked_again_with_one_head() {
     // Gone as a file, a directory now: the LIST finds it.
     store.delete_object("f").await.unwrap();
     store.put("f/inner", "y");
+    let heads = store.counts.head.load(Ordering::Relaxed);
     assert_eq!(fs.lookup(Ino::ROOT, "f").await.unwrap().kind, Kind::Dir);
+    assert_eq!(
+        store.counts.head.load(Ordering::Relaxed),
+        heads + 1,
+        "the HEAD that found it gone is not sent again with the LIST"
+    );
 }
 
 #[tokio::test]

@@ -78,8 +78,6 @@ pub(super) struct WriteState {
     excl: bool,
     /// Why the content was lost, reported by every later write and commit.
     failed: Option<FsError>,
-    /// Headers of the existing object other than ours, kept on overwrite.
-    extra: UserMetadata,
     /// Content-Type of the existing object, kept on overwrite (`None`: from the name).
     content_type: Option<String>,
     /// Created by this mount and never committed: the last release publishes it even empty.
@@ -101,9 +99,10 @@ pub(super) struct Writer {
     /// A commit, or a streaming write, is moving bytes to the store: readers on other handles
     /// read their own version meanwhile instead of waiting behind the upload.
     transferring: AtomicBool,
-    /// A copy of the state's `extra` headers, readable without waiting for a transfer that
-    /// holds the state lock (every write(2) makes the kernel ask for `security.capability`).
-    pub(super) headers: Mutex<UserMetadata>,
+    /// Headers of the object other than mode, owner and times (kept on overwrite; xattrs).
+    /// Outside the state lock: getxattr reads them without waiting for a transfer, and every
+    /// write(2) makes the kernel ask for `security.capability`.
+    extra: Mutex<UserMetadata>,
     /// The name was unlinked: nothing is committed any more (see 10.).
     pub(super) unlinked: AtomicBool,
     /// The unlink holds one handle until the last handle of the inode, reader or writer, is
@@ -204,7 +203,6 @@ impl Fs {
             _ => 0,
         };
         let dirty = !matches!(content, Content::Base(_)) && !unpublished;
-        let extra_copy = extra.clone();
         let content_type = match &content {
             Content::Base(Some(meta)) => meta.content_type.clone(),
             _ => None,
@@ -218,7 +216,6 @@ impl Fs {
                 dirty,
                 excl,
                 failed: None,
-                extra,
                 content_type,
                 unpublished,
             }),
@@ -229,7 +226,7 @@ impl Fs {
             transferring: AtomicBool::new(false),
             unlinked: AtomicBool::new(false),
             held: AtomicBool::new(false),
-            headers: Mutex::new(extra_copy),
+            extra: Mutex::new(extra),
         });
         let mut t = self.tables.lock().unwrap();
         if let Some(existing) = Self::share_writer(&t, ino) {
@@ -274,7 +271,9 @@ impl Fs {
                     ctime: None,
                     ..Posix::new_node(S_IFREG | (mode & 0o7777), owner, 0)
                 };
-                let content = self.empty_content(&self.key_of(&path), None);
+                // Even an O_RDWR open streams: front-to-back writers keep the fast path
+                // whatever their flags (see 2. for one that goes back).
+                let content = Content::Stream(self.new_upload(&self.key_of(&path), None));
                 let extra = UserMetadata::new();
                 let (writer, new) =
                     self.insert_writer(ino, &path, content, posix, excl, extra, true);
@@ -346,7 +345,7 @@ impl Fs {
         };
         let extra = meta.metadata.clone().unwrap_or_default();
         let content = if mode.truncate {
-            self.empty_content(&meta.key, meta.content_type.as_deref())
+            Content::Stream(self.new_upload(&meta.key, meta.content_type.as_deref()))
         } else {
             Content::Base(Some(meta))
         };
@@ -355,12 +354,6 @@ impl Fs {
             self.truncate_shared(&writer).await?;
         }
         Ok(writer)
-    }
-
-    /// Empty content for `key`: a stream (see 1. and 2.; even O_RDWR opens stream, so front-
-    /// to-back writers keep the fast path whatever their flags).
-    fn empty_content(&self, key: &str, kept_type: Option<&str>) -> Content {
-        Content::Stream(self.new_upload(key, kept_type))
     }
 
     /// A stream whose parts left commits them first (see 2.); then, like `stage`, the
@@ -454,7 +447,7 @@ impl Fs {
         if !streams {
             self.unstream(&writer, &mut st).await?;
         }
-        let metadata = self.wanted_metadata(&writer, &st);
+        let metadata = self.wanted_metadata(&writer);
         match &mut st.content {
             Content::Stream(upload) => {
                 let gap = offset - upload.len();
@@ -499,12 +492,12 @@ impl Fs {
 
     /// Headers the next commit writes: the object's other headers plus mode, owner and times
     /// (mtime and ctime, unless set since, of the last change).
-    fn wanted_metadata(&self, writer: &Writer, st: &WriteState) -> UserMetadata {
+    fn wanted_metadata(&self, writer: &Writer) -> UserMetadata {
         let mut posix = *writer.posix.lock().unwrap();
         let modified = *writer.modified.lock().unwrap();
         posix.mtime.get_or_insert(modified);
         posix.ctime.get_or_insert(modified);
-        posix.apply_to(&st.extra)
+        posix.apply_to(&writer.extra.lock().unwrap())
     }
 
     /// Reads through a writer: from the staging copy, or (for its own handles) from the last
@@ -641,7 +634,7 @@ impl Fs {
         if !st.dirty {
             return Ok(());
         }
-        let metadata = self.wanted_metadata(writer, st);
+        let metadata = self.wanted_metadata(writer);
         let excl = st.excl;
         let key = st.key.clone();
         writer.transferring.store(true, Ordering::SeqCst);
@@ -863,13 +856,15 @@ impl Fs {
         if let Some(writer) = &file.writer {
             self.detach(writer).await;
         }
-        if !self.is_open(file.ino) {
-            // The last handle of an unlinked file: its staged bytes go (see 10.).
-            if let Some(writer) = self.writer_of(file.ino) {
-                if writer.held.swap(false, Ordering::SeqCst) {
-                    self.detach(&writer).await;
-                    self.tables.lock().unwrap().meta.orphan_closed(file.ino);
-                }
+        // The last handle of an unlinked file: its staged bytes go (see 10.). Only a held
+        // writer sends this release through the scan of the open files.
+        let held = self
+            .writer_of(file.ino)
+            .filter(|w| w.held.load(Ordering::SeqCst));
+        if let Some(writer) = held {
+            if !self.is_open(file.ino) && writer.held.swap(false, Ordering::SeqCst) {
+                self.detach(&writer).await;
+                self.tables.lock().unwrap().meta.orphan_closed(file.ino);
             }
         }
     }
@@ -924,19 +919,18 @@ impl Fs {
             return Ok(false);
         }
         let mut posix = *writer.posix.lock().unwrap();
-        let mut extra = st.extra.clone();
+        let mut extra = self.open_headers(writer);
         change(&mut posix, &mut extra)?;
         super::xattr::check_fits(&posix.apply_to(&extra))?;
         *writer.posix.lock().unwrap() = posix;
-        writer.headers.lock().unwrap().clone_from(&extra);
-        st.extra = extra;
+        *writer.extra.lock().unwrap() = extra;
         st.dirty = true;
         Ok(true)
     }
 
     /// The headers an open file will be committed with, other than mode, owner and times.
     pub(super) fn open_headers(&self, writer: &Writer) -> UserMetadata {
-        writer.headers.lock().unwrap().clone()
+        writer.extra.lock().unwrap().clone()
     }
 
     /// Fails mutations on a read-only mount and names the filesystem cannot hold.

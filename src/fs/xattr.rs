@@ -137,6 +137,12 @@ pub fn set(xattrs: &mut Xattrs, name: &str, value: &[u8], mode: SetMode) -> FsRe
     }
 }
 
+/// The value of attribute `name` in `headers` (none: no attributes), or ENODATA.
+fn value_in(headers: Option<&UserMetadata>, name: &str) -> FsResult<Vec<u8>> {
+    let mut xattrs = headers.map(parse).unwrap_or_default();
+    xattrs.remove(name).ok_or_else(no_data)
+}
+
 fn no_data() -> FsError {
     FsError::new(libc::ENODATA, "no such attribute")
 }
@@ -148,8 +154,8 @@ fn asked_of_every_entry(name: &str) -> bool {
 
 impl Fs {
     /// The headers of `ino` other than its POSIX ones: an open file's pending ones, else the
-    /// object's (a HEAD when only a listing saw it, unless `cheap` says none will do).
-    async fn headers_of(&self, ino: Ino, cheap: bool) -> FsResult<Option<UserMetadata>> {
+    /// object's (a HEAD when only a listing saw it).
+    async fn headers_of(&self, ino: Ino) -> FsResult<Option<UserMetadata>> {
         if let Some(writer) = self.writer_of(ino) {
             return Ok(Some(self.open_headers(&writer)));
         }
@@ -157,9 +163,6 @@ impl Fs {
             return Ok(None);
         }
         let (kind, meta) = self.node(ino).await?;
-        if cheap && meta.as_ref().is_none_or(|m| m.metadata.is_none()) {
-            return Ok(None);
-        }
         let path = self.path_of(ino)?;
         let key = if kind == Kind::Dir {
             self.dir_prefix(&path)
@@ -191,20 +194,19 @@ impl Fs {
                 }
             }
         };
-        let mut xattrs = headers.as_ref().map(parse).unwrap_or_default();
-        Some(xattrs.remove(name).ok_or_else(no_data))
+        Some(value_in(headers.as_ref(), name))
     }
 
-    /// getxattr: the value of `name`, or ENODATA.
+    /// getxattr: the value of `name`, or ENODATA. (The questions `ls -l` asks are answered
+    /// by `getxattr_now` whenever the inode is known.)
     pub async fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
-        let headers = self.headers_of(ino, asked_of_every_entry(name)).await?;
-        let mut xattrs = headers.as_ref().map(parse).unwrap_or_default();
-        xattrs.remove(name).ok_or_else(no_data)
+        let headers = self.headers_of(ino).await?;
+        value_in(headers.as_ref(), name)
     }
 
     /// listxattr: every name.
     pub async fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
-        let headers = self.headers_of(ino, false).await?;
+        let headers = self.headers_of(ino).await?;
         let xattrs = headers.as_ref().map(parse).unwrap_or_default();
         Ok(xattrs.into_keys().collect())
     }
@@ -240,7 +242,6 @@ impl Fs {
             if self.change_open(&writer, change).await? {
                 return Ok(());
             }
-            return self.rewrite_headers(ino, change).await.map(|_| ());
         }
         self.rewrite_headers(ino, change).await.map(|_| ())
     }
