@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{CacheConfig, Config, DaemonConfig, FsConfig, StoreConfig, UploadConfig};
+use crate::config::{
+    CacheConfig, Config, DaemonConfig, FsConfig, NotifyConfig, NotifySource, StoreConfig,
+    UploadConfig, DEFAULT_METADATA_TTL, NOTIFIED_METADATA_TTL,
+};
 use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
 
 /// Mount an S3 bucket as a local filesystem.
@@ -72,12 +75,24 @@ pub struct Args {
     pub allow_other: bool,
 
     /// How long attributes and listings are cached (e.g. 5s, 500ms, 1m; 0 disables)
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
-    pub metadata_ttl: Duration,
+    /// [default: 5s, or 1h with --notify-queue/--notify-topic]
+    #[arg(long, value_parser = parse_duration)]
+    pub metadata_ttl: Option<Duration>,
 
     /// How long a missing name is remembered (default: the metadata TTL)
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
+
+    /// SQS queue URL that receives the bucket's S3 event notifications (directly, through SNS
+    /// or EventBridge): changes made elsewhere show within about a second, and metadata is
+    /// cached for long. One queue per mount
+    #[arg(long, value_name = "URL", conflicts_with = "notify_topic")]
+    pub notify_queue: Option<String>,
+
+    /// SNS topic ARN that receives the bucket's S3 event notifications: the mount creates a
+    /// queue of its own, subscribes it, and deletes both at unmount (for many hosts)
+    #[arg(long, value_name = "ARN")]
+    pub notify_topic: Option<String>,
 
     /// Answer no extended-attribute requests (ENOTSUP, asked once per mount): `ls -l` then
     /// sends no per-entry xattr questions, about twice as fast on large directories
@@ -165,6 +180,8 @@ const FLAG_OPTIONS: &[&str] = &[
     "allow-other",
     "metadata-ttl",
     "negative-ttl",
+    "notify-queue",
+    "notify-topic",
     "content-type-default",
     "no-xattr",
     "cache-size",
@@ -348,6 +365,24 @@ impl Args {
         store.force_path_style = self.force_path_style;
         // SAFETY: geteuid and getegid cannot fail and touch no memory.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let source = match (self.notify_queue, self.notify_topic) {
+            (Some(url), _) => NotifySource::Queue(parse_queue_url(&url)?),
+            (None, Some(arn)) => NotifySource::Topic(parse_topic_arn(&arn)?),
+            (None, None) => NotifySource::Off,
+        };
+        let default_ttl = match source {
+            NotifySource::Off => DEFAULT_METADATA_TTL,
+            _ => NOTIFIED_METADATA_TTL,
+        };
+        let metadata_ttl = self.metadata_ttl.unwrap_or(default_ttl);
+        let negative_ttl = self.negative_ttl.unwrap_or(metadata_ttl);
+        let notify = NotifyConfig {
+            source,
+            fallback_ttls: (
+                metadata_ttl.min(DEFAULT_METADATA_TTL),
+                negative_ttl.min(DEFAULT_METADATA_TTL),
+            ),
+        };
         let fs = FsConfig {
             prefix: prefix.clone(),
             read_only: self.read_only,
@@ -355,8 +390,8 @@ impl Args {
             gid: self.gid.unwrap_or(egid),
             file_mode: self.file_mode,
             dir_mode: self.dir_mode,
-            metadata_ttl: self.metadata_ttl,
-            negative_ttl: self.negative_ttl.unwrap_or(self.metadata_ttl),
+            metadata_ttl,
+            negative_ttl,
             copy_limit: None,
             content_type_default: self.content_type_default,
             xattr: !self.no_xattr,
@@ -395,7 +430,36 @@ impl Args {
             cache,
             upload,
             daemon,
+            notify,
         })
+    }
+}
+
+/// An SQS queue URL: `https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`, or any http(s) URL of
+/// an SQS-compatible service.
+fn parse_queue_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest.and_then(|r| r.split_once('/')) {
+        Some((host, path)) if !host.is_empty() && !path.trim_matches('/').is_empty() => {
+            Ok(url.to_string())
+        }
+        _ => Err(format!(
+            "--notify-queue '{url}' is not an SQS queue URL like https://sqs.us-east-1.amazonaws.com/123456789012/bucket-events"
+        )),
+    }
+}
+
+/// An SNS topic ARN: `arn:PARTITION:sns:REGION:ACCOUNT:NAME`.
+fn parse_topic_arn(arn: &str) -> Result<String, String> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    if parts.len() == 6 && parts[0] == "arn" && parts[2] == "sns" && !parts[5].is_empty() {
+        Ok(arn.to_string())
+    } else {
+        Err(format!(
+            "--notify-topic '{arn}' is not an SNS topic ARN like arn:aws:sns:us-east-1:123456789012:bucket-events"
+        ))
     }
 }
 

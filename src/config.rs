@@ -21,6 +21,8 @@ pub struct Config {
     pub upload: UploadConfig,
     /// Process and mount behaviour.
     pub daemon: DaemonConfig,
+    /// Cache invalidation by S3 event notifications.
+    pub notify: NotifyConfig,
 }
 
 /// How to reach the bucket.
@@ -108,8 +110,8 @@ impl Default for FsConfig {
             gid: 0,
             file_mode: 0o644,
             dir_mode: 0o755,
-            metadata_ttl: Duration::from_secs(5),
-            negative_ttl: Duration::from_secs(5),
+            metadata_ttl: DEFAULT_METADATA_TTL,
+            negative_ttl: DEFAULT_METADATA_TTL,
             copy_limit: None,
             content_type_default: DEFAULT_CONTENT_TYPE.to_string(),
             xattr: true,
@@ -198,4 +200,34 @@ pub struct DaemonConfig {
     pub fs_name: String,
     /// Threads reading FUSE requests.
     pub fuse_threads: usize,
+}
+
+/// The metadata TTL while S3 event notifications keep the caches coherent: changes arrive as
+/// events within about a second, so what is cached may be trusted for long.
+pub const NOTIFIED_METADATA_TTL: Duration = Duration::from_secs(3600);
+
+/// The metadata TTL without notifications, and while they fail.
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(5);
+
+/// Where S3 event notifications come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NotifySource {
+    /// None: caches trust the metadata TTL alone.
+    #[default]
+    Off,
+    /// An SQS queue that receives the bucket's events (`--notify-queue URL`).
+    Queue(String),
+    /// An SNS topic the bucket's events go to; the mount subscribes a queue of its own
+    /// (`--notify-topic ARN`).
+    Topic(String),
+}
+
+/// Cache invalidation by S3 event notifications.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// Where events come from.
+    pub source: NotifySource,
+    /// The metadata and negative TTLs while the queue fails (the filesystem's own apply
+    /// while it works).
+    pub fallback_ttls: (Duration, Duration),
 }

@@ -32,11 +32,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use fuser::{MountOption, SessionACL};
 
 use crate::cache::BlockCache;
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, NotifySource, StoreConfig};
 use crate::fs::{Fs, Writes};
-use crate::fuse::FuseAdapter;
+use crate::fuse::{FuseAdapter, KernelNotifier};
 use crate::mount::{self, MountSpec};
-use crate::store::s3::S3Store;
+use crate::notify::sqs::{queue_name, SqsQueue, Subscription};
+use crate::notify::{Consumer, EventQueue, Sink, Ttls};
+use crate::store::s3::{load_shared, S3Store};
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
@@ -334,7 +336,8 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&config.store)));
+    let shared = rt.block_on(load_shared(&config.store));
+    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::with_shared(&shared, &config.store));
     let check = rt
         .block_on(async { tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()).await });
     match check {
@@ -384,43 +387,41 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     // Signal handlers go in before the mount: a SIGTERM right after readiness must unmount, not
     // kill the process and leave a dead mount behind.
     let signals = rt.block_on(async { install_signal_handlers() })?;
-    let mountpoint = &config.daemon.mountpoint;
-    let cannot_mount = || format!("cannot mount at {}", mountpoint.display());
-    // SAFETY: geteuid cannot fail.
-    let (session, fuser_unmounter) = if unsafe { libc::geteuid() } == 0 {
-        let spec = MountSpec {
-            fs_name: &config.daemon.fs_name,
-            read_only: config.fs.read_only,
-            allow_other: config.daemon.allow_other,
-        };
-        let fd = mount::mount_fuse(mountpoint, &spec).with_context(cannot_mount)?;
-        let acl = fuse_config.acl;
-        match fuser::Session::from_fd(adapter, fd, acl, fuse_config) {
-            Ok(session) => (session, None),
-            Err(e) => {
-                let _ = mount::unmount(mountpoint);
-                return Err(e).with_context(cannot_mount);
-            }
-        }
-    } else {
-        // Through fusermount3, with the same options `mount::mount_fuse` gives the kernel.
-        let mut options = vec![
-            MountOption::FSName(config.daemon.fs_name.clone()),
-            // fuser's own Subtype option is only used by fusermount; as a kernel option the
-            // mount shows as `fuse.bucketfs` in /proc/mounts, as mount(8) and systemd expect.
-            MountOption::CUSTOM("subtype=bucketfs".to_string()),
-            MountOption::DefaultPermissions,
-            MountOption::NoAtime,
-        ];
-        if config.fs.read_only {
-            options.push(MountOption::RO);
-        }
-        fuse_config.mount_options = options;
-        let mut session =
-            fuser::Session::new(adapter, mountpoint, &fuse_config).with_context(cannot_mount)?;
-        let unmounter = session.unmount_callable();
-        (session, Some(unmounter))
+    // A queue that is missing or forbidden fails the command before anything is mounted.
+    let notifications = match rt.block_on(async {
+        tokio::time::timeout(STARTUP_CHECK_TIMEOUT, Notifications::open(&shared, &config)).await
+    }) {
+        Ok(result) => result.map_err(|e| anyhow!("{e}"))?,
+        Err(_) => bail!("the notification queue did not answer within {STARTUP_CHECK_TIMEOUT:?}"),
     };
+    let mountpoint = &config.daemon.mountpoint;
+    let (session, fuser_unmounter) = match start_session(&config, adapter, fuse_config) {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(n) = notifications {
+                rt.block_on(n.close());
+            }
+            return Err(e);
+        }
+    };
+    let stop_notifications = tokio_util::sync::CancellationToken::new();
+    if let Some(n) = &notifications {
+        match KernelNotifier::start(session.notifier()) {
+            Ok(kernel) => fs.attach_kernel(Arc::new(kernel)),
+            Err(e) => tracing::warn!("cannot start the kernel invalidation thread: {e}"),
+        }
+        let consumer = Consumer::new(
+            Arc::clone(&n.queue),
+            Arc::clone(&fs) as Arc<dyn Sink>,
+            config.store.bucket.clone(),
+            Ttls {
+                pushed: (config.fs.metadata_ttl, config.fs.negative_ttl),
+                fallback: config.notify.fallback_ttls,
+            },
+        );
+        rt.spawn(consumer.run(stop_notifications.clone()));
+        tracing::info!(queue = n.queue.name(), "notifications on: metadata trusted for {:?}", config.fs.metadata_ttl);
+    }
     tracing::info!(
         bucket = %config.store.bucket,
         prefix = %config.fs.prefix,
@@ -477,6 +478,10 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         let _context = rt.enter();
         session.run()
     };
+    stop_notifications.cancel();
+    if let Some(n) = notifications {
+        rt.block_on(n.close());
+    }
     // Aborts of failed or cancelled uploads still running: give them a bounded time, so a
     // stop leaves no multipart upload behind unless the server stays away.
     tasks.close();
@@ -492,6 +497,107 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     tracing::info!("unmounted; exiting");
     rt.shutdown_timeout(Duration::from_secs(5));
     result.context("FUSE session ended with an error")
+}
+
+/// How long unmounting waits to unsubscribe and delete a queue of its own.
+const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The queue events come from, and the subscription made for it (`--notify-topic`).
+struct Notifications {
+    queue: Arc<dyn EventQueue>,
+    subscription: Option<Subscription>,
+}
+
+impl Notifications {
+    /// Opens the configured queue, or makes and subscribes one of our own; `None` when
+    /// notifications are off.
+    async fn open(shared: &aws_config::SdkConfig, config: &Config) -> Result<Option<Self>, String> {
+        match &config.notify.source {
+            NotifySource::Off => Ok(None),
+            NotifySource::Queue(url) => Ok(Some(Self {
+                queue: Arc::new(SqsQueue::open(shared, url).await?),
+                subscription: None,
+            })),
+            NotifySource::Topic(topic) => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "host".into());
+                let mount = format!(
+                    "{}:{}@{}",
+                    config.store.bucket,
+                    config.fs.prefix,
+                    config.daemon.mountpoint.display()
+                );
+                let subscription = Subscription::create(shared, topic, &queue_name(&host, &mount)).await?;
+                tracing::info!(topic, queue = subscription.queue().name(), "subscribed a queue of our own");
+                Ok(Some(Self {
+                    queue: Arc::new(subscription.queue().clone()),
+                    subscription: Some(subscription),
+                }))
+            }
+        }
+    }
+
+    /// Unsubscribes and deletes a queue of our own.
+    async fn close(self) {
+        let Some(subscription) = self.subscription else {
+            return;
+        };
+        match tokio::time::timeout(UNSUBSCRIBE_TIMEOUT, subscription.remove()).await {
+            Ok(Ok(())) => tracing::info!("unsubscribed and deleted {}", subscription.queue().name()),
+            Ok(Err(e)) => tracing::warn!("{e}: delete the queue by hand"),
+            Err(_) => tracing::warn!(
+                "unsubscribing {} took over {UNSUBSCRIBE_TIMEOUT:?}: delete it by hand",
+                subscription.queue().name()
+            ),
+        }
+    }
+}
+
+/// Mounts and opens the FUSE session: directly as root, else through fusermount3.
+fn start_session(
+    config: &Config,
+    adapter: FuseAdapter,
+    mut fuse_config: fuser::Config,
+) -> Result<(fuser::Session<FuseAdapter>, Option<fuser::SessionUnmounter>)> {
+    let mountpoint = &config.daemon.mountpoint;
+    let cannot_mount = || format!("cannot mount at {}", mountpoint.display());
+    // SAFETY: geteuid cannot fail.
+    let started = if unsafe { libc::geteuid() } == 0 {
+        let spec = MountSpec {
+            fs_name: &config.daemon.fs_name,
+            read_only: config.fs.read_only,
+            allow_other: config.daemon.allow_other,
+        };
+        let fd = mount::mount_fuse(mountpoint, &spec).with_context(cannot_mount)?;
+        let acl = fuse_config.acl;
+        match fuser::Session::from_fd(adapter, fd, acl, fuse_config) {
+            Ok(session) => (session, None),
+            Err(e) => {
+                let _ = mount::unmount(mountpoint);
+                return Err(e).with_context(cannot_mount);
+            }
+        }
+    } else {
+        // Through fusermount3, with the same options `mount::mount_fuse` gives the kernel.
+        let mut options = vec![
+            MountOption::FSName(config.daemon.fs_name.clone()),
+            // fuser's own Subtype option is only used by fusermount; as a kernel option the
+            // mount shows as `fuse.bucketfs` in /proc/mounts, as mount(8) and systemd expect.
+            MountOption::CUSTOM("subtype=bucketfs".to_string()),
+            MountOption::DefaultPermissions,
+            MountOption::NoAtime,
+        ];
+        if config.fs.read_only {
+            options.push(MountOption::RO);
+        }
+        fuse_config.mount_options = options;
+        let mut session =
+            fuser::Session::new(adapter, mountpoint, &fuse_config).with_context(cannot_mount)?;
+        let unmounter = session.unmount_callable();
+        (session, Some(unmounter))
+    };
+    Ok(started)
 }
 
 fn install_signal_handlers() -> Result<Vec<tokio::signal::unix::Signal>> {

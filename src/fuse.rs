@@ -33,7 +33,9 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::{FsError, FsResult};
-use crate::fs::{Attr, Fs, Ino, Kind, OpenMode, RenameMode, SetAttr, SetMode};
+use crate::fs::{
+    Attr, Fs, Ino, KernelCache, KernelNote, Kind, OpenMode, RenameMode, SetAttr, SetMode,
+};
 
 /// Largest read the kernel sends and its read-ahead: 1 MiB, one cache block.
 const MAX_READ: u32 = 1 << 20;
@@ -144,6 +146,59 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// The kernel's caches through fuser's notifier, fed from a thread of its own: a notification
+/// waits for the directory's lock, which a request in flight may hold (see fs/remote.rs).
+#[derive(Debug)]
+pub struct KernelNotifier {
+    notes: std::sync::mpsc::Sender<Vec<KernelNote>>,
+}
+
+impl KernelNotifier {
+    /// Starts the thread that tells the kernel through `notifier`.
+    pub fn start(notifier: fuser::Notifier) -> std::io::Result<Self> {
+        let (notes, queued) = std::sync::mpsc::channel::<Vec<KernelNote>>();
+        std::thread::Builder::new()
+            .name("bucketfs-inval".into())
+            .spawn(move || {
+                for note in queued.into_iter().flatten() {
+                    tell_kernel(&notifier, note);
+                }
+            })?;
+        Ok(Self { notes })
+    }
+}
+
+impl KernelCache for KernelNotifier {
+    fn invalidate(&self, notes: Vec<KernelNote>) {
+        // Fails only once the thread is gone, at the end of the session.
+        let _ = self.notes.send(notes);
+    }
+}
+
+/// One note to the kernel; a name it does not hold is not an error (fuser drops ENOENT).
+fn tell_kernel(notifier: &fuser::Notifier, note: KernelNote) {
+    let result = match &note {
+        // Offset 0 and length 0: the attributes and every cached page.
+        KernelNote::Inode(ino) => notifier.inval_inode(INodeNo(ino.0), 0, 0),
+        KernelNote::Entry {
+            parent,
+            name,
+            deleted,
+        } => {
+            let name = OsStr::new(name.as_str());
+            let parent = INodeNo(parent.0);
+            // A deletion tells inotify watchers; the kernel refuses it for a name that holds
+            // another node by now, and then the entry is only dropped.
+            deleted
+                .and_then(|child| notifier.delete(parent, INodeNo(child.0), name).ok())
+                .map_or_else(|| notifier.inval_entry(parent, name), Ok)
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(?note, "kernel invalidation failed: {e}");
+    }
+}
+
 impl FuseAdapter {
     /// An adapter running `fs` operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
@@ -151,7 +206,7 @@ impl FuseAdapter {
     }
 
     fn ttl(&self) -> Duration {
-        self.fs.config().metadata_ttl
+        self.fs.ttl()
     }
 
     fn spawn<F>(&self, task: impl FnOnce(Arc<Fs>) -> F)

@@ -9,6 +9,8 @@
 //! - `mount`: mount(2) and unmount without opening the mount point (systemd automount).
 //! - `fs`: the FUSE-agnostic filesystem: handles, writers, namespace changes; `fs::meta` owns
 //!   inodes, attributes, listings and misses behind an event API.
+//! - `notify`: S3 event notifications from SQS (or SNS through a queue of the mount's own)
+//!   into `fs` invalidations and kernel notes (`fs::remote`).
 //! - `cache`: the block cache and read-ahead.
 //! - `upload`: write buffers into PutObject or multipart uploads; staging files on disk.
 //! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), an in-memory one (`memory`)
@@ -20,6 +22,8 @@
 //! Write flow: CREATE/OPEN → a writer per inode → sequential bytes stream as parts
 //! (`upload::Upload`), other changes go to a staging file (`upload::staging`) → FLUSH/FSYNC
 //! commit: PutObject or CompleteMultipartUpload, errors returned to close()/fsync().
+//! Change flow (with `--notify-queue`/`--notify-topic`): SQS message → `notify::Consumer` →
+//! `fs::Fs::changed_elsewhere` → `fs::meta` forgets → kernel notes → `fuse::KernelNotifier`.
 //! Listing flow: OPENDIR → `fs::list` pages ListObjectsV2 → entries with attributes → READDIRPLUS.
 
 pub mod cache;
@@ -30,5 +34,6 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod mount;
+pub mod notify;
 pub mod store;
 pub mod upload;

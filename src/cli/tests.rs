@@ -63,7 +63,7 @@ fn mount_options_become_flags() {
     .unwrap();
     assert!(args.read_only && args.allow_other);
     assert_eq!(args.region.as_deref(), Some("eu-west-1"));
-    assert_eq!(args.metadata_ttl, Duration::from_secs(2));
+    assert_eq!(args.metadata_ttl, Some(Duration::from_secs(2)));
     let config = args.into_config().unwrap();
     assert_eq!(config.store.bucket, "bucket");
     assert_eq!(config.fs.prefix, "pre/");

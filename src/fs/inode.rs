@@ -218,6 +218,15 @@ impl InodeTable {
         self.remove_unheld(ino);
     }
 
+    /// Every number the kernel holds, with its path (the root aside).
+    pub fn held(&self) -> Vec<(Ino, Arc<str>)> {
+        self.by_ino
+            .iter()
+            .filter(|(ino, e)| e.lookups > 0 && **ino != Ino::ROOT)
+            .filter_map(|(ino, e)| e.path.clone().map(|p| (*ino, p)))
+            .collect()
+    }
+
     /// Never true: the root is always there.
     pub fn is_empty(&self) -> bool {
         self.by_ino.is_empty()

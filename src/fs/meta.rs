@@ -22,6 +22,11 @@
 //! 5. Directory change numbers are kept for at most `MAX_CHANGED_DIRS` directories; a
 //!    directory whose number was dropped counts as changed at the newest dropped number, which
 //!    errs on the safe side (a listing not cached, never a stale one cached).
+//! 6. A change made elsewhere (`changed_elsewhere`, from an S3 event) can make implicit
+//!    directories appear (a first key below a new prefix) or vanish (the last key below one):
+//!    the ancestors whose existence may have changed are invalidated too, from the parent up,
+//!    stopping at the first that is known to stay as it was. The event returns what the
+//!    kernel must forget, since the kernel was given these entries for a TTL of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +75,35 @@ pub enum Cached {
 /// The change number a listing started at (see 2.).
 #[derive(Debug, Clone, Copy)]
 pub struct ListToken(u64);
+
+/// What happened to a name elsewhere (another client, another host), as an S3 event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// Written, copied or restored: the object has this ETag now (when the event says).
+    Created {
+        /// The new ETag, with or without quotes.
+        etag: Option<String>,
+    },
+    /// Deleted.
+    Removed,
+}
+
+/// Something the kernel was given that it must forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelNote {
+    /// The entry `name` in directory `parent`; `deleted` names the node it held when the
+    /// name is known to be gone (so the kernel can tell inotify watchers).
+    Entry {
+        /// The directory.
+        parent: Ino,
+        /// The name in it.
+        name: String,
+        /// The node the name held, when it is gone.
+        deleted: Option<Ino>,
+    },
+    /// The attributes and cached pages of a node.
+    Inode(Ino),
+}
 
 /// Sizes of the maps, for tests and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +388,125 @@ impl Meta {
             self.misses.pop(&(parent, name.to_string()));
             self.bump(parent);
         }
+    }
+
+    /// `path` changed elsewhere (see 6.): forgets what may be out of date, unless memory
+    /// already agrees (this mount's own commit, a removal already known); returns what the
+    /// kernel must forget.
+    pub fn changed_elsewhere(&mut self, path: &str, change: &Elsewhere) -> Vec<KernelNote> {
+        let (parent_path, name) = split(path);
+        let parent = self.inodes.get(parent_path);
+        let ino = self.inodes.get(path);
+        let agrees = match change {
+            Elsewhere::Created { etag: Some(etag) } => ino
+                .and_then(|i| self.known_meta(i))
+                .is_some_and(|m| super::same_etag(&m.etag, etag)),
+            Elsewhere::Created { etag: None } => false,
+            Elsewhere::Removed => {
+                parent.is_some_and(|p| self.cached_child(p, name) == Cached::Missing)
+            }
+        };
+        if agrees {
+            return Vec::new();
+        }
+        let mut notes = Vec::new();
+        // Whether each ancestor stays is judged on its listing before this change drops any.
+        let mut stays = Vec::new();
+        let mut child = name;
+        let mut dir = parent_path;
+        while !dir.is_empty() {
+            stays.push(self.dir_stays(dir, child, change));
+            let (up, dir_name) = split(dir);
+            child = dir_name;
+            dir = up;
+        }
+        if let Some(ino) = ino {
+            notes.push(KernelNote::Inode(ino));
+        }
+        // A directory's marker going leaves the directory while keys remain below it.
+        let gone = matches!(change, Elsewhere::Removed);
+        let deleted = ino.filter(|i| gone && self.known_kind(*i) != Some(Kind::Dir));
+        self.stale_noting(path, deleted, &mut notes);
+        let mut dir = parent_path;
+        for stays in stays {
+            if stays {
+                break;
+            }
+            self.stale_noting(dir, None, &mut notes);
+            dir = split(dir).0;
+        }
+        notes
+    }
+
+    /// Whether directory `dir` surely exists as before a change of its entry `child`.
+    fn dir_stays(&mut self, dir: &str, child: &str, change: &Elsewhere) -> bool {
+        let Some(ino) = self.inodes.get(dir) else {
+            // Nothing here names it, nor did the kernel get it: it need not be forgotten, and
+            // its parent is judged as if it were the changed child.
+            return false;
+        };
+        let node = self.nodes.get(&ino);
+        match change {
+            // A new key below it: it exists now, and did already if it was known as one.
+            Elsewhere::Created { .. } => node.is_some_and(|n| n.kind == Kind::Dir),
+            // It stays if it has an object of its own, or other entries.
+            Elsewhere::Removed => {
+                let marker = node.is_some_and(|n| n.kind == Kind::Dir && n.meta.is_some());
+                marker
+                    || self
+                        .fresh_listing(ino)
+                        .is_some_and(|l| l.iter().any(|e| e.name != child))
+            }
+        }
+    }
+
+    /// `stale(path)`, noting the entry and the parent's attributes for the kernel.
+    fn stale_noting(&mut self, path: &str, deleted: Option<Ino>, notes: &mut Vec<KernelNote>) {
+        let (parent_path, name) = split(path);
+        if let Some(parent) = self.inodes.get(parent_path) {
+            notes.push(KernelNote::Entry {
+                parent,
+                name: name.to_string(),
+                deleted,
+            });
+            notes.push(KernelNote::Inode(parent));
+        }
+        self.stale(path);
+    }
+
+    /// Attributes and listings are trusted for `ttl` from now on, misses for `negative_ttl`;
+    /// what was cached for longer expires by the new rule. Returns what the kernel holds, to
+    /// forget when the TTL it was given is longer than the new one.
+    pub fn set_ttls(&mut self, ttl: Duration, negative_ttl: Duration) -> Vec<KernelNote> {
+        let shorter = ttl < self.ttl;
+        self.ttl = ttl;
+        self.negative_ttl = negative_ttl;
+        let now = Instant::now();
+        for node in self.nodes.values_mut() {
+            node.expires = node.expires.min(now + ttl);
+        }
+        for (_, listing) in self.listings.iter_mut() {
+            listing.expires = listing.expires.min(now + ttl);
+        }
+        for (_, expires) in self.misses.iter_mut() {
+            *expires = (*expires).min(now + negative_ttl);
+        }
+        if !shorter {
+            return Vec::new();
+        }
+        let mut notes = Vec::new();
+        for (ino, path) in self.inodes.held() {
+            let (parent_path, name) = split(&path);
+            if let Some(parent) = self.inodes.get(parent_path) {
+                notes.push(KernelNote::Entry {
+                    parent,
+                    name: name.to_string(),
+                    deleted: None,
+                });
+            }
+            notes.push(KernelNote::Inode(ino));
+        }
+        notes
     }
 
     /// A directory this mount just made: empty, and known so until the TTL.

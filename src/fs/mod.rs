@@ -38,6 +38,7 @@ pub mod list;
 pub mod meta;
 mod namespace;
 pub mod posix;
+pub mod remote;
 mod write;
 pub mod xattr;
 
@@ -58,8 +59,10 @@ pub use dir::DirHandle;
 pub use inode::Ino;
 use list::{valid_name, Child};
 use meta::{Cached, ListToken, Meta};
+pub use meta::{Elsewhere, KernelNote};
 pub use namespace::{RenameMode, SetAttr};
 use posix::Posix;
+pub use remote::KernelCache;
 pub use write::OpenMode;
 use write::Writer;
 pub use xattr::SetMode;
@@ -220,6 +223,10 @@ pub struct Fs {
     next_fh: AtomicU64,
     /// Set at shutdown: no new changes are accepted.
     stopping: std::sync::atomic::AtomicBool,
+    /// The TTL of entries and attributes handed to the kernel, in nanoseconds.
+    ttl_nanos: AtomicU64,
+    /// The kernel's caches, told of changes made elsewhere (set once the session exists).
+    kernel: std::sync::OnceLock<Arc<dyn KernelCache>>,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -272,6 +279,7 @@ impl Fs {
         writes: Writes,
     ) -> Self {
         let meta = Meta::new(config.metadata_ttl, config.negative_ttl);
+        let ttl_nanos = u64::try_from(config.metadata_ttl.as_nanos()).unwrap_or(u64::MAX);
         Self {
             store,
             cache,
@@ -287,6 +295,8 @@ impl Fs {
             files: Mutex::default(),
             next_fh: AtomicU64::new(1),
             stopping: Default::default(),
+            ttl_nanos: AtomicU64::new(ttl_nanos),
+            kernel: std::sync::OnceLock::new(),
         }
     }
 

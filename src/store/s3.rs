@@ -165,31 +165,51 @@ fn progress_body(data: Bytes, progress: &Arc<Progress>) -> ByteStream {
     }))
 }
 
+/// The AWS configuration every client of a mount shares: credentials from the AWS chain (or
+/// `--profile`), the region, retries and timeouts. Endpoints stay per service: `--endpoint-url`
+/// is S3's alone, and other services find theirs the SDK's way (`AWS_ENDPOINT_URL_SQS`, a
+/// profile's `services` section).
+pub async fn load_shared(config: &StoreConfig) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.read_timeout)
+                .operation_attempt_timeout(config.read_timeout)
+                .build(),
+        );
+    if let Some(profile) = &config.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let shared = loader.load().await;
+    if shared.region().is_none() {
+        return shared
+            .into_builder()
+            .region(Region::new(FALLBACK_REGION))
+            .build();
+    }
+    shared
+}
+
 impl S3Store {
     /// Builds the client from the AWS default chain plus the user's overrides.
     pub async fn new(config: &StoreConfig) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(config.connect_timeout)
-                    .read_timeout(config.read_timeout)
-                    .operation_attempt_timeout(config.read_timeout)
-                    .build(),
-            );
-        if let Some(profile) = &config.profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &config.endpoint_url {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let shared = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared);
+        Self::with_shared(&load_shared(config).await, config)
+    }
+
+    /// A store on an AWS configuration already loaded with `load_shared` (SQS and SNS clients
+    /// share it); the endpoint URL applies to S3 alone.
+    pub fn with_shared(shared: &aws_config::SdkConfig, config: &StoreConfig) -> Self {
+        let mut builder = aws_sdk_s3::config::Builder::from(shared);
         if shared.region().is_none() {
             builder = builder.region(Region::new(FALLBACK_REGION));
+        }
+        if let Some(endpoint) = &config.endpoint_url {
+            builder = builder.endpoint_url(endpoint);
         }
         if config.force_path_style {
             builder = builder.force_path_style(true);

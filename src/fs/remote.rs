@@ -1,0 +1,88 @@
+//! Changes made elsewhere, pushed in (S3 event notifications), and the kernel's side of them.
+//!
+//! Non-obvious problems:
+//! 1. The kernel keeps entries and attributes for the TTL it was given with them, which is
+//!    long while notifications work: forgetting a change in `meta` is not enough, the kernel
+//!    must be told too. `fs` stays FUSE-free: it hands `KernelNote`s to a `KernelCache` port
+//!    that `fuse.rs` implements over fuser's notifier.
+//! 2. The port must never be called with the tables locked, and must not block: telling the
+//!    kernel to drop an entry waits for the directory's lock, which a FUSE request in flight
+//!    may hold while it waits for us. The port queues notes for a thread of its own.
+//! 3. A key maps to a path only below the mount's prefix and when every part is a name the
+//!    mount can show; `dir/` markers and `dir_$folder$` objects name the directory itself.
+//!    Other keys are ignored.
+//! 4. When notifications stop working, the TTLs fall back to short ones (`set_ttls`), and the
+//!    kernel forgets what it holds, since it was given those entries for the long TTL.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::list::{valid_name, FOLDER_SUFFIX};
+use super::meta::{Elsewhere, KernelNote};
+use super::Fs;
+
+/// The kernel's caches, as far as `fs` needs them: notes to forget entries and nodes.
+pub trait KernelCache: Send + Sync + std::fmt::Debug {
+    /// Forgets what `notes` name; returns at once (the work is queued).
+    fn invalidate(&self, notes: Vec<KernelNote>);
+}
+
+impl Fs {
+    /// Connects the kernel's caches, once the session exists.
+    pub fn attach_kernel(&self, kernel: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(kernel);
+    }
+
+    /// How long the kernel may keep entries and attributes it is given now.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Trusts attributes and listings for `ttl` and misses for `negative_ttl` from now on;
+    /// when that is shorter than before, the kernel forgets what it holds (see 4.).
+    pub fn set_ttls(&self, ttl: Duration, negative_ttl: Duration) {
+        let nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        self.ttl_nanos.store(nanos, Ordering::Relaxed);
+        let notes = self.tables.lock().unwrap().meta.set_ttls(ttl, negative_ttl);
+        self.tell_kernel(notes);
+    }
+
+    /// The object at `key` changed elsewhere: what may be out of date is forgotten, here and
+    /// in the kernel. Returns whether anything was (false for keys outside the mount and for
+    /// what memory already agrees with, such as this mount's own commits).
+    pub fn changed_elsewhere(&self, key: &str, change: &Elsewhere) -> bool {
+        let Some(path) = self.path_of_key(key) else {
+            return false;
+        };
+        let notes = self
+            .tables
+            .lock()
+            .unwrap()
+            .meta
+            .changed_elsewhere(&path, change);
+        if notes.is_empty() {
+            return false;
+        }
+        tracing::debug!(key, ?change, "changed elsewhere");
+        self.tell_kernel(notes);
+        true
+    }
+
+    /// The path `key` shows as (see 3.).
+    fn path_of_key(&self, key: &str) -> Option<String> {
+        let rel = key.strip_prefix(self.config.prefix.as_str())?;
+        let path = rel
+            .strip_suffix('/')
+            .or_else(|| rel.strip_suffix(FOLDER_SUFFIX))
+            .unwrap_or(rel);
+        let showable = !path.is_empty() && path.split('/').all(valid_name);
+        showable.then(|| path.to_string())
+    }
+
+    fn tell_kernel(&self, notes: Vec<KernelNote>) {
+        if let (Some(kernel), false) = (self.kernel.get(), notes.is_empty()) {
+            kernel.invalidate(notes);
+        }
+    }
+}
