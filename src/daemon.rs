@@ -420,7 +420,11 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             },
         );
         rt.spawn(consumer.run(stop_notifications.clone()));
-        tracing::info!(queue = n.queue.name(), "notifications on: metadata trusted for {:?}", config.fs.metadata_ttl);
+        tracing::info!(
+            queue = n.queue.name(),
+            "notifications on: metadata trusted for {:?}",
+            config.fs.metadata_ttl
+        );
     }
     tracing::info!(
         bucket = %config.store.bucket,
@@ -528,8 +532,13 @@ impl Notifications {
                     config.fs.prefix,
                     config.daemon.mountpoint.display()
                 );
-                let subscription = Subscription::create(shared, topic, &queue_name(&host, &mount)).await?;
-                tracing::info!(topic, queue = subscription.queue().name(), "subscribed a queue of our own");
+                let subscription =
+                    Subscription::create(shared, topic, &queue_name(&host, &mount)).await?;
+                tracing::info!(
+                    topic,
+                    queue = subscription.queue().name(),
+                    "subscribed a queue of our own"
+                );
                 Ok(Some(Self {
                     queue: Arc::new(subscription.queue().clone()),
                     subscription: Some(subscription),
@@ -544,7 +553,9 @@ impl Notifications {
             return;
         };
         match tokio::time::timeout(UNSUBSCRIBE_TIMEOUT, subscription.remove()).await {
-            Ok(Ok(())) => tracing::info!("unsubscribed and deleted {}", subscription.queue().name()),
+            Ok(Ok(())) => {
+                tracing::info!("unsubscribed and deleted {}", subscription.queue().name())
+            }
             Ok(Err(e)) => tracing::warn!("{e}: delete the queue by hand"),
             Err(_) => tracing::warn!(
                 "unsubscribing {} took over {UNSUBSCRIBE_TIMEOUT:?}: delete it by hand",

@@ -792,4 +792,125 @@ mod tests {
             "children of evicted listings are freed: {stats:?}"
         );
     }
+
+    fn object(key: &str, etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size: 1,
+            etag: etag.into(),
+            last_modified: SystemTime::UNIX_EPOCH,
+            metadata: None,
+            content_type: None,
+        }
+    }
+
+    fn list(m: &mut Meta, dir: &str, children: &[(&str, Kind)]) -> Ino {
+        let ino = m.looked_up(dir);
+        let token = m.listing_started();
+        let listed = children
+            .iter()
+            .map(|(name, kind)| {
+                let child = m.seen(&join(dir, name), *kind, None);
+                DirEntry {
+                    name: name.to_string(),
+                    attr: Attr {
+                        kind: *kind,
+                        ..attr(child)
+                    },
+                }
+            })
+            .collect();
+        assert!(m.listed(ino, token, listed));
+        ino
+    }
+
+    fn created(etag: &str) -> Elsewhere {
+        Elsewhere::Created {
+            etag: Some(etag.into()),
+        }
+    }
+
+    #[test]
+    fn a_change_elsewhere_forgets_the_name_unless_memory_agrees() {
+        let mut m = Meta::new(TTL, TTL);
+        let d = list(&mut m, "d", &[("a", Kind::File)]);
+        let a = m.seen("d/a", Kind::File, Some(object("d/a", "\"e1\"")));
+        assert!(
+            m.changed_elsewhere("d/a", &created("e1")).is_empty(),
+            "our own commit: the ETag is known"
+        );
+        assert!(
+            m.changed_elsewhere("d/zz", &Elsewhere::Removed).is_empty(),
+            "a removal already known"
+        );
+        let notes = m.changed_elsewhere("d/a", &created("e2"));
+        assert!(notes.contains(&KernelNote::Inode(a)));
+        assert!(notes.contains(&KernelNote::Entry {
+            parent: d,
+            name: "a".into(),
+            deleted: None
+        }));
+        assert!(
+            notes.contains(&KernelNote::Inode(d)),
+            "the directory's times"
+        );
+        assert_eq!(m.cached_child(d, "a"), Cached::Unknown);
+        assert!(m.fresh_node(a).is_none());
+        m.missed(d, "new");
+        m.changed_elsewhere("d/new", &created("e3"));
+        assert_eq!(m.cached_child(d, "new"), Cached::Unknown, "the miss goes");
+    }
+
+    #[test]
+    fn implicit_directories_appear_and_vanish_with_their_keys() {
+        let mut m = Meta::new(TTL, TTL);
+        list(&mut m, "", &[("d", Kind::Dir), ("e", Kind::Dir)]);
+        // A first key below a new prefix: the root's listing must show `n` now.
+        let notes = m.changed_elsewhere("n/m/f", &created("x"));
+        assert_eq!(m.cached_child(Ino::ROOT, "n"), Cached::Unknown);
+        assert!(notes.contains(&KernelNote::Entry {
+            parent: Ino::ROOT,
+            name: "n".into(),
+            deleted: None
+        }));
+        // A new key in a known directory leaves the root alone.
+        list(&mut m, "", &[("d", Kind::Dir), ("e", Kind::Dir)]);
+        m.changed_elsewhere("d/g", &created("x"));
+        assert!(matches!(m.cached_child(Ino::ROOT, "d"), Cached::Entry(_)));
+        // The last key of implicit `d` goes: so may `d`.
+        let d = list(&mut m, "d", &[("f", Kind::File)]);
+        let f = m.ino("d/f").unwrap();
+        let notes = m.changed_elsewhere("d/f", &Elsewhere::Removed);
+        assert!(notes.contains(&KernelNote::Entry {
+            parent: d,
+            name: "f".into(),
+            deleted: Some(f)
+        }));
+        assert_eq!(m.cached_child(Ino::ROOT, "d"), Cached::Unknown);
+        // A key of `e`, which has others: `e` stays, and the root's listing with it.
+        list(&mut m, "", &[("d", Kind::Dir), ("e", Kind::Dir)]);
+        list(&mut m, "e", &[("f", Kind::File), ("g", Kind::File)]);
+        m.changed_elsewhere("e/f", &Elsewhere::Removed);
+        assert!(matches!(m.cached_child(Ino::ROOT, "e"), Cached::Entry(_)));
+    }
+
+    #[test]
+    fn shorter_ttls_expire_what_was_cached_and_name_what_the_kernel_holds() {
+        let mut m = Meta::new(TTL, TTL);
+        let d = list(&mut m, "d", &[("a", Kind::File)]);
+        let a = m.looked_up("d/a");
+        assert!(
+            m.set_ttls(TTL * 2, TTL).is_empty(),
+            "longer: nothing to forget"
+        );
+        let notes = m.set_ttls(Duration::ZERO, Duration::ZERO);
+        assert!(notes.contains(&KernelNote::Inode(a)));
+        assert!(notes.contains(&KernelNote::Entry {
+            parent: d,
+            name: "a".into(),
+            deleted: None
+        }));
+        assert!(m.fresh_listing(d).is_none(), "expired by the new rule");
+        assert!(m.fresh_node(a).is_none());
+    }
 }

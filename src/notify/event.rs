@@ -53,7 +53,10 @@ fn parse_value(value: &Value, depth: u8) -> Result<Vec<Record>, ParseError> {
         let records = records
             .as_array()
             .ok_or_else(|| bad("Records is not a list"))?;
-        return records.iter().filter_map(|r| s3_record(r).transpose()).collect();
+        return records
+            .iter()
+            .filter_map(|r| s3_record(r).transpose())
+            .collect();
     }
     if value.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
         return Ok(Vec::new());
@@ -121,7 +124,8 @@ fn eventbridge(event: &Value) -> Result<Option<Record>, ParseError> {
     };
     let bucket =
         text(event, &["detail", "bucket", "name"]).ok_or_else(|| bad("event without a bucket"))?;
-    let key = text(event, &["detail", "object", "key"]).ok_or_else(|| bad("event without a key"))?;
+    let key =
+        text(event, &["detail", "object", "key"]).ok_or_else(|| bad("event without a key"))?;
     Ok(Some(Record {
         bucket,
         key,
@@ -177,12 +181,19 @@ mod tests {
             "ObjectRemoved:DeleteMarkerCreated",
             "LifecycleExpiration:Delete",
         ] {
-            assert_eq!(parse(&s3_body(removed, "k")).unwrap()[0].change, Change::Removed);
+            assert_eq!(
+                parse(&s3_body(removed, "k")).unwrap()[0].change,
+                Change::Removed
+            );
         }
         let restored = parse(&s3_body("ObjectRestore:Completed", "k")).unwrap();
         assert!(matches!(restored[0].change, Change::Created { .. }));
-        assert!(parse(&s3_body("ObjectTagging:Put", "k")).unwrap().is_empty());
-        assert!(parse(&s3_body("ObjectRestore:Post", "k")).unwrap().is_empty());
+        assert!(parse(&s3_body("ObjectTagging:Put", "k"))
+            .unwrap()
+            .is_empty());
+        assert!(parse(&s3_body("ObjectRestore:Post", "k"))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl Consumer {
             Err(e) => {
                 self.counts.malformed += 1;
                 let shown: String = body.chars().take(LOGGED_BODY).collect();
-                tracing::warn!(queue = self.queue.name(), "skipping a message: {e}: {shown:?}");
+                tracing::warn!(
+                    queue = self.queue.name(),
+                    "skipping a message: {e}: {shown:?}"
+                );
             }
         }
     }

@@ -223,7 +223,12 @@ impl Subscription {
         match Self::subscribe(&queue, &sns, topic).await {
             Ok(arn) => Ok(Self { sns, queue, arn }),
             Err(e) => {
-                let _ = queue.client.delete_queue().queue_url(&queue.url).send().await;
+                let _ = queue
+                    .client
+                    .delete_queue()
+                    .queue_url(&queue.url)
+                    .send()
+                    .await;
                 Err(e)
             }
         }

@@ -27,7 +27,10 @@ impl EventQueue for ScriptedQueue {
     }
 
     async fn delete(&self, receipts: &[String]) -> Result<(), QueueError> {
-        self.deleted.lock().unwrap().extend(receipts.iter().cloned());
+        self.deleted
+            .lock()
+            .unwrap()
+            .extend(receipts.iter().cloned());
         Ok(())
     }
 
@@ -160,6 +163,10 @@ async fn a_failing_queue_falls_back_to_short_ttls_once_and_recovers() {
         vec![Duration::from_secs(5), Duration::from_secs(3600)],
         "one fallback while failing, one return once it works"
     );
-    assert_eq!(sink.changes.lock().unwrap().len(), 1, "held events still apply");
+    assert_eq!(
+        sink.changes.lock().unwrap().len(),
+        1,
+        "held events still apply"
+    );
     assert_eq!(*queue.deleted.lock().unwrap(), vec!["r"]);
 }

@@ -551,11 +551,17 @@ impl Mount {
     }
 
     pub fn at(source: &str, path: PathBuf, extra: &[&str]) -> Self {
+        Self::with_env(source, path, extra, &[])
+    }
+
+    /// Mounts with `env` added to the daemon's environment.
+    pub fn with_env(source: &str, path: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = path.with_extension("log");
         let mut args: Vec<&str> = extra.to_vec();
         let log_str = log.to_str().unwrap().to_string();
         args.extend(["--log-file", &log_str, "--log-level", "bucketfs=debug,info"]);
         let out = bucketfs_command(source, &path, &args)
+            .envs(env.iter().copied())
             .output()
             .expect("run bucketfs");
         assert!(

@@ -1,5 +1,6 @@
-//! moto's S3 server on 127.0.0.1, for what SeaweedFS does not keep (user metadata on `dir/`
-//! markers). One server per `Moto`; it accepts any credentials and is killed on drop.
+//! moto's server on 127.0.0.1, for what SeaweedFS does not keep (user metadata on `dir/`
+//! markers) and does not have (S3 event notifications to SQS and SNS). One server per `Moto`;
+//! it accepts any credentials and is killed on drop.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -85,6 +86,151 @@ impl Moto {
             .block_on(self.client.head_object().bucket(bucket).key(key).send())
             .ok()?;
         Some(out.metadata().cloned().unwrap_or_default())
+    }
+}
+
+/// An SDK configuration for moto: test credentials, us-east-1, every service at `endpoint`.
+fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    let creds = aws_sdk_s3::config::Credentials::new(
+        super::ACCESS_KEY,
+        super::SECRET_KEY,
+        None,
+        None,
+        "test",
+    );
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(creds))
+        .build()
+}
+
+impl Moto {
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&sdk_config(&self.endpoint))
+    }
+
+    pub fn sns(&self) -> aws_sdk_sns::Client {
+        aws_sdk_sns::Client::new(&sdk_config(&self.endpoint))
+    }
+
+    /// The environment a mount needs to reach moto's SQS and SNS (the SDKs' own settings).
+    pub fn service_env(&self) -> [(&'static str, &str); 2] {
+        [
+            ("AWS_ENDPOINT_URL_SQS", self.endpoint.as_str()),
+            ("AWS_ENDPOINT_URL_SNS", self.endpoint.as_str()),
+        ]
+    }
+
+    /// Creates queue `name`; returns its URL and ARN.
+    pub fn create_queue(&self, name: &str) -> (String, String) {
+        let sqs = self.sqs();
+        self.rt.block_on(async {
+            let url = sqs
+                .create_queue()
+                .queue_name(name)
+                .send()
+                .await
+                .expect("create queue")
+                .queue_url()
+                .unwrap()
+                .to_string();
+            let arn = sqs
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .expect("queue attributes")
+                .attributes()
+                .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+                .cloned()
+                .unwrap();
+            (url, arn)
+        })
+    }
+
+    /// Messages in queue `url`, visible or in flight.
+    pub fn queued(&self, url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .rt
+            .block_on(
+                self.sqs()
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(A::ApproximateNumberOfMessages)
+                    .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+                    .send(),
+            )
+            .expect("queue attributes");
+        let attrs = out.attributes().cloned().unwrap_or_default();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .filter_map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+    }
+
+    /// Sends `bucket`'s object-created and object-removed events to the queues and topics
+    /// given by ARN.
+    pub fn notify_bucket(&self, bucket: &str, queues: &[&str], topics: &[&str]) {
+        use aws_sdk_s3::types::{
+            Event, NotificationConfiguration, QueueConfiguration, TopicConfiguration,
+        };
+        let events = [Event::S3ObjectCreated, Event::S3ObjectRemoved];
+        let mut config = NotificationConfiguration::builder();
+        for (i, arn) in queues.iter().enumerate() {
+            config = config.queue_configurations(
+                QueueConfiguration::builder()
+                    .id(format!("q{i}"))
+                    .queue_arn(*arn)
+                    .set_events(Some(events.to_vec()))
+                    .build()
+                    .unwrap(),
+            );
+        }
+        for (i, arn) in topics.iter().enumerate() {
+            config = config.topic_configurations(
+                TopicConfiguration::builder()
+                    .id(format!("t{i}"))
+                    .topic_arn(*arn)
+                    .set_events(Some(events.to_vec()))
+                    .build()
+                    .unwrap(),
+            );
+        }
+        self.rt
+            .block_on(
+                self.client
+                    .put_bucket_notification_configuration()
+                    .bucket(bucket)
+                    .notification_configuration(config.build())
+                    .send(),
+            )
+            .expect("bucket notification configuration");
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.rt
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(body.to_vec().into())
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("put {key}: {:?}", e.into_service_error()));
+    }
+
+    pub fn delete(&self, bucket: &str, key: &str) {
+        self.rt
+            .block_on(self.client.delete_object().bucket(bucket).key(key).send())
+            .unwrap_or_else(|e| panic!("delete {key}: {:?}", e.into_service_error()));
     }
 }
 
