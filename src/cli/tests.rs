@@ -151,3 +151,55 @@ fn xattr_and_content_type_options() {
     assert!(parse(&["b", "/m", "--content-type-default", "nonsense"]).is_err());
     assert!(parse(&["b", "/m", "--content-type-default", "text/html\n"]).is_err());
 }
+
+#[test]
+fn notifications_lengthen_the_default_ttl_and_keep_a_short_fallback() {
+    use crate::config::NotifySource;
+    let url = "https://sqs.eu-west-1.amazonaws.com/123456789012/events";
+    let config = parse(&["b", "/m", "-o", &format!("notify_queue={url}")])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(config.notify.source, NotifySource::Queue(url.into()));
+    assert_eq!(config.fs.metadata_ttl, Duration::from_secs(3600));
+    assert_eq!(config.fs.negative_ttl, Duration::from_secs(3600));
+    assert_eq!(
+        config.notify.fallback_ttls,
+        (Duration::from_secs(5), Duration::from_secs(5))
+    );
+    let given = parse(&["b", "/m", "--notify-queue", url, "--metadata-ttl", "2s"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(
+        given.fs.metadata_ttl,
+        Duration::from_secs(2),
+        "the flag wins"
+    );
+    assert_eq!(given.notify.fallback_ttls.0, Duration::from_secs(2));
+    let topic = "arn:aws:sns:us-east-1:123456789012:events";
+    let config = parse(&["b", "/m", "--notify-topic", topic])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(config.notify.source, NotifySource::Topic(topic.into()));
+    let off = parse(&["b", "/m"]).unwrap().into_config().unwrap();
+    assert_eq!(off.notify.source, NotifySource::Off);
+}
+
+#[test]
+fn bad_notification_options_are_refused() {
+    let err = |argv: &[&str]| parse(argv).unwrap().into_config().unwrap_err();
+    assert!(err(&["b", "/m", "--notify-queue", "events"]).contains("SQS queue URL"));
+    assert!(err(&["b", "/m", "--notify-queue", "https://sqs.amazonaws.com/"]).contains("SQS"));
+    assert!(err(&["b", "/m", "--notify-topic", "arn:aws:sqs:r:1:q"]).contains("SNS topic ARN"));
+    assert!(parse(&[
+        "b",
+        "/m",
+        "--notify-queue",
+        "https://q/1/x",
+        "--notify-topic",
+        "arn:aws:sns:r:1:t"
+    ])
+    .is_err());
+}
