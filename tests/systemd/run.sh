@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# bucketfs under mount(8), fstab and systemd, for real (needs root, /dev/fuse and /dev/autofs):
+# bucketfs under mount(8), fstab and systemd, for real (needs root and /dev/fuse; /dev/autofs for
+# the automount steps, which a kernel without autofs cannot run: they are then reported as not
+# tested, loudly, and the .mount unit is started directly instead):
 #  1. `mount -t fuse.bucketfs` and an fstab line + `mount PATH` on this machine (fstab restored);
 #  2. systemd as PID 1 in systemd-nspawn (a Debian bookworm minbase root, built once with
 #     debootstrap and cached under ~/.cache/bucketfs): `systemd-analyze verify` of systemd/*, the
@@ -16,7 +18,12 @@ cd "$(dirname "$0")/../.."
 fail() { echo "systemd checks: FAIL: $*" >&2; exit 1; }
 step() { echo "== $*"; }
 [ "$(id -u)" -eq 0 ] || fail "needs root (mount, systemd-nspawn)"
-for dev in /dev/fuse /dev/autofs; do [ -e "$dev" ] || fail "$dev is missing"; done
+[ -e /dev/fuse ] || fail "/dev/fuse is missing"
+autofs=true
+if [ ! -e /dev/autofs ]; then
+  autofs=false
+  echo "systemd checks: NOT TESTED on this machine: .automount and x-systemd.automount (the kernel has no autofs: no /dev/autofs, none in /proc/filesystems)" >&2
+fi
 
 bin="$(realpath "${1:-target/debug/bucketfs}")"
 [ -x "$bin" ] || cargo build
@@ -146,7 +153,7 @@ fi
 
 step "boot systemd in systemd-nspawn"
 timeout 900 systemd-nspawn -D "$rootfs" --boot --register=no --keep-unit --volatile=overlay \
-  --bind=/dev/fuse --bind=/dev/autofs --bind-ro="$bin:/usr/local/bin/bucketfs" \
+  --bind=/dev/fuse $($autofs && echo --bind=/dev/autofs) --bind-ro="$bin:/usr/local/bin/bucketfs" \
   --bind-ro="$PWD/systemd:/usr/local/share/bucketfs/systemd" -M "$machine" --console=passive \
   > "$work/nspawn.log" 2>&1 &
 nspawn_pid=$!
@@ -180,7 +187,7 @@ cx sh -c 'mkdir -p /run/verify && cp /usr/local/share/bucketfs/systemd/* /run/ve
 out="$(cx sh -c 'cd /run/verify && systemd-analyze verify ./*' 2>&1)" || fail "verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify printed: $out"
 
-step ".mount + .automount: armed, mounted on first access, unmounted when idle"
+step "the .mount and .automount units"
 cx sh -c "mkdir -p /root/.aws && umask 077 && printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
   $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY > /root/.aws/credentials"
 cx sh -c "sed -e 's|^What=.*|What=sample:docs/|' -e 's|^Options=.*|Options=_netdev,$opts|' \
@@ -188,32 +195,43 @@ cx sh -c "sed -e 's|^What=.*|What=sample:docs/|' -e 's|^Options=.*|Options=_netd
   sed -e 's|^TimeoutIdleSec=.*|TimeoutIdleSec=3|' \
   /usr/local/share/bucketfs/systemd/mnt-data.automount > /etc/systemd/system/mnt-data.automount"
 cx systemctl daemon-reload
-cx systemctl start mnt-data.automount
-[ "$(cx systemctl is-active mnt-data.automount)" = active ] || fail "automount not active"
-[ "$(fstypes /mnt/data)" = autofs ] || fail "no autofs placeholder at /mnt/data"
-! mounted /mnt/data || fail "mounted before any access"
-[ "$(daemons)" = 0 ] || fail "a daemon runs before any access"
-[ "$(cx cat /mnt/data/readme.md)" = "$content" ] || fail "automount: wrong bytes at first access"
-mounted /mnt/data || fail "first access did not mount fuse.bucketfs"
-until_ok 30 unmounted /mnt/data || fail "idle timeout did not unmount"
-until_ok 10 no_daemons || fail "the daemon did not exit after the idle unmount"
+if $autofs; then
+  step ".automount: armed, mounted on first access, unmounted when idle"
+  cx systemctl start mnt-data.automount
+  [ "$(cx systemctl is-active mnt-data.automount)" = active ] || fail "automount not active"
+  [ "$(fstypes /mnt/data)" = autofs ] || fail "no autofs placeholder at /mnt/data"
+  ! mounted /mnt/data || fail "mounted before any access"
+  [ "$(daemons)" = 0 ] || fail "a daemon runs before any access"
+  [ "$(cx cat /mnt/data/readme.md)" = "$content" ] || fail "automount: wrong bytes at first access"
+  mounted /mnt/data || fail "first access did not mount fuse.bucketfs"
+  until_ok 30 unmounted /mnt/data || fail "idle timeout did not unmount"
+  until_ok 10 no_daemons || fail "the daemon did not exit after the idle unmount"
 
+  [ "$(cx cat /mnt/data/readme.md)" = "$content" ] || fail "second access"
+  mounted /mnt/data || fail "second access did not mount"
+else
+  step ".mount started directly (no autofs)"
+  cx systemctl start mnt-data.mount
+  mounted /mnt/data || fail ".mount started but /mnt/data is not mounted"
+  [ "$(cx cat /mnt/data/readme.md)" = "$content" ] || fail ".mount: wrong bytes"
+fi
 step "systemctl stop unmounts"
-[ "$(cx cat /mnt/data/readme.md)" = "$content" ] || fail "second access"
-mounted /mnt/data || fail "second access did not mount"
 cx systemctl stop mnt-data.mount
 ! mounted /mnt/data || fail "still mounted after systemctl stop"
 until_ok 10 no_daemons || fail "the daemon did not exit after systemctl stop"
 
-step "an fstab x-systemd.automount line"
-cx sh -c "echo 'sample:docs/ /mnt/fstab fuse.bucketfs _netdev,x-systemd.automount,x-systemd.idle-timeout=3,$opts 0 0' >> /etc/fstab"
-cx systemctl daemon-reload
-cx systemctl start mnt-fstab.automount
-[ "$(fstypes /mnt/fstab)" = autofs ] || fail "fstab: no autofs placeholder"
-! mounted /mnt/fstab || fail "fstab: mounted before any access"
-[ "$(cx cat /mnt/fstab/readme.md)" = "$content" ] || fail "fstab automount: wrong bytes"
-mounted /mnt/fstab || fail "fstab: first access did not mount"
-until_ok 30 unmounted /mnt/fstab || fail "fstab: idle timeout did not unmount"
+if $autofs; then
+  step "an fstab x-systemd.automount line"
+  cx sh -c "echo 'sample:docs/ /mnt/fstab fuse.bucketfs _netdev,x-systemd.automount,x-systemd.idle-timeout=3,$opts 0 0' >> /etc/fstab"
+  cx systemctl daemon-reload
+  cx systemctl start mnt-fstab.automount
+  [ "$(fstypes /mnt/fstab)" = autofs ] || fail "fstab: no autofs placeholder"
+  ! mounted /mnt/fstab || fail "fstab: mounted before any access"
+  [ "$(cx cat /mnt/fstab/readme.md)" = "$content" ] || fail "fstab automount: wrong bytes"
+  mounted /mnt/fstab || fail "fstab: first access did not mount"
+  until_ok 30 unmounted /mnt/fstab || fail "fstab: idle timeout did not unmount"
+
+fi
 
 step "the Type=notify template service is active only once the mount is live"
 cx sh -c "mkdir -p /etc/bucketfs && umask 077 && cat > /etc/bucketfs/mnt-svc.env" <<ENV
