@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    CacheConfig, Config, DaemonConfig, FsConfig, NotifyConfig, NotifySource, StoreConfig,
-    UploadConfig, DEFAULT_METADATA_TTL, NOTIFIED_METADATA_TTL,
+    CacheConfig, Config, DaemonConfig, DiskCacheConfig, FsConfig, NotifyConfig, NotifySource,
+    StoreConfig, UploadConfig, DEFAULT_METADATA_TTL, DEFAULT_STAGING_LIMIT, NOTIFIED_METADATA_TTL,
 };
 use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
 
@@ -118,11 +118,32 @@ pub struct Args {
 
     /// Directory for staging files of files changed in place (default: /var/tmp/bucketfs-UID)
     #[arg(long, value_name = "PATH")]
-    pub cache_dir: Option<PathBuf>,
+    pub staging_dir: Option<PathBuf>,
 
     /// Disk space staging files may use together; writes past it fail with ENOSPC
-    #[arg(long, value_parser = parse_size, default_value = "10GiB")]
-    pub cache_dir_limit: u64,
+    #[arg(long, value_parser = parse_size)]
+    pub staging_dir_limit: Option<u64>,
+
+    /// Deprecated spelling of --staging-dir
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Deprecated spelling of --staging-dir-limit
+    #[arg(long, value_parser = parse_size, hide = true)]
+    pub cache_dir_limit: Option<u64>,
+
+    /// Keep blocks read from S3 on disk in this directory too, across remounts and reboots
+    /// (off by default); mounts of the same bucket may share it
+    #[arg(long, value_name = "DIR")]
+    pub disk_cache: Option<PathBuf>,
+
+    /// Disk space the disk cache may use (least recently used objects leave first)
+    #[arg(long, value_parser = parse_size, default_value = "10GiB", requires = "disk_cache")]
+    pub disk_cache_size: u64,
+
+    /// Read files that are whole in the disk cache through the daemon, not by FUSE passthrough
+    #[arg(long, requires = "disk_cache")]
+    pub no_passthrough: bool,
 
     /// Stay in the foreground instead of detaching once mounted
     #[arg(short = 'f', long)]
@@ -187,8 +208,13 @@ const FLAG_OPTIONS: &[&str] = &[
     "cache-size",
     "part-size",
     "upload-concurrency",
+    "staging-dir",
+    "staging-dir-limit",
     "cache-dir",
     "cache-dir-limit",
+    "disk-cache",
+    "disk-cache-size",
+    "no-passthrough",
     "foreground",
     "log-level",
     "log-file",
@@ -396,20 +422,42 @@ impl Args {
             content_type_default: self.content_type_default,
             xattr: !self.no_xattr,
         };
+        let mut notices = Vec::new();
+        if self.cache_dir.is_some() || self.cache_dir_limit.is_some() {
+            notices.push(
+                "--cache-dir and --cache-dir-limit (cache_dir, cache_dir_limit) are deprecated: \
+                 they name the staging directory, now --staging-dir and --staging-dir-limit \
+                 (--disk-cache is the cache of blocks read)"
+                    .to_owned(),
+            );
+        }
+        let absolute = |flag: &str, dir: PathBuf| {
+            std::path::absolute(&dir).map_err(|e| format!("{flag} {}: {e}", dir.display()))
+        };
         let cache = CacheConfig {
             budget: self.cache_size - self.cache_size / 2,
+            disk: match self.disk_cache {
+                Some(dir) => Some(DiskCacheConfig {
+                    dir: absolute("--disk-cache", dir)?,
+                    size: self.disk_cache_size,
+                    passthrough: !self.no_passthrough,
+                }),
+                None => None,
+            },
             ..CacheConfig::default()
         };
         let upload = UploadConfig {
             part_size: self.part_size,
             concurrency: usize::from(self.upload_concurrency),
             budget: self.cache_size / 2,
-            staging_dir: match self.cache_dir {
-                Some(dir) => std::path::absolute(&dir)
-                    .map_err(|e| format!("--cache-dir {}: {e}", dir.display()))?,
+            staging_dir: match self.staging_dir.or(self.cache_dir) {
+                Some(dir) => absolute("--staging-dir", dir)?,
                 None => PathBuf::from(format!("/var/tmp/bucketfs-{euid}")),
             },
-            staging_limit: self.cache_dir_limit,
+            staging_limit: self
+                .staging_dir_limit
+                .or(self.cache_dir_limit)
+                .unwrap_or(DEFAULT_STAGING_LIMIT),
         };
         let daemon = DaemonConfig {
             mountpoint,
@@ -423,6 +471,7 @@ impl Args {
                 format!("{bucket}:{prefix}")
             },
             fuse_threads: 4,
+            notices,
         };
         Ok(Config {
             store,

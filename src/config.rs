@@ -130,6 +130,19 @@ pub struct CacheConfig {
     pub max_readahead: u64,
     /// Largest GET that read-ahead sends for a run of consecutive blocks, in bytes.
     pub readahead_get_size: u64,
+    /// The disk tier under the memory cache (`--disk-cache`), off when None.
+    pub disk: Option<DiskCacheConfig>,
+}
+
+/// Where the disk cache lives and how large it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskCacheConfig {
+    /// The cache directory (mounts that name the same one share it).
+    pub dir: PathBuf,
+    /// Bytes all cached blocks may use together.
+    pub size: u64,
+    /// Let the kernel read whole cached files directly (FUSE passthrough) where it can.
+    pub passthrough: bool,
 }
 
 /// 1 MiB blocks: large enough that a GET's fixed cost (a round trip, a request's CPU) is small
@@ -148,6 +161,7 @@ impl Default for CacheConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             max_readahead: 64 << 20,
             readahead_get_size: DEFAULT_READAHEAD_GET_SIZE,
+            disk: None,
         }
     }
 }
@@ -178,10 +192,13 @@ impl Default for UploadConfig {
             concurrency: 4,
             budget: 256 << 20,
             staging_dir: PathBuf::from("/var/tmp/bucketfs"),
-            staging_limit: 10 << 30,
+            staging_limit: DEFAULT_STAGING_LIMIT,
         }
     }
 }
+
+/// 10 GiB of staging files: room for a few large files changed in place at once.
+pub const DEFAULT_STAGING_LIMIT: u64 = 10 << 30;
 
 /// Process and mount behaviour.
 #[derive(Debug, Clone)]
@@ -200,6 +217,8 @@ pub struct DaemonConfig {
     pub fs_name: String,
     /// Threads reading FUSE requests.
     pub fuse_threads: usize,
+    /// Notices about the options given (a deprecated spelling), logged once logging is up.
+    pub notices: Vec<String>,
 }
 
 /// The metadata TTL while S3 event notifications keep the caches coherent: changes arrive as

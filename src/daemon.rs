@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use anyhow::{anyhow, bail, Context, Result};
 use fuser::{MountOption, SessionACL};
 
+use crate::cache::disk::DiskCache;
 use crate::cache::BlockCache;
 use crate::config::{Config, NotifySource, StoreConfig};
 use crate::fs::{Fs, Writes};
@@ -64,6 +65,12 @@ pub fn run(config: Config) -> Result<()> {
     return_big_buffers_to_kernel();
     set_home_if_missing();
     preflight(&config.daemon.mountpoint)?;
+    if !config.daemon.foreground {
+        // A background daemon may log nowhere: the notices go to the terminal that started it.
+        for notice in &config.daemon.notices {
+            eprintln!("bucketfs: warning: {notice}");
+        }
+    }
     if config.daemon.foreground {
         init_logging(&config, true)?;
         return serve(config, &mut None);
@@ -336,6 +343,9 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    for notice in &config.daemon.notices {
+        tracing::warn!("{notice}");
+    }
     let shared = rt.block_on(load_shared(&config.store));
     let store: Arc<dyn ObjectStore> = Arc::new(S3Store::with_shared(&shared, &config.store));
     let check = rt
@@ -358,7 +368,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     let up = &config.upload;
     let staging = StagingDir::new(&up.staging_dir, up.staging_limit).with_context(|| {
         format!(
-            "cannot use {} for staging files: give a writable directory with --cache-dir",
+            "cannot use {} for staging files: give a writable directory with --staging-dir",
             up.staging_dir.display()
         )
     })?;
@@ -371,7 +381,30 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         staging,
         tasks: TaskTracker::new(),
     };
-    let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache));
+    let disk = match &config.cache.disk {
+        Some(disk) => {
+            let namespace = format!(
+                "{}\0{}",
+                config.store.endpoint_url.as_deref().unwrap_or("aws"),
+                config.store.bucket
+            );
+            let opened = DiskCache::open(disk, &namespace, config.cache.block_size)
+                .with_context(|| {
+                    format!(
+                        "cannot use {} as the disk cache: give a writable directory with --disk-cache",
+                        disk.dir.display()
+                    )
+                })?;
+            tracing::info!(
+                dir = %disk.dir.display(),
+                size = disk.size,
+                "disk cache on"
+            );
+            Some(Arc::new(opened))
+        }
+        None => None,
+    };
+    let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache).with_disk(disk));
     let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
     let adapter = FuseAdapter::new(Arc::clone(&fs), rt.handle().clone());
 

@@ -32,6 +32,9 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+mod passthrough;
+use passthrough::IoModes;
+
 use crate::error::{FsError, FsResult};
 use crate::fs::{
     Attr, Fs, Ino, KernelCache, KernelNote, Kind, OpenMode, RenameMode, SetAttr, SetMode,
@@ -49,6 +52,7 @@ const STATFS_BLOCKS: u64 = 1 << 38;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
+    io: Arc<IoModes>,
 }
 
 /// The process of thread `tid`: FUSE requests carry the calling thread's id, and a program
@@ -202,11 +206,35 @@ fn tell_kernel(notifier: &fuser::Notifier, note: KernelNote) {
 impl FuseAdapter {
     /// An adapter running `fs` operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
-        Self { fs, rt }
+        Self {
+            fs,
+            rt,
+            io: Arc::default(),
+        }
     }
 
     fn ttl(&self) -> Duration {
         self.fs.ttl()
+    }
+
+    /// Asks the kernel for passthrough (see passthrough.rs); true when it can be used.
+    fn passthrough(&self, config: &mut KernelConfig) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            tracing::info!("FUSE passthrough needs a daemon run as root; cached files are read through the daemon");
+            return false;
+        }
+        if config
+            .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+            .is_err()
+        {
+            tracing::info!("the kernel has no FUSE passthrough (Linux 6.9+); cached files are read through the daemon");
+            return false;
+        }
+        // The cache directory may be on a stacked filesystem itself (overlayfs): depth 1 lets
+        // this mount be a lower layer of an overlay, the common case.
+        let _ = config.set_max_stack_depth(1);
+        true
     }
 
     fn spawn<F>(&self, task: impl FnOnce(Arc<Fs>) -> F)
@@ -255,6 +283,9 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_ATOMIC_O_TRUNC;
         if let Err(unsupported) = config.add_capabilities(wanted) {
             tracing::info!("kernel lacks FUSE capabilities {unsupported:?}");
+        }
+        if self.fs.may_pass_through() {
+            self.fs.enable_passthrough(self.passthrough(config));
         }
         let _ = config.set_max_readahead(MAX_READ);
         let _ = config.set_max_write(MAX_READ);
@@ -451,6 +482,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
+        let io = Arc::clone(&self.io);
         let open = OpenMode {
             write: true,
             truncate: false,
@@ -464,13 +496,16 @@ impl Filesystem for FuseAdapter {
             }
             .await;
             match result {
-                Ok((attr, fh)) => reply.created(
-                    &ttl,
-                    &file_attr(&attr),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((attr, fh)) => {
+                    io.created(attr.ino.0, fh);
+                    reply.created(
+                        &ttl,
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno("create", e)),
             }
         });
@@ -483,9 +518,20 @@ impl Filesystem for FuseAdapter {
             truncate: flags.0 & libc::O_TRUNC != 0,
             opener: if write { process_of(req.pid()) } else { 0 },
         };
+        if write && self.io.passing_through(ino.0) {
+            reply.error(Errno::from_i32(libc::ETXTBSY));
+            return;
+        }
+        let io = Arc::clone(&self.io);
         self.spawn(|fs| async move {
-            match fs.open(Ino(ino.0), mode).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            match fs.open_file(Ino(ino.0), mode).await {
+                Ok(opened) => {
+                    if let Some(refused) = io.reply_open(&fs, ino.0, opened, write, reply) {
+                        if let Some(file) = fs.take_handle(refused) {
+                            fs.released(file).await;
+                        }
+                    }
+                }
                 Err(e) => reply.error(errno("open", e)),
             }
         });
@@ -557,6 +603,7 @@ impl Filesystem for FuseAdapter {
     ) {
         // Out of the open files before any later request runs (see fs::write, 10.).
         let file = self.fs.take_handle(fh.0);
+        self.io.released(fh.0);
         self.spawn(|fs| async move {
             if let Some(file) = file {
                 fs.released(file).await;

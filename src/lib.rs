@@ -11,14 +11,15 @@
 //!   inodes, attributes, listings and misses behind an event API.
 //! - `notify`: S3 event notifications from SQS (or SNS through a queue of the mount's own)
 //!   into `fs` invalidations and kernel notes (`fs::remote`).
-//! - `cache`: the block cache and read-ahead.
+//! - `cache`: the block cache and read-ahead; `cache::disk` its disk tier (`--disk-cache`).
 //! - `upload`: write buffers into PutObject or multipart uploads; staging files on disk.
 //! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), an in-memory one (`memory`)
 //!   and, for tests, a failure-injecting wrapper (`faulty`).
 //! - `error`: errno-carrying errors and the store-error-to-errno table.
 //!
 //! Read flow: kernel READ → `fuse` → `fs::Fs::read` (handle → key + ETag) → `cache::BlockCache`
-//! (hit, or ranged GET with `If-Match`; sequential readers start read-ahead).
+//! (hit, or the disk tier, or ranged GET with `If-Match`; sequential readers start read-ahead).
+//! A file whole in the disk tier is read by the kernel itself (`fuse::passthrough`).
 //! Write flow: CREATE/OPEN → a writer per inode → sequential bytes stream as parts
 //! (`upload::Upload`), other changes go to a staging file (`upload::staging`) → FLUSH/FSYNC
 //! commit: PutObject or CompleteMultipartUpload, errors returned to close()/fsync().

@@ -216,7 +216,7 @@ fn a_full_staging_area_is_enospc_and_keeps_what_was_written() {
     let b = Bucket::new("enospc");
     let original = pseudo_random(100 << 10, 7);
     b.put("f.bin", original.clone());
-    let m = Mount::new(&b.name, "enospc", &["--cache-dir-limit", "1MiB"]);
+    let m = Mount::new(&b.name, "enospc", &["--staging-dir-limit", "1MiB"]);
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)

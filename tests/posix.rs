@@ -616,7 +616,7 @@ PY"#,
 #[test]
 fn truncate_makes_holes_without_staging_space_and_stops_at_five_tib() {
     let b = Bucket::new("px-sizes");
-    let m = Mount::new(&b.name, "px-sizes", &["--cache-dir-limit", "16MiB"]);
+    let m = Mount::new(&b.name, "px-sizes", &["--staging-dir-limit", "16MiB"]);
     let f = m.path.join("sparse");
     fs::write(&f, "").unwrap();
     let file = fs::OpenOptions::new().write(true).open(&f).unwrap();

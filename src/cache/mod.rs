@@ -21,6 +21,12 @@
 //!    otherwise older) will; without this, four streams evicted each other's read-ahead.
 //! 6. Every GET carries `If-Match` with the ETag seen at open: a replaced object fails with
 //!    ESTALE instead of mixing bytes of two versions.
+//! 7. With a disk tier (`disk.rs`), a block's fetch looks on disk first and GETs only the blocks
+//!    of its run that are missing there; what it GETs is written to disk in the background, so
+//!    a reader never waits on the cache's writes. A random read of blocks on disk goes through
+//!    the blocks (memory then disk) instead of its own small GET.
+
+pub mod disk;
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -32,6 +38,7 @@ use lru::LruCache;
 use crate::config::CacheConfig;
 use crate::error::{FsError, FsResult};
 use crate::store::ObjectStore;
+use disk::DiskCache;
 
 /// One version of one object: what every cached block belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,6 +86,7 @@ pub struct BlockCache {
     max_readahead_blocks: u64,
     get_blocks: u64,
     blocks: Mutex<LruCache<BlockKey, Slot>>,
+    disk: Option<Arc<DiskCache>>,
 }
 
 /// Sequential-read tracking of one open file.
@@ -107,7 +115,77 @@ impl BlockCache {
             blocks: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity).expect("capacity >= 4"),
             )),
+            disk: None,
         }
+    }
+
+    /// The same cache with a disk tier under it.
+    pub fn with_disk(mut self, disk: Option<Arc<DiskCache>>) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    /// True when there is a disk tier whose whole files the kernel may read directly.
+    pub fn may_pass_through(&self) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.passthrough())
+    }
+
+    /// Bytes per block.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// The data file of `object` when it is whole and intact in the disk cache, for the
+    /// kernel to read directly (FUSE passthrough). With `fetch`, an object of at most one
+    /// block that is not yet on disk is fetched first: one GET, as its first read would cost.
+    pub async fn whole_file(
+        &self,
+        object: &Arc<ObjectId>,
+        size: u64,
+        fetch: bool,
+    ) -> Option<std::fs::File> {
+        let disk = self.disk.clone()?;
+        if size == 0 {
+            return None;
+        }
+        let (d, o) = (Arc::clone(&disk), Arc::clone(object));
+        let found = tokio::task::spawn_blocking(move || d.whole(&o, size)).await;
+        if let Ok(Some(file)) = found {
+            return Some(file);
+        }
+        if !fetch || size > self.block_size {
+            return None;
+        }
+        // A failed GET is left to the reads, which report it.
+        let data = self
+            .store
+            .get_object_range(&object.key, &object.etag, 0..size)
+            .await
+            .ok()?;
+        let o = Arc::clone(object);
+        tokio::task::spawn_blocking(move || {
+            disk.write_block(&o, size, 0, &data);
+            disk.whole(&o, size)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// True when every block of `blocks` is marked present in the disk cache.
+    async fn on_disk(
+        &self,
+        object: &Arc<ObjectId>,
+        size: u64,
+        blocks: std::ops::Range<u64>,
+    ) -> bool {
+        let Some(disk) = self.disk.clone() else {
+            return false;
+        };
+        let object = Arc::clone(object);
+        tokio::task::spawn_blocking(move || disk.present(&object, size, blocks))
+            .await
+            .unwrap_or(false)
     }
 
     /// How many blocks the budget allows.
@@ -142,7 +220,10 @@ impl BlockCache {
         let first = offset / self.block_size;
         let last = (end - 1) / self.block_size;
         let sequential = self.plan_readahead(object, size, state, offset..end);
-        if !sequential && !self.cached(object, first..=last) {
+        if !sequential
+            && !self.cached(object, first..=last)
+            && !self.on_disk(object, size, first..last + 1).await
+        {
             // A random read fetches just its range: a 4 KiB read costs a 4 KiB GET, not a block.
             return self
                 .store
@@ -304,15 +385,22 @@ impl BlockCache {
         run: std::ops::Range<u64>,
     ) -> (RunFetch, Vec<Fetch>) {
         let store = Arc::clone(&self.store);
+        let disk = self.disk.clone();
         let object = Arc::clone(object);
         let block_size = self.block_size;
-        let range = run.start * block_size..(run.end * block_size).min(size);
+        let blocks = run.clone();
         let fetch: RunFetch = async move {
-            store
-                .get_object_pieces(&object.key, &object.etag, range, block_size)
+            let Some(disk) = disk else {
+                let range = blocks.start * block_size..(blocks.end * block_size).min(size);
+                return store
+                    .get_object_pieces(&object.key, &object.etag, range, block_size)
+                    .await
+                    .map(Arc::new)
+                    .map_err(FsError::from);
+            };
+            fetch_through_disk(store, disk, object, size, block_size, blocks)
                 .await
                 .map(Arc::new)
-                .map_err(FsError::from)
         }
         .boxed()
         .shared();
@@ -375,6 +463,54 @@ impl BlockCache {
             return result;
         }
     }
+}
+
+/// The blocks `blocks` of `object`: those intact on disk from there, the span of the others
+/// with one GET, which is then written to disk in the background.
+async fn fetch_through_disk(
+    store: Arc<dyn ObjectStore>,
+    disk: Arc<DiskCache>,
+    object: Arc<ObjectId>,
+    size: u64,
+    block_size: u64,
+    blocks: std::ops::Range<u64>,
+) -> FsResult<Vec<Bytes>> {
+    let count = (blocks.end - blocks.start) as usize;
+    let mut found = {
+        let (disk, object, blocks) = (Arc::clone(&disk), Arc::clone(&object), blocks.clone());
+        tokio::task::spawn_blocking(move || {
+            blocks
+                .map(|index| disk.read_block(&object, size, index))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|_| vec![None; count])
+    };
+    let missing: Vec<usize> = (0..count).filter(|&i| found[i].is_none()).collect();
+    let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) else {
+        return Ok(found.into_iter().flatten().collect());
+    };
+    let first = blocks.start + lo as u64;
+    let range = first * block_size..((blocks.start + hi as u64 + 1) * block_size).min(size);
+    let got = store
+        .get_object_pieces(&object.key, &object.etag, range, block_size)
+        .await
+        .map_err(FsError::from)?;
+    let written = got.clone();
+    tokio::task::spawn_blocking(move || {
+        for (i, block) in written.iter().enumerate() {
+            disk.write_block(&object, size, first + i as u64, block);
+        }
+    });
+    for (i, block) in got.into_iter().enumerate() {
+        if let Some(slot) = found.get_mut(lo + i) {
+            *slot = Some(block);
+        }
+    }
+    found
+        .into_iter()
+        .map(|b| b.ok_or_else(|| FsError::new(libc::EIO, "short GET")))
+        .collect()
 }
 
 #[cfg(test)]

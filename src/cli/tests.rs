@@ -132,11 +132,86 @@ fn part_sizes_that_cannot_reach_five_tib_are_refused() {
         .into_config()
         .unwrap_err();
     assert!(err.contains("--cache-size"), "{err}");
-    let ok = parse(&["b", "/mnt", "-o", "cache_dir=/tmp/x,cache_dir_limit=1GiB"])
+    let ok = parse(&[
+        "b",
+        "/mnt",
+        "-o",
+        "staging_dir=/tmp/x,staging_dir_limit=1GiB",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(ok.upload.staging_limit, 1 << 30);
+    assert_eq!(ok.upload.staging_dir, std::path::Path::new("/tmp/x"));
+    assert!(ok.daemon.notices.is_empty());
+}
+
+#[test]
+fn cache_dir_is_a_deprecated_spelling_of_staging_dir() {
+    let old = parse(&["b", "/mnt", "-o", "cache_dir=/tmp/x,cache_dir_limit=1GiB"])
         .unwrap()
         .into_config()
         .unwrap();
-    assert_eq!(ok.upload.staging_limit, 1 << 30);
+    assert_eq!(old.upload.staging_limit, 1 << 30);
+    assert_eq!(old.upload.staging_dir, std::path::Path::new("/tmp/x"));
+    assert!(
+        old.daemon.notices[0].contains("--staging-dir"),
+        "{:?}",
+        old.daemon.notices
+    );
+    assert!(
+        old.cache.disk.is_none(),
+        "the old flag never turns the disk cache on"
+    );
+    let both = parse(&[
+        "b",
+        "/mnt",
+        "--cache-dir",
+        "/tmp/old",
+        "--staging-dir",
+        "/tmp/new",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(both.upload.staging_dir, std::path::Path::new("/tmp/new"));
+}
+
+#[test]
+fn disk_cache_options() {
+    let off = parse(&["b", "/m"]).unwrap().into_config().unwrap();
+    assert!(off.cache.disk.is_none(), "off by default");
+    let on = parse(&[
+        "b",
+        "/m",
+        "-o",
+        "disk_cache=/var/cache/b,disk_cache_size=64MiB",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    let disk = on.cache.disk.unwrap();
+    assert_eq!(disk.dir, std::path::Path::new("/var/cache/b"));
+    assert_eq!(disk.size, 64 << 20);
+    assert!(disk.passthrough);
+    let plain = parse(&["b", "/m", "--disk-cache", "/c", "--no-passthrough"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert!(!plain.cache.disk.unwrap().passthrough);
+    assert_eq!(
+        parse(&["b", "/m", "--disk-cache", "/c"])
+            .unwrap()
+            .into_config()
+            .unwrap()
+            .cache
+            .disk
+            .unwrap()
+            .size,
+        10 << 30
+    );
+    // A size without a directory means nothing: refused rather than ignored.
+    assert!(parse(&["b", "/m", "--disk-cache-size", "1GiB"]).is_err());
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub mod inode;
 pub mod list;
 pub mod meta;
 mod namespace;
+mod open;
 pub mod posix;
 pub mod remote;
 mod write;
@@ -61,6 +62,7 @@ use list::{valid_name, Child};
 use meta::{Cached, ListToken, Meta};
 pub use meta::{Elsewhere, KernelNote};
 pub use namespace::{RenameMode, SetAttr};
+pub use open::Opened;
 use posix::Posix;
 pub use remote::KernelCache;
 pub use write::OpenMode;
@@ -227,6 +229,10 @@ pub struct Fs {
     ttl_nanos: AtomicU64,
     /// The kernel's caches, told of changes made elsewhere (set once the session exists).
     kernel: std::sync::OnceLock<Arc<dyn KernelCache>>,
+    /// The version each file was last opened at, for the kernel's page cache (see open.rs).
+    opened: Mutex<lru::LruCache<Ino, String>>,
+    /// The kernel reads whole cached files directly (FUSE passthrough).
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -297,6 +303,8 @@ impl Fs {
             stopping: Default::default(),
             ttl_nanos: AtomicU64::new(ttl_nanos),
             kernel: std::sync::OnceLock::new(),
+            opened: Mutex::new(lru::LruCache::new(open::VERSIONS_KEPT)),
+            passthrough: Default::default(),
         }
     }
 
@@ -708,49 +716,6 @@ impl Fs {
         }
         t.meta.listed(ino, token, entries);
         added
-    }
-
-    /// Opens file `ino`; a handle opened for writing shares the file's writer.
-    pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
-        if mode.write {
-            self.check_changes_allowed()?;
-        }
-        let writer = self.writer_of(ino);
-        let (object, size) = match (&writer, self.node(ino).await) {
-            (_, Ok((Kind::File, Some(meta)))) => (
-                Some(Arc::new(ObjectId {
-                    key: meta.key,
-                    etag: meta.etag,
-                })),
-                meta.size,
-            ),
-            (Some(_), _) => (None, 0),
-            (None, Ok((Kind::Symlink, _))) => {
-                return Err(FsError::new(libc::ELOOP, "is a symlink"))
-            }
-            (None, Ok(_)) => return Err(FsError::new(libc::EISDIR, "is a directory")),
-            (None, Err(e)) => return Err(e),
-        };
-        let writer = if mode.write {
-            Some(self.attach_writer(ino, mode).await?)
-        } else {
-            None
-        };
-        let file = OpenFile {
-            ino,
-            version: Mutex::new(Version { object, size }),
-            served: Default::default(),
-            state: Mutex::default(),
-            writer,
-            opener: mode.opener,
-        };
-        Ok(self.add_handle(file))
-    }
-
-    fn add_handle(&self, file: OpenFile) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, Arc::new(file));
-        fh
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {

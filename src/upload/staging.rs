@@ -152,7 +152,7 @@ impl StagingDir {
                 FsError::new(
                     libc::ENOSPC,
                     format!(
-                        "staging space full: {used} of {} bytes in use (--cache-dir-limit)",
+                        "staging space full: {used} of {} bytes in use (--staging-dir-limit)",
                         self.limit
                     ),
                 )

@@ -241,24 +241,34 @@ class Mount:
     """A fresh mount of one system on one server; the daemon runs in the foreground as our
     child so that its PID, peak RSS and CPU time are known."""
 
-    def __init__(self, system, server, workdir):
-        self.system, self.server = system, server
+    def __init__(self, system, server, workdir, warm=False, keep_cache=False):
+        """`warm`: each system with its disk cache on (bucketfs --disk-cache, s3fs use_cache;
+        rclone's cache modes are the systems themselves). `keep_cache`: over the cache
+        directory a previous mount left (a remount)."""
+        self.system, self.server, self.workdir, self.warm = system, server, workdir, warm
         self.path = os.path.join(workdir, "mnt")
         self.cache = os.path.join(workdir, "cache")
         os.makedirs(self.path, exist_ok=True)
-        shutil.rmtree(self.cache, ignore_errors=True)
-        os.makedirs(self.cache)
+        if not keep_cache:
+            shutil.rmtree(self.cache, ignore_errors=True)
+        os.makedirs(self.cache, exist_ok=True)
         env = clean_env()
         if system == "bucketfs":
             cmd = [BUCKETFS, BUCKET, self.path, "--foreground", "--endpoint-url",
-                   server.endpoint, "--force-path-style", "--cache-dir", self.cache,
-                   "--log-level", "warn", *BUCKETFS_OPTIONS]
+                   server.endpoint, "--force-path-style", "--staging-dir",
+                   os.path.join(self.cache, "staging"), "--log-level", "warn"]
+            if warm:
+                cmd += ["--disk-cache", os.path.join(self.cache, "disk"),
+                        "--disk-cache-size", str(8 * GiB)]
+            cmd += BUCKETFS_OPTIONS
         elif system == "s3fs":
             passwd = os.path.join(workdir, "s3fs.passwd")
             with open(os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(f"{KEY_ID}:{SECRET}\n")
-            cmd = ["s3fs", BUCKET, self.path, "-f", "-o",
-                   f"url={server.endpoint},use_path_request_style,passwd_file={passwd}"]
+            options = f"url={server.endpoint},use_path_request_style,passwd_file={passwd}"
+            if warm:
+                options += f",use_cache={self.cache}"
+            cmd = ["s3fs", BUCKET, self.path, "-f", "-o", options]
         else:
             mode = system.split("-", 1)[1]
             env.update(RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
@@ -280,14 +290,20 @@ class Mount:
     def stats(self):
         return proc_stats(self.proc.pid)
 
-    def close(self):
+    def remount(self):
+        """The same system mounted again over the cache this mount leaves behind."""
+        self.close(keep_cache=True)
+        return Mount(self.system, self.server, self.workdir, self.warm, keep_cache=True)
+
+    def close(self, keep_cache=False):
         if mounted(self.path):
             if subprocess.run(["fusermount3", "-u", self.path], capture_output=True).returncode:
                 time.sleep(1)
                 subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
         wait_or_kill(self.proc, 60)
         self.log.close()
-        shutil.rmtree(self.cache, ignore_errors=True)
+        if not keep_cache:
+            shutil.rmtree(self.cache, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -360,6 +376,8 @@ class Bench:
             ("seq-read-4", "MiB/s", True, "read", self.seq_read_4),
             ("rand-read-4k", "IOPS", True, "read", lambda m, r: self.rand_read(m, "4k")),
             ("rand-read-256k", "IOPS", True, "read", lambda m, r: self.rand_read(m, "256k")),
+            ("rand-read-4k-warm", "IOPS", True, "read", self.rand_read_warm),
+            ("seq-read-warm", "MiB/s", True, "read", self.seq_read_warm),
             ("seq-write", "MiB/s", True, "write", self.seq_write),
             ("write-4x", "MiB/s", True, "write", self.write_4),
             ("ttfb", "ms", False, "read", self.ttfb),
@@ -381,7 +399,8 @@ class Bench:
         s = self.scale
         log("seeding the read server")
         server = self.read_server
-        if names & {"seq-read-1", "rand-read-4k", "rand-read-256k", "ttfb"}:
+        if names & {"seq-read-1", "rand-read-4k", "rand-read-256k", "ttfb", "rand-read-4k-warm",
+                    "seq-read-warm"}:
             raw(server, "put", "--size", str(s["big"]), "big/0.bin")
         if "seq-read-4" in names:
             raw(server, "put", "--size", str(s["big4"]), *[f"big4/{i}.bin" for i in range(4)])
@@ -439,6 +458,48 @@ class Bench:
         job = fio([f"{m.path}/big/0.bin"], s["timeout"], rw="randread", bs=bs, size=s["big"],
                   readonly=True, time_based=1, runtime=s["rand_seconds"], norandommap=1, direct=1)
         return dict(value=job["read"]["iops"], bytes=job["read"]["io_bytes"])
+
+    def local_copy(self):
+        """A local file of the big object's size on the disk the caches use, caches dropped:
+        the physical limit of the warm workloads (their "raw" figure)."""
+        path = os.path.join(self.work, "local-big.bin")
+        if not os.path.exists(path) or os.path.getsize(path) != self.scale["big"]:
+            run_cmd(["dd", "if=/dev/urandom", f"of={path}", "bs=1M",
+                     f"count={self.scale['big'] // MiB}", "status=none"], self.scale["timeout"])
+        drop_caches()
+        return path
+
+    def warm_up(self, m):
+        """Reads the big object whole through the mount (what fills the caches)."""
+        run_cmd(["cat", f"{m.path}/big/0.bin"], self.scale["timeout"])
+
+    def rand_read_warm(self, m, r):
+        """Random 4 KiB reads (the rand-read-4k job) after the object was read whole on the
+        same mount: each system with its disk cache."""
+        s = self.scale
+        if m is None:
+            path = self.local_copy()
+        else:
+            self.warm_up(m)
+            path = f"{m.path}/big/0.bin"
+        job = fio([path], s["timeout"], rw="randread", bs="4k", size=s["big"], readonly=True,
+                  time_based=1, runtime=s["rand_seconds"], norandommap=1, direct=1)
+        return dict(value=job["read"]["iops"], bytes=job["read"]["io_bytes"])
+
+    def seq_read_warm(self, m, r):
+        """The seq-read-1 job after the object was read whole and the system remounted over
+        its cache, the machine's caches dropped: reading from the disk cache."""
+        s = self.scale
+        if m is None:
+            path = self.local_copy()
+        else:
+            self.warm_up(m)
+            m2 = m.remount()
+            m.__dict__.update(m2.__dict__)  # the caller's guard now holds the new mount
+            drop_caches()
+            path = f"{m.path}/big/0.bin"
+        job = fio([path], s["timeout"], rw="read", bs="256k", size=s["big"], readonly=True)
+        return dict(value=job["read"]["bw_bytes"] / MiB, bytes=job["read"]["io_bytes"])
 
     def seq_write(self, m, r):
         s = self.scale
@@ -581,7 +642,7 @@ class Bench:
             result = func(None, run)
             result["rss_kib"], result["cpu"] = RAW_USAGE
         else:
-            with Mount(system, server, workdir) as m:
+            with Mount(system, server, workdir, warm=name.endswith("-warm")) as m:
                 drop_caches()
                 before = server.requests()
                 result = func(m, run)
@@ -724,6 +785,13 @@ def report(bench, table, systems, command, started):
         f"from `find` + `ls -lR` of a second tree of {s['tree_dirs']} x {s['tree_files']} "
         f"objects after the same over a first tree and dropping caches; median of {s['runs']} "
         f"cold run(s), each on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches`.",
+        f"- Warm workloads (`-warm`): each system with its disk cache (bucketfs `--disk-cache`, "
+        f"s3fs `use_cache`, rclone `--vfs-cache-mode`), the {human(s['big'])} object first read "
+        f"whole with `cat`; rand-read-4k-warm then runs the rand-read-4k job on the same mount; "
+        f"seq-read-warm remounts over the cache, drops the machine's caches and runs the "
+        f"seq-read-1 job. Their \"raw\" figure is the same fio job on a local file of that size "
+        f"on the disk the caches use, caches dropped (the physical limit), not S3. Their "
+        f"requests include the warming read.",
         "",
         "### Absolute figures (median)",
         "",

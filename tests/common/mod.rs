@@ -504,7 +504,7 @@ pub fn bucketfs_command(source: &str, mountpoint: &Path, extra: &[&str]) -> Comm
         .arg("--endpoint-url")
         .arg(&s.endpoint)
         .arg("--force-path-style")
-        .arg("--cache-dir")
+        .arg("--staging-dir")
         .arg(run_dir().join("staging"))
         .args(extra)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)

@@ -1,0 +1,528 @@
+//! The disk tier of the block cache (`--disk-cache DIR`): blocks read from S3 are also kept in
+//! files that outlive the mount, keyed by (endpoint, bucket, key, ETag, block size), so a
+//! changed object never serves old bytes. Everything here is blocking file I/O: callers run it
+//! on tokio's blocking pool, never on a FUSE thread or while holding the block cache's lock.
+//!
+//! Layout: `DIR/v1/HH/HASH.data` holds one object version at its own offsets (a sparse file of
+//! the object's size) and `HASH.sums` a header naming that version, then one 8-byte slot per
+//! block: the block's CRC-32 and a "present" mark. HASH is SHA-256 of the identity.
+//!
+//! Non-obvious problems:
+//! 1. Nothing may ever serve wrong bytes: a block is written before its slot, and every block
+//!    read is checked against its slot's checksum, so a flipped bit, a truncated file, a kill -9
+//!    between the two writes or a power loss that kept one and not the other is a miss (the
+//!    slot is cleared and the block fetched again), never bad data.
+//! 2. Two mounts may share a directory: both write the same bytes at the same offsets and the
+//!    same header, so concurrent writers agree; a file one mount deletes while the other holds
+//!    it open only wastes the other's writes. The checksums cover the rest.
+//! 3. The size bound counts blocks on disk (`st_blocks`), found by a scan of the directory. A
+//!    mount does not scan before it is live: the first insert scans (on the blocking pool),
+//!    later inserts add to an estimate and scan again when it would pass the bound or when an
+//!    eighth of the bound was written since (to see what other mounts added). Eviction removes
+//!    whole objects, least recently used first (a sums file's mtime is its last use), down to
+//!    nine tenths of the bound; an object larger than the bound evicts its own lowest blocks
+//!    (punched out of the data file), which a sequential reader has read already.
+//! 4. A full disk (or any write error) pauses inserts for a while; reads go on from S3.
+//! 5. An object whose blocks are all present can be handed to the kernel (FUSE passthrough);
+//!    it is checked whole first, once while this mount keeps the file open. A file handed out
+//!    is never punched by this mount, only unlinked, so the kernel's reads of it stay right.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+use super::ObjectId;
+use crate::config::DiskCacheConfig;
+
+/// Marks the files of this layout; a change of format gets a new directory (`v2`).
+const MAGIC: &[u8; 8] = b"BFSDC001";
+
+/// A slot's "present" mark: any other value (zeros after a crash) means not cached.
+const PRESENT: u32 = 0x0B10_C4ED;
+
+/// Bytes per block slot: CRC-32 then the mark.
+const SLOT: u64 = 8;
+
+/// Open object files kept per mount: enough for many readers, few enough for the fd limit.
+const OPEN_FILES: usize = 128;
+
+/// How long a failed write (a full disk) stops inserts before they are tried again.
+const WRITE_PAUSE: Duration = Duration::from_secs(30);
+
+/// A sums file's mtime is moved on a hit at most this often: recency needs no more precision.
+const TOUCH_EVERY: Duration = Duration::from_secs(10);
+
+/// The disk cache of one mount.
+#[derive(Debug)]
+pub struct DiskCache {
+    root: PathBuf,
+    limit: u64,
+    block_size: u64,
+    passthrough: bool,
+    /// Endpoint and bucket: part of every identity.
+    namespace: String,
+    state: Mutex<State>,
+    /// Held by one insert at a time, so that two do not scan and evict at once.
+    insert: Mutex<()>,
+    /// Set once a write failed with "no space" or similar, until `paused_until`.
+    warned: AtomicBool,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Bytes on disk as of the last scan plus what was inserted since; None before a scan.
+    estimate: Option<u64>,
+    since_scan: u64,
+    paused_until: Option<Instant>,
+    open: LruCache<String, Arc<Entry>>,
+}
+
+/// The open files of one object version.
+#[derive(Debug)]
+struct Entry {
+    hash: String,
+    data: File,
+    sums: File,
+    header: u64,
+    blocks: u64,
+    size: u64,
+    /// Seconds since the epoch of the last mtime update of the sums file.
+    touched: AtomicU64,
+    /// Handed to the kernel for passthrough: never punch its blocks.
+    lent: AtomicBool,
+}
+
+/// One cached object found by a scan.
+struct Found {
+    hash: String,
+    dir: PathBuf,
+    bytes: u64,
+    used: SystemTime,
+}
+
+impl DiskCache {
+    /// Opens (creating) the cache directory; fails with a message naming it when it cannot be
+    /// written.
+    pub fn open(config: &DiskCacheConfig, namespace: &str, block_size: u64) -> io::Result<Self> {
+        let root = config.dir.join("v1");
+        std::fs::create_dir_all(&root)?;
+        let probe = root.join(format!(".probe-{}", std::process::id()));
+        File::create(&probe)?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(Self {
+            root,
+            limit: config.size,
+            block_size,
+            passthrough: config.passthrough,
+            namespace: namespace.to_owned(),
+            state: Mutex::new(State {
+                estimate: None,
+                since_scan: 0,
+                paused_until: None,
+                open: LruCache::new(NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN)),
+            }),
+            insert: Mutex::new(()),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// True when whole cached files may be handed to the kernel (FUSE passthrough).
+    pub fn passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    /// Block `index` of `object` (of `size` bytes), if cached and intact.
+    pub fn read_block(&self, object: &ObjectId, size: u64, index: u64) -> Option<Bytes> {
+        let entry = self.entry(object, size, false)?;
+        let block = self.verified(&entry, object, index);
+        if block.is_some() {
+            entry.touch();
+        }
+        block
+    }
+
+    /// Block `index` of `entry` when present and intact; a block that fails its checksum is
+    /// dropped (its slot cleared) and logged.
+    fn verified(&self, entry: &Entry, object: &ObjectId, index: u64) -> Option<Bytes> {
+        let block = entry.read_verified(index, self.block_size);
+        if block.is_none() && entry.slot(index).is_some() {
+            tracing::warn!(
+                key = %object.key,
+                block = index,
+                "disk cache: a block failed its checksum; fetching it again"
+            );
+            entry.clear(index);
+        }
+        block
+    }
+
+    /// Which of `blocks` are marked present (not yet verified: `read_block` does that).
+    pub fn present(&self, object: &ObjectId, size: u64, blocks: std::ops::Range<u64>) -> bool {
+        match self.entry(object, size, false) {
+            Some(entry) => blocks.into_iter().all(|i| entry.slot(i).is_some()),
+            None => false,
+        }
+    }
+
+    /// Stores block `index` of `object`; quietly does nothing when the cache is paused, full
+    /// beyond repair or failing.
+    pub fn write_block(&self, object: &ObjectId, size: u64, index: u64, data: &[u8]) {
+        if self.paused() {
+            return;
+        }
+        let _one = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = self.entry(object, size, true) else {
+            return;
+        };
+        if entry.slot(index).is_some() {
+            return;
+        }
+        if !self.make_room(data.len() as u64, &entry) {
+            return;
+        }
+        let result = entry
+            .data
+            .write_all_at(data, index * self.block_size)
+            .and_then(|()| entry.mark(index, crc32fast::hash(data)));
+        match result {
+            Ok(()) => {
+                self.warned.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                entry.clear(index);
+                self.pause(&e);
+            }
+        }
+    }
+
+    /// The data file of `object` when every block is cached and verified: what the kernel can
+    /// read directly (passthrough). The entry is marked lent: its blocks are never punched.
+    pub fn whole(&self, object: &ObjectId, size: u64) -> Option<File> {
+        let entry = self.entry(object, size, false)?;
+        // Checked once while this mount keeps the file open (see 5.).
+        if !entry.lent.load(Ordering::Relaxed) {
+            for index in 0..entry.blocks {
+                self.verified(&entry, object, index)?;
+            }
+            entry.lent.store(true, Ordering::Relaxed);
+        }
+        entry.touch();
+        entry.data.try_clone().ok()
+    }
+
+    fn paused(&self) -> bool {
+        let mut state = self.lock();
+        match state.paused_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                state.paused_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn pause(&self, e: &io::Error) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                dir = %self.root.display(),
+                "disk cache: cannot write ({e}); reading from S3 without caching for {}s",
+                WRITE_PAUSE.as_secs()
+            );
+        }
+        self.lock().paused_until = Some(Instant::now() + WRITE_PAUSE);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The identity hash of `object` and the directory its files go in.
+    fn locate(&self, object: &ObjectId) -> (String, PathBuf) {
+        let mut hasher = Sha256::new();
+        for part in [
+            self.namespace.as_bytes(),
+            object.key.as_bytes(),
+            object.etag.as_bytes(),
+            &self.block_size.to_le_bytes(),
+        ] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        let hash: String = hasher
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = self.root.join(&hash[..2]);
+        (hash, dir)
+    }
+
+    /// The open files of `object`, opened (and with `create`, created) when not yet open.
+    fn entry(&self, object: &ObjectId, size: u64, create: bool) -> Option<Arc<Entry>> {
+        let (hash, dir) = self.locate(object);
+        if let Some(entry) = self.lock().open.get(&hash) {
+            if entry.size == size {
+                return Some(Arc::clone(entry));
+            }
+        }
+        let header = self.header(object, size);
+        let entry = match Entry::open(&dir, &hash, &header, size, self.block_size, create) {
+            Ok(entry) => Arc::new(entry),
+            Err(e) if e.kind() == ErrorKind::NotFound && !create => return None,
+            Err(e) => {
+                if create {
+                    self.pause(&e);
+                }
+                return None;
+            }
+        };
+        self.lock().open.put(hash, Arc::clone(&entry));
+        Some(entry)
+    }
+
+    /// The sums file's header: the format, the block size and the identity.
+    fn header(&self, object: &ObjectId, size: u64) -> Vec<u8> {
+        let mut h = Vec::with_capacity(64 + object.key.len());
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&self.block_size.to_le_bytes());
+        h.extend_from_slice(&size.to_le_bytes());
+        for part in [
+            self.namespace.as_bytes(),
+            object.key.as_bytes(),
+            object.etag.as_bytes(),
+        ] {
+            h.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            h.extend_from_slice(part);
+        }
+        h.resize(h.len().next_multiple_of(SLOT as usize), 0);
+        h
+    }
+
+    /// Makes room for `need` more bytes; false when they cannot fit at all.
+    fn make_room(&self, need: u64, current: &Entry) -> bool {
+        if need > self.limit {
+            return false;
+        }
+        {
+            let mut state = self.lock();
+            if let Some(estimate) = state.estimate {
+                if estimate + need <= self.limit && state.since_scan + need <= self.limit / 8 {
+                    state.estimate = Some(estimate + need);
+                    state.since_scan += need;
+                    return true;
+                }
+            }
+        }
+        let mut found = self.scan();
+        let mut total: u64 = found.iter().map(|f| f.bytes).sum();
+        if total + need > self.limit {
+            let target = (self.limit - self.limit / 10).max(need);
+            found.sort_by_key(|f| f.used);
+            for f in &found {
+                if total + need <= target {
+                    break;
+                }
+                if f.hash == current.hash {
+                    continue;
+                }
+                if self.remove(f) {
+                    total = total.saturating_sub(f.bytes);
+                }
+            }
+            let mut index = 0;
+            while total + need > target && index < current.blocks {
+                if !current.lent.load(Ordering::Relaxed) && current.slot(index).is_some() {
+                    current.clear(index);
+                    if current.punch(index, self.block_size).is_ok() {
+                        total = total.saturating_sub(self.block_size);
+                    }
+                }
+                index += 1;
+            }
+        }
+        let fits = total + need <= self.limit;
+        let mut state = self.lock();
+        state.estimate = Some(if fits { total + need } else { total });
+        state.since_scan = 0;
+        fits
+    }
+
+    /// Every cached object in the directory, with its size on disk and its last use.
+    fn scan(&self) -> Vec<Found> {
+        let mut found = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(&self.root) else {
+            return found;
+        };
+        for dir in dirs.flatten() {
+            let dir = dir.path();
+            let Ok(files) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(".sums")) else {
+                    continue;
+                };
+                let Ok(meta) = file.metadata() else {
+                    continue;
+                };
+                let data = std::fs::metadata(dir.join(format!("{hash}.data")))
+                    .map(|m| m.blocks() * 512)
+                    .unwrap_or(0);
+                found.push(Found {
+                    hash: hash.to_owned(),
+                    dir: dir.clone(),
+                    bytes: meta.blocks() * 512 + data,
+                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        found
+    }
+
+    /// Deletes one cached object (sums first, so a reader never trusts a half-deleted pair).
+    fn remove(&self, found: &Found) -> bool {
+        self.lock().open.pop(&found.hash);
+        let sums = std::fs::remove_file(found.dir.join(format!("{}.sums", found.hash)));
+        let data = std::fs::remove_file(found.dir.join(format!("{}.data", found.hash)));
+        sums.is_ok() || data.is_ok()
+    }
+}
+
+impl Entry {
+    /// Opens the pair of files for one object version, writing the header when the sums file
+    /// is new; a sums file of another version or format (a hash collision, a half-written
+    /// header) is started over.
+    fn open(
+        dir: &Path,
+        hash: &str,
+        header: &[u8],
+        size: u64,
+        block_size: u64,
+        create: bool,
+    ) -> io::Result<Self> {
+        if create {
+            std::fs::create_dir_all(dir)?;
+        }
+        let open = |name: String| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .mode(0o600)
+                .open(dir.join(name))
+        };
+        let sums = open(format!("{hash}.sums"))?;
+        let mut have = vec![0u8; header.len()];
+        let intact = sums.read_exact_at(&mut have, 0).is_ok() && have == header;
+        if !intact {
+            if !create {
+                return Err(io::Error::new(ErrorKind::NotFound, "no intact header"));
+            }
+            let blocks = size.div_ceil(block_size);
+            sums.set_len(0)?;
+            sums.set_len(header.len() as u64 + blocks * SLOT)?;
+            sums.write_all_at(header, 0)?;
+        }
+        let data = open(format!("{hash}.data"))?;
+        if data.metadata()?.len() != size {
+            data.set_len(size)?;
+        }
+        Ok(Self {
+            hash: hash.to_owned(),
+            data,
+            sums,
+            header: header.len() as u64,
+            blocks: size.div_ceil(block_size),
+            size,
+            touched: AtomicU64::new(0),
+            lent: AtomicBool::new(false),
+        })
+    }
+
+    /// The checksum in block `index`'s slot when the slot says present.
+    fn slot(&self, index: u64) -> Option<u32> {
+        if index >= self.blocks {
+            return None;
+        }
+        let mut slot = [0u8; SLOT as usize];
+        self.sums
+            .read_exact_at(&mut slot, self.header + index * SLOT)
+            .ok()?;
+        let (crc, mark) = slot.split_at(4);
+        let mark = u32::from_le_bytes(mark.try_into().ok()?);
+        (mark == PRESENT).then(|| u32::from_le_bytes(crc.try_into().unwrap_or_default()))
+    }
+
+    fn mark(&self, index: u64, crc: u32) -> io::Result<()> {
+        let mut slot = [0u8; SLOT as usize];
+        slot[..4].copy_from_slice(&crc.to_le_bytes());
+        slot[4..].copy_from_slice(&PRESENT.to_le_bytes());
+        self.sums.write_all_at(&slot, self.header + index * SLOT)
+    }
+
+    fn clear(&self, index: u64) {
+        let _ = self
+            .sums
+            .write_all_at(&[0u8; SLOT as usize], self.header + index * SLOT);
+    }
+
+    /// Block `index`, when its slot says present and its bytes match the checksum.
+    fn read_verified(&self, index: u64, block_size: u64) -> Option<Bytes> {
+        let crc = self.slot(index)?;
+        let start = index * block_size;
+        let len = block_size.min(self.size.checked_sub(start)?) as usize;
+        let mut buf = vec![0u8; len];
+        self.data.read_exact_at(&mut buf, start).ok()?;
+        (crc32fast::hash(&buf) == crc).then(|| Bytes::from(buf))
+    }
+
+    /// Frees block `index`'s space (the slot is cleared first).
+    fn punch(&self, index: u64, block_size: u64) -> io::Result<()> {
+        let start = index * block_size;
+        let len = block_size.min(self.size.saturating_sub(start));
+        // SAFETY: fallocate on a file descriptor we own, with plain integer arguments.
+        let rc = unsafe {
+            libc::fallocate(
+                self.data.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Records a use in the sums file's mtime (the eviction order), at most every few seconds.
+    fn touch(&self) {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.touched.load(Ordering::Relaxed);
+        if secs.saturating_sub(last) >= TOUCH_EVERY.as_secs() {
+            self.touched.store(secs, Ordering::Relaxed);
+            let _ = self.sums.set_modified(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

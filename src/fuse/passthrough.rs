@@ -1,0 +1,165 @@
+//! FUSE passthrough: the kernel reads a file whole in the disk cache straight from that file,
+//! without a request to the daemon (Linux 6.9+, a daemon with CAP_SYS_ADMIN).
+//!
+//! Non-obvious problems:
+//! 1. The kernel puts an inode in one I/O mode at a time: while any handle of it reads through
+//!    the page cache, a passthrough open fails with EIO, and the other way round; and all
+//!    passthrough handles of an inode must name the same backing file. So the modes of the
+//!    open handles are counted per inode here, and an open takes the mode the inode is in.
+//!    The counts drop at RELEASE, after the kernel left the mode, so they never say less
+//!    than the kernel's.
+//! 2. An open for writing never passes through (its writes would go to the cache file), and
+//!    the kernel (6.18 here) refuses every other mode beside passthrough handles, direct I/O
+//!    included, and a second backing file. So while an inode passes through, an open for
+//!    writing, or for reading a newer version, fails with ETXTBSY (the errno the kernel
+//!    itself uses for this conflict) rather than the EIO the kernel would give.
+//! 3. A backing id must outlive every handle that uses it: one is kept per inode while it has
+//!    passthrough handles, and closed (dropped) with the last.
+//! 4. When the kernel refuses a backing file (no CAP_SYS_ADMIN, a cache directory on a
+//!    filesystem it cannot stack on), passthrough is turned off for the mount, logged once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
+
+use crate::fs::{Fs, Opened};
+
+/// How one handle reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Through the daemon and the page cache.
+    Cached,
+    /// From the backing file, in the kernel.
+    Passthrough,
+}
+
+#[derive(Debug, Default)]
+struct InodeIo {
+    cached: usize,
+    passthrough: usize,
+    /// The backing file of the passthrough handles and the ETag it holds.
+    backing: Option<(BackingId, Option<String>)>,
+}
+
+/// The I/O modes of the open files of one mount.
+#[derive(Debug, Default)]
+pub(super) struct IoModes {
+    inodes: Mutex<HashMap<u64, InodeIo>>,
+    handles: Mutex<HashMap<u64, (u64, Mode)>>,
+}
+
+impl IoModes {
+    /// True when `ino` has handles reading by passthrough: an open for writing is refused.
+    pub(super) fn passing_through(&self, ino: u64) -> bool {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .is_some_and(|io| io.passthrough > 0)
+    }
+
+    /// Replies to an open of `ino` with the mode the inode allows; returns the handle when
+    /// the open was refused (see 2.), for the caller to release.
+    pub(super) fn reply_open(
+        &self,
+        fs: &Fs,
+        ino: u64,
+        opened: Opened,
+        write: bool,
+        reply: ReplyOpen,
+    ) -> Option<u64> {
+        let fh = opened.fh;
+        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        let io = inodes.entry(ino).or_default();
+        if io.passthrough > 0 {
+            // The kernel takes no other mode beside passthrough handles, nor another backing
+            // file: only a read of the same version can join them.
+            match &io.backing {
+                Some((id, etag)) if !write && *etag == opened.etag => {
+                    io.passthrough += 1;
+                    tracing::debug!(ino, fh, "opened by passthrough (backing file shared)");
+                    self.track(fh, ino, Mode::Passthrough);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                    return None;
+                }
+                _ => {
+                    tracing::debug!(ino, fh, write, "open refused: the file passes through");
+                    reply.error(Errno::from_i32(libc::ETXTBSY));
+                    return Some(fh);
+                }
+            }
+        }
+        if let Some(file) = opened.whole.filter(|_| io.cached == 0 && !write) {
+            match reply.open_backing(&file) {
+                Ok(id) => {
+                    io.passthrough += 1;
+                    tracing::debug!(ino, fh, "opened by passthrough");
+                    let id = &io.backing.insert((id, opened.etag)).0;
+                    self.track(fh, ino, Mode::Passthrough);
+                    // The kernel refuses a passthrough open with FOPEN_KEEP_CACHE (EINVAL).
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "FUSE passthrough refused ({e}); cached files are read through the daemon"
+                    );
+                    fs.enable_passthrough(false);
+                }
+            }
+        }
+        io.cached += 1;
+        tracing::debug!(ino, fh, "opened");
+        self.track(fh, ino, Mode::Cached);
+        let flags = if opened.keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(fh), flags);
+        None
+    }
+
+    /// Counts a handle CREATE opened: it reads through the page cache.
+    pub(super) fn created(&self, ino: u64, fh: u64) {
+        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        inodes.entry(ino).or_default().cached += 1;
+        self.track(fh, ino, Mode::Cached);
+    }
+
+    /// Forgets handle `fh`; the last passthrough handle of an inode closes its backing id.
+    pub(super) fn released(&self, fh: u64) {
+        let Some((ino, mode)) = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh)
+        else {
+            return;
+        };
+        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(io) = inodes.get_mut(&ino) else {
+            return;
+        };
+        match mode {
+            Mode::Cached => io.cached = io.cached.saturating_sub(1),
+            Mode::Passthrough => {
+                io.passthrough = io.passthrough.saturating_sub(1);
+                if io.passthrough == 0 {
+                    io.backing = None;
+                }
+            }
+        }
+        if io.cached == 0 && io.passthrough == 0 {
+            inodes.remove(&ino);
+        }
+    }
+
+    fn track(&self, fh: u64, ino: u64, mode: Mode) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, (ino, mode));
+    }
+}

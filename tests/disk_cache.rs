@@ -1,0 +1,343 @@
+//! The disk cache (`--disk-cache`), FOPEN_KEEP_CACHE and FUSE passthrough, through real mounts
+//! of the real binary against SeaweedFS, with a counting proxy in front of it.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// A fresh cache directory for one test.
+fn cache_dir(name: &str) -> PathBuf {
+    let dir = run_dir().join("disk-cache").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Bytes the files under `dir` hold on disk.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// The `.data` files under `dir`.
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "data") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn gets(p: &proxy::Proxy) -> u64 {
+    p.counts().get.load(Ordering::SeqCst)
+}
+
+/// Reads `path` whole, in 1 MiB reads as `cp` would.
+fn read_all(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    fs::File::open(path).unwrap().read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Waits until the daemon's background writes of the cache are on disk: the cache's usage
+/// stops growing.
+fn settled(dir: &Path) {
+    let mut last = u64::MAX;
+    eventually(Duration::from_secs(30), || {
+        let now = disk_usage(dir);
+        let still = now == last;
+        last = now;
+        still
+    });
+}
+
+#[test]
+fn a_remount_reads_from_the_disk_cache_and_a_changed_object_reads_new_bytes() {
+    let b = Bucket::new("dc-remount");
+    let data = pseudo_random(256 * MIB, 11);
+    b.put("big.bin", data.clone());
+    let dir = cache_dir("remount");
+    let dir_arg = dir.to_str().unwrap();
+    // Both mounts reach the server through one proxy: the endpoint is part of a block's
+    // identity in the cache.
+    let p = proxy();
+    for passthrough in [true, false] {
+        let _ = fs::remove_dir_all(&dir);
+        let mut args = vec!["--disk-cache", dir_arg, "--metadata-ttl", "1s"];
+        args.extend(["--endpoint-url", &p.endpoint]);
+        if !passthrough {
+            args.push("--no-passthrough");
+        }
+        {
+            let m = Mount::new(&b.name, "dc-remount", &args);
+            assert_eq!(sha256(&read_all(&m.path.join("big.bin"))), sha256(&data));
+        }
+        settled(&dir);
+        assert!(
+            disk_usage(&dir) >= 256 * MIB as u64,
+            "the blocks are on disk"
+        );
+
+        let m = Mount::new(&b.name, "dc-remount", &args);
+        let before = gets(&p);
+        assert_eq!(sha256(&read_all(&m.path.join("big.bin"))), sha256(&data));
+        assert_eq!(
+            gets(&p) - before,
+            0,
+            "a read after a remount costs no GET (passthrough {passthrough})"
+        );
+
+        // Another client replaces the object: the next open reads the new bytes.
+        let new = pseudo_random(3 * MIB + 5, 12);
+        b.put("big.bin", new.clone());
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(read_all(&m.path.join("big.bin")), new);
+        b.put("big.bin", data.clone());
+    }
+}
+
+#[test]
+fn a_corrupted_cache_file_is_detected_and_refetched() {
+    let b = Bucket::new("dc-corrupt");
+    let data = pseudo_random(16 * MIB, 21);
+    b.put("f.bin", data.clone());
+    let dir = cache_dir("corrupt");
+    let p = proxy();
+    let args = [
+        "--disk-cache",
+        dir.to_str().unwrap(),
+        "--endpoint-url",
+        &p.endpoint,
+    ];
+    {
+        let m = Mount::new(&b.name, "dc-corrupt", &args);
+        assert_eq!(read_all(&m.path.join("f.bin")), data);
+    }
+    settled(&dir);
+    let files = data_files(&dir);
+    assert_eq!(files.len(), 1, "one object cached: {files:?}");
+    // Flip a bit in block 5.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, 5 * MIB as u64 + 123).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x04], 5 * MIB as u64 + 123)
+        .unwrap();
+    drop(f);
+
+    for passthrough in [true, false] {
+        let mut with_proxy = args.to_vec();
+        if !passthrough {
+            with_proxy.push("--no-passthrough");
+        }
+        let m = Mount::new(&b.name, "dc-corrupt", &with_proxy);
+        let before = gets(&p);
+        assert_eq!(read_all(&m.path.join("f.bin")), data, "never wrong bytes");
+        if passthrough {
+            let log = fs::read_to_string(&m.log).unwrap();
+            assert!(log.contains("failed its checksum"), "{log}");
+        }
+        let expected = if passthrough { 1 } else { 0 };
+        assert_eq!(
+            gets(&p) - before,
+            expected,
+            "the bad block is fetched again once, and then it is cached (passthrough {passthrough})"
+        );
+        drop(m);
+        settled(&dir);
+    }
+}
+
+#[test]
+fn the_disk_cache_stays_within_its_size() {
+    let b = Bucket::new("dc-bound");
+    let data = pseudo_random(256 * MIB, 31);
+    b.put("big.bin", data.clone());
+    for i in 0..4 {
+        b.put(&format!("small{i}.bin"), pseudo_random(8 * MIB, 40 + i));
+    }
+    let dir = cache_dir("bound");
+    let args = [
+        "--disk-cache",
+        dir.to_str().unwrap(),
+        "--disk-cache-size",
+        "64MiB",
+    ];
+    let m = Mount::new(&b.name, "dc-bound", &args);
+    for i in 0..4 {
+        read_all(&m.path.join(format!("small{i}.bin")));
+    }
+    assert_eq!(sha256(&read_all(&m.path.join("big.bin"))), sha256(&data));
+    drop(m);
+    settled(&dir);
+    let used = disk_usage(&dir);
+    // A block, plus the sums files (a page each) of the objects cached.
+    let slack = MIB as u64 + 5 * 4096;
+    assert!(
+        used <= 64 * MIB as u64 + slack,
+        "the cache holds {used} bytes, over 64 MiB plus a block"
+    );
+    assert!(used >= 32 * MIB as u64, "the cache was used: {used} bytes");
+}
+
+#[test]
+fn two_mounts_share_one_cache_directory() {
+    let b = Bucket::new("dc-shared");
+    let objects: Vec<Vec<u8>> = (0..6)
+        .map(|i| pseudo_random(6 * MIB + i * 999, 50 + i as u64))
+        .collect();
+    for (i, o) in objects.iter().enumerate() {
+        b.put(&format!("o{i}.bin"), o.clone());
+    }
+    let dir = cache_dir("shared");
+    // Small enough that the two mounts evict each other's objects while they read.
+    let args = [
+        "--disk-cache",
+        dir.to_str().unwrap(),
+        "--disk-cache-size",
+        "20MiB",
+    ];
+    let m1 = Mount::new(&b.name, "dc-shared-1", &args);
+    let m2 = Mount::new(&b.name, "dc-shared-2", &args);
+    std::thread::scope(|s| {
+        for m in [&m1, &m2] {
+            let objects = &objects;
+            s.spawn(move || {
+                for round in 0..3 {
+                    for (i, o) in objects.iter().enumerate() {
+                        let got = read_all(&m.path.join(format!("o{i}.bin")));
+                        assert!(got == *o, "o{i}.bin read wrong in round {round}");
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_second_cat_keeps_the_kernel_page_cache_until_the_object_changes() {
+    let b = Bucket::new("dc-keep");
+    b.put("f.txt", vec![b'a'; 64 * 1024]);
+    let m = Mount::new(&b.name, "dc-keep", &["--metadata-ttl", "1s"]);
+    let file = m.path.join("f.txt");
+    let resident = |path: &Path| -> u64 {
+        let out = sh(&format!(
+            "fincore --bytes --noheadings --output RES '{}'",
+            path.display()
+        ));
+        out.trim().parse().unwrap()
+    };
+    assert_eq!(read_all(&file).len(), 64 * 1024);
+    // fincore opens the file itself: the pages survive that open only when they are kept.
+    assert_eq!(
+        resident(&file),
+        64 * 1024,
+        "the pages of an unchanged file are kept"
+    );
+    b.put("f.txt", vec![b'b'; 32 * 1024]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        read_all(&file),
+        vec![b'b'; 32 * 1024],
+        "a changed object reads new bytes"
+    );
+    // The same through a write of this mount.
+    fs::write(&file, b"written here").unwrap();
+    assert_eq!(read_all(&file), b"written here");
+}
+
+#[test]
+fn a_whole_cached_file_is_read_by_the_kernel_without_the_daemon() {
+    let b = Bucket::new("dc-passthrough");
+    let data = pseudo_random(4 * MIB + 17, 61);
+    b.put("f.bin", data.clone());
+    let dir = cache_dir("passthrough");
+    let m = Mount::new(
+        &b.name,
+        "dc-passthrough",
+        &["--disk-cache", dir.to_str().unwrap()],
+    );
+    let path = m.path.join("f.bin");
+    assert_eq!(read_all(&path), data);
+    settled(&dir);
+    // Opened now, the file is whole on disk: the kernel reads it from the cache file, so the
+    // daemon writes none of its bytes to /dev/fuse (counted by its wchar in /proc/PID/io).
+    // The first open hands the file over (and checks it whole); the second reuses that.
+    let pid = m.daemon_pid().expect("daemon pid");
+    let written = || -> u64 {
+        let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("wchar: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let reader = fs::File::open(&path).unwrap();
+    let before = written();
+    assert_eq!(read_all(&path), data);
+    let by_daemon = written() - before;
+    assert!(
+        by_daemon < data.len() as u64 / 4,
+        "the daemon wrote {by_daemon} bytes while a {} byte file was read: no passthrough",
+        data.len()
+    );
+    let log = fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("opened by passthrough"), "{log}");
+
+    // The kernel takes no writer beside passthrough readers: ETXTBSY (not EIO) while one is
+    // open, and the write goes through once it is closed.
+    let err = fs::write(&path, b"new content").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+    assert_eq!(read_all(&path), data, "a refused write changed nothing");
+    drop(reader);
+    fs::write(&path, b"new content").unwrap();
+    assert_eq!(read_all(&path), b"new content");
+    assert_eq!(b.get("f.bin"), b"new content");
+}
+
+#[test]
+fn the_deprecated_cache_dir_flag_still_works_and_says_so() {
+    let b = Bucket::new("dc-deprecated");
+    b.put("f", "x");
+    let staging = run_dir().join("staging-old-flag");
+    let m = Mount::new(
+        &b.name,
+        "dc-deprecated",
+        &["--cache-dir", staging.to_str().unwrap()],
+    );
+    assert_eq!(fs::read_to_string(m.path.join("f")).unwrap(), "x");
+    let log = fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("deprecated"), "{log}");
+}
