@@ -341,3 +341,48 @@ fn the_deprecated_cache_dir_flag_still_works_and_says_so() {
     let log = fs::read_to_string(&m.log).unwrap();
     assert!(log.contains("deprecated"), "{log}");
 }
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn new(path: PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&path).unwrap();
+        sh(&format!(
+            "mount -t tmpfs -o size={size} tmpfs '{}'",
+            path.display()
+        ));
+        Self(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_cache_disk_never_fails_a_read() {
+    let b = Bucket::new("dc-full");
+    let data = pseudo_random(48 * MIB, 71);
+    b.put("f.bin", data.clone());
+    let disk = SmallDisk::new(run_dir().join("disk-cache").join("full"), "8m");
+    // The cache may grow to 10 GiB, the disk holds 8 MiB: writes fail with ENOSPC.
+    let m = Mount::new(
+        &b.name,
+        "dc-full",
+        &["--disk-cache", disk.0.to_str().unwrap()],
+    );
+    for round in 0..2 {
+        assert!(read_all(&m.path.join("f.bin")) == data, "round {round}");
+    }
+    let log = fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("disk cache: cannot write"), "{log}");
+    assert_eq!(
+        log.matches("disk cache: cannot write").count(),
+        1,
+        "warned once: {log}"
+    );
+    drop(m);
+}
