@@ -22,10 +22,9 @@ fn cache_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Bytes the files under `dir` hold on disk.
-fn disk_usage(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
+/// Every file under `dir`, with its metadata.
+fn files_under(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in fs::read_dir(&d).unwrap().flatten() {
@@ -33,28 +32,26 @@ fn disk_usage(dir: &Path) -> u64 {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                total += meta.blocks() * 512;
-            }
-        }
-    }
-    total
-}
-
-/// The `.data` files under `dir`.
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "data") {
-                found.push(path);
+                found.push((entry.path(), meta));
             }
         }
     }
     found
+}
+
+/// Bytes the files under `dir` hold on disk.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    files_under(dir).iter().map(|(_, m)| m.blocks() * 512).sum()
+}
+
+/// The `.data` files under `dir`.
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|path| path.extension().is_some_and(|e| e == "data"))
+        .collect()
 }
 
 fn gets(p: &proxy::Proxy) -> u64 {

@@ -130,11 +130,6 @@ impl BlockCache {
         self.disk.as_ref().is_some_and(|d| d.passthrough())
     }
 
-    /// Bytes per block.
-    pub fn block_size(&self) -> u64 {
-        self.block_size
-    }
-
     /// The data file of `object` when it is whole and intact in the disk cache, for the
     /// kernel to read directly (FUSE passthrough). With `fetch`, an object of at most one
     /// block that is not yet on disk is fetched first: one GET, as its first read would cost.
