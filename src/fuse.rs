@@ -4,6 +4,9 @@
 //! Non-obvious problems:
 //! 1. fuser calls us on its own threads; every operation that may touch S3 is spawned onto the
 //!    runtime and replied to from the task, so a slow GET never blocks an `ls` elsewhere.
+//!    The one exception is a random read of bytes in the disk cache: it is answered on the
+//!    FUSE thread (a read of a local file, usually from the page cache), as a trip through the
+//!    runtime and the blocking pool would take longer than the read itself.
 //! 2. Errors are logged here, once: expected ones (ENOENT, EROFS) at debug, the rest at warn.
 //! 3. `.` and `..` take readdir offsets 1 and 2; entry i of the listing takes offset i + 3.
 //! 4. readdirplus is switched on at init, so `ls -l` gets attributes with the names and the
@@ -513,6 +516,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let direct = flags.0 & libc::O_DIRECT != 0;
         let mode = OpenMode {
             write,
             truncate: flags.0 & libc::O_TRUNC != 0,
@@ -526,7 +530,8 @@ impl Filesystem for FuseAdapter {
         self.spawn(|fs| async move {
             match fs.open_file(Ino(ino.0), mode).await {
                 Ok(opened) => {
-                    if let Some(refused) = io.reply_open(&fs, ino.0, opened, write, reply) {
+                    let how = passthrough::Access { write, direct };
+                    if let Some(refused) = io.reply_open(&fs, ino.0, opened, how, reply) {
                         if let Some(file) = fs.take_handle(refused) {
                             fs.released(file).await;
                         }
@@ -548,6 +553,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(bytes) = self.fs.read_now(Ino(ino.0), fh.0, offset, size) {
+            reply.data(&bytes);
+            return;
+        }
         self.spawn(|fs| async move {
             match fs.read(Ino(ino.0), fh.0, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),

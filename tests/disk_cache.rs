@@ -276,6 +276,18 @@ fn a_second_cat_keeps_the_kernel_page_cache_until_the_object_changes() {
 }
 
 /// FUSE passthrough exists from Linux 6.9 on.
+/// Bytes the mount's daemon has written so far (its wchar in /proc/PID/io): what it served
+/// through /dev/fuse, among others.
+fn daemon_wrote(m: &Mount) -> u64 {
+    let pid = m.daemon_pid().expect("daemon pid");
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn kernel_has_passthrough() -> bool {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
@@ -311,15 +323,7 @@ fn a_whole_cached_file_is_read_by_the_kernel_without_the_daemon() {
         eprintln!("NOTE: this kernel has no FUSE passthrough (Linux 6.9+): fallback checked");
         return;
     }
-    let pid = m.daemon_pid().expect("daemon pid");
-    let written = || -> u64 {
-        let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-        io.lines()
-            .find_map(|l| l.strip_prefix("wchar: "))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let written = || daemon_wrote(&m);
     let reader = fs::File::open(&path).unwrap();
     let before = written();
     assert_eq!(read_all(&path), data);
@@ -339,6 +343,64 @@ fn a_whole_cached_file_is_read_by_the_kernel_without_the_daemon() {
     assert_eq!(read_all(&path), data, "a refused write changed nothing");
     drop(reader);
     fs::write(&path, b"new content").unwrap();
+    assert_eq!(read_all(&path), b"new content");
+    assert_eq!(b.get("f.bin"), b"new content");
+}
+
+#[test]
+fn o_direct_reads_of_a_cached_file_are_served_by_the_daemon_from_disk() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let b = Bucket::new("dc-direct");
+    let data = pseudo_random(8 * MIB + 333, 71);
+    b.put("f.bin", data.clone());
+    let dir = cache_dir("direct");
+    let p = proxy();
+    let m = Mount::new(
+        &b.name,
+        "dc-direct",
+        &[
+            "--disk-cache",
+            dir.to_str().unwrap(),
+            "--endpoint-url",
+            &p.endpoint,
+        ],
+    );
+    let path = m.path.join("f.bin");
+    assert_eq!(read_all(&path), data);
+    settled(&dir);
+    let gets_before = gets(&p);
+    // O_DIRECT asks to skip the page cache: passthrough would make each read direct I/O on
+    // the cache disk, so the daemon answers them itself, from the cache file.
+    let direct = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .unwrap();
+    let wrote_before = daemon_wrote(&m);
+    let mut rng = 12345u64;
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..200 {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let at = (rng >> 33) % (data.len() as u64 / 4096) * 4096;
+        direct.read_exact_at(&mut buf, at).unwrap();
+        assert_eq!(&buf[..], &data[at as usize..at as usize + 4096], "at {at}");
+    }
+    // The short tail, unaligned.
+    let mut tail = vec![0u8; 333];
+    direct.read_exact_at(&mut tail, 8 * MIB as u64).unwrap();
+    assert_eq!(&tail[..], &data[8 * MIB..]);
+    assert_eq!(gets(&p), gets_before, "cached reads cost no GET");
+    let by_daemon = daemon_wrote(&m) - wrote_before;
+    assert!(
+        by_daemon >= 200 * 4096,
+        "the daemon wrote only {by_daemon} bytes for 200 O_DIRECT reads of 4 KiB"
+    );
+    // Beside an O_DIRECT reader, other readers and a writer work as on any file.
+    assert_eq!(read_all(&path), data);
+    fs::write(&path, b"new content").unwrap();
+    drop(direct);
     assert_eq!(read_all(&path), b"new content");
     assert_eq!(b.get("f.bin"), b"new content");
 }

@@ -3,9 +3,10 @@
 //! changed object never serves old bytes. Everything here is blocking file I/O: callers run it
 //! on tokio's blocking pool, never on a FUSE thread or while holding the block cache's lock.
 //!
-//! Layout: `DIR/v1/HH/HASH.data` holds one object version at its own offsets (a sparse file of
-//! the object's size) and `HASH.sums` a header naming that version, then one 8-byte slot per
-//! block: the block's CRC-32 and a "present" mark. HASH is SHA-256 of the identity.
+//! Layout: `DIR/v2/HH/HASH.data` holds one object version at its own offsets (a sparse file of
+//! the object's size) and `HASH.sums` a header naming that version, then one slot per block: a
+//! "present" mark and the CRC-32 of each 4 KiB chunk of the block. HASH is SHA-256 of the
+//! identity. (`v1`, one CRC per block, is deleted in the background at start.)
 //!
 //! Non-obvious problems:
 //! 1. Nothing may ever serve wrong bytes: a block is written before its slot, and every block
@@ -26,6 +27,9 @@
 //! 5. An object whose blocks are all present can be handed to the kernel (FUSE passthrough);
 //!    it is checked whole first, once while this mount keeps the file open. A file handed out
 //!    is never punched by this mount, only unlinked, so the kernel's reads of it stay right.
+//! 6. A small read checks only the chunks it touches: a random 4 KiB read costs one 4 KiB
+//!    read of the data file (from the page cache once warm) and one CRC of it, not a block's
+//!    worth, so the daemon serves it about as fast as a FUSE round trip allows.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -44,14 +48,23 @@ use sha2::{Digest, Sha256};
 use super::ObjectId;
 use crate::config::DiskCacheConfig;
 
-/// Marks the files of this layout; a change of format gets a new directory (`v2`).
-const MAGIC: &[u8; 8] = b"BFSDC001";
+/// The directory of this layout; a change of format gets a new one.
+const LAYOUT: &str = "v2";
+
+/// Directories of earlier layouts, deleted in the background when a cache opens.
+const OLD_LAYOUTS: &[&str] = &["v1"];
+
+/// Marks the files of this layout.
+const MAGIC: &[u8; 8] = b"BFSDC002";
 
 /// A slot's "present" mark: any other value (zeros after a crash) means not cached.
 const PRESENT: u32 = 0x0B10_C4ED;
 
-/// Bytes per block slot: CRC-32 then the mark.
-const SLOT: u64 = 8;
+/// Bytes one checksum covers: a page, the size of the smallest reads.
+const CHUNK: u64 = 4096;
+
+/// Slots and the header are padded to this.
+const ALIGN: usize = 8;
 
 /// Open object files kept per mount: enough for many readers, few enough for the fd limit.
 const OPEN_FILES: usize = 128;
@@ -96,10 +109,21 @@ struct Entry {
     header: u64,
     blocks: u64,
     size: u64,
+    block_size: u64,
+    /// Bytes of one block's slot in the sums file.
+    slot_len: u64,
     /// Seconds since the epoch of the last mtime update of the sums file.
     touched: AtomicU64,
     /// Handed to the kernel for passthrough: never punch its blocks.
     lent: AtomicBool,
+}
+
+/// Why bytes were not served from disk.
+enum Miss {
+    /// A block they need is not cached.
+    Absent,
+    /// Block `.0` failed a checksum (or its data file is short).
+    Corrupt(u64),
 }
 
 /// One cached object found by a scan.
@@ -114,11 +138,29 @@ impl DiskCache {
     /// Opens (creating) the cache directory; fails with a message naming it when it cannot be
     /// written.
     pub fn open(config: &DiskCacheConfig, namespace: &str, block_size: u64) -> io::Result<Self> {
-        let root = config.dir.join("v1");
+        let root = config.dir.join(LAYOUT);
         std::fs::create_dir_all(&root)?;
         let probe = root.join(format!(".probe-{}", std::process::id()));
         File::create(&probe)?;
         let _ = std::fs::remove_file(&probe);
+        let old: Vec<PathBuf> = OLD_LAYOUTS
+            .iter()
+            .map(|v| config.dir.join(v))
+            .filter(|d| d.exists())
+            .collect();
+        if !old.is_empty() {
+            // Whatever its size, deleting it must not delay the mount.
+            let spawned = std::thread::Builder::new()
+                .name("bucketfs-cache-cleanup".into())
+                .spawn(move || {
+                    for dir in old {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::debug!("disk cache: old layouts left in place: {e}");
+            }
+        }
         Ok(Self {
             root,
             limit: config.size,
@@ -143,33 +185,51 @@ impl DiskCache {
 
     /// Block `index` of `object` (of `size` bytes), if cached and intact.
     pub fn read_block(&self, object: &ObjectId, size: u64, index: u64) -> Option<Bytes> {
+        let start = index.checked_mul(self.block_size)?;
+        self.read_range(object, size, start..size.min(start + self.block_size))
+    }
+
+    /// The bytes `range` of `object` (of `size` bytes), if every block they touch is cached
+    /// and the chunks they touch are intact.
+    pub fn read_range(
+        &self,
+        object: &ObjectId,
+        size: u64,
+        range: std::ops::Range<u64>,
+    ) -> Option<Bytes> {
         let entry = self.entry(object, size, false)?;
-        let block = self.verified(&entry, object, index);
-        if block.is_some() {
-            entry.touch();
-        }
-        block
+        let bytes = self.verified(&entry, object, range)?;
+        entry.touch();
+        Some(bytes)
     }
 
-    /// Block `index` of `entry` when present and intact; a block that fails its checksum is
+    /// The bytes `range` of `entry` when present and intact; a block that fails a checksum is
     /// dropped (its slot cleared) and logged.
-    fn verified(&self, entry: &Entry, object: &ObjectId, index: u64) -> Option<Bytes> {
-        let block = entry.read_verified(index, self.block_size);
-        if block.is_none() && entry.slot(index).is_some() {
-            tracing::warn!(
-                key = %object.key,
-                block = index,
-                "disk cache: a block failed its checksum; fetching it again"
-            );
-            entry.clear(index);
+    fn verified(
+        &self,
+        entry: &Entry,
+        object: &ObjectId,
+        range: std::ops::Range<u64>,
+    ) -> Option<Bytes> {
+        match entry.read_verified(range) {
+            Ok(bytes) => Some(bytes),
+            Err(Miss::Absent) => None,
+            Err(Miss::Corrupt(index)) => {
+                tracing::warn!(
+                    key = %object.key,
+                    block = index,
+                    "disk cache: a block failed its checksum; fetching it again"
+                );
+                entry.clear(index);
+                None
+            }
         }
-        block
     }
 
-    /// Which of `blocks` are marked present (not yet verified: `read_block` does that).
+    /// Which of `blocks` are marked present (not yet verified: `read_range` does that).
     pub fn present(&self, object: &ObjectId, size: u64, blocks: std::ops::Range<u64>) -> bool {
         match self.entry(object, size, false) {
-            Some(entry) => blocks.into_iter().all(|i| entry.slot(i).is_some()),
+            Some(entry) => blocks.into_iter().all(|i| entry.present(i)),
             None => false,
         }
     }
@@ -184,7 +244,7 @@ impl DiskCache {
         let Some(entry) = self.entry(object, size, true) else {
             return;
         };
-        if entry.slot(index).is_some() {
+        if entry.present(index) {
             return;
         }
         if !self.make_room(data.len() as u64, &entry) {
@@ -193,7 +253,7 @@ impl DiskCache {
         let result = entry
             .data
             .write_all_at(data, index * self.block_size)
-            .and_then(|()| entry.mark(index, crc32fast::hash(data)));
+            .and_then(|()| entry.mark(index, data));
         match result {
             Ok(()) => {
                 self.warned.store(false, Ordering::Relaxed);
@@ -212,7 +272,8 @@ impl DiskCache {
         // Checked once while this mount keeps the file open (see 5.).
         if !entry.lent.load(Ordering::Relaxed) {
             for index in 0..entry.blocks {
-                self.verified(&entry, object, index)?;
+                let start = index * self.block_size;
+                self.verified(&entry, object, start..size.min(start + self.block_size))?;
             }
             entry.lent.store(true, Ordering::Relaxed);
         }
@@ -306,7 +367,7 @@ impl DiskCache {
             h.extend_from_slice(&(part.len() as u64).to_le_bytes());
             h.extend_from_slice(part);
         }
-        h.resize(h.len().next_multiple_of(SLOT as usize), 0);
+        h.resize(h.len().next_multiple_of(ALIGN), 0);
         h
     }
 
@@ -343,9 +404,9 @@ impl DiskCache {
             }
             let mut index = 0;
             while total + need > target && index < current.blocks {
-                if !current.lent.load(Ordering::Relaxed) && current.slot(index).is_some() {
+                if !current.lent.load(Ordering::Relaxed) && current.present(index) {
                     current.clear(index);
-                    if current.punch(index, self.block_size).is_ok() {
+                    if current.punch(index).is_ok() {
                         total = total.saturating_sub(self.block_size);
                     }
                 }
@@ -427,13 +488,14 @@ impl Entry {
         let sums = open(format!("{hash}.sums"))?;
         let mut have = vec![0u8; header.len()];
         let intact = sums.read_exact_at(&mut have, 0).is_ok() && have == header;
+        let blocks = size.div_ceil(block_size);
+        let slot_len = slot_len(block_size);
         if !intact {
             if !create {
                 return Err(io::Error::new(ErrorKind::NotFound, "no intact header"));
             }
-            let blocks = size.div_ceil(block_size);
             sums.set_len(0)?;
-            sums.set_len(header.len() as u64 + blocks * SLOT)?;
+            sums.set_len(header.len() as u64 + blocks * slot_len)?;
             sums.write_all_at(header, 0)?;
         }
         let data = open(format!("{hash}.data"))?;
@@ -445,54 +507,103 @@ impl Entry {
             data,
             sums,
             header: header.len() as u64,
-            blocks: size.div_ceil(block_size),
+            blocks,
             size,
+            block_size,
+            slot_len,
             touched: AtomicU64::new(0),
             lent: AtomicBool::new(false),
         })
     }
 
-    /// The checksum in block `index`'s slot when the slot says present.
-    fn slot(&self, index: u64) -> Option<u32> {
+    /// Where block `index`'s slot starts in the sums file.
+    fn slot_at(&self, index: u64) -> u64 {
+        self.header + index * self.slot_len
+    }
+
+    /// True when block `index`'s slot says present (its bytes not yet checked).
+    fn present(&self, index: u64) -> bool {
+        let mut mark = [0u8; 4];
+        index < self.blocks
+            && self
+                .sums
+                .read_exact_at(&mut mark, self.slot_at(index))
+                .is_ok()
+            && u32::from_le_bytes(mark) == PRESENT
+    }
+
+    /// The checksums of chunks `chunks` of block `index`, when its slot says present.
+    fn sums(&self, index: u64, chunks: std::ops::Range<u64>) -> Option<Vec<u32>> {
         if index >= self.blocks {
             return None;
         }
-        let mut slot = [0u8; SLOT as usize];
+        let mut raw = vec![0u8; 4 + 4 * chunks.end as usize];
         self.sums
-            .read_exact_at(&mut slot, self.header + index * SLOT)
+            .read_exact_at(&mut raw, self.slot_at(index))
             .ok()?;
-        let (crc, mark) = slot.split_at(4);
-        let mark = u32::from_le_bytes(mark.try_into().ok()?);
-        (mark == PRESENT).then(|| u32::from_le_bytes(crc.try_into().unwrap_or_default()))
+        let word = |i: usize| u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+        (word(0) == PRESENT).then(|| chunks.map(|c| word(4 + 4 * c as usize)).collect())
     }
 
-    fn mark(&self, index: u64, crc: u32) -> io::Result<()> {
-        let mut slot = [0u8; SLOT as usize];
-        slot[..4].copy_from_slice(&crc.to_le_bytes());
-        slot[4..].copy_from_slice(&PRESENT.to_le_bytes());
-        self.sums.write_all_at(&slot, self.header + index * SLOT)
+    /// Writes block `index`'s slot: the mark and the checksum of each chunk of `data`.
+    fn mark(&self, index: u64, data: &[u8]) -> io::Result<()> {
+        let mut slot = Vec::with_capacity(self.slot_len as usize);
+        slot.extend_from_slice(&PRESENT.to_le_bytes());
+        for chunk in data.chunks(CHUNK as usize) {
+            slot.extend_from_slice(&crc32fast::hash(chunk).to_le_bytes());
+        }
+        self.sums.write_all_at(&slot, self.slot_at(index))
     }
 
     fn clear(&self, index: u64) {
-        let _ = self
-            .sums
-            .write_all_at(&[0u8; SLOT as usize], self.header + index * SLOT);
+        let _ = self.sums.write_all_at(&[0u8; 4], self.slot_at(index));
     }
 
-    /// Block `index`, when its slot says present and its bytes match the checksum.
-    fn read_verified(&self, index: u64, block_size: u64) -> Option<Bytes> {
-        let crc = self.slot(index)?;
-        let start = index * block_size;
-        let len = block_size.min(self.size.checked_sub(start)?) as usize;
-        let mut buf = vec![0u8; len];
-        self.data.read_exact_at(&mut buf, start).ok()?;
-        (crc32fast::hash(&buf) == crc).then(|| Bytes::from(buf))
+    /// The bytes `range` when every block they touch is present and every chunk they touch
+    /// matches its checksum. Reads whole chunks (4 KiB aligned within each block).
+    fn read_verified(&self, range: std::ops::Range<u64>) -> Result<Bytes, Miss> {
+        let block_size = self.block_size;
+        let end = range.end.min(self.size);
+        if range.start >= end {
+            return Err(Miss::Absent);
+        }
+        let (first, last) = (range.start / block_size, (end - 1) / block_size);
+        // The chunk-aligned span to read, and what each of its chunks must hash to.
+        let from = first * block_size + (range.start - first * block_size) / CHUNK * CHUNK;
+        let last_start = last * block_size;
+        let to = (last_start + (end - last_start).div_ceil(CHUNK) * CHUNK)
+            .min(last_start + block_size)
+            .min(self.size);
+        let mut expected = Vec::new();
+        for index in first..=last {
+            let block_start = index * block_size;
+            let block_end = (block_start + block_size).min(self.size);
+            let lo = (from.max(block_start) - block_start) / CHUNK;
+            let hi = (to.min(block_end) - block_start).div_ceil(CHUNK);
+            let sums = self.sums(index, lo..hi).ok_or(Miss::Absent)?;
+            for (chunk, crc) in (lo..hi).zip(sums) {
+                let start = block_start + chunk * CHUNK;
+                let len = CHUNK.min(block_end - start);
+                expected.push((index, start - from, len, crc));
+            }
+        }
+        let mut buf = vec![0u8; (to - from) as usize];
+        self.data
+            .read_exact_at(&mut buf, from)
+            .map_err(|_| Miss::Corrupt(first))?;
+        for (index, at, len, crc) in expected {
+            if crc32fast::hash(&buf[at as usize..(at + len) as usize]) != crc {
+                return Err(Miss::Corrupt(index));
+            }
+        }
+        let bytes = Bytes::from(buf);
+        Ok(bytes.slice((range.start - from) as usize..(end - from) as usize))
     }
 
     /// Frees block `index`'s space (the slot is cleared first).
-    fn punch(&self, index: u64, block_size: u64) -> io::Result<()> {
-        let start = index * block_size;
-        let len = block_size.min(self.size.saturating_sub(start));
+    fn punch(&self, index: u64) -> io::Result<()> {
+        let start = index * self.block_size;
+        let len = self.block_size.min(self.size.saturating_sub(start));
         // SAFETY: fallocate on a file descriptor we own, with plain integer arguments.
         let rc = unsafe {
             libc::fallocate(
@@ -522,6 +633,11 @@ impl Entry {
             let _ = self.sums.set_modified(now);
         }
     }
+}
+
+/// Bytes of one block's slot: the mark, a checksum per chunk, padding.
+fn slot_len(block_size: u64) -> u64 {
+    (4 + 4 * block_size.div_ceil(CHUNK)).next_multiple_of(ALIGN as u64)
 }
 
 #[cfg(test)]

@@ -246,6 +246,38 @@ impl BlockCache {
         Ok(out.freeze())
     }
 
+    /// The bytes of a random read when they are intact in the disk cache, read without
+    /// waiting on anything but the local file: callers may block on it (a FUSE thread does),
+    /// sparing a random read the trips through the runtime and the blocking pool. None when
+    /// the read is sequential (the async path reads ahead for it) or the bytes are not there.
+    pub fn read_on_disk(
+        &self,
+        object: &ObjectId,
+        size: u64,
+        state: &Mutex<ReadState>,
+        offset: u64,
+        len: u32,
+    ) -> Option<Bytes> {
+        let disk = self.disk.as_ref()?;
+        let end = offset.checked_add(u64::from(len))?.min(size);
+        if offset >= end || self.sequential(&state.lock().unwrap(), offset) {
+            return None;
+        }
+        let bytes = disk.read_range(object, size, offset..end)?;
+        // What `plan_readahead` records for a random read.
+        let mut s = state.lock().unwrap();
+        s.window = 0;
+        s.prefetched_until = 0;
+        s.next_offset = end;
+        Some(bytes)
+    }
+
+    /// True when a read at `offset` continues the reader's last one: within a block of where
+    /// it ended, because the kernel's asynchronous reads may arrive slightly out of order.
+    fn sequential(&self, s: &ReadState, offset: u64) -> bool {
+        offset + self.block_size >= s.next_offset && offset <= s.next_offset + self.block_size
+    }
+
     /// Moves the blocks a sequential reader has finished (those wholly before `end`) to the cold
     /// end of the LRU.
     fn demote_consumed(
@@ -277,9 +309,8 @@ impl BlockCache {
     }
 
     /// Updates the reader's sequential state for a read of `range` and starts fetches of the
-    /// blocks its window covers beyond the read. Returns whether the read was sequential:
-    /// within a block of where the last one ended, because the kernel's asynchronous reads
-    /// may arrive slightly out of order.
+    /// blocks its window covers beyond the read. Returns whether the read was sequential
+    /// (`sequential`).
     fn plan_readahead(
         self: &Arc<Self>,
         object: &Arc<ObjectId>,
@@ -292,9 +323,7 @@ impl BlockCache {
         let blocks_in_object = size.div_ceil(self.block_size);
         let ahead = {
             let mut s = state.lock().unwrap();
-            let sequential = offset + self.block_size >= s.next_offset
-                && offset <= s.next_offset + self.block_size;
-            if !sequential {
+            if !self.sequential(&s, offset) {
                 s.window = 0;
                 s.prefetched_until = 0;
                 s.next_offset = end;

@@ -199,3 +199,59 @@ async fn a_replaced_object_fails_with_estale() {
         .unwrap();
     assert_eq!(&again[..], &d[..10]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_reads_of_blocks_on_disk_are_served_at_once_without_gets() {
+    let d = data(8 * BLOCK as usize + 300);
+    let size = d.len() as u64;
+    let (store, cache, obj) = setup(16, &d);
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::config::DiskCacheConfig {
+        dir: dir.path().to_path_buf(),
+        size: 1 << 30,
+        passthrough: false,
+    };
+    let disk = Arc::new(DiskCache::open(&config, "test", BLOCK).unwrap());
+    let cache = Arc::new(
+        Arc::try_unwrap(cache)
+            .unwrap()
+            .with_disk(Some(Arc::clone(&disk))),
+    );
+    // A sequential read of everything puts every block on disk (behind the reader).
+    let state = Mutex::default();
+    let mut offset = 0;
+    while offset < size {
+        offset += cache
+            .read(&obj, size, &state, offset, 128 << 10)
+            .await
+            .unwrap()
+            .len() as u64;
+    }
+    let all_on_disk = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        disk.present(&obj, size, 0..size.div_ceil(BLOCK))
+    });
+    assert!(all_on_disk);
+    let gets = store.counts.get.load(Ordering::Relaxed);
+    // A sequential continuation is left to the async path (which reads ahead).
+    assert!(cache
+        .read_on_disk(&obj, size, &state, size - 10, 10)
+        .is_none());
+    // Random reads, across blocks and at the tail, come from disk.
+    let state = Mutex::default();
+    for (from, len) in [
+        (5 * BLOCK + 7, 4096),
+        (BLOCK - 5, 10),
+        (0, 3),
+        (size - 100, 4096),
+    ] {
+        let got = cache.read_on_disk(&obj, size, &state, from, len).unwrap();
+        let to = (from + u64::from(len)).min(size);
+        assert_eq!(&got[..], &d[from as usize..to as usize], "{from}+{len}");
+    }
+    assert_eq!(store.counts.get.load(Ordering::Relaxed), gets);
+    // Nothing to read: the ordinary path answers.
+    assert!(cache
+        .read_on_disk(&obj, size, &state, size + 1, 10)
+        .is_none());
+}

@@ -727,6 +727,22 @@ impl Fs {
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
     }
 
+    /// A read served at once from the disk cache, without the runtime (see
+    /// `BlockCache::read_on_disk`); None sends it down the ordinary path (`read`).
+    pub fn read_now(&self, ino: Ino, fh: u64, offset: u64, len: u32) -> Option<Bytes> {
+        let file = self.handle(fh).ok()?;
+        if file.writer.is_some() || self.writer_of(ino).is_some() {
+            return None;
+        }
+        let version = file.version.lock().unwrap().clone();
+        let object = version.object?;
+        let bytes = self
+            .cache
+            .read_on_disk(&object, version.size, &file.state, offset, len)?;
+        file.served.store(true, Ordering::SeqCst);
+        Some(bytes)
+    }
+
     /// Reads from an open file: a file being changed in place is read from its staging copy.
     pub async fn read(&self, ino: Ino, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
         let file = self.handle(fh)?;

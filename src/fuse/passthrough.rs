@@ -17,6 +17,10 @@
 //!    passthrough handles, and closed (dropped) with the last.
 //! 4. When the kernel refuses a backing file (no CAP_SYS_ADMIN, a cache directory on a
 //!    filesystem it cannot stack on), passthrough is turned off for the mount, logged once.
+//! 5. A file opened O_DIRECT does not start passthrough: the kernel would pass O_DIRECT on to
+//!    the backing file, so every small read would wait on the cache disk, where the daemon
+//!    serves it from the page cache (warm random 4 KiB reads: docs/benchmarks.md, issue 15).
+//!    It joins passthrough handles already open, as the kernel requires.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +28,15 @@ use std::sync::Mutex;
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
 use crate::fs::{Fs, Opened};
+
+/// What an open asks for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Access {
+    /// Opened for writing.
+    pub(super) write: bool,
+    /// Opened with O_DIRECT.
+    pub(super) direct: bool,
+}
 
 /// How one handle reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +79,10 @@ impl IoModes {
         fs: &Fs,
         ino: u64,
         opened: Opened,
-        write: bool,
+        access: Access,
         reply: ReplyOpen,
     ) -> Option<u64> {
-        let fh = opened.fh;
+        let (fh, write) = (opened.fh, access.write);
         let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         let io = inodes.entry(ino).or_default();
         if io.passthrough > 0 {
@@ -90,7 +103,12 @@ impl IoModes {
                 }
             }
         }
-        if let Some(file) = opened.whole.filter(|_| io.cached == 0 && !write) {
+        // Passthrough would make an O_DIRECT reader's reads direct I/O on the cache disk;
+        // the daemon serves them from the cache file's page cache instead (see 5.).
+        if let Some(file) = opened
+            .whole
+            .filter(|_| io.cached == 0 && !write && !access.direct)
+        {
             match reply.open_backing(&file) {
                 Ok(id) => {
                     io.passthrough += 1;

@@ -1,6 +1,7 @@
 use super::*;
 
-const BLOCK: u64 = 4096;
+/// Four checksum chunks per block.
+const BLOCK: u64 = 4 * CHUNK;
 
 fn cache(dir: &Path, size: u64) -> DiskCache {
     let config = DiskCacheConfig {
@@ -195,4 +196,74 @@ fn two_instances_sharing_a_directory_agree() {
             );
         }
     }
+}
+
+#[test]
+fn a_range_reads_and_checks_only_the_chunks_it_touches() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path(), 1 << 20);
+    let o = object("r", "\"e\"");
+    let size = 2 * BLOCK + 5000;
+    let all: Vec<u8> = (0..3)
+        .flat_map(|i| block(i as u8, BLOCK.min(size - i * BLOCK) as usize))
+        .collect();
+    for i in 0..3 {
+        let start = (i * BLOCK) as usize;
+        let end = (start + BLOCK as usize).min(size as usize);
+        c.write_block(&o, size, i, &all[start..end]);
+    }
+    // Unaligned, within a chunk, across chunks, across blocks, the short tail, past the end.
+    let ranges = [
+        (1, 10),
+        (CHUNK - 3, CHUNK + 3),
+        (BLOCK - 100, BLOCK + CHUNK + 1),
+        (2 * BLOCK + 4000, size),
+        (0, size),
+        (size - 1, size + 100),
+    ];
+    for (from, to) in ranges {
+        let got = c.read_range(&o, size, from..to).unwrap();
+        assert_eq!(
+            &got[..],
+            &all[from as usize..to.min(size) as usize],
+            "{from}..{to}"
+        );
+    }
+    // A flipped bit in chunk 2 of block 1: chunk 0 of that block still reads (it is intact),
+    // a read touching chunk 2 misses and drops the block.
+    let (hash, sub) = c.locate(&o);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(sub.join(format!("{hash}.data")))
+        .unwrap();
+    let at = BLOCK + 2 * CHUNK + 9;
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    let (lo, hi) = (BLOCK, BLOCK + 100);
+    assert_eq!(
+        &c.read_range(&o, size, lo..hi).unwrap()[..],
+        &all[lo as usize..hi as usize]
+    );
+    assert!(c.read_range(&o, size, at..at + 1).is_none());
+    assert!(!c.present(&o, size, 1..2), "the bad block is dropped");
+    assert!(c.read_range(&o, size, lo..hi).is_none());
+    // A range over a missing block is a miss, whatever is around it.
+    assert!(c.read_range(&o, size, 0..size).is_none());
+}
+
+#[test]
+fn an_earlier_layout_is_deleted_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("v1/ab");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("x.data"), b"old").unwrap();
+    let _c = cache(dir.path(), 1 << 20);
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        !dir.path().join("v1").exists()
+    });
+    assert!(gone, "v1 is still there");
+    assert!(dir.path().join("v2").is_dir());
 }
