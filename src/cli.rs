@@ -247,6 +247,37 @@ pub fn mount_options_to_flags(list: &str) -> Result<Vec<String>, String> {
     Ok(flags)
 }
 
+/// `bucketfs status`: what mounts are doing (docs/STATUS.md).
+#[derive(Debug, Parser)]
+#[command(name = "bucketfs status", version)]
+pub struct StatusArgs {
+    /// The mount to ask (every bucketfs mount in /proc/mounts when none is given)
+    pub mountpoint: Option<PathBuf>,
+
+    /// Print the daemon's answer as JSON (one object; `{"mounts": [...]}` for all mounts)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Redraw every second until interrupted
+    #[arg(long, conflicts_with = "wait")]
+    pub watch: bool,
+
+    /// Return once no upload is in flight and no open file has uncommitted changes; exit 1
+    /// naming the files whose commit failed meanwhile
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait: give up after this long (exit 3), e.g. 10m
+    #[arg(long, value_parser = parse_duration, requires = "wait")]
+    pub timeout: Option<Duration>,
+}
+
+/// True when argv asks for `bucketfs status` rather than a mount. (To mount a bucket named
+/// `status`, write it `s3://status`.)
+pub fn is_status_command(argv: &[std::ffi::OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == "status")
+}
+
 /// Parses argv, `-o` options included.
 pub fn parse_args<I, T>(argv: I) -> Result<Args, clap::Error>
 where

@@ -23,7 +23,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
@@ -39,6 +39,7 @@ use crate::fuse::{FuseAdapter, KernelNotifier};
 use crate::mount::{self, MountSpec};
 use crate::notify::sqs::{queue_name, SqsQueue, Subscription};
 use crate::notify::{Consumer, EventQueue, Sink, Ttls};
+use crate::status::{self, MountInfo, StatusSocket};
 use crate::store::s3::{load_shared, S3Store};
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
 use crate::upload::staging::StagingDir;
@@ -428,6 +429,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         Err(_) => bail!("the notification queue did not answer within {STARTUP_CHECK_TIMEOUT:?}"),
     };
     let mountpoint = &config.daemon.mountpoint;
+    let resolved = status::mount_path(mountpoint);
     let (session, fuser_unmounter) = match start_session(&config, adapter, fuse_config) {
         Ok(started) => started,
         Err(e) => {
@@ -459,6 +461,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             config.fs.metadata_ttl
         );
     }
+    let _status = start_status(&rt, &config, &shared, resolved, &fs);
     tracing::info!(
         bucket = %config.store.bucket,
         prefix = %config.fs.prefix,
@@ -534,6 +537,48 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     tracing::info!("unmounted; exiting");
     rt.shutdown_timeout(Duration::from_secs(5));
     result.context("FUSE session ended with an error")
+}
+
+/// Serves the mount's status socket (`bucketfs status`); a mount without one still works,
+/// so a failure is only logged.
+fn start_status(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    shared: &aws_config::SdkConfig,
+    mountpoint: PathBuf,
+    fs: &Arc<Fs>,
+) -> Option<StatusSocket> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    let dir = status::socket_dir(uid, runtime_dir.as_deref());
+    let info = MountInfo {
+        mountpoint,
+        source: config.daemon.fs_name.clone(),
+        endpoint: config
+            .store
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| "AWS".to_string()),
+        region: shared
+            .region()
+            .map_or_else(|| "(none)".to_string(), ToString::to_string),
+        started: std::time::SystemTime::now(),
+    };
+    let _context = rt.enter();
+    match StatusSocket::start(&dir, info, Arc::clone(fs)) {
+        Ok(socket) => {
+            tracing::debug!(socket = %socket.path().display(), "status socket up");
+            Some(socket)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "no status socket in {} ({e}); `bucketfs status` cannot see this mount",
+                dir.display()
+            );
+            None
+        }
+    }
 }
 
 /// How long unmounting waits to unsubscribe and delete a queue of its own.

@@ -553,10 +553,18 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if let Some(bytes) = self.fs.read_now(Ino(ino.0), fh.0, offset, size) {
-            reply.data(&bytes);
+        let mut reply = Some(reply);
+        let served = self
+            .fs
+            .read_now(Ino(ino.0), fh.0, (offset, size), |bytes| {
+                if let Some(reply) = reply.take() {
+                    reply.data(bytes);
+                }
+            })
+            .is_some();
+        let Some(reply) = reply.filter(|_| !served) else {
             return;
-        }
+        };
         self.spawn(|fs| async move {
             match fs.read(Ino(ino.0), fh.0, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),

@@ -15,6 +15,7 @@
 //! - `upload`: write buffers into PutObject or multipart uploads; staging files on disk.
 //! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), an in-memory one (`memory`)
 //!   and, for tests, a failure-injecting wrapper (`faulty`).
+//! - `status`: the status socket of a mount and the `bucketfs status` command (`client`).
 //! - `error`: errno-carrying errors and the store-error-to-errno table.
 //!
 //! Read flow: kernel READ → `fuse` → `fs::Fs::read` (handle → key + ETag) → `cache::BlockCache`
@@ -36,5 +37,6 @@ pub mod fs;
 pub mod fuse;
 pub mod mount;
 pub mod notify;
+pub mod status;
 pub mod store;
 pub mod upload;

@@ -118,6 +118,13 @@ struct Entry {
     lent: AtomicBool,
 }
 
+/// Buffers of one read from disk.
+#[derive(Debug, Default)]
+struct Scratch {
+    sums: Vec<u8>,
+    data: Vec<u8>,
+}
+
 /// Why bytes were not served from disk.
 enum Miss {
     /// A block they need is not cached.
@@ -203,16 +210,51 @@ impl DiskCache {
         Some(bytes)
     }
 
-    /// The bytes `range` of `entry` when present and intact; a block that fails a checksum is
-    /// dropped (its slot cleared) and logged.
+    /// `f` of the bytes `range` of `object`, if every block they touch is cached and the
+    /// chunks they touch are intact; read into buffers of this thread, so a small random
+    /// read allocates nothing (see 6.).
+    pub fn read_range_with<R>(
+        &self,
+        object: &ObjectId,
+        size: u64,
+        range: std::ops::Range<u64>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Scratch> = Default::default();
+        }
+        let entry = self.entry(object, size, false)?;
+        let result = SCRATCH.with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return Err(Miss::Absent);
+            };
+            let at = entry.read_verified_into(range, &mut scratch)?;
+            Ok(f(&scratch.data[at]))
+        });
+        let result = self.judged(&entry, object, result)?;
+        entry.touch();
+        Some(result)
+    }
+
+    /// The bytes `range` of `entry` when present and intact.
     fn verified(
         &self,
         entry: &Entry,
         object: &ObjectId,
         range: std::ops::Range<u64>,
     ) -> Option<Bytes> {
-        match entry.read_verified(range) {
-            Ok(bytes) => Some(bytes),
+        let mut scratch = Scratch::default();
+        let result = entry
+            .read_verified_into(range, &mut scratch)
+            .map(|at| Bytes::from(scratch.data).slice(at));
+        self.judged(entry, object, result)
+    }
+
+    /// The value of a read from disk; a block that failed a checksum is dropped (its slot
+    /// cleared) and logged.
+    fn judged<T>(&self, entry: &Entry, object: &ObjectId, result: Result<T, Miss>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
             Err(Miss::Absent) => None,
             Err(Miss::Corrupt(index)) => {
                 tracing::warn!(
@@ -320,12 +362,12 @@ impl DiskCache {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
-        let hash: String = hasher
-            .finalize()
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hash = String::with_capacity(32);
+        for b in hasher.finalize().iter().take(16) {
+            hash.push(char::from(HEX[usize::from(b >> 4)]));
+            hash.push(char::from(HEX[usize::from(b & 15)]));
+        }
         let dir = self.root.join(&hash[..2]);
         (hash, dir)
     }
@@ -532,17 +574,16 @@ impl Entry {
             && u32::from_le_bytes(mark) == PRESENT
     }
 
-    /// The checksums of chunks `chunks` of block `index`, when its slot says present.
-    fn sums(&self, index: u64, chunks: std::ops::Range<u64>) -> Option<Vec<u32>> {
+    /// The checksums of chunks `chunks` of block `index` into `out` (4 bytes each, from
+    /// byte 4), when its slot says present.
+    fn sums_into(&self, index: u64, chunks: std::ops::Range<u64>, out: &mut Vec<u8>) -> bool {
         if index >= self.blocks {
-            return None;
+            return false;
         }
-        let mut raw = vec![0u8; 4 + 4 * chunks.end as usize];
-        self.sums
-            .read_exact_at(&mut raw, self.slot_at(index))
-            .ok()?;
-        let word = |i: usize| u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
-        (word(0) == PRESENT).then(|| chunks.map(|c| word(4 + 4 * c as usize)).collect())
+        out.clear();
+        out.resize(4 + 4 * chunks.end as usize, 0);
+        self.sums.read_exact_at(out, self.slot_at(index)).is_ok()
+            && u32::from_le_bytes([out[0], out[1], out[2], out[3]]) == PRESENT
     }
 
     /// Writes block `index`'s slot: the mark and the checksum of each chunk of `data`.
@@ -559,45 +600,72 @@ impl Entry {
         let _ = self.sums.write_all_at(&[0u8; 4], self.slot_at(index));
     }
 
-    /// The bytes `range` when every block they touch is present and every chunk they touch
-    /// matches its checksum. Reads whole chunks (4 KiB aligned within each block).
-    fn read_verified(&self, range: std::ops::Range<u64>) -> Result<Bytes, Miss> {
+    /// Reads the bytes `range` into `scratch.data` when every block they touch is present
+    /// and every chunk they touch matches its checksum; returns where in `scratch.data` they
+    /// are. Reads whole chunks (4 KiB aligned within each block).
+    fn read_verified_into(
+        &self,
+        range: std::ops::Range<u64>,
+        scratch: &mut Scratch,
+    ) -> Result<std::ops::Range<usize>, Miss> {
         let block_size = self.block_size;
         let end = range.end.min(self.size);
         if range.start >= end {
             return Err(Miss::Absent);
         }
         let (first, last) = (range.start / block_size, (end - 1) / block_size);
-        // The chunk-aligned span to read, and what each of its chunks must hash to.
+        // The chunk-aligned span to read.
         let from = first * block_size + (range.start - first * block_size) / CHUNK * CHUNK;
         let last_start = last * block_size;
         let to = (last_start + (end - last_start).div_ceil(CHUNK) * CHUNK)
             .min(last_start + block_size)
             .min(self.size);
-        let mut expected = Vec::new();
-        for index in first..=last {
+        let chunks = |index: u64| {
             let block_start = index * block_size;
             let block_end = (block_start + block_size).min(self.size);
             let lo = (from.max(block_start) - block_start) / CHUNK;
-            let hi = (to.min(block_end) - block_start).div_ceil(CHUNK);
-            let sums = self.sums(index, lo..hi).ok_or(Miss::Absent)?;
-            for (chunk, crc) in (lo..hi).zip(sums) {
-                let start = block_start + chunk * CHUNK;
-                let len = CHUNK.min(block_end - start);
-                expected.push((index, start - from, len, crc));
+            (
+                lo..(to.min(block_end) - block_start).div_ceil(CHUNK),
+                block_start,
+                block_end,
+            )
+        };
+        // The slots first: a block not cached costs no read of data. (A read within one
+        // block, the common case, reads its slot once.)
+        let slot_read = if first == last {
+            if !self.sums_into(first, chunks(first).0, &mut scratch.sums) {
+                return Err(Miss::Absent);
             }
-        }
-        let mut buf = vec![0u8; (to - from) as usize];
+            true
+        } else {
+            if !(first..=last).all(|index| self.present(index)) {
+                return Err(Miss::Absent);
+            }
+            false
+        };
+        scratch.data.clear();
+        scratch.data.resize((to - from) as usize, 0);
         self.data
-            .read_exact_at(&mut buf, from)
+            .read_exact_at(&mut scratch.data, from)
             .map_err(|_| Miss::Corrupt(first))?;
-        for (index, at, len, crc) in expected {
-            if crc32fast::hash(&buf[at as usize..(at + len) as usize]) != crc {
-                return Err(Miss::Corrupt(index));
+        for index in first..=last {
+            let (span, block_start, block_end) = chunks(index);
+            if !slot_read && !self.sums_into(index, span.clone(), &mut scratch.sums) {
+                return Err(Miss::Absent);
+            }
+            for chunk in span {
+                let start = block_start + chunk * CHUNK;
+                let len = CHUNK.min(block_end - start) as usize;
+                let at = (start - from) as usize;
+                let s = 4 + 4 * chunk as usize;
+                let sums = &scratch.sums;
+                let want = u32::from_le_bytes([sums[s], sums[s + 1], sums[s + 2], sums[s + 3]]);
+                if crc32fast::hash(&scratch.data[at..at + len]) != want {
+                    return Err(Miss::Corrupt(index));
+                }
             }
         }
-        let bytes = Bytes::from(buf);
-        Ok(bytes.slice((range.start - from) as usize..(end - from) as usize))
+        Ok((range.start - from) as usize..(end - from) as usize)
     }
 
     /// Frees block `index`'s space (the slot is cleared first).

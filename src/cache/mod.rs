@@ -29,6 +29,7 @@
 pub mod disk;
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -78,6 +79,21 @@ impl std::fmt::Debug for Slot {
 /// a little read-ahead never evicts what it is about to use.
 const MIN_BLOCKS: usize = 4;
 
+/// The block cache's use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheActivity {
+    /// Blocks cached or in flight.
+    pub blocks: u64,
+    /// Blocks the budget allows.
+    pub capacity: u64,
+    /// Bytes per block.
+    pub block_size: u64,
+    /// Block reads served from memory.
+    pub hits: u64,
+    /// Block reads that had to fetch.
+    pub misses: u64,
+}
+
 /// The shared LRU of blocks.
 #[derive(Debug)]
 pub struct BlockCache {
@@ -87,6 +103,10 @@ pub struct BlockCache {
     get_blocks: u64,
     blocks: Mutex<LruCache<BlockKey, Slot>>,
     disk: Option<Arc<DiskCache>>,
+    /// Block reads that found their block cached or in flight.
+    hits: AtomicU64,
+    /// Block reads that started a fetch.
+    misses: AtomicU64,
 }
 
 /// Sequential-read tracking of one open file.
@@ -116,6 +136,8 @@ impl BlockCache {
                 NonZeroUsize::new(capacity).expect("capacity >= 4"),
             )),
             disk: None,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -188,6 +210,17 @@ impl BlockCache {
         self.blocks.lock().unwrap().cap().get()
     }
 
+    /// Use and hit counts, for `bucketfs status`.
+    pub fn activity(&self) -> CacheActivity {
+        CacheActivity {
+            blocks: self.len() as u64,
+            capacity: self.capacity() as u64,
+            block_size: self.block_size,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
     /// How many blocks are cached or in flight.
     pub fn len(&self) -> usize {
         self.blocks.lock().unwrap().len()
@@ -246,30 +279,30 @@ impl BlockCache {
         Ok(out.freeze())
     }
 
-    /// The bytes of a random read when they are intact in the disk cache, read without
+    /// `f` of the bytes of a random read when they are intact in the disk cache, read without
     /// waiting on anything but the local file: callers may block on it (a FUSE thread does),
     /// sparing a random read the trips through the runtime and the blocking pool. None when
     /// the read is sequential (the async path reads ahead for it) or the bytes are not there.
-    pub fn read_on_disk(
+    pub fn read_on_disk<R>(
         &self,
         object: &ObjectId,
         size: u64,
         state: &Mutex<ReadState>,
-        offset: u64,
-        len: u32,
-    ) -> Option<Bytes> {
+        (offset, len): (u64, u32),
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
         let disk = self.disk.as_ref()?;
         let end = offset.checked_add(u64::from(len))?.min(size);
         if offset >= end || self.sequential(&state.lock().unwrap(), offset) {
             return None;
         }
-        let bytes = disk.read_range(object, size, offset..end)?;
+        let value = disk.read_range_with(object, size, offset..end, f)?;
         // What `plan_readahead` records for a random read.
         let mut s = state.lock().unwrap();
         s.window = 0;
         s.prefetched_until = 0;
         s.next_offset = end;
-        Some(bytes)
+        Some(value)
     }
 
     /// True when a read at `offset` continues the reader's last one: within a block of where
@@ -458,8 +491,12 @@ impl BlockCache {
             let slot = {
                 let mut blocks = self.blocks.lock().unwrap();
                 match blocks.get(&key) {
-                    Some(slot) => slot.clone(),
+                    Some(slot) => {
+                        self.hits.fetch_add(1, Ordering::Relaxed);
+                        slot.clone()
+                    }
                     None => {
+                        self.misses.fetch_add(1, Ordering::Relaxed);
                         let (_, mut pieces) = self.fetch_run(object, size, index..index + 1);
                         let slot = Slot {
                             fetch: pieces.remove(0),

@@ -235,7 +235,7 @@ async fn random_reads_of_blocks_on_disk_are_served_at_once_without_gets() {
     let gets = store.counts.get.load(Ordering::Relaxed);
     // A sequential continuation is left to the async path (which reads ahead).
     assert!(cache
-        .read_on_disk(&obj, size, &state, size - 10, 10)
+        .read_on_disk(&obj, size, &state, (size - 10, 10), <[u8]>::to_vec)
         .is_none());
     // Random reads, across blocks and at the tail, come from disk.
     let state = Mutex::default();
@@ -245,13 +245,15 @@ async fn random_reads_of_blocks_on_disk_are_served_at_once_without_gets() {
         (0, 3),
         (size - 100, 4096),
     ] {
-        let got = cache.read_on_disk(&obj, size, &state, from, len).unwrap();
+        let got = cache
+            .read_on_disk(&obj, size, &state, (from, len), <[u8]>::to_vec)
+            .unwrap();
         let to = (from + u64::from(len)).min(size);
         assert_eq!(&got[..], &d[from as usize..to as usize], "{from}+{len}");
     }
     assert_eq!(store.counts.get.load(Ordering::Relaxed), gets);
     // Nothing to read: the ordinary path answers.
     assert!(cache
-        .read_on_disk(&obj, size, &state, size + 1, 10)
+        .read_on_disk(&obj, size, &state, (size + 1, 10), <[u8]>::to_vec)
         .is_none());
 }

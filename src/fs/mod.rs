@@ -32,6 +32,7 @@
 //!    directory of that name. (A directory created elsewhere under the name of a file that
 //!    still exists shows once the file is seen gone, or in the next listing.)
 
+mod activity;
 mod dir;
 pub mod inode;
 pub mod list;
@@ -56,6 +57,7 @@ use crate::error::{FsError, FsResult};
 use crate::store::{ListRequest, ListStart, ObjectMeta, ObjectStore};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
+pub use activity::{Activity, Failure, PendingFile, UploadActivity};
 pub use dir::DirHandle;
 pub use inode::Ino;
 use list::{valid_name, Child};
@@ -233,6 +235,10 @@ pub struct Fs {
     opened: Mutex<lru::LruCache<Ino, String>>,
     /// The kernel reads whole cached files directly (FUSE passthrough).
     passthrough: std::sync::atomic::AtomicBool,
+    /// Uploads alive, for `bucketfs status`.
+    uploads: crate::upload::UploadRegistry,
+    /// Failed commits, for `bucketfs status`.
+    failures: Mutex<activity::Failures>,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -305,6 +311,8 @@ impl Fs {
             kernel: std::sync::OnceLock::new(),
             opened: Mutex::new(lru::LruCache::new(open::VERSIONS_KEPT)),
             passthrough: Default::default(),
+            uploads: Default::default(),
+            failures: Default::default(),
         }
     }
 
@@ -729,18 +737,24 @@ impl Fs {
 
     /// A read served at once from the disk cache, without the runtime (see
     /// `BlockCache::read_on_disk`); None sends it down the ordinary path (`read`).
-    pub fn read_now(&self, ino: Ino, fh: u64, offset: u64, len: u32) -> Option<Bytes> {
+    pub fn read_now<R>(
+        &self,
+        ino: Ino,
+        fh: u64,
+        (offset, len): (u64, u32),
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
         let file = self.handle(fh).ok()?;
         if file.writer.is_some() || self.writer_of(ino).is_some() {
             return None;
         }
         let version = file.version.lock().unwrap().clone();
         let object = version.object?;
-        let bytes = self
-            .cache
-            .read_on_disk(&object, version.size, &file.state, offset, len)?;
+        let value =
+            self.cache
+                .read_on_disk(&object, version.size, &file.state, (offset, len), f)?;
         file.served.store(true, Ordering::SeqCst);
-        Some(bytes)
+        Some(value)
     }
 
     /// Reads from an open file: a file being changed in place is read from its staging copy.

@@ -70,7 +70,7 @@ impl Fs {
     }
 
     /// The path `key` shows as (see 3.).
-    fn path_of_key(&self, key: &str) -> Option<String> {
+    pub(super) fn path_of_key(&self, key: &str) -> Option<String> {
         let rel = key.strip_prefix(self.config.prefix.as_str())?;
         let path = rel
             .strip_suffix('/')

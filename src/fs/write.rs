@@ -77,11 +77,13 @@ pub(super) struct WriteState {
     /// Send `If-None-Match: *` with the next commit (O_EXCL, nothing committed yet).
     excl: bool,
     /// Why the content was lost, reported by every later write and commit.
-    failed: Option<FsError>,
+    pub(super) failed: Option<FsError>,
     /// Content-Type of the existing object, kept on overwrite (`None`: from the name).
     content_type: Option<String>,
     /// Created by this mount and never committed: the last release publishes it even empty.
     unpublished: bool,
+    /// The current failure was recorded for `bucketfs status`.
+    reported: bool,
 }
 
 /// One file open for writing.
@@ -90,7 +92,7 @@ pub(super) struct Writer {
     ino: Ino,
     pub(super) path: Mutex<String>,
     pub(super) state: tokio::sync::Mutex<WriteState>,
-    size: AtomicU64,
+    pub(super) size: AtomicU64,
     /// Mode, owner and an mtime set explicitly since the last write (`None`: commit time).
     pub(super) posix: Mutex<Posix>,
     /// Open handles; changed only under the tables lock (see 6.).
@@ -176,6 +178,7 @@ impl Fs {
             self.writes.tasks.clone(),
         )
         .with_content_type(content_type)
+        .tracked(&self.uploads)
     }
 
     /// Takes one more handle on the registered writer of `ino`, if there is one.
@@ -218,6 +221,7 @@ impl Fs {
                 failed: None,
                 content_type,
                 unpublished,
+                reported: false,
             }),
             size: AtomicU64::new(size),
             posix: Mutex::new(posix),
@@ -625,6 +629,19 @@ impl Fs {
     }
 
     async fn commit_locked(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
+        let result = self.commit_now(writer, st).await;
+        match &result {
+            Err(e) if !st.reported => {
+                st.reported = true;
+                self.failed_commit(writer.path(), e.message.clone());
+            }
+            Err(_) => {}
+            Ok(()) => st.reported = false,
+        }
+        result
+    }
+
+    async fn commit_now(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
         if writer.unlinked.load(Ordering::SeqCst) {
             return Ok(());
         }

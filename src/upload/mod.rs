@@ -20,11 +20,15 @@
 //!    the first part is full, so `If-None-Match` and metadata go with whichever request creates
 //!    the object.
 //! 5. A failed upload is aborted, never completed: no partial object appears under the name.
+//! 7. Each upload counts its progress (bytes written and sent, parts done, the total once
+//!    known) in atomics that `bucketfs status` reads through an `UploadRegistry` of weak
+//!    references: a finished or dropped upload leaves the registry by itself.
 
 pub mod staging;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -111,9 +115,98 @@ pub struct Uploaded {
     pub metadata: UserMetadata,
 }
 
+/// How far one upload is, shared with `bucketfs status`.
+#[derive(Debug)]
+pub struct Progress {
+    /// The object's key.
+    pub key: String,
+    /// When the upload was created.
+    pub started: Instant,
+    written: AtomicU64,
+    sent: AtomicU64,
+    parts: AtomicU64,
+    /// The object's size once the upload is finishing (`UNKNOWN` before).
+    total: AtomicU64,
+}
+
+/// What a `Progress` says at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    /// The object's key.
+    pub key: String,
+    /// Bytes the application wrote.
+    pub written: u64,
+    /// Bytes the server acknowledged (parts done, or the whole object).
+    pub sent: u64,
+    /// Parts the server acknowledged.
+    pub parts: u64,
+    /// The object's size, once the upload is finishing.
+    pub total: Option<u64>,
+    /// Since the upload was created.
+    pub elapsed: Duration,
+}
+
+/// A total not known yet.
+const UNKNOWN: u64 = u64::MAX;
+
+impl Progress {
+    fn new(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            started: Instant::now(),
+            written: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            parts: AtomicU64::new(0),
+            total: AtomicU64::new(UNKNOWN),
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        let total = self.total.load(Ordering::Relaxed);
+        ProgressSnapshot {
+            key: self.key.clone(),
+            written: self.written.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            parts: self.parts.load(Ordering::Relaxed),
+            total: (total != UNKNOWN).then_some(total),
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+/// The uploads of one mount that are still alive, for `bucketfs status`.
+#[derive(Debug, Clone, Default)]
+pub struct UploadRegistry {
+    live: Arc<Mutex<Vec<Weak<Progress>>>>,
+}
+
+impl UploadRegistry {
+    /// Every live upload that has bytes to send, oldest first.
+    pub fn snapshot(&self) -> Vec<ProgressSnapshot> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.iter()
+            .filter_map(Weak::upgrade)
+            .map(|p| p.snapshot())
+            .filter(|p| p.written > 0 || p.total.is_some())
+            .collect()
+    }
+
+    fn add(&self, progress: &Arc<Progress>) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        // Dead entries go now and then, so the list stays as long as the uploads alive.
+        if live.len() >= 64 && live.len().is_power_of_two() {
+            live.retain(|w| w.strong_count() > 0);
+        }
+        live.push(Arc::downgrade(progress));
+    }
+}
+
 /// One object being written front to back.
 #[derive(Debug)]
 pub struct Upload {
+    progress: Arc<Progress>,
     store: Arc<dyn ObjectStore>,
     key: String,
     tuning: UploadTuning,
@@ -153,6 +246,7 @@ impl Upload {
         tasks: TaskTracker,
     ) -> Self {
         Self {
+            progress: Arc::new(Progress::new(&key)),
             store,
             key,
             tuning,
@@ -174,6 +268,12 @@ impl Upload {
     /// The same upload, storing the object with this Content-Type.
     pub fn with_content_type(mut self, content_type: String) -> Self {
         self.content_type = Some(content_type);
+        self
+    }
+
+    /// The same upload, listed in `registry` while it lives.
+    pub fn tracked(self, registry: &UploadRegistry) -> Self {
+        registry.add(&self.progress);
         self
     }
 
@@ -229,6 +329,7 @@ impl Upload {
             }
             self.buffer.extend_from_slice(&data[..take]);
             self.len += take as u64;
+            self.progress.written.store(self.len, Ordering::Relaxed);
             data = &data[take..];
             if self.buffer.len() as u64 == self.current_part_size() {
                 self.send_part(metadata).await?;
@@ -350,8 +451,12 @@ impl Upload {
                 "no multipart upload",
             ));
         };
+        let progress = Arc::clone(&self.progress);
         self.in_flight.spawn(async move {
+            let len = body.len() as u64;
             let etag = store.upload_part(&key, &id, number, body).await?;
+            progress.sent.fetch_add(len, Ordering::Relaxed);
+            progress.parts.fetch_add(1, Ordering::Relaxed);
             drop(permit);
             Ok(CompletedPart { number, etag })
         });
@@ -366,6 +471,7 @@ impl Upload {
         if_none_match: bool,
     ) -> Result<Uploaded, StoreError> {
         self.check_failed()?;
+        self.progress.total.store(self.len, Ordering::Relaxed);
         if self.upload_id.is_none() {
             let body = Bytes::from(std::mem::take(&mut self.buffer));
             let options = PutOptions {
@@ -374,6 +480,8 @@ impl Upload {
                 if_none_match,
             };
             let etag = self.store.put_object(&self.key, body, &options).await?;
+            self.progress.sent.store(self.len, Ordering::Relaxed);
+            self.progress.parts.store(1, Ordering::Relaxed);
             self.held = None;
             return Ok(Uploaded {
                 etag,
