@@ -20,9 +20,17 @@ use crate::config::{
 };
 use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
 
+/// The version and the commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("BUCKETFS_COMMIT"),
+    ")"
+);
+
 /// Mount an S3 bucket as a local filesystem.
 #[derive(Debug, Parser)]
-#[command(name = "bucketfs", version, args_override_self = true)]
+#[command(name = "bucketfs", version = VERSION, args_override_self = true)]
 pub struct Args {
     /// What to mount: BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX
     pub source: String,
@@ -249,7 +257,7 @@ pub fn mount_options_to_flags(list: &str) -> Result<Vec<String>, String> {
 
 /// `bucketfs status`: what mounts are doing (docs/STATUS.md).
 #[derive(Debug, Parser)]
-#[command(name = "bucketfs status", version)]
+#[command(name = "bucketfs status", version = VERSION)]
 pub struct StatusArgs {
     /// The mount to ask (every bucketfs mount in /proc/mounts when none is given)
     pub mountpoint: Option<PathBuf>,

@@ -490,6 +490,7 @@ impl Filesystem for FuseAdapter {
             write: true,
             truncate: false,
             opener: process_of(req.pid()),
+            direct: flags & libc::O_DIRECT != 0,
         };
         self.spawn(|fs| async move {
             let result = async {
@@ -521,6 +522,7 @@ impl Filesystem for FuseAdapter {
             write,
             truncate: flags.0 & libc::O_TRUNC != 0,
             opener: if write { process_of(req.pid()) } else { 0 },
+            direct,
         };
         if write && self.io.passing_through(ino.0) {
             reply.error(Errno::from_i32(libc::ETXTBSY));

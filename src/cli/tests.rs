@@ -278,3 +278,38 @@ fn bad_notification_options_are_refused() {
     ])
     .is_err());
 }
+
+#[test]
+fn version_names_the_commit() {
+    let err = Args::try_parse_from(["bucketfs", "--version"]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+    let text = err.to_string();
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    assert!(text.contains(env!("BUCKETFS_COMMIT")), "{text}");
+    if std::path::Path::new(".git").exists() {
+        let commit = env!("BUCKETFS_COMMIT");
+        assert!(
+            commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+            "{commit}"
+        );
+    }
+}
+
+#[test]
+fn status_is_a_command_and_a_bucket_named_status_is_s3_status() {
+    let argv = |args: &[&str]| -> Vec<std::ffi::OsString> { args.iter().map(Into::into).collect() };
+    assert!(is_status_command(&argv(&["bucketfs", "status"])));
+    assert!(is_status_command(&argv(&["bucketfs", "status", "/mnt"])));
+    assert!(!is_status_command(&argv(&[
+        "bucketfs",
+        "s3://status",
+        "/mnt"
+    ])));
+    let args =
+        StatusArgs::try_parse_from(["status", "--wait", "--timeout", "10m", "/mnt"]).unwrap();
+    assert!(args.wait && !args.json);
+    assert_eq!(args.timeout, Some(Duration::from_secs(600)));
+    // --timeout only means something with --wait; --watch and --wait exclude each other.
+    assert!(StatusArgs::try_parse_from(["status", "--timeout", "10m"]).is_err());
+    assert!(StatusArgs::try_parse_from(["status", "--watch", "--wait"]).is_err());
+}

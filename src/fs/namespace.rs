@@ -309,6 +309,7 @@ impl Fs {
             write: true,
             truncate: size == 0,
             opener: 0,
+            direct: false,
         };
         let writer = self.attach_writer(ino, mode).await?;
         let result = async {

@@ -29,11 +29,13 @@ const READ: OpenMode = OpenMode {
     write: false,
     truncate: false,
     opener: 0,
+    direct: false,
 };
 const WRITE: OpenMode = OpenMode {
     write: true,
     truncate: false,
     opener: 0,
+    direct: false,
 };
 
 /// A new file opened O_WRONLY by process `opener`.

@@ -52,6 +52,8 @@ pub struct OpenMode {
     pub truncate: bool,
     /// The opening process (0: unknown, every close commits).
     pub opener: u32,
+    /// O_DIRECT: never read by passthrough (see `fuse/passthrough.rs`).
+    pub direct: bool,
 }
 
 /// What a writer holds.
