@@ -517,12 +517,11 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        let direct = flags.0 & libc::O_DIRECT != 0;
         let mode = OpenMode {
             write,
             truncate: flags.0 & libc::O_TRUNC != 0,
             opener: if write { process_of(req.pid()) } else { 0 },
-            direct,
+            direct: flags.0 & libc::O_DIRECT != 0,
         };
         if write && self.io.passing_through(ino.0) {
             reply.error(Errno::from_i32(libc::ETXTBSY));
@@ -532,8 +531,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(|fs| async move {
             match fs.open_file(Ino(ino.0), mode).await {
                 Ok(opened) => {
-                    let how = passthrough::Access { write, direct };
-                    if let Some(refused) = io.reply_open(&fs, ino.0, opened, how, reply) {
+                    if let Some(refused) = io.reply_open(&fs, ino.0, opened, mode, reply) {
                         if let Some(file) = fs.take_handle(refused) {
                             fs.released(file).await;
                         }

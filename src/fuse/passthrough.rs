@@ -27,16 +27,7 @@ use std::sync::Mutex;
 
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
-use crate::fs::{Fs, Opened};
-
-/// What an open asks for.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Access {
-    /// Opened for writing.
-    pub(super) write: bool,
-    /// Opened with O_DIRECT.
-    pub(super) direct: bool,
-}
+use crate::fs::{Fs, OpenMode, Opened};
 
 /// How one handle reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +70,10 @@ impl IoModes {
         fs: &Fs,
         ino: u64,
         opened: Opened,
-        access: Access,
+        mode: OpenMode,
         reply: ReplyOpen,
     ) -> Option<u64> {
-        let (fh, write) = (opened.fh, access.write);
+        let (fh, write) = (opened.fh, mode.write);
         let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         let io = inodes.entry(ino).or_default();
         if io.passthrough > 0 {
@@ -107,7 +98,7 @@ impl IoModes {
         // the daemon serves them from the cache file's page cache instead (see 5.).
         if let Some(file) = opened
             .whole
-            .filter(|_| io.cached == 0 && !write && !access.direct)
+            .filter(|_| io.cached == 0 && !write && !mode.direct)
         {
             match reply.open_backing(&file) {
                 Ok(id) => {
