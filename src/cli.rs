@@ -28,15 +28,53 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// `bucketfs --help`'s description, and the manual page's.
+const LONG_ABOUT: &str = "\
+Mount an S3 bucket (AWS S3 or any S3-compatible store) as a local filesystem with FUSE. \
+Listings are ListObjectsV2 pages, reads are ranged GETs through a block cache with \
+read-ahead, and writes stream as multipart uploads committed when the file is closed or \
+fsync'd; close() and fsync() report a failed commit. Credentials come from the AWS chain \
+(environment, ~/.aws, SSO, web identity, instance metadata), never from the command line.
+
+As a mount helper (mount -t fuse.bucketfs, /etc/fstab, systemd .mount units), every flag \
+below is also a -o option, written key[=value] with - or _: -o ro,region=eu-west-1.";
+
+/// `bucketfs --help`'s last part, and the manual page's.
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  bucketfs my-bucket /mnt/data
+  bucketfs s3://my-bucket/photos/ /mnt/photos --read-only
+  bucketfs --endpoint-url http://127.0.0.1:8333 --force-path-style data /mnt/data
+  my-bucket:logs/ /mnt/logs fuse.bucketfs _netdev,x-systemd.automount,region=eu-west-1 0 0   (an /etc/fstab line)
+
+bucketfs status [MOUNTPOINT] shows what a mount is doing: uploads with their progress, files \
+not yet committed, failed commits, the caches and S3 requests by kind; --wait returns once \
+nothing is pending (exit 1 naming the files whose commit failed).
+
+Units: /lib/systemd/system/bucketfs@.service (one mount per instance, configured in \
+/etc/bucketfs/NAME.env) and mnt-data.mount with mnt-data.automount (an example for /mnt/data).
+Documentation: README.md and docs/ in the source, or /usr/share/doc/bucketfs.";
+
 /// Mount an S3 bucket as a local filesystem.
 #[derive(Debug, Parser)]
-#[command(name = "bucketfs", version = VERSION, args_override_self = true)]
+#[command(
+    name = "bucketfs",
+    version = VERSION,
+    args_override_self = true,
+    override_usage = "bucketfs [OPTIONS] SOURCE MOUNTPOINT\n       \
+                      mount -t fuse.bucketfs [-o OPTIONS] SOURCE MOUNTPOINT\n       \
+                      bucketfs status [MOUNTPOINT] [--json] [--watch] [--wait [--timeout D]]",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
+)]
 pub struct Args {
     /// What to mount: BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX
-    pub source: String,
+    #[arg(required_unless_present_any = ["completions", "man_page"])]
+    pub source: Option<String>,
 
     /// Where to mount it (an existing directory)
-    pub mountpoint: PathBuf,
+    #[arg(required_unless_present_any = ["completions", "man_page"])]
+    pub mountpoint: Option<PathBuf>,
 
     /// Mount options, comma-separated: any flag below as key[=value], e.g. -o ro,region=eu-west-1
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -164,6 +202,19 @@ pub struct Args {
     /// Write logs to this file (default: stderr in the foreground, nowhere in the background)
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (off by default;
+    /// anyone who can reach ADDR can read them: counts, never file names)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Print the shell completion script for SHELL and exit
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the manual page bucketfs(8), in roff, and exit
+    #[arg(long, exclusive = true)]
+    pub man_page: bool,
 }
 
 /// Options that mount(8), mount.fuse3, fstab or systemd pass and that have no meaning here.
@@ -226,6 +277,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "foreground",
     "log-level",
     "log-file",
+    "metrics-addr",
 ];
 
 /// Translates one `-o` list into command-line flags.
@@ -305,6 +357,24 @@ where
         full.extend(flags.into_iter().map(Into::into));
     }
     Args::try_parse_from(full)
+}
+
+/// The manual page bucketfs(8), in roff, from the command's definition.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Args::command())
+        .section("8")
+        .render(&mut out)?;
+    Ok(out)
+}
+
+/// The completion script of `shell` for `bucketfs`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "bucketfs", &mut out);
+    out
 }
 
 /// Splits `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX` into bucket and prefix; the prefix is
@@ -402,7 +472,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl Args {
     /// Validates the arguments into a `Config`.
     pub fn into_config(self) -> Result<Config, String> {
-        let (bucket, prefix) = parse_source(&self.source)?;
+        let (Some(source), Some(mountpoint)) = (&self.source, &self.mountpoint) else {
+            return Err("give the bucket and the mount point: bucketfs BUCKET MOUNTPOINT".into());
+        };
+        let (bucket, prefix) = parse_source(source)?;
         if self.part_size > MAX_PART_SIZE || reach(self.part_size, u64::MAX) < MAX_OBJECT_SIZE {
             return Err(format!(
                 "--part-size {} is out of range: give 6MiB to 5GiB (S3 parts are at least 5MiB, and 10,000 of them must reach 5TiB)",
@@ -421,8 +494,8 @@ impl Args {
                 self.log_level
             ));
         }
-        let mountpoint = std::path::absolute(&self.mountpoint)
-            .map_err(|e| format!("mount point {}: {e}", self.mountpoint.display()))?;
+        let mountpoint = std::path::absolute(mountpoint)
+            .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
         let mut store = StoreConfig::new(bucket.clone());
         store.endpoint_url = self.endpoint_url;
         store.region = self.region;
@@ -511,6 +584,7 @@ impl Args {
             },
             fuse_threads: 4,
             notices,
+            metrics_addr: self.metrics_addr,
         };
         Ok(Config {
             store,

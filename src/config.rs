@@ -219,6 +219,8 @@ pub struct DaemonConfig {
     pub fuse_threads: usize,
     /// Notices about the options given (a deprecated spelling), logged once logging is up.
     pub notices: Vec<String>,
+    /// Where to serve Prometheus metrics (`--metrics-addr`); `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The metadata TTL while S3 event notifications keep the caches coherent: changes arrive as

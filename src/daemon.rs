@@ -36,6 +36,7 @@ use crate::cache::BlockCache;
 use crate::config::{Config, NotifySource, StoreConfig};
 use crate::fs::{Fs, Writes};
 use crate::fuse::{FuseAdapter, KernelNotifier};
+use crate::metrics::{self, RequestStats};
 use crate::mount::{self, MountSpec};
 use crate::notify::sqs::{queue_name, SqsQueue, Subscription};
 use crate::notify::{Consumer, EventQueue, Sink, Ttls};
@@ -57,6 +58,9 @@ const ABORT_WAIT: Duration = Duration::from_secs(20);
 /// Threads of the tokio runtime: S3 work is I/O-bound, a few more threads than cores keep
 /// replies flowing while some tasks assemble blocks.
 const RUNTIME_THREADS: usize = 4;
+
+/// How often the state gauges of `--metrics-addr` are refreshed.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Allocations from this size up come straight from mmap and go back to the kernel when freed.
 const MMAP_THRESHOLD: i32 = 1 << 20;
@@ -348,7 +352,17 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         tracing::warn!("{notice}");
     }
     let shared = rt.block_on(load_shared(&config.store));
-    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::with_shared(&shared, &config.store));
+    if let Some(addr) = config.daemon.metrics_addr {
+        let _context = rt.enter();
+        metrics::serve(addr).map_err(|e| anyhow!("{e}"))?;
+        tracing::info!("Prometheus metrics at http://{addr}/metrics");
+    }
+    let requests = Arc::new(RequestStats::default());
+    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::counted(
+        &shared,
+        &config.store,
+        Arc::clone(&requests),
+    ));
     let check = rt
         .block_on(async { tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()).await });
     match check {
@@ -461,7 +475,17 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             config.fs.metadata_ttl
         );
     }
-    let _status = start_status(&rt, &config, &shared, resolved, &fs);
+    let _status = start_status(&rt, &config, &shared, resolved, requests, &fs);
+    if config.daemon.metrics_addr.is_some() {
+        let fs = Arc::clone(&fs);
+        rt.spawn(async move {
+            let mut every = tokio::time::interval(METRICS_INTERVAL);
+            loop {
+                every.tick().await;
+                metrics::publish(&fs.activity());
+            }
+        });
+    }
     tracing::info!(
         bucket = %config.store.bucket,
         prefix = %config.fs.prefix,
@@ -546,6 +570,7 @@ fn start_status(
     config: &Config,
     shared: &aws_config::SdkConfig,
     mountpoint: PathBuf,
+    requests: Arc<RequestStats>,
     fs: &Arc<Fs>,
 ) -> Option<StatusSocket> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -564,6 +589,7 @@ fn start_status(
             .region()
             .map_or_else(|| "(none)".to_string(), ToString::to_string),
         started: std::time::SystemTime::now(),
+        requests,
     };
     let _context = rt.enter();
     match StatusSocket::start(&dir, info, Arc::clone(fs)) {

@@ -42,6 +42,7 @@ use crate::error::{FsError, FsResult};
 use crate::fs::{
     Attr, Fs, Ino, KernelCache, KernelNote, Kind, OpenMode, RenameMode, SetAttr, SetMode,
 };
+use crate::metrics;
 
 /// Largest read the kernel sends and its read-ahead: 1 MiB, one cache block.
 const MAX_READ: u32 = 1 << 20;
@@ -83,11 +84,11 @@ fn xattr_name(name: &OsStr) -> FsResult<&str> {
 }
 
 /// A getxattr/listxattr answer: the size when asked with size 0, ERANGE when it does not fit.
-fn reply_xattr(op: &str, reply: ReplyXattr, size: u32, result: FsResult<Vec<u8>>) {
+fn reply_xattr(op: &'static str, reply: ReplyXattr, size: u32, result: FsResult<Vec<u8>>) {
     match result {
         Ok(value) if size == 0 => reply.size(value.len() as u32),
         Ok(value) if value.len() <= size as usize => reply.data(&value),
-        Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(_) => reply.error(refuse(op, libc::ERANGE)),
         Err(e) => reply.error(errno(op, e)),
     }
 }
@@ -100,9 +101,15 @@ fn log_error(op: &str, err: &FsError) {
     }
 }
 
-fn errno(op: &str, err: FsError) -> Errno {
+fn errno(op: &'static str, err: FsError) -> Errno {
     log_error(op, &err);
-    Errno::from_i32(err.errno)
+    refuse(op, err.errno)
+}
+
+/// The errno `code` for an answer to `op`, counted.
+fn refuse(op: &'static str, code: i32) -> Errno {
+    metrics::fuse_error(op, code);
+    Errno::from_i32(code)
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -117,14 +124,14 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
-fn reply_entry(op: &str, reply: ReplyEntry, ttl: &Duration, result: FsResult<Attr>) {
+fn reply_entry(op: &'static str, reply: ReplyEntry, ttl: &Duration, result: FsResult<Attr>) {
     match result {
         Ok(attr) => reply.entry(ttl, &file_attr(&attr), Generation(0)),
         Err(e) => reply.error(errno(op, e)),
     }
 }
 
-fn reply_empty(op: &str, reply: ReplyEmpty, result: FsResult<()>) {
+fn reply_empty(op: &'static str, reply: ReplyEmpty, result: FsResult<()>) {
     match result {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(op, e)),
@@ -296,6 +303,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        metrics::fuse_op("lookup");
         let ttl = self.ttl();
         let name = name.to_owned();
         self.spawn(|fs| async move {
@@ -308,6 +316,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        metrics::fuse_op("getattr");
         let ttl = self.ttl();
         self.spawn(|fs| async move {
             match fs.getattr(Ino(ino.0)).await {
@@ -335,6 +344,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        metrics::fuse_op("setattr");
         let ttl = self.ttl();
         let time = |t: TimeOrNow| match t {
             TimeOrNow::SpecificTime(t) => t,
@@ -357,6 +367,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        metrics::fuse_op("readlink");
         self.spawn(|fs| async move {
             match fs.readlink(Ino(ino.0)).await {
                 Ok(target) => reply.data(&target),
@@ -375,6 +386,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        metrics::fuse_op("mknod");
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         self.spawn(|fs| async move {
             let result = async {
@@ -395,6 +407,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        metrics::fuse_op("mkdir");
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         self.spawn(|fs| async move {
             let result = async {
@@ -407,6 +420,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::fuse_op("unlink");
         let name = name.to_owned();
         self.spawn(|fs| async move {
             let result = async { fs.unlink(Ino(parent.0), name_str(&name)?).await }.await;
@@ -415,6 +429,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::fuse_op("rmdir");
         let name = name.to_owned();
         self.spawn(|fs| async move {
             let result = async { fs.rmdir(Ino(parent.0), name_str(&name)?).await }.await;
@@ -430,6 +445,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        metrics::fuse_op("symlink");
         let (ttl, name, owner) = (self.ttl(), link_name.to_owned(), (req.uid(), req.gid()));
         let target = target.as_os_str().to_owned();
         self.spawn(|fs| async move {
@@ -452,6 +468,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_op("rename");
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let mode = RenameMode {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
@@ -469,6 +486,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        metrics::fuse_op("link");
         let e = self.fs.link();
         reply.error(errno("link", e));
     }
@@ -483,6 +501,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        metrics::fuse_op("create");
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
         let io = Arc::clone(&self.io);
@@ -516,6 +535,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        metrics::fuse_op("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let mode = OpenMode {
             write,
@@ -524,7 +544,7 @@ impl Filesystem for FuseAdapter {
             direct: flags.0 & libc::O_DIRECT != 0,
         };
         if write && self.io.passing_through(ino.0) {
-            reply.error(Errno::from_i32(libc::ETXTBSY));
+            reply.error(refuse("open", libc::ETXTBSY));
             return;
         }
         let io = Arc::clone(&self.io);
@@ -553,6 +573,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        metrics::fuse_op("read");
         let mut reply = Some(reply);
         let served = self
             .fs
@@ -585,6 +606,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        metrics::fuse_op("write");
         let data = data.to_vec();
         self.spawn(|fs| async move {
             match fs.write(fh.0, offset, &data).await {
@@ -602,6 +624,7 @@ impl Filesystem for FuseAdapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_op("flush");
         let tid = req.pid();
         self.spawn(|fs| async move {
             reply_empty("flush", reply, fs.close(fh.0, tid, process_of).await)
@@ -618,6 +641,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_op("release");
         // Out of the open files before any later request runs (see fs::write, 10.).
         let file = self.fs.take_handle(fh.0);
         self.io.released(fh.0);
@@ -630,6 +654,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        metrics::fuse_op("fsync");
         self.spawn(|fs| async move { reply_empty("fsync", reply, fs.fsync(fh.0).await) });
     }
 
@@ -641,11 +666,13 @@ impl Filesystem for FuseAdapter {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_op("fsyncdir");
         // Directory changes are in the bucket when their operation returns.
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        metrics::fuse_op("opendir");
         self.spawn(|fs| async move {
             match fs.opendir(Ino(ino.0)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -662,6 +689,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        metrics::fuse_op("readdir");
         self.spawn(|fs| async move {
             let filled = fill_dir(&fs, ino, fh, offset, |next, name, attr| {
                 reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), name)
@@ -682,6 +710,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        metrics::fuse_op("readdirplus");
         let ttl = self.ttl();
         self.spawn(|fs| async move {
             // The kernel counts every entry of a readdirplus reply as a lookup: so do we, for
@@ -708,14 +737,16 @@ impl Filesystem for FuseAdapter {
 
     // BATCH_FORGET: fuser's default hands each node to `forget` (its node type is private).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        metrics::fuse_op("forget");
         self.fs.forget(Ino(ino.0), nlookup);
     }
 
     // Extended attributes live in the object's headers (fs/xattr.rs). With --no-xattr, ENOSYS
     // tells the kernel once for the whole mount: it stops asking, and programs get EOPNOTSUPP.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        metrics::fuse_op("getxattr");
         if !self.fs.config().xattr {
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refuse("getxattr", libc::ENOSYS));
         }
         // Most questions (ls -l's, each write's security.capability) are answered from memory
         // right here, without a task.
@@ -732,8 +763,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        metrics::fuse_op("listxattr");
         if !self.fs.config().xattr {
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refuse("listxattr", libc::ENOSYS));
         }
         self.spawn(|fs| async move {
             let result = fs.listxattr(Ino(ino.0)).await.map(|names| {
@@ -756,8 +788,9 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_op("setxattr");
         if !self.fs.config().xattr {
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refuse("setxattr", libc::ENOSYS));
         }
         let (name, value) = (name.to_owned(), value.to_vec());
         let mode = if flags & libc::XATTR_CREATE != 0 {
@@ -778,8 +811,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::fuse_op("removexattr");
         if !self.fs.config().xattr {
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refuse("removexattr", libc::ENOSYS));
         }
         let name = name.to_owned();
         self.spawn(|fs| async move {
@@ -802,6 +836,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_op("fallocate");
         self.spawn(|fs| async move {
             let result = fs.fallocate(fh.0, offset, length, mode).await;
             reply_empty("fallocate", reply, result);
@@ -819,7 +854,8 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        metrics::fuse_op("ioctl");
+        reply.error(refuse("ioctl", libc::ENOTTY));
     }
 
     fn releasedir(
@@ -830,11 +866,13 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_op("releasedir");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        metrics::fuse_op("statfs");
         reply.statfs(
             STATFS_BLOCKS,
             STATFS_BLOCKS,

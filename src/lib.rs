@@ -15,6 +15,8 @@
 //! - `upload`: write buffers into PutObject or multipart uploads; staging files on disk.
 //! - `store`: the `ObjectStore` trait, the only door to S3 (`s3`), an in-memory one (`memory`)
 //!   and, for tests, a failure-injecting wrapper (`faulty`).
+//! - `metrics`: S3 requests counted per attempt (an SDK interceptor), and the Prometheus
+//!   endpoint of `--metrics-addr`.
 //! - `status`: the status socket of a mount and the `bucketfs status` command (`client`).
 //! - `error`: errno-carrying errors and the store-error-to-errno table.
 //!
@@ -35,6 +37,7 @@ pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod status;

@@ -1,4 +1,5 @@
-//! The `bucketfs` command: parse, validate, mount; or `bucketfs status`.
+//! The `bucketfs` command: parse, validate, mount; or `bucketfs status`, or print the
+//! completion script or the manual page.
 
 use std::process::ExitCode;
 
@@ -17,6 +18,18 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
+    if let Some(shell) = args.completions {
+        return print(&bucketfs::cli::completions(shell));
+    }
+    if args.man_page {
+        return match bucketfs::cli::man_page() {
+            Ok(page) => print(&page),
+            Err(e) => {
+                eprintln!("bucketfs: cannot render the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match args.into_config() {
         Ok(config) => config,
         Err(msg) => {
@@ -28,6 +41,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bucketfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a closed pipe (`| head`) is not an error worth a message.
+fn print(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bucketfs: {e}");
             ExitCode::FAILURE
         }
     }

@@ -205,3 +205,190 @@ fn another_user_cannot_read_the_status_socket() {
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(f);
 }
+
+/// The body of `GET http://addr/metrics`.
+fn scrape(addr: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to --metrics-addr");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The samples of metric `name` in Prometheus text: (labels, value).
+fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match key.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (key, ""),
+            };
+            (metric == name).then(|| (labels.to_string(), value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// The label `key`'s value in `labels` (`a="x",b="y"`).
+fn label<'a>(labels: &'a str, key: &str) -> &'a str {
+    labels
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+        .map(|v| v.trim_end_matches('"'))
+        .unwrap_or("")
+}
+
+/// The HTTP request an S3 operation is, as the proxy counts them.
+fn proxy_class(operation: &str) -> &'static str {
+    match operation {
+        "HeadObject" | "HeadBucket" => "head",
+        "ListObjectsV2" => "list",
+        "GetObject" => "get",
+        "PutObject" | "UploadPart" | "CopyObject" | "UploadPartCopy" => "put",
+        "CreateMultipartUpload" | "CompleteMultipartUpload" | "DeleteObjects" => "post",
+        "DeleteObject" | "AbortMultipartUpload" => "delete",
+        other => panic!("an operation the test does not know: {other}"),
+    }
+}
+
+#[test]
+fn metrics_count_the_requests_the_server_saw() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let b = Bucket::new("status-metrics");
+    b.put("old.txt", b"there before");
+    let p = proxy();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(
+        &b.name,
+        "status-metrics",
+        &[
+            "--endpoint-url",
+            &p.endpoint,
+            "-o",
+            &format!("metrics_addr={addr}"),
+        ],
+    );
+    // A known workload: create (small and multipart), read, list, rename, delete, and a miss.
+    fs::write(m.path.join("small.txt"), b"hello").unwrap();
+    fs::write(m.path.join("big.bin"), pseudo_random(20 * MIB, 4)).unwrap();
+    assert_eq!(fs::read(m.path.join("old.txt")).unwrap(), b"there before");
+    let names = fs::read_dir(&m.path).unwrap().count();
+    assert_eq!(names, 3);
+    fs::rename(m.path.join("small.txt"), m.path.join("moved.txt")).unwrap();
+    fs::remove_file(m.path.join("big.bin")).unwrap();
+    assert!(fs::metadata(m.path.join("no-such-file")).is_err());
+    // Background work (read-ahead) settles: the proxy's count stops moving.
+    let mut last = u64::MAX;
+    assert!(eventually(Duration::from_secs(30), || {
+        let now = p.counts().total();
+        std::mem::replace(&mut last, now) == now
+    }));
+    // The state gauges and cache counters are refreshed every second.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let text = scrape(&addr);
+    let requests = samples(&text, "bucketfs_s3_requests_total");
+    assert!(!requests.is_empty(), "{text}");
+    let mut by_class = std::collections::BTreeMap::<&str, u64>::new();
+    for (labels, value) in &requests {
+        *by_class
+            .entry(proxy_class(label(labels, "operation")))
+            .or_default() += *value as u64;
+    }
+    let c = p.counts();
+    let seen = [
+        ("head", c.head.load(SeqCst)),
+        ("list", c.list.load(SeqCst)),
+        ("get", c.get.load(SeqCst)),
+        ("put", c.put.load(SeqCst)),
+        ("post", c.post.load(SeqCst)),
+        ("delete", c.delete.load(SeqCst)),
+    ];
+    for (class, n) in seen {
+        assert_eq!(
+            by_class.get(class).copied().unwrap_or(0),
+            n,
+            "{class} requests: /metrics says {by_class:?}, the proxy saw {seen:?}"
+        );
+    }
+    assert!(
+        c.post.load(SeqCst) >= 2,
+        "the 20 MiB file is a multipart upload"
+    );
+    // Every request has a latency; bytes went both ways.
+    let latencies: f64 = samples(&text, "bucketfs_s3_request_duration_seconds_count")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(latencies as u64, c.total(), "{text}");
+    let sent = samples(&text, "bucketfs_s3_bytes_sent_total");
+    assert!(sent[0].1 >= (20 * MIB) as f64, "{sent:?}");
+    // FUSE operations by kind, and the miss as ENOENT.
+    let ops = samples(&text, "bucketfs_fuse_operations_total");
+    for op in [
+        "lookup",
+        "create",
+        "write",
+        "read",
+        "readdirplus",
+        "rename",
+        "unlink",
+    ] {
+        assert!(
+            ops.iter().any(|(l, v)| label(l, "op") == op && *v >= 1.0),
+            "no {op} in {ops:?}"
+        );
+    }
+    let errors = samples(&text, "bucketfs_fuse_errors_total");
+    assert!(
+        errors
+            .iter()
+            .any(|(l, _)| label(l, "op") == "lookup" && label(l, "errno") == "ENOENT"),
+        "{errors:?}"
+    );
+    for gauge in ["bucketfs_cache_misses_total", "bucketfs_metadata_inodes"] {
+        let v = samples(&text, gauge);
+        assert!(v.len() == 1 && v[0].1 >= 1.0, "{gauge}: {v:?}");
+    }
+    // `bucketfs status` counts the same requests.
+    let v = status_json(&m);
+    let total: u64 = list(&v["s3"], "requests")
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, c.total(), "{v}");
+}
+
+#[test]
+fn a_metrics_address_in_use_fails_the_mount_with_a_clear_message() {
+    let b = Bucket::new("status-metrics-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let path = mount_point("status-metrics-busy");
+    let out = bucketfs_command(&b.name, &path, &["--metrics-addr", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+    assert!(!is_mounted(&path));
+}

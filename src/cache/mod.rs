@@ -92,6 +92,8 @@ pub struct CacheActivity {
     pub hits: u64,
     /// Block reads that had to fetch.
     pub misses: u64,
+    /// Blocks evicted to make room.
+    pub evictions: u64,
 }
 
 /// The shared LRU of blocks.
@@ -107,6 +109,8 @@ pub struct BlockCache {
     hits: AtomicU64,
     /// Block reads that started a fetch.
     misses: AtomicU64,
+    /// Blocks evicted to make room.
+    evictions: AtomicU64,
 }
 
 /// Sequential-read tracking of one open file.
@@ -138,6 +142,7 @@ impl BlockCache {
             disk: None,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -218,6 +223,7 @@ impl BlockCache {
             block_size: self.block_size,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
 
@@ -418,13 +424,13 @@ impl BlockCache {
                     };
                     // A reader may have claimed the block since the check above.
                     if !cache.contains(&key) {
-                        cache.put(
-                            key,
-                            Slot {
-                                fetch: piece,
-                                ahead: true,
-                            },
-                        );
+                        let slot = Slot {
+                            fetch: piece,
+                            ahead: true,
+                        };
+                        if cache.push(key, slot).is_some() {
+                            self.evictions.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -502,7 +508,9 @@ impl BlockCache {
                             fetch: pieces.remove(0),
                             ahead: false,
                         };
-                        blocks.put(key.clone(), slot.clone());
+                        if blocks.push(key.clone(), slot.clone()).is_some() {
+                            self.evictions.fetch_add(1, Ordering::Relaxed);
+                        }
                         slot
                     }
                 }

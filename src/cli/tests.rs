@@ -313,3 +313,34 @@ fn status_is_a_command_and_a_bucket_named_status_is_s3_status() {
     assert!(StatusArgs::try_parse_from(["status", "--timeout", "10m"]).is_err());
     assert!(StatusArgs::try_parse_from(["status", "--watch", "--wait"]).is_err());
 }
+
+#[test]
+fn metrics_address_as_flag_and_option() {
+    let c = parse(&["b", "/mnt", "-o", "metrics_addr=127.0.0.1:9100"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(
+        c.daemon.metrics_addr,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    let c = parse(&["b", "/mnt"]).unwrap().into_config().unwrap();
+    assert_eq!(c.daemon.metrics_addr, None);
+    assert!(parse(&["b", "/mnt", "--metrics-addr", "localhost"]).is_err());
+}
+
+#[test]
+fn completions_and_the_manual_page_need_no_mount() {
+    let a = parse(&["--completions", "bash"]).unwrap();
+    assert_eq!(a.completions, Some(clap_complete::Shell::Bash));
+    let script = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
+    assert!(script.contains("--metrics-addr"), "{script}");
+    assert!(parse(&["--man-page"]).unwrap().man_page);
+    let page = String::from_utf8(man_page().unwrap()).unwrap();
+    assert!(page.contains(".TH bucketfs 8"), "{page}");
+    assert!(page.contains("fuse.bucketfs"), "{page}");
+    // Alone only; and a mount still needs its bucket and mount point.
+    assert!(parse(&["--man-page", "b", "/mnt"]).is_err());
+    assert!(parse(&["b"]).is_err());
+    assert!(parse(&["-o", "man_page", "b", "/mnt"]).is_err());
+}

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::meta::MetaStats;
 use super::Fs;
 use crate::cache::CacheActivity;
 use crate::upload::ProgressSnapshot;
@@ -63,6 +64,8 @@ pub struct Activity {
     pub last_failure: u64,
     /// The block cache.
     pub cache: CacheActivity,
+    /// The metadata held.
+    pub meta: MetaStats,
 }
 
 /// The failed commits of one mount.
@@ -89,14 +92,10 @@ impl Failures {
 impl Fs {
     /// What the mount is doing now; never waits on a writer (see 1.).
     pub fn activity(&self) -> Activity {
-        let writers: Vec<_> = self
-            .tables
-            .lock()
-            .unwrap()
-            .writers
-            .values()
-            .map(Arc::clone)
-            .collect();
+        let (writers, meta): (Vec<_>, _) = {
+            let t = self.tables.lock().unwrap();
+            (t.writers.values().map(Arc::clone).collect(), t.meta.stats())
+        };
         let mut pending = Vec::new();
         for w in writers {
             if w.unlinked.load(Ordering::SeqCst) {
@@ -132,6 +131,7 @@ impl Fs {
             failures: failures.kept.iter().cloned().collect(),
             last_failure: failures.last,
             cache: self.cache.activity(),
+            meta,
         }
     }
 

@@ -269,7 +269,54 @@ fn header(a: &Value) -> Vec<String> {
             HumanBytes(num(&cache, "blocks") * num(&cache, "block_size")),
             HumanBytes(num(&cache, "capacity_blocks") * num(&cache, "block_size")),
         ),
+        format!(
+            "  metadata: {} inodes, {} listings",
+            num(&a["metadata"], "inodes"),
+            num(&a["metadata"], "listings")
+        ),
+        requests_line(&a["s3"]),
     ]
+}
+
+/// "S3 requests: 12 GetObject, 3 HeadObject (1 not_found)...": by operation, most first, with
+/// the outcomes other than ok.
+fn requests_line(s3: &Value) -> String {
+    let mut by_op: Vec<(String, u64, Vec<String>)> = Vec::new();
+    for r in list(s3, "requests") {
+        let (op, outcome, count) = (text(r, "operation"), text(r, "outcome"), num(r, "count"));
+        let i = match by_op.iter().position(|(o, ..)| o == op) {
+            Some(i) => i,
+            None => {
+                by_op.push((op.to_string(), 0, Vec::new()));
+                by_op.len() - 1
+            }
+        };
+        by_op[i].1 += count;
+        if outcome != "ok" {
+            by_op[i].2.push(format!("{count} {outcome}"));
+        }
+    }
+    if by_op.is_empty() {
+        return "  S3 requests: none yet".to_string();
+    }
+    by_op.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let parts: Vec<String> = by_op
+        .iter()
+        .map(|(op, n, bad)| {
+            if bad.is_empty() {
+                format!("{n} {op}")
+            } else {
+                format!("{n} {op} ({})", bad.join(", "))
+            }
+        })
+        .collect();
+    format!(
+        "  S3 requests: {}; {} retries, {} sent, {} received",
+        parts.join(", "),
+        num(s3, "retries"),
+        HumanBytes(num(s3, "bytes_sent")),
+        HumanBytes(num(s3, "bytes_received"))
+    )
 }
 
 /// The lines after the uploads: files not yet committed, failures.

@@ -1,5 +1,6 @@
 //! The status socket of a mount: `bucketfs status` asks it what the mount is doing (uploads
-//! with their progress, files not yet committed, failed commits, the block cache) and gets
+//! with their progress, files not yet committed, failed commits, the caches, S3 requests by
+//! kind) and gets
 //! one JSON object back. `client.rs` is the command's side.
 //!
 //! Non-obvious problems:
@@ -26,6 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use crate::fs::{Activity, Fs};
+use crate::metrics::{RequestCounts, RequestStats};
 
 /// What a request line may be at most, and how long a client may take to send it.
 const REQUEST_LIMIT: u64 = 256;
@@ -76,6 +78,8 @@ pub struct MountInfo {
     pub region: String,
     /// When it was mounted.
     pub started: SystemTime,
+    /// Its S3 requests so far.
+    pub requests: Arc<RequestStats>,
 }
 
 /// The status socket while it is served; removed when dropped.
@@ -153,7 +157,7 @@ async fn answer(stream: tokio::net::UnixStream, info: &MountInfo, fs: &Fs) -> st
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
     let reply = match line.trim() {
-        "status" => report(info, &fs.activity()),
+        "status" => report(info, &fs.activity(), &info.requests.snapshot()),
         other => {
             json!({ "error": format!("unknown request {other:?}; this daemon knows \"status\"") })
         }
@@ -165,7 +169,7 @@ async fn answer(stream: tokio::net::UnixStream, info: &MountInfo, fs: &Fs) -> st
 }
 
 /// The JSON answer to "status" (documented in docs/STATUS.md).
-pub fn report(info: &MountInfo, a: &Activity) -> Value {
+pub fn report(info: &MountInfo, a: &Activity, s3: &RequestCounts) -> Value {
     let uploads: Vec<Value> = a
         .uploads
         .iter()
@@ -190,6 +194,13 @@ pub fn report(info: &MountInfo, a: &Activity) -> Value {
         .iter()
         .map(|f| json!({ "seq": f.seq, "path": f.path, "error": f.message }))
         .collect();
+    let requests: Vec<Value> = s3
+        .by_kind
+        .iter()
+        .map(|((operation, outcome), count)| {
+            json!({ "operation": operation, "outcome": outcome.as_str(), "count": count })
+        })
+        .collect();
     let uptime = SystemTime::now()
         .duration_since(info.started)
         .unwrap_or_default();
@@ -210,6 +221,20 @@ pub fn report(info: &MountInfo, a: &Activity) -> Value {
             "block_size": a.cache.block_size,
             "hits": a.cache.hits,
             "misses": a.cache.misses,
+            "evictions": a.cache.evictions,
+        },
+        "metadata": {
+            "inodes": a.meta.inodes,
+            "nodes": a.meta.nodes,
+            "listings": a.meta.listings,
+            "listed_entries": a.meta.listed_entries,
+            "misses": a.meta.misses,
+        },
+        "s3": {
+            "requests": requests,
+            "retries": s3.retries,
+            "bytes_sent": s3.bytes_sent,
+            "bytes_received": s3.bytes_received,
         },
     })
 }

@@ -45,6 +45,7 @@ use super::{
     PutOptions, StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::config::StoreConfig;
+use crate::metrics::{CountRequests, RequestStats};
 
 /// Region used when neither the options nor the AWS chain name one: S3-compatible servers
 /// accept any region in the signature, and AWS's global endpoint starts from this one.
@@ -204,7 +205,27 @@ impl S3Store {
     /// A store on an AWS configuration already loaded with `load_shared` (SQS and SNS clients
     /// share it); the endpoint URL applies to S3 alone.
     pub fn with_shared(shared: &aws_config::SdkConfig, config: &StoreConfig) -> Self {
+        Self::build(shared, config, None)
+    }
+
+    /// The same store, counting every request it sends into `requests`.
+    pub fn counted(
+        shared: &aws_config::SdkConfig,
+        config: &StoreConfig,
+        requests: Arc<RequestStats>,
+    ) -> Self {
+        Self::build(shared, config, Some(requests))
+    }
+
+    fn build(
+        shared: &aws_config::SdkConfig,
+        config: &StoreConfig,
+        requests: Option<Arc<RequestStats>>,
+    ) -> Self {
         let mut builder = aws_sdk_s3::config::Builder::from(shared);
+        if let Some(requests) = requests {
+            builder = builder.interceptor(CountRequests::new(requests));
+        }
         if shared.region().is_none() {
             builder = builder.region(Region::new(FALLBACK_REGION));
         }
