@@ -454,6 +454,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         }
     };
     let stop_notifications = tokio_util::sync::CancellationToken::new();
+    let mut notify_stats = None;
     if let Some(n) = &notifications {
         match KernelNotifier::start(session.notifier()) {
             Ok(kernel) => fs.attach_kernel(Arc::new(kernel)),
@@ -468,6 +469,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
                 fallback: config.notify.fallback_ttls,
             },
         );
+        notify_stats = Some(consumer.stats());
         rt.spawn(consumer.run(stop_notifications.clone()));
         tracing::info!(
             queue = n.queue.name(),
@@ -475,7 +477,22 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
             config.fs.metadata_ttl
         );
     }
-    let _status = start_status(&rt, &config, &shared, resolved, requests, &fs);
+    let info = MountInfo {
+        mountpoint: resolved,
+        source: config.daemon.fs_name.clone(),
+        endpoint: config
+            .store
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| "AWS".to_string()),
+        region: shared
+            .region()
+            .map_or_else(|| "(none)".to_string(), ToString::to_string),
+        started: std::time::SystemTime::now(),
+        requests,
+        notifications: notify_stats,
+    };
+    let _status = start_status(&rt, info, &fs);
     if config.daemon.metrics_addr.is_some() {
         let fs = Arc::clone(&fs);
         rt.spawn(async move {
@@ -567,30 +584,13 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
 /// so a failure is only logged.
 fn start_status(
     rt: &tokio::runtime::Runtime,
-    config: &Config,
-    shared: &aws_config::SdkConfig,
-    mountpoint: PathBuf,
-    requests: Arc<RequestStats>,
+    info: MountInfo,
     fs: &Arc<Fs>,
 ) -> Option<StatusSocket> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
     let dir = status::socket_dir(uid, runtime_dir.as_deref());
-    let info = MountInfo {
-        mountpoint,
-        source: config.daemon.fs_name.clone(),
-        endpoint: config
-            .store
-            .endpoint_url
-            .clone()
-            .unwrap_or_else(|| "AWS".to_string()),
-        region: shared
-            .region()
-            .map_or_else(|| "(none)".to_string(), ToString::to_string),
-        started: std::time::SystemTime::now(),
-        requests,
-    };
     let _context = rt.enter();
     match StatusSocket::start(&dir, info, Arc::clone(fs)) {
         Ok(socket) => {

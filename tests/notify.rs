@@ -6,10 +6,11 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::moto::Moto;
-use common::{eventually, mount_point, within, Mount};
+use common::{bucketfs_bin, eventually, mount_point, within, Mount};
 
 /// The promise: a change shows on another mount within this.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
@@ -136,6 +137,34 @@ fn two_mounts_see_each_others_changes_within_two_seconds() {
     // A's own commits came back as events too: they changed nothing there.
     assert!(log_of(&a).contains("notifications on"), "{}", log_of(&a));
     assert!(!shows(&control.path, odd), "the control is stale");
+
+    // `bucketfs status` shows the events received and how late the last one came.
+    let out = Command::new(bucketfs_bin())
+        .args(["status", "--json"])
+        .arg(&b.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = &v["notifications"];
+    assert_eq!(n["queue"], url_b.as_str(), "{v}");
+    assert!(n["events"].as_u64().unwrap() >= 10, "{v}");
+    let lag = n["last_lag_seconds"]
+        .as_f64()
+        .expect("moto's events carry eventTime");
+    assert!((0.0..30.0).contains(&lag), "{v}");
+    assert_eq!(n["failing"], false, "{v}");
+    let out = Command::new(bucketfs_bin())
+        .args(["status", "--json"])
+        .arg(&control.path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["notifications"].is_null(), "{v}");
 }
 
 #[test]

@@ -13,6 +13,8 @@
 //!    applied twice costs a request, never a wrong answer.
 
 use percent_encoding::percent_decode_str;
+use std::time::SystemTime;
+
 use serde_json::Value;
 
 /// What happened to a key: written, copied or restored from an archive (with its ETag, when
@@ -30,6 +32,8 @@ pub struct Record {
     pub change: Change,
     /// S3's order of events for this key, when sent.
     pub sequencer: Option<String>,
+    /// When it happened, by S3's clock, when the event says.
+    pub time: Option<SystemTime>,
 }
 
 /// A body that is not an S3 event in any shape we know.
@@ -110,6 +114,7 @@ fn s3_record(record: &Value) -> Result<Option<Record>, ParseError> {
         key: decode_key(&raw)?,
         change,
         sequencer: text(record, &["s3", "object", "sequencer"]),
+        time: text(record, &["eventTime"]).and_then(|t| timestamp(&t)),
     }))
 }
 
@@ -131,7 +136,23 @@ fn eventbridge(event: &Value) -> Result<Option<Record>, ParseError> {
         key,
         change,
         sequencer: text(event, &["detail", "object", "sequencer"]),
+        time: text(event, &["time"]).and_then(|t| timestamp(&t)),
     }))
+}
+
+/// An ISO 8601 time as events give it (`2026-12-02T11:00:00.123Z`; moto leaves out the `Z`,
+/// meaning UTC); `None` if it is not one.
+fn timestamp(text: &str) -> Option<SystemTime> {
+    use aws_smithy_types::date_time::{DateTime, Format};
+    let time_of_day = text.split_once('T')?.1;
+    let utc;
+    let text = if time_of_day.ends_with('Z') || time_of_day.contains(['+', '-']) {
+        text
+    } else {
+        utc = format!("{text}Z");
+        &utc
+    };
+    SystemTime::try_from(DateTime::from_str(text, Format::DateTime).ok()?).ok()
 }
 
 /// A key as S3 events spell it: form-encoded (`+` is a space, `%2B` a plus).
@@ -157,6 +178,7 @@ mod tests {
     fn s3_body(name: &str, key: &str) -> String {
         serde_json::json!({"Records": [{
             "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": name,
+            "eventTime": "2026-12-02T11:00:00.250Z",
             "s3": {"bucket": {"name": "b"}, "object": {"key": key, "eTag": "abc", "sequencer": "0A1B"}}
         }]})
         .to_string()
@@ -174,6 +196,9 @@ mod tests {
                     etag: Some("abc".into())
                 },
                 sequencer: Some("0A1B".into()),
+                time: Some(
+                    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_209_200_250)
+                ),
             }]
         );
         for removed in [
@@ -231,6 +256,19 @@ mod tests {
         ] {
             assert!(parse(body).is_err(), "{body:?}");
         }
+    }
+
+    #[test]
+    fn event_times_parse_with_and_without_a_zone() {
+        let at = |ms: u64| Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        assert_eq!(timestamp("2026-12-02T11:00:00.250Z"), at(1_796_209_200_250));
+        assert_eq!(
+            timestamp("2026-12-02T11:00:00.250000"),
+            at(1_796_209_200_250)
+        );
+        assert_eq!(timestamp("2026-12-02T11:00:00Z"), at(1_796_209_200_000));
+        assert_eq!(timestamp("yesterday"), None);
+        assert_eq!(timestamp("2026-13-02T11:00:00Z"), None);
     }
 
     #[test]

@@ -20,8 +20,9 @@
 pub mod event;
 pub mod sqs;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use lru::LruCache;
@@ -102,6 +103,66 @@ pub struct Counts {
     pub malformed: u64,
 }
 
+/// What `bucketfs status` and the metrics show of the notifications.
+#[derive(Debug)]
+pub struct NotifyStats {
+    queue: String,
+    /// Records of this bucket received.
+    events: AtomicU64,
+    /// Milliseconds from the last timed record's change to its arrival; `u64::MAX`: none yet.
+    last_lag_ms: AtomicU64,
+    /// Receives fail now.
+    failing: AtomicBool,
+}
+
+/// A copy of `NotifyStats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifySnapshot {
+    /// The queue's name or URL.
+    pub queue: String,
+    /// Records of this bucket received.
+    pub events: u64,
+    /// How long after the change the last timed record arrived (S3's clock against ours).
+    pub last_lag: Option<Duration>,
+    /// Receives fail now (the short TTLs apply).
+    pub failing: bool,
+}
+
+impl NotifyStats {
+    fn new(queue: &str) -> Self {
+        Self {
+            queue: queue.to_string(),
+            events: AtomicU64::new(0),
+            last_lag_ms: AtomicU64::new(u64::MAX),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// The figures now.
+    pub fn snapshot(&self) -> NotifySnapshot {
+        let lag = self.last_lag_ms.load(Ordering::Relaxed);
+        NotifySnapshot {
+            queue: self.queue.clone(),
+            events: self.events.load(Ordering::Relaxed),
+            last_lag: (lag != u64::MAX).then(|| Duration::from_millis(lag)),
+            failing: self.failing.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A record of this bucket arrived; `time` is when its change happened.
+    fn arrived(&self, time: Option<SystemTime>) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("bucketfs_notification_events_total").increment(1);
+        if let Some(time) = time {
+            // A clock behind S3's gives no negative lag, only none.
+            let lag = SystemTime::now().duration_since(time).unwrap_or_default();
+            self.last_lag_ms
+                .store(lag.as_millis() as u64, Ordering::Relaxed);
+            metrics::histogram!("bucketfs_notification_lag_seconds").record(lag.as_secs_f64());
+        }
+    }
+}
+
 /// The loop from queue to filesystem.
 pub struct Consumer {
     queue: Arc<dyn EventQueue>,
@@ -111,6 +172,7 @@ pub struct Consumer {
     sequencers: LruCache<String, String>,
     failing: bool,
     counts: Counts,
+    stats: Arc<NotifyStats>,
 }
 
 impl Consumer {
@@ -121,6 +183,7 @@ impl Consumer {
         bucket: impl Into<String>,
         ttls: Ttls,
     ) -> Self {
+        let stats = Arc::new(NotifyStats::new(queue.name()));
         Self {
             queue,
             sink,
@@ -129,7 +192,13 @@ impl Consumer {
             sequencers: LruCache::unbounded(),
             failing: false,
             counts: Counts::default(),
+            stats,
         }
+    }
+
+    /// Its figures, for `bucketfs status` and the metrics.
+    pub fn stats(&self) -> Arc<NotifyStats> {
+        Arc::clone(&self.stats)
     }
 
     /// What was done so far.
@@ -201,7 +270,12 @@ impl Consumer {
     }
 
     fn apply(&mut self, record: Record) {
-        if record.bucket != self.bucket || !self.in_order(&record) {
+        if record.bucket != self.bucket {
+            self.counts.skipped += 1;
+            return;
+        }
+        self.stats.arrived(record.time);
+        if !self.in_order(&record) {
             self.counts.skipped += 1;
             return;
         }
@@ -232,6 +306,7 @@ impl Consumer {
     fn working(&mut self) {
         if self.failing {
             self.failing = false;
+            self.stats.failing.store(false, Ordering::Relaxed);
             let (ttl, negative) = self.ttls.pushed;
             tracing::info!(
                 queue = self.queue.name(),
@@ -247,6 +322,7 @@ impl Consumer {
             return;
         }
         self.failing = true;
+        self.stats.failing.store(true, Ordering::Relaxed);
         let (ttl, negative) = self.ttls.fallback;
         tracing::warn!(
             "notifications failed ({error}): metadata trusted for {ttl:?} until they work again"

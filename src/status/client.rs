@@ -253,7 +253,7 @@ fn header(a: &Value) -> Vec<String> {
     } else {
         "no reads yet".to_string()
     };
-    vec![
+    let mut lines = vec![
         format!(
             "{}: {} at {} ({}), up {}",
             text(a, "mountpoint"),
@@ -275,7 +275,26 @@ fn header(a: &Value) -> Vec<String> {
             num(&a["metadata"], "listings")
         ),
         requests_line(&a["s3"]),
-    ]
+    ];
+    let n = &a["notifications"];
+    if n.is_object() {
+        let lag = n["last_lag_seconds"]
+            .as_f64()
+            .map_or_else(String::new, |l| {
+                format!(", the last {l:.1} s after its change")
+            });
+        let failing = if n["failing"].as_bool() == Some(true) {
+            " (failing now: short TTLs apply)"
+        } else {
+            ""
+        };
+        lines.push(format!(
+            "  notifications: {} events from {}{lag}{failing}",
+            num(n, "events"),
+            text(n, "queue")
+        ));
+    }
+    lines
 }
 
 /// "S3 requests: 12 GetObject, 3 HeadObject (1 not_found)...": by operation, most first, with

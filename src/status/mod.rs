@@ -28,6 +28,7 @@ use tokio::net::UnixListener;
 
 use crate::fs::{Activity, Fs};
 use crate::metrics::{RequestCounts, RequestStats};
+use crate::notify::{NotifySnapshot, NotifyStats};
 
 /// What a request line may be at most, and how long a client may take to send it.
 const REQUEST_LIMIT: u64 = 256;
@@ -80,6 +81,8 @@ pub struct MountInfo {
     pub started: SystemTime,
     /// Its S3 requests so far.
     pub requests: Arc<RequestStats>,
+    /// Its S3 event notifications, when on.
+    pub notifications: Option<Arc<NotifyStats>>,
 }
 
 /// The status socket while it is served; removed when dropped.
@@ -157,7 +160,12 @@ async fn answer(stream: tokio::net::UnixStream, info: &MountInfo, fs: &Fs) -> st
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
     let reply = match line.trim() {
-        "status" => report(info, &fs.activity(), &info.requests.snapshot()),
+        "status" => report(
+            info,
+            &fs.activity(),
+            &info.requests.snapshot(),
+            info.notifications.as_ref().map(|n| n.snapshot()),
+        ),
         other => {
             json!({ "error": format!("unknown request {other:?}; this daemon knows \"status\"") })
         }
@@ -169,7 +177,12 @@ async fn answer(stream: tokio::net::UnixStream, info: &MountInfo, fs: &Fs) -> st
 }
 
 /// The JSON answer to "status" (documented in docs/STATUS.md).
-pub fn report(info: &MountInfo, a: &Activity, s3: &RequestCounts) -> Value {
+pub fn report(
+    info: &MountInfo,
+    a: &Activity,
+    s3: &RequestCounts,
+    notify: Option<NotifySnapshot>,
+) -> Value {
     let uploads: Vec<Value> = a
         .uploads
         .iter()
@@ -236,6 +249,12 @@ pub fn report(info: &MountInfo, a: &Activity, s3: &RequestCounts) -> Value {
             "bytes_sent": s3.bytes_sent,
             "bytes_received": s3.bytes_received,
         },
+        "notifications": notify.map(|n| json!({
+            "queue": n.queue,
+            "events": n.events,
+            "last_lag_seconds": n.last_lag.map(|l| l.as_secs_f64()),
+            "failing": n.failing,
+        })),
     })
 }
 

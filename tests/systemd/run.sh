@@ -4,12 +4,15 @@
 # tested, loudly, and the .mount unit is started directly instead):
 #  1. `mount -t fuse.bucketfs` and an fstab line + `mount PATH` on this machine (fstab restored);
 #  2. systemd as PID 1 in systemd-nspawn (a Debian bookworm minbase root, built once with
-#     debootstrap and cached under ~/.cache/bucketfs): `systemd-analyze verify` of systemd/*, the
-#     .mount/.automount pair (armed, mounted on first access, unmounted when idle, stopped), an
-#     fstab x-systemd.automount line, and the Type=notify template service.
+#     debootstrap and cached under ~/.cache/bucketfs), with bucketfs installed there from the
+#     Debian package (.ci/package: binary, units, man page, completions): `systemd-analyze
+#     verify` of the installed units, `man -w bucketfs`, the installed .mount/.automount pair
+#     with a drop-in naming the bucket (armed, mounted on first access, unmounted when idle,
+#     stopped), an fstab x-systemd.automount line, and the installed Type=notify template.
 # All against SeaweedFS on 127.0.0.1 (the container shares the host network). Every step runs
 # under `timeout`; the EXIT trap unmounts, stops the container and the server, and cleans up.
-# usage: tests/systemd/run.sh [BUCKETFS_BINARY]   (default target/debug/bucketfs, built if missing)
+# usage: tests/systemd/run.sh [BUCKETFS_BINARY]   (for step 1; default target/debug/bucketfs,
+# built if missing). Step 2 builds the package (a release build) and installs that.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/setup.sh
@@ -27,7 +30,8 @@ fi
 
 bin="$(realpath "${1:-target/debug/bucketfs}")"
 [ -x "$bin" ] || cargo build
-rootfs="$CACHE_DIR/nspawn-bookworm"
+# v2: with man-db, for `man -w`.
+rootfs="$CACHE_DIR/nspawn-bookworm-v2"
 mirror="${BUCKETFS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 work="$(mktemp -d /tmp/bucketfs-systemd.XXXXXX)"
 machine="bucketfs-test-$$"
@@ -144,17 +148,23 @@ if [ ! -e "$rootfs/.complete" ]; then
   command -v debootstrap >/dev/null || apt_install debootstrap
   rm -rf "$rootfs.tmp"
   timeout 900 debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,fuse3,ca-certificates bookworm "$rootfs.tmp" "$mirror" \
+    --include=systemd,systemd-sysv,dbus,fuse3,ca-certificates,man-db bookworm "$rootfs.tmp" "$mirror" \
     > "$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; fail "debootstrap"; }
   touch "$rootfs.tmp/.complete"
   rm -rf "$rootfs"
   mv "$rootfs.tmp" "$rootfs"
 fi
 
+step "the Debian package (.ci/package)"
+deb="$(timeout 1800 bash .ci/package | tail -n 1)" || fail "building the package"
+[ -f "$deb" ] || fail "no package at '$deb'"
+mkdir -p "$work/deb"
+cp "$deb" "$work/deb/bucketfs.deb"
+
 step "boot systemd in systemd-nspawn"
 timeout 900 systemd-nspawn -D "$rootfs" --boot --register=no --keep-unit --volatile=overlay \
-  --bind=/dev/fuse $($autofs && echo --bind=/dev/autofs) --bind-ro="$bin:/usr/local/bin/bucketfs" \
-  --bind-ro="$PWD/systemd:/usr/local/share/bucketfs/systemd" -M "$machine" --console=passive \
+  --bind=/dev/fuse $($autofs && echo --bind=/dev/autofs) \
+  --bind-ro="$work/deb:/usr/local/share/bucketfs-deb" -M "$machine" --console=passive \
   > "$work/nspawn.log" 2>&1 &
 nspawn_pid=$!
 pid1=""
@@ -181,8 +191,24 @@ unmounted() { ! mounted "$1"; }
 daemons() { cx sh -c 'cat /proc/[0-9]*/comm 2>/dev/null' | grep -cx bucketfs || true; }
 no_daemons() { [ "$(daemons)" = 0 ]; }
 
-step "systemd-analyze verify systemd/* (any output fails)"
-cx sh -c 'mkdir -p /run/verify && cp /usr/local/share/bucketfs/systemd/* /run/verify/ &&
+step "dpkg -i the package; what it installed"
+cx dpkg -i /usr/local/share/bucketfs-deb/bucketfs.deb > "$work/dpkg.log" 2>&1 ||
+  { cat "$work/dpkg.log" >&2; fail "dpkg -i"; }
+[ "$(cx sh -c 'command -v bucketfs')" = /usr/bin/bucketfs ] || fail "bucketfs is not /usr/bin/bucketfs"
+cx bucketfs --version | grep -q "^bucketfs $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1) (" ||
+  fail "bucketfs --version: $(cx bucketfs --version)"
+[ "$(cx man -w bucketfs)" = /usr/share/man/man8/bucketfs.8.gz ] || fail "man -w bucketfs: $(cx man -w bucketfs 2>&1)"
+cx sh -c 'man bucketfs 2>/dev/null' | grep -q "metrics.addr" || fail "man bucketfs lacks the options"
+for f in /lib/systemd/system/bucketfs@.service /lib/systemd/system/mnt-data.mount \
+  /lib/systemd/system/mnt-data.automount /usr/share/bash-completion/completions/bucketfs \
+  /usr/share/zsh/vendor-completions/_bucketfs /usr/share/doc/bucketfs/SYSTEMD.md; do
+  cx test -s "$f" || fail "the package did not install $f"
+done
+cx dpkg -s bucketfs | grep -q '^Depends:.*fuse3' || fail "the package does not depend on fuse3"
+
+step "systemd-analyze verify of the installed units (any output fails)"
+cx sh -c 'mkdir -p /run/verify && cp /lib/systemd/system/bucketfs@.service \
+  /lib/systemd/system/mnt-data.mount /lib/systemd/system/mnt-data.automount /run/verify/ &&
   mv /run/verify/bucketfs@.service /run/verify/bucketfs@mnt-data.service'
 out="$(cx sh -c 'cd /run/verify && systemd-analyze verify ./*' 2>&1)" || fail "verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify printed: $out"
@@ -190,11 +216,14 @@ out="$(cx sh -c 'cd /run/verify && systemd-analyze verify ./*' 2>&1)" || fail "v
 step "the .mount and .automount units"
 cx sh -c "mkdir -p /root/.aws && umask 077 && printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
   $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY > /root/.aws/credentials"
-cx sh -c "sed -e 's|^What=.*|What=sample:docs/|' -e 's|^Options=.*|Options=_netdev,$opts|' \
-  /usr/local/share/bucketfs/systemd/mnt-data.mount > /etc/systemd/system/mnt-data.mount &&
-  sed -e 's|^TimeoutIdleSec=.*|TimeoutIdleSec=3|' \
-  /usr/local/share/bucketfs/systemd/mnt-data.automount > /etc/systemd/system/mnt-data.automount"
+# The installed units, with drop-ins as docs/SYSTEMD.md says: the bucket, and a short idle time.
+cx sh -c "mkdir -p /etc/systemd/system/mnt-data.mount.d /etc/systemd/system/mnt-data.automount.d &&
+  printf '[Mount]\nWhat=sample:docs/\nOptions=_netdev,$opts\n' > /etc/systemd/system/mnt-data.mount.d/test.conf &&
+  printf '[Automount]\nTimeoutIdleSec=3\n' > /etc/systemd/system/mnt-data.automount.d/test.conf"
 cx systemctl daemon-reload
+[ -z "$(cx sh -c 'ls /etc/systemd/system/*.mount /etc/systemd/system/*.automount 2>/dev/null')" ] ||
+  fail "units copied into /etc: the test must use the installed ones"
+
 if $autofs; then
   step ".automount: armed, mounted on first access, unmounted when idle"
   cx systemctl start mnt-data.automount
@@ -240,7 +269,6 @@ BUCKETFS_OPTIONS=--endpoint-url $endpoint --force-path-style --region us-east-1
 AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 ENV
-cx cp /usr/local/share/bucketfs/systemd/bucketfs@.service /etc/systemd/system/
 cx systemctl daemon-reload
 cx systemctl start bucketfs@mnt-svc.service
 mounted /mnt/svc || fail "service started but /mnt/svc is not mounted yet"
