@@ -310,7 +310,7 @@ fn describe() {
     describe_gauge!(
         "bucketfs_upload_bytes_pending",
         metrics::Unit::Bytes,
-        "Bytes written to files and not yet sent to S3"
+        "Bytes written to files being uploaded and not yet sent"
     );
     describe_gauge!(
         "bucketfs_files_uncommitted",

@@ -133,6 +133,45 @@ fn status_shows_an_upload_in_flight_and_wait_returns_once_it_is_committed() {
 }
 
 #[test]
+fn bytes_of_a_part_count_as_they_go_out() {
+    let b = Bucket::new("status-part");
+    let p = proxy();
+    let m = Mount::new(&b.name, "status-part", &["--endpoint-url", &p.endpoint]);
+    // 1 MB/s: the first 8 MiB part takes about eight seconds to go out.
+    p.throttle(1_000_000);
+    let mut f = fs::File::create(m.path.join("slow.bin")).unwrap();
+    f.write_all(&pseudo_random(9 * MIB, 5)).unwrap();
+    let part = 8 * MIB as u64;
+    let mut within_part: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let v = status_json(&m);
+        let Some(u) = list(&v, "uploads")
+            .into_iter()
+            .find(|u| u["path"] == "slow.bin")
+        else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        if u["parts_done"].as_u64() != Some(0) {
+            break;
+        }
+        let sent = u["bytes_sent"].as_u64().unwrap();
+        if sent > 0 && sent < part && within_part.last() != Some(&sent) {
+            within_part.push(sent);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        within_part.len() >= 3 && within_part.windows(2).all(|w| w[0] < w[1]),
+        "bytes sent should grow within the first part: {within_part:?}"
+    );
+    p.throttle(0);
+    drop(f);
+    assert_eq!(b.size("slow.bin"), Some(9 * MIB as u64));
+}
+
+#[test]
 fn status_wait_fails_naming_a_file_whose_commit_failed() {
     let b = Bucket::new("status-fail");
     let p = proxy();

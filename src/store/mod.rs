@@ -9,6 +9,9 @@
 //!    them back that way.
 //! 3. Errors are classified into a small `StoreErrorKind` here, so that `error.rs` can map them to
 //!    an errno in one place and no AWS type leaks above this module.
+//! 4. How much of a request body has gone out is told through a task-local counter
+//!    (`counting_body`), not the trait: only a store that streams bodies (`s3`) can say, and
+//!    only `bucketfs status` asks.
 
 pub mod contract;
 #[cfg(test)]
@@ -17,10 +20,24 @@ pub mod memory;
 pub mod s3;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+tokio::task_local! {
+    /// Bytes of the request body of the call under way handed to the network in its current
+    /// attempt (a retry starts again from 0); see 4.
+    pub static BODY_SENT: Arc<AtomicU64>;
+}
+
+/// Runs `call` (one store call with a body) with its body's progress counted in `counter`.
+pub async fn counting_body<F: Future>(counter: Arc<AtomicU64>, call: F) -> F::Output {
+    BODY_SENT.scope(counter, call).await
+}
 
 /// What a HEAD or a listing says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]

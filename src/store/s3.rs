@@ -120,6 +120,8 @@ struct ProgressBody {
     data: Bytes,
     sent: usize,
     progress: Arc<Progress>,
+    /// The caller's count of bytes handed over (`super::BODY_SENT`).
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl http_body::Body for ProgressBody {
@@ -136,6 +138,9 @@ impl http_body::Body for ProgressBody {
         }
         let end = (this.sent + BODY_CHUNK).min(this.data.len());
         let chunk = this.data.slice(this.sent..end);
+        if let Some(counter) = &this.counter {
+            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
         this.sent = end;
         this.progress.tick();
         if end == this.data.len() {
@@ -153,15 +158,21 @@ impl http_body::Body for ProgressBody {
     }
 }
 
-/// A retryable body of `data` whose progress shows in `progress` (every retry resends it).
+/// A retryable body of `data` whose progress shows in `progress` (every retry resends it),
+/// and in the caller's `BODY_SENT` counter when it set one.
 fn progress_body(data: Bytes, progress: &Arc<Progress>) -> ByteStream {
     let progress = Arc::clone(progress);
+    let counter = super::BODY_SENT.try_with(Arc::clone).ok();
     ByteStream::new(SdkBody::retryable(move || {
         progress.sent.store(false, Ordering::Relaxed);
+        if let Some(counter) = &counter {
+            counter.store(0, Ordering::Relaxed);
+        }
         SdkBody::from_body_1_x(ProgressBody {
             data: data.clone(),
             sent: 0,
             progress: Arc::clone(&progress),
+            counter: counter.clone(),
         })
     }))
 }

@@ -22,7 +22,9 @@
 //! 5. A failed upload is aborted, never completed: no partial object appears under the name.
 //! 7. Each upload counts its progress (bytes written and sent, parts done, the total once
 //!    known) in atomics that `bucketfs status` reads through an `UploadRegistry` of weak
-//!    references: a finished or dropped upload leaves the registry by itself.
+//!    references: a finished or dropped upload leaves the registry by itself. Bytes of a part
+//!    under way count as the store hands them to the network (`store::counting_body`), so a
+//!    slow link shows progress within an 8 MiB part; a retried part starts again from 0.
 
 pub mod staging;
 
@@ -123,10 +125,20 @@ pub struct Progress {
     /// When the upload was created.
     pub started: Instant,
     written: AtomicU64,
-    sent: AtomicU64,
+    /// Bytes of parts acknowledged, and the counters of the requests under way (bytes of their
+    /// bodies handed to the network): one lock, so that a part moving from one to the other
+    /// never shows twice or not at all.
+    sent: Mutex<Sending>,
     parts: AtomicU64,
     /// The object's size once the upload is finishing (`UNKNOWN` before).
     total: AtomicU64,
+}
+
+/// See `Progress::sent`.
+#[derive(Debug, Default)]
+struct Sending {
+    acknowledged: u64,
+    under_way: Vec<Arc<AtomicU64>>,
 }
 
 /// What a `Progress` says at one moment.
@@ -136,7 +148,8 @@ pub struct ProgressSnapshot {
     pub key: String,
     /// Bytes the application wrote.
     pub written: u64,
-    /// Bytes the server acknowledged (parts done, or the whole object).
+    /// Bytes sent: those of acknowledged parts, and those handed to the network of the parts
+    /// under way (at most `written`).
     pub sent: u64,
     /// Parts the server acknowledged.
     pub parts: u64,
@@ -155,7 +168,7 @@ impl Progress {
             key: key.to_owned(),
             started: Instant::now(),
             written: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
+            sent: Mutex::new(Sending::default()),
             parts: AtomicU64::new(0),
             total: AtomicU64::new(UNKNOWN),
         }
@@ -164,14 +177,42 @@ impl Progress {
     /// The counters now.
     pub fn snapshot(&self) -> ProgressSnapshot {
         let total = self.total.load(Ordering::Relaxed);
+        let written = self.written.load(Ordering::Relaxed);
+        let sent = {
+            let s = self.sent.lock().unwrap();
+            let under_way: u64 = s.under_way.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            s.acknowledged + under_way
+        };
         ProgressSnapshot {
             key: self.key.clone(),
-            written: self.written.load(Ordering::Relaxed),
-            sent: self.sent.load(Ordering::Relaxed),
+            written,
+            sent: sent.min(written),
             parts: self.parts.load(Ordering::Relaxed),
             total: (total != UNKNOWN).then_some(total),
             elapsed: self.started.elapsed(),
         }
+    }
+
+    /// Runs `call`, a store call sending `len` bytes, counting its body as it goes out; once
+    /// it succeeds, the bytes count as acknowledged.
+    async fn sending<T>(
+        &self,
+        len: u64,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let counter = Arc::new(AtomicU64::new(0));
+        self.sent
+            .lock()
+            .unwrap()
+            .under_way
+            .push(Arc::clone(&counter));
+        let result = crate::store::counting_body(Arc::clone(&counter), call).await;
+        let mut s = self.sent.lock().unwrap();
+        s.under_way.retain(|c| !Arc::ptr_eq(c, &counter));
+        if result.is_ok() {
+            s.acknowledged += len;
+        }
+        result
     }
 }
 
@@ -454,8 +495,9 @@ impl Upload {
         let progress = Arc::clone(&self.progress);
         self.in_flight.spawn(async move {
             let len = body.len() as u64;
-            let etag = store.upload_part(&key, &id, number, body).await?;
-            progress.sent.fetch_add(len, Ordering::Relaxed);
+            let etag = progress
+                .sending(len, store.upload_part(&key, &id, number, body))
+                .await?;
             progress.parts.fetch_add(1, Ordering::Relaxed);
             drop(permit);
             Ok(CompletedPart { number, etag })
@@ -479,8 +521,10 @@ impl Upload {
                 content_type: self.content_type.clone(),
                 if_none_match,
             };
-            let etag = self.store.put_object(&self.key, body, &options).await?;
-            self.progress.sent.store(self.len, Ordering::Relaxed);
+            let etag = self
+                .progress
+                .sending(self.len, self.store.put_object(&self.key, body, &options))
+                .await?;
             self.progress.parts.store(1, Ordering::Relaxed);
             self.held = None;
             return Ok(Uploaded {
