@@ -18,7 +18,9 @@
 //! 5. Bytes are the Content-Length of requests and responses: a GET body cut short counts in
 //!    full, and its resumption again.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -153,6 +155,23 @@ impl RequestStats {
     }
 }
 
+tokio::task_local! {
+    /// SDK attempts made inside `counting_attempts`, counted by `CountRequests`.
+    static ATTEMPTS: Cell<u32>;
+}
+
+/// Runs `call`, which makes an SDK call and handles its error, counting the attempts the SDK
+/// makes (`attempts` tells them inside).
+pub async fn counting_attempts<F: Future>(call: F) -> F::Output {
+    ATTEMPTS.scope(Cell::new(0), call).await
+}
+
+/// The attempts made so far inside `counting_attempts`; 0 outside one, or when no
+/// `CountRequests` interceptor counts.
+pub fn attempts() -> u32 {
+    ATTEMPTS.try_with(Cell::get).unwrap_or(0)
+}
+
 /// The SDK interceptor that counts every attempt into a `RequestStats` (see 1. and 2.).
 #[derive(Debug, Clone)]
 pub struct CountRequests {
@@ -201,6 +220,7 @@ impl Intercept for CountRequests {
             sent_at: None,
             body: 0,
         });
+        let _ = ATTEMPTS.try_with(|a| a.set(a.get() + 1));
         Ok(())
     }
 

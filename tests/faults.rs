@@ -144,6 +144,37 @@ fn throttling_and_5xx_are_retried() {
 }
 
 #[test]
+fn an_error_that_outlasts_the_retries_says_what_s3_said() {
+    let b = Bucket::new("retry-out");
+    b.put("f.bin", pseudo_random(64 << 10, 6));
+    let p = proxy();
+    let m = Mount::new(&b.name, "retry-out", &["--endpoint-url", &p.endpoint]);
+    let path = m.path.join("f.bin");
+    assert_eq!(fs::metadata(&path).unwrap().len(), 64 << 10);
+    // Every attempt of the GET is throttled: the read fails, and the log says how.
+    p.fail_next(1000);
+    let read = within(Duration::from_secs(120), "a throttled read", move || {
+        fs::read(path)
+    });
+    p.fail_next(0);
+    assert_eq!(read.unwrap_err().raw_os_error(), Some(libc::EIO));
+    let log = fs::read_to_string(&m.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("SlowDown"))
+        .unwrap_or_else(|| panic!("no SlowDown in the log:\n{log}"));
+    for part in [
+        "f.bin",
+        "SlowDown: Please reduce your request rate.",
+        "HTTP 503",
+        "request id INJECTED",
+        "4 attempts",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+}
+
+#[test]
 fn a_server_gone_mid_write_fails_close_and_leaves_no_object_and_no_upload() {
     use std::io::Write;
     use std::os::fd::IntoRawFd;

@@ -22,6 +22,10 @@
 //!    on every upload, in aws-chunked encoding) costs CPU on every byte and is refused by some
 //!    S3-compatible servers; TCP and TLS already guard the transfer.
 //! 6. A copy source is `bucket/key` URL-encoded, or keys with spaces, `+` or `%` fail.
+//! 7. An error says what boto3's `ClientError.response` says: code, message, HTTP status,
+//!    request id, and the attempts made. The attempts come from the request-counting
+//!    interceptor through a task-local scope that every call runs in (`metrics::counting_attempts`
+//!    in `within`, `progressing` and the calls made without them).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -265,14 +269,28 @@ impl S3Store {
     }
 }
 
-/// Maps an SDK error to a `StoreError`, naming the operation and key.
+/// ", 3 attempts" when the SDK retried (see `metrics::counting_attempts`), else nothing.
+fn attempts_note() -> String {
+    match crate::metrics::attempts() {
+        0 | 1 => String::new(),
+        n => format!(", {n} attempts"),
+    }
+}
+
+/// Maps an SDK error to a `StoreError`, naming the operation and key, and saying what S3
+/// said: its error code and message, the HTTP status, the request id (what AWS support asks
+/// for) and the attempts made (see 7.).
 fn classify<E>(what: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     use StoreErrorKind as K;
+    let attempts = attempts_note();
     match &err {
-        SdkError::TimeoutError(_) => StoreError::new(K::Timeout, format!("{what}: timed out")),
+        SdkError::TimeoutError(_) => StoreError::new(
+            K::Timeout,
+            format!("{what}: timed out{}", attempts.replace(", ", " after ")),
+        ),
         SdkError::DispatchFailure(failure) => {
             let chain = error_chain(&err);
             let kind = if failure.is_timeout() {
@@ -282,11 +300,22 @@ where
             } else {
                 K::Unreachable
             };
-            StoreError::new(kind, format!("{what}: {chain}"))
+            let attempts = attempts.replace(", ", " after ");
+            StoreError::new(kind, format!("{what}: {chain}{attempts}"))
         }
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("").to_string();
+            let message = service
+                .err()
+                .message()
+                .filter(|m| !m.is_empty())
+                .map_or_else(String::new, |m| format!(": {m}"));
+            let request_id = service
+                .raw()
+                .headers()
+                .get("x-amz-request-id")
+                .map_or_else(String::new, |id| format!(", request id {id}"));
             let kind = match (status, code.as_str()) {
                 (_, "NoSuchBucket") => K::NoSuchBucket,
                 (_, "NoSuchKey" | "NotFound") | (404, _) => K::NotFound,
@@ -305,7 +334,10 @@ where
             } else {
                 code
             };
-            StoreError::new(kind, format!("{what}: {code} (HTTP {status})"))
+            StoreError::new(
+                kind,
+                format!("{what}: {code}{message} (HTTP {status}{request_id}{attempts})"),
+            )
         }
         _ => StoreError::new(K::Other, format!("{what}: {}", error_chain(&err))),
     }
@@ -361,100 +393,110 @@ fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn head_bucket(&self) -> Result<(), StoreError> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                let mut e = classify(&format!("HeadBucket {}", self.bucket), err);
-                if e.kind == StoreErrorKind::NotFound {
-                    e.kind = StoreErrorKind::NoSuchBucket;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        let result = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await;
-        match result {
-            Ok(out) => Ok(Some(ObjectMeta {
-                key: key.to_string(),
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                etag: out.e_tag().unwrap_or_default().to_string(),
-                last_modified: system_time(out.last_modified()),
-                metadata: Some(
-                    out.metadata()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                ),
-                content_type: out.content_type().map(str::to_string),
-            })),
-            Err(err) => {
-                let e = classify(&format!("HeadObject {key}"), err);
-                if e.kind == StoreErrorKind::NotFound {
-                    Ok(None)
-                } else {
+        let what = format!("HeadBucket {}", self.bucket);
+        crate::metrics::counting_attempts(async {
+            match self.client.head_bucket().bucket(&self.bucket).send().await {
+                Ok(_) => Ok(()),
+                Err(err) => {
+                    let mut e = classify(&what, err);
+                    if e.kind == StoreErrorKind::NotFound {
+                        e.kind = StoreErrorKind::NoSuchBucket;
+                    }
                     Err(e)
                 }
             }
-        }
+        })
+        .await
+    }
+
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        crate::metrics::counting_attempts(async {
+            let result = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await;
+            match result {
+                Ok(out) => Ok(Some(ObjectMeta {
+                    key: key.to_string(),
+                    size: out.content_length().unwrap_or(0).max(0) as u64,
+                    etag: out.e_tag().unwrap_or_default().to_string(),
+                    last_modified: system_time(out.last_modified()),
+                    metadata: Some(
+                        out.metadata()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    ),
+                    content_type: out.content_type().map(str::to_string),
+                })),
+                Err(err) => {
+                    let e = classify(&format!("HeadObject {key}"), err);
+                    if e.kind == StoreErrorKind::NotFound {
+                        Ok(None)
+                    } else {
+                        Err(e)
+                    }
+                }
+            }
+        })
+        .await
     }
 
     async fn list_objects_v2(&self, request: &ListRequest) -> Result<ListPage, StoreError> {
-        let mut call = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&request.prefix)
-            .set_delimiter(request.delimiter.clone())
-            .max_keys(request.max_keys);
-        call = match &request.start {
-            ListStart::Beginning => call,
-            ListStart::Token(token) => call.continuation_token(token),
-            ListStart::After(key) => call.start_after(key),
-        };
-        let out = call
-            .send()
-            .await
-            .map_err(|e| classify(&format!("ListObjectsV2 {}", request.prefix), e))?;
-        let objects = out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some(ObjectMeta {
-                    key: o.key()?.to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag().unwrap_or_default().to_string(),
-                    last_modified: system_time(o.last_modified()),
-                    metadata: None,
-                    content_type: None,
+        crate::metrics::counting_attempts(async {
+            let mut call = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&request.prefix)
+                .set_delimiter(request.delimiter.clone())
+                .max_keys(request.max_keys);
+            call = match &request.start {
+                ListStart::Beginning => call,
+                ListStart::Token(token) => call.continuation_token(token),
+                ListStart::After(key) => call.start_after(key),
+            };
+            let out = call
+                .send()
+                .await
+                .map_err(|e| classify(&format!("ListObjectsV2 {}", request.prefix), e))?;
+            let objects = out
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    Some(ObjectMeta {
+                        key: o.key()?.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().unwrap_or_default().to_string(),
+                        last_modified: system_time(o.last_modified()),
+                        metadata: None,
+                        content_type: None,
+                    })
                 })
+                .collect();
+            let common_prefixes = out
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_string))
+                .collect();
+            let next_continuation_token = if out.is_truncated().unwrap_or(false) {
+                out.next_continuation_token().map(str::to_string)
+            } else {
+                None
+            };
+            Ok(ListPage {
+                objects,
+                common_prefixes,
+                next_continuation_token,
             })
-            .collect();
-        let common_prefixes = out
-            .common_prefixes()
-            .iter()
-            .filter_map(|p| p.prefix().map(str::to_string))
-            .collect();
-        let next_continuation_token = if out.is_truncated().unwrap_or(false) {
-            out.next_continuation_token().map(str::to_string)
-        } else {
-            None
-        };
-        Ok(ListPage {
-            objects,
-            common_prefixes,
-            next_continuation_token,
         })
+        .await
     }
 
     async fn get_object_range(
@@ -740,20 +782,23 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        tokio::pin!(call);
-        loop {
-            let (idle, allowed) = (progress.idle(), progress.allowance(self.stall_timeout));
-            if idle >= allowed {
-                return Err(StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!("{what}: no progress for {allowed:?}"),
-                ));
+        crate::metrics::counting_attempts(async {
+            tokio::pin!(call);
+            loop {
+                let (idle, allowed) = (progress.idle(), progress.allowance(self.stall_timeout));
+                if idle >= allowed {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        format!("{what}: no progress for {allowed:?}{}", attempts_note()),
+                    ));
+                }
+                tokio::select! {
+                    result = &mut call => return result.map_err(|e| classify(what, e)),
+                    () = tokio::time::sleep(allowed - idle) => {}
+                }
             }
-            tokio::select! {
-                result = &mut call => return result.map_err(|e| classify(what, e)),
-                () = tokio::time::sleep(allowed - idle) => {}
-            }
-        }
+        })
+        .await
     }
 
     /// Runs one SDK call under `request_timeout` (retries included) and classifies its error.
@@ -777,16 +822,19 @@ impl S3Store {
         what: &str,
         request: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.request_timeout, request)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!(
-                        "{what}: no complete answer within {:?}",
-                        self.request_timeout
-                    ),
-                ))
-            })
+        tokio::time::timeout(
+            self.request_timeout,
+            crate::metrics::counting_attempts(request),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "{what}: no complete answer within {:?}",
+                    self.request_timeout
+                ),
+            ))
+        })
     }
 }

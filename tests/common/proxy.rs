@@ -41,6 +41,8 @@ impl Counts {
 struct State {
     /// Requests still to answer with 503 SlowDown instead of forwarding.
     fail_next: AtomicU64,
+    /// 503s sent so far (their request ids are INJECTED0, INJECTED1...).
+    injected: AtomicU64,
     stalled: AtomicBool,
     dead: AtomicBool,
     counts: Counts,
@@ -197,9 +199,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, mut reply: Option
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             if injected {
-                let body = "<Error><Code>SlowDown</Code><Message>injected</Message></Error>";
+                let id = format!("INJECTED{}", state.injected.fetch_add(1, Ordering::SeqCst));
+                let body = format!(
+                    "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>{id}</RequestId></Error>"
+                );
                 let response = format!(
-                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nx-amz-request-id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 if client.write_all(response.as_bytes()).is_err() {
