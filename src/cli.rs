@@ -18,6 +18,7 @@ use crate::config::{
     CacheConfig, Config, DaemonConfig, DiskCacheConfig, FsConfig, NotifyConfig, NotifySource,
     StoreConfig, UploadConfig, DEFAULT_METADATA_TTL, DEFAULT_STAGING_LIMIT, NOTIFIED_METADATA_TTL,
 };
+use crate::store::headers::{CustomerKey, RequestHeaders, Sse, STORAGE_CLASSES};
 use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
 
 /// The version and the commit it was built from (`build.rs`).
@@ -95,6 +96,34 @@ pub struct Args {
     /// Address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT
     #[arg(long)]
     pub force_path_style: bool,
+
+    /// Storage class of new objects and copies: STANDARD, STANDARD_IA, INTELLIGENT_TIERING,
+    /// ONEZONE_IA, GLACIER_IR, GLACIER, DEEP_ARCHIVE... (default: the bucket's, STANDARD)
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+
+    /// Server-side encryption of new objects and copies: AES256 (S3's keys), aws:kms or
+    /// aws:kms:dsse (default: the bucket's)
+    #[arg(long, value_name = "ALGORITHM", conflicts_with = "sse_c_key_file")]
+    pub sse: Option<String>,
+
+    /// With --sse aws:kms or aws:kms:dsse: the KMS key (id, ARN or alias/NAME; default: the
+    /// bucket's, else aws/s3)
+    #[arg(long, value_name = "ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Encrypt and read every object with your own key (SSE-C): a file holding 32 bytes, raw
+    /// or in base64, owned by you and not readable by others
+    #[arg(long, value_name = "PATH")]
+    pub sse_c_key_file: Option<PathBuf>,
+
+    /// Pay for the requests and transfer of a requester-pays bucket
+    #[arg(long)]
+    pub requester_pays: bool,
+
+    /// Fail every request (403) unless the bucket belongs to this AWS account (12 digits)
+    #[arg(long, value_name = "ACCOUNT")]
+    pub expected_bucket_owner: Option<String>,
 
     /// Refuse every change to the bucket (EROFS)
     #[arg(long)]
@@ -252,6 +281,12 @@ const FLAG_OPTIONS: &[&str] = &[
     "region",
     "profile",
     "force-path-style",
+    "storage-class",
+    "sse",
+    "sse-kms-key-id",
+    "sse-c-key-file",
+    "requester-pays",
+    "expected-bucket-owner",
     "read-only",
     "uid",
     "gid",
@@ -375,6 +410,30 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Args::command(), "bucketfs", &mut out);
     out
+}
+
+/// A storage class S3 knows, in any case.
+fn parse_storage_class(class: &str) -> Result<String, String> {
+    let upper = class.to_ascii_uppercase();
+    if STORAGE_CLASSES.contains(&upper.as_str()) {
+        Ok(upper)
+    } else {
+        Err(format!(
+            "--storage-class {class:?} is not an S3 storage class: give one of {}",
+            STORAGE_CLASSES.join(", ")
+        ))
+    }
+}
+
+/// A 12-digit AWS account id.
+fn parse_account(account: &str) -> Result<String, String> {
+    if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(account.to_string())
+    } else {
+        Err(format!(
+            "--expected-bucket-owner {account:?} is not an AWS account id (12 digits)"
+        ))
+    }
 }
 
 /// Splits `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX` into bucket and prefix; the prefix is
@@ -503,6 +562,25 @@ impl Args {
         store.force_path_style = self.force_path_style;
         // SAFETY: geteuid and getegid cannot fail and touch no memory.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        store.headers = RequestHeaders {
+            storage_class: match self.storage_class {
+                Some(class) => Some(parse_storage_class(&class)?),
+                None => None,
+            },
+            sse: match self.sse {
+                Some(sse) => Some(Sse::parse(&sse, self.sse_kms_key_id)?),
+                None => None,
+            },
+            customer_key: match &self.sse_c_key_file {
+                Some(path) => Some(CustomerKey::from_file(path, euid)?),
+                None => None,
+            },
+            requester_pays: self.requester_pays,
+            expected_owner: match self.expected_bucket_owner {
+                Some(owner) => Some(parse_account(&owner)?),
+                None => None,
+            },
+        };
         let source = match (self.notify_queue, self.notify_topic) {
             (Some(url), _) => NotifySource::Queue(parse_queue_url(&url)?),
             (None, Some(arn)) => NotifySource::Topic(parse_topic_arn(&arn)?),

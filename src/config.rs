@@ -50,6 +50,8 @@ pub struct StoreConfig {
     pub stall_timeout: Duration,
     /// Attempts per request (first try included) for retryable failures.
     pub max_attempts: u32,
+    /// Storage class, encryption, requester pays, expected owner: headers of every request.
+    pub headers: crate::store::headers::RequestHeaders,
 }
 
 impl StoreConfig {
@@ -66,6 +68,7 @@ impl StoreConfig {
             request_timeout: Duration::from_secs(120),
             stall_timeout: Duration::from_secs(30),
             max_attempts: 4,
+            headers: crate::store::headers::RequestHeaders::default(),
         }
     }
 }

@@ -220,6 +220,11 @@ fn init_logging(config: &Config, foreground: bool) -> Result<()> {
     if !level.contains("fuser") {
         level.push_str(",fuser::session=error");
     }
+    // The SDK's signing and orchestration traces print headers and answers unredacted: with a
+    // customer key they would print the key (store::headers, 2.).
+    if config.store.headers.customer_key.is_some() {
+        level.push_str(",aws_sigv4=debug,aws_smithy_runtime=debug");
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| anyhow!("--log-level: {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

@@ -16,6 +16,8 @@ pub struct FsError {
     pub errno: i32,
     /// What went wrong, for the log.
     pub message: String,
+    /// Already logged once in this context: log it at debug only.
+    pub quiet: bool,
 }
 
 impl FsError {
@@ -24,7 +26,14 @@ impl FsError {
         Self {
             errno,
             message: message.into(),
+            quiet: false,
         }
+    }
+
+    /// The same error, logged at debug only (it was told once already).
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
     }
 
     /// ENOENT without a log-worthy message.
@@ -39,17 +48,18 @@ impl FsError {
 
     /// True when this is an expected answer (not worth a warning in the log).
     pub fn is_expected(&self) -> bool {
-        matches!(
-            self.errno,
-            libc::ENOENT
-                | libc::EROFS
-                | libc::ENOTDIR
-                | libc::EISDIR
-                | libc::ENODATA
-                | libc::ENOTEMPTY
-                | libc::ENAMETOOLONG
-                | libc::EOPNOTSUPP
-        )
+        self.quiet
+            || matches!(
+                self.errno,
+                libc::ENOENT
+                    | libc::EROFS
+                    | libc::ENOTDIR
+                    | libc::EISDIR
+                    | libc::ENODATA
+                    | libc::ENOTEMPTY
+                    | libc::ENAMETOOLONG
+                    | libc::EOPNOTSUPP
+            )
     }
 }
 
@@ -60,7 +70,9 @@ pub type FsResult<T> = Result<T, FsError>;
 pub fn errno_for(kind: StoreErrorKind) -> i32 {
     match kind {
         StoreErrorKind::NotFound => libc::ENOENT,
-        StoreErrorKind::AccessDenied | StoreErrorKind::NoCredentials => libc::EACCES,
+        StoreErrorKind::AccessDenied | StoreErrorKind::NoCredentials | StoreErrorKind::Archived => {
+            libc::EACCES
+        }
         StoreErrorKind::PreconditionFailed => libc::ESTALE,
         StoreErrorKind::TooLarge => libc::EFBIG,
         StoreErrorKind::NoSuchBucket

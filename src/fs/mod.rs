@@ -196,6 +196,9 @@ pub struct OpenFile {
     version: Mutex<Version>,
     /// A byte of `version` was returned through this handle.
     served: std::sync::atomic::AtomicBool,
+    /// A read through this handle was refused (an archived object): later refusals are not
+    /// logged again (the kernel retries a failed read-ahead as a plain read).
+    refused: std::sync::atomic::AtomicBool,
     state: Mutex<ReadState>,
     /// Set for handles opened for writing.
     writer: Option<Arc<Writer>>,
@@ -791,6 +794,9 @@ impl Fs {
                         return Err(e);
                     }
                     followed = true;
+                }
+                Err(e) if e.errno == libc::EACCES && file.refused.swap(true, Ordering::SeqCst) => {
+                    return Err(e.quiet())
                 }
                 Err(e) => return Err(e),
             }

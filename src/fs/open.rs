@@ -100,6 +100,7 @@ impl Fs {
             ino,
             version: Mutex::new(Version { object, size }),
             served: Default::default(),
+            refused: Default::default(),
             state: Mutex::default(),
             writer,
             opener: mode.opener,

@@ -318,6 +318,7 @@ impl Fs {
             ino: writer.ino,
             version: Mutex::default(),
             served: Default::default(),
+            refused: Default::default(),
             state: Mutex::default(),
             writer: Some(writer),
             opener,

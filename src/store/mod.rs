@@ -16,6 +16,7 @@
 pub mod contract;
 #[cfg(test)]
 pub mod faulty;
+pub mod headers;
 pub mod memory;
 pub mod s3;
 
@@ -192,6 +193,9 @@ pub enum StoreErrorKind {
     Unreachable,
     /// The request timed out after retries.
     Timeout,
+    /// The object is archived (S3 Glacier Flexible Retrieval, Deep Archive) and not restored:
+    /// its bytes cannot be read until it is.
+    Archived,
     /// Anything else (5xx after retries, malformed answers).
     Other,
 }

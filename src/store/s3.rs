@@ -241,6 +241,9 @@ impl S3Store {
         if let Some(requests) = requests {
             builder = builder.interceptor(CountRequests::new(requests));
         }
+        if !config.headers.is_empty() {
+            builder = builder.interceptor(config.headers.clone());
+        }
         if shared.region().is_none() {
             builder = builder.region(Region::new(FALLBACK_REGION));
         }
@@ -325,18 +328,27 @@ where
                     K::PreconditionFailed
                 }
                 (_, "InvalidRange") | (416, _) => K::InvalidRange,
+                (_, "InvalidObjectState") => K::Archived,
                 (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")
                 | (401 | 403, _) => K::AccessDenied,
                 _ => K::Other,
             };
-            let code = if code.is_empty() {
-                "no error code".to_string()
+            let code = match (code.is_empty(), status) {
+                // A 2xx the SDK could not read (a malformed header, say): say what it found.
+                (true, 200..=299) => format!("unreadable answer ({})", error_chain(&err)),
+                (true, _) => "no error code".to_string(),
+                (false, _) => code,
+            };
+            let hint = if kind == K::Archived {
+                ": the object is archived (Glacier Flexible Retrieval or Deep Archive) and not \
+                 restored; restore it first (aws s3api restore-object --restore-request Days=N), \
+                 then read it again"
             } else {
-                code
+                ""
             };
             StoreError::new(
                 kind,
-                format!("{what}: {code}{message} (HTTP {status}{request_id}{attempts})"),
+                format!("{what}: {code}{message} (HTTP {status}{request_id}{attempts}){hint}"),
             )
         }
         _ => StoreError::new(K::Other, format!("{what}: {}", error_chain(&err))),

@@ -43,6 +43,8 @@ struct State {
     fail_next: AtomicU64,
     /// 503s sent so far (their request ids are INJECTED0, INJECTED1...).
     injected: AtomicU64,
+    /// The heads (request line and headers) of the requests counted, the first `HEADS_KEPT`.
+    heads: Mutex<Vec<String>>,
     stalled: AtomicBool,
     dead: AtomicBool,
     counts: Counts,
@@ -115,6 +117,11 @@ impl Proxy {
         &self.state.counts
     }
 
+    /// The heads of the requests that passed (up to the first `HEADS_KEPT`), oldest first.
+    pub fn heads(&self) -> Vec<String> {
+        self.state.heads.lock().unwrap().clone()
+    }
+
     /// Answers the next `n` requests with 503 SlowDown, as a throttling S3 does.
     pub fn fail_next(&self, n: u64) {
         self.state.fail_next.store(n, Ordering::SeqCst);
@@ -148,12 +155,26 @@ impl Proxy {
     }
 }
 
-fn count_requests(chunk: &[u8], counts: &Counts) {
+/// Request heads `Proxy::heads` keeps.
+const HEADS_KEPT: usize = 10_000;
+
+fn count_requests(chunk: &[u8], state: &State) {
+    let counts = &state.counts;
     let text = String::from_utf8_lossy(chunk);
-    for line in text.split("\r\n") {
+    let mut rest: &str = &text;
+    while let Some(end) = rest.find("\r\n") {
+        let line = &rest[..end];
+        let head_end = rest.find("\r\n\r\n").unwrap_or(rest.len());
+        let head = &rest[..head_end];
+        rest = &rest[end + 2..];
         if !line.ends_with(" HTTP/1.1") {
             continue;
         }
+        let mut heads = state.heads.lock().unwrap();
+        if heads.len() < HEADS_KEPT {
+            heads.push(head.to_string());
+        }
+        drop(heads);
         if line.starts_with("HEAD ") {
             counts.head.fetch_add(1, Ordering::SeqCst);
         } else if line.starts_with("GET ") && line.contains("list-type=2") {
@@ -212,7 +233,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, mut reply: Option
                 }
                 continue;
             }
-            count_requests(&buf[..n], &state.counts);
+            count_requests(&buf[..n], state);
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
