@@ -41,7 +41,7 @@ use crate::mount::{self, MountSpec};
 use crate::notify::sqs::{queue_name, SqsQueue, Subscription};
 use crate::notify::{Consumer, EventQueue, Sink, Ttls};
 use crate::status::{self, MountInfo, StatusSocket};
-use crate::store::s3::{load_shared, S3Store};
+use crate::store::s3::{load_shared, with_region, S3Store};
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
@@ -356,34 +356,40 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     for notice in &config.daemon.notices {
         tracing::warn!("{notice}");
     }
-    let shared = rt.block_on(load_shared(&config.store));
+    let (mut shared, region_given) = rt.block_on(load_shared(&config.store));
     if let Some(addr) = config.daemon.metrics_addr {
         let _context = rt.enter();
         metrics::serve(addr).map_err(|e| anyhow!("{e}"))?;
         tracing::info!("Prometheus metrics at http://{addr}/metrics");
     }
     let requests = Arc::new(RequestStats::default());
-    let store: Arc<dyn ObjectStore> = Arc::new(S3Store::counted(
-        &shared,
-        &config.store,
-        Arc::clone(&requests),
-    ));
-    let check = rt
-        .block_on(async { tokio::time::timeout(STARTUP_CHECK_TIMEOUT, store.head_bucket()).await });
-    match check {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => bail!("{}", startup_message(&config.store, &e)),
-        Err(_) => bail!(
-            "{}",
-            startup_message(
-                &config.store,
-                &StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!("no answer in {STARTUP_CHECK_TIMEOUT:?}")
-                )
-            )
-        ),
-    }
+    let mut s3 = S3Store::counted(&shared, &config.store, Arc::clone(&requests));
+    // The bucket's region, from the startup check itself; a store for another region is
+    // rebuilt and checked again (see store::s3, 8.).
+    let located = startup_check(&rt, &config.store, s3.locate())?;
+    let in_use = shared.region().map(ToString::to_string).unwrap_or_default();
+    let source = match located {
+        Some(region) if region != in_use => {
+            if region_given {
+                tracing::warn!(
+                    "the bucket {} is in {region}, not in {in_use} as configured: using {region}",
+                    config.store.bucket
+                );
+            }
+            shared = with_region(shared, &region);
+            s3 = S3Store::counted(&shared, &config.store, Arc::clone(&requests));
+            startup_check(&rt, &config.store, s3.head_bucket())?;
+            "the bucket's"
+        }
+        _ if region_given => "configured",
+        Some(_) => "the bucket's",
+        None => "the default: none configured, and the server names none",
+    };
+    tracing::info!(
+        "region {} ({source})",
+        shared.region().map(ToString::to_string).unwrap_or_default()
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(s3);
 
     let up = &config.upload;
     let staging = StagingDir::new(&up.staging_dir, up.staging_limit).with_context(|| {
@@ -583,6 +589,23 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     tracing::info!("unmounted; exiting");
     rt.shutdown_timeout(Duration::from_secs(5));
     result.context("FUSE session ended with an error")
+}
+
+/// Runs a startup check of the bucket within `STARTUP_CHECK_TIMEOUT`; a failure becomes the
+/// one line that names the fix.
+fn startup_check<T>(
+    rt: &tokio::runtime::Runtime,
+    store: &StoreConfig,
+    check: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T> {
+    rt.block_on(async { tokio::time::timeout(STARTUP_CHECK_TIMEOUT, check).await })
+        .unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("no answer in {STARTUP_CHECK_TIMEOUT:?}"),
+            ))
+        })
+        .map_err(|e| anyhow!("{}", startup_message(store, &e)))
 }
 
 /// Serves the mount's status socket (`bucketfs status`); a mount without one still works,

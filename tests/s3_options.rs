@@ -329,3 +329,63 @@ fn bad_s3_options_are_refused_with_a_clear_message() {
         assert!(!is_mounted(&mnt));
     }
 }
+
+#[test]
+fn the_region_of_a_bucket_elsewhere_is_found_and_a_wrong_one_corrected() {
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+    let moto = Moto::start();
+    let config = CreateBucketConfiguration::builder()
+        .location_constraint(BucketLocationConstraint::EuWest1)
+        .build();
+    moto.rt
+        .block_on(
+            moto.client
+                .create_bucket()
+                .bucket("far")
+                .create_bucket_configuration(config)
+                .send(),
+        )
+        .unwrap();
+    moto.put("far", "hello.txt", b"from far");
+    for (name, extra, says) in [
+        ("region-none", vec![], "region eu-west-1 (the bucket's)"),
+        (
+            "region-wrong",
+            vec!["--region", "us-west-2"],
+            "is in eu-west-1, not in us-west-2 as configured: using eu-west-1",
+        ),
+    ] {
+        let path = mount_point(name);
+        let log = path.with_extension("log");
+        let mut args = vec![
+            "--endpoint-url",
+            moto.endpoint.as_str(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        // No region in the environment or a profile: only the bucket can say.
+        let out = bucketfs_command("far", &path, &args)
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = Mount { path, log };
+        let text = fs::read_to_string(&m.log).unwrap();
+        assert!(text.contains(says), "{name}: {text}");
+        assert_eq!(fs::read(m.path.join("hello.txt")).unwrap(), b"from far");
+        let status = std::process::Command::new(bucketfs_bin())
+            .args(["status", "--json"])
+            .arg(&m.path)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(v["region"], "eu-west-1", "{name}: {v}");
+    }
+}

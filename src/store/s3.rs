@@ -22,6 +22,10 @@
 //!    on every upload, in aws-chunked encoding) costs CPU on every byte and is refused by some
 //!    S3-compatible servers; TCP and TLS already guard the transfer.
 //! 6. A copy source is `bucket/key` URL-encoded, or keys with spaces, `+` or `%` fail.
+//! 8. Without a region (none given, none in the AWS chain) requests are signed for us-east-1,
+//!    and AWS answers a bucket elsewhere with a 301 (or a 400) that names its region in
+//!    `x-amz-bucket-region`: `locate` reads it there, and the daemon rebuilds the clients for
+//!    that region before anything else is sent.
 //! 7. An error says what boto3's `ClientError.response` says: code, message, HTTP status,
 //!    request id, and the attempts made. The attempts come from the request-counting
 //!    interceptor through a task-local scope that every call runs in (`metrics::counting_attempts`
@@ -184,8 +188,9 @@ fn progress_body(data: Bytes, progress: &Arc<Progress>) -> ByteStream {
 /// The AWS configuration every client of a mount shares: credentials from the AWS chain (or
 /// `--profile`), the region, retries and timeouts. Endpoints stay per service: `--endpoint-url`
 /// is S3's alone, and other services find theirs the SDK's way (`AWS_ENDPOINT_URL_SQS`, a
-/// profile's `services` section).
-pub async fn load_shared(config: &StoreConfig) -> aws_config::SdkConfig {
+/// profile's `services` section). The flag says whether the region was given (options or
+/// chain) rather than the fallback.
+pub async fn load_shared(config: &StoreConfig) -> (aws_config::SdkConfig, bool) {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
         .timeout_config(
@@ -203,18 +208,23 @@ pub async fn load_shared(config: &StoreConfig) -> aws_config::SdkConfig {
     }
     let shared = loader.load().await;
     if shared.region().is_none() {
-        return shared
-            .into_builder()
-            .region(Region::new(FALLBACK_REGION))
-            .build();
+        return (with_region(shared, FALLBACK_REGION), false);
     }
+    (shared, true)
+}
+
+/// `shared` with `region` instead of its own.
+pub fn with_region(shared: aws_config::SdkConfig, region: &str) -> aws_config::SdkConfig {
     shared
+        .into_builder()
+        .region(Region::new(region.to_string()))
+        .build()
 }
 
 impl S3Store {
     /// Builds the client from the AWS default chain plus the user's overrides.
     pub async fn new(config: &StoreConfig) -> Self {
-        Self::with_shared(&load_shared(config).await, config)
+        Self::with_shared(&load_shared(config).await.0, config)
     }
 
     /// A store on an AWS configuration already loaded with `load_shared` (SQS and SNS clients
@@ -400,6 +410,40 @@ fn metadata_map(metadata: &UserMetadata) -> Option<std::collections::HashMap<Str
 fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
     t.and_then(|t| SystemTime::try_from(*t).ok())
         .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+impl S3Store {
+    /// The bucket's region, as a HeadBucket answer says it (`x-amz-bucket-region`), also when
+    /// the answer is a redirect or a refusal because this client signs for another region (see
+    /// 8.); `None` when the server names none (most S3-compatible ones). Other failures are
+    /// errors, as `head_bucket`'s.
+    pub async fn locate(&self) -> Result<Option<String>, StoreError> {
+        let what = format!("HeadBucket {}", self.bucket);
+        crate::metrics::counting_attempts(async {
+            match self.client.head_bucket().bucket(&self.bucket).send().await {
+                Ok(out) => Ok(out.bucket_region().map(str::to_string)),
+                Err(err) => {
+                    let named = match &err {
+                        SdkError::ServiceError(e) => e
+                            .raw()
+                            .headers()
+                            .get("x-amz-bucket-region")
+                            .map(str::to_string),
+                        _ => None,
+                    };
+                    if named.is_some() {
+                        return Ok(named);
+                    }
+                    let mut e = classify(&what, err);
+                    if e.kind == StoreErrorKind::NotFound {
+                        e.kind = StoreErrorKind::NoSuchBucket;
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
 }
 
 #[async_trait]
