@@ -15,8 +15,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    CacheConfig, Config, DaemonConfig, DiskCacheConfig, FsConfig, NotifyConfig, NotifySource,
-    StoreConfig, UploadConfig, DEFAULT_METADATA_TTL, DEFAULT_STAGING_LIMIT, NOTIFIED_METADATA_TTL,
+    CacheConfig, Config, DaemonConfig, DiskCacheConfig, FsConfig, NetworkConfig, NotifyConfig,
+    NotifySource, StoreConfig, UploadConfig, DEFAULT_METADATA_TTL, DEFAULT_STAGING_LIMIT,
+    NOTIFIED_METADATA_TTL,
 };
 use crate::store::headers::{CustomerKey, RequestHeaders, Sse, STORAGE_CLASSES};
 use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
@@ -124,6 +125,24 @@ pub struct Args {
     /// Fail every request (403) unless the bucket belongs to this AWS account (12 digits)
     #[arg(long, value_name = "ACCOUNT")]
     pub expected_bucket_owner: Option<String>,
+
+    /// Proxy for https endpoints (AWS), e.g. http://proxy:3128 (default: HTTPS_PROXY); proxy
+    /// credentials go in HTTPS_PROXY, not here where `ps` shows them
+    #[arg(long, value_name = "URL", value_parser = parse_proxy)]
+    pub https_proxy: Option<String>,
+
+    /// Proxy for http endpoints (default: HTTP_PROXY)
+    #[arg(long, value_name = "URL", value_parser = parse_proxy)]
+    pub http_proxy: Option<String>,
+
+    /// Hosts reached without the proxy, comma-separated (default: NO_PROXY)
+    #[arg(long, value_name = "HOSTS")]
+    pub no_proxy: Option<String>,
+
+    /// PEM file of the CA certificates to trust for TLS instead of the system's, for private
+    /// CAs (default: AWS_CA_BUNDLE)
+    #[arg(long, value_name = "PATH")]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Refuse every change to the bucket (EROFS)
     #[arg(long)]
@@ -287,6 +306,10 @@ const FLAG_OPTIONS: &[&str] = &[
     "sse-c-key-file",
     "requester-pays",
     "expected-bucket-owner",
+    "https-proxy",
+    "http-proxy",
+    "no-proxy",
+    "ca-bundle",
     "read-only",
     "uid",
     "gid",
@@ -410,6 +433,38 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Args::command(), "bucketfs", &mut out);
     out
+}
+
+/// A proxy URL: http or https, with a host, and without credentials (`ps` would show them).
+fn parse_proxy(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("give an http:// or https:// URL, e.g. http://proxy.example.com:3128")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(
+            "proxy credentials would show in `ps`: put the URL with them in HTTPS_PROXY (an \
+             EnvironmentFile for units) instead"
+                .into(),
+        );
+    }
+    if authority.is_empty() {
+        return Err("the URL names no host".into());
+    }
+    Ok(url.to_string())
+}
+
+/// The PEM certificates of `--ca-bundle` (or AWS_CA_BUNDLE).
+fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("--ca-bundle {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "--ca-bundle {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(pem)
 }
 
 /// A storage class S3 knows, in any case.
@@ -562,6 +617,22 @@ impl Args {
         store.force_path_style = self.force_path_style;
         // SAFETY: geteuid and getegid cannot fail and touch no memory.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let ca_bundle = match self
+            .ca_bundle
+            .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from))
+        {
+            Some(path) => {
+                let pem = read_ca_bundle(&path)?;
+                Some((path, pem))
+            }
+            None => None,
+        };
+        store.network = NetworkConfig {
+            https_proxy: self.https_proxy,
+            http_proxy: self.http_proxy,
+            no_proxy: self.no_proxy,
+            ca_bundle,
+        };
         store.headers = RequestHeaders {
             storage_class: match self.storage_class {
                 Some(class) => Some(parse_storage_class(&class)?),

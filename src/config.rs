@@ -52,6 +52,23 @@ pub struct StoreConfig {
     pub max_attempts: u32,
     /// Storage class, encryption, requester pays, expected owner: headers of every request.
     pub headers: crate::store::headers::RequestHeaders,
+    /// Proxies and trusted CAs; all `None`: the SDK's own client (which honours the proxy
+    /// environment variables).
+    pub network: NetworkConfig,
+}
+
+/// How requests reach the endpoint: proxies and the CAs trusted for TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Proxy for https endpoints (`--https-proxy`; else `HTTPS_PROXY`).
+    pub https_proxy: Option<String>,
+    /// Proxy for http endpoints (`--http-proxy`; else `HTTP_PROXY`).
+    pub http_proxy: Option<String>,
+    /// Hosts reached without a proxy (`--no-proxy`; else `NO_PROXY`).
+    pub no_proxy: Option<String>,
+    /// PEM certificates of the CAs to trust instead of the system's (`--ca-bundle`; else
+    /// `AWS_CA_BUNDLE`), read at start-up.
+    pub ca_bundle: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl StoreConfig {
@@ -69,6 +86,7 @@ impl StoreConfig {
             stall_timeout: Duration::from_secs(30),
             max_attempts: 4,
             headers: crate::store::headers::RequestHeaders::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

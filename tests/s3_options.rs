@@ -12,6 +12,7 @@ use std::path::Path;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine;
 use common::moto::Moto;
+use common::tls;
 use common::*;
 
 const MIB: usize = 1 << 20;
@@ -387,5 +388,97 @@ fn the_region_of_a_bucket_elsewhere_is_found_and_a_wrong_one_corrected() {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         assert_eq!(v["region"], "eu-west-1", "{name}: {v}");
+    }
+}
+
+#[test]
+fn proxies_from_the_environment_or_the_options_carry_every_request() {
+    let b = Bucket::new("proxied");
+    b.put("hello.txt", "through the proxy");
+    let p = proxy();
+    let proxy_url = p.endpoint.clone();
+    let option = format!("http_proxy={proxy_url}");
+    // The endpoint is the server itself: only the proxy settings send requests to the proxy.
+    let cases: [(&str, Vec<&str>, Vec<(&str, &str)>, bool); 3] = [
+        (
+            "proxy-env",
+            vec![],
+            vec![("HTTP_PROXY", proxy_url.as_str())],
+            true,
+        ),
+        ("proxy-option", vec!["-o", option.as_str()], vec![], true),
+        (
+            "proxy-bypassed",
+            vec![],
+            vec![
+                ("HTTP_PROXY", proxy_url.as_str()),
+                ("NO_PROXY", "127.0.0.1"),
+            ],
+            false,
+        ),
+    ];
+    for (name, extra, env, proxied) in cases {
+        let before = p.counts().total();
+        let m = Mount::with_env(&b.name, mount_point(name), &extra, &env);
+        assert_eq!(
+            fs::read(m.path.join("hello.txt")).unwrap(),
+            b"through the proxy"
+        );
+        fs::write(m.path.join(format!("{name}.txt")), name).unwrap();
+        let through = p.counts().total() - before;
+        if proxied {
+            // HeadBucket, lookups, the GET and the PUT at least.
+            assert!(through >= 4, "{name}: {through} requests through the proxy");
+        } else {
+            assert_eq!(through, 0, "{name}: NO_PROXY was not honoured");
+        }
+    }
+    let proxied_head = p
+        .heads()
+        .into_iter()
+        .find(|h| h.starts_with("GET http://"))
+        .is_some();
+    assert!(proxied_head, "requests through a proxy name the whole URL");
+}
+
+#[test]
+fn a_private_ca_is_trusted_through_ca_bundle_or_aws_ca_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::TestCa::new(dir.path());
+    let moto = Moto::start_tls(&ca);
+    moto.create_bucket("private");
+    moto.put("private", "hello.txt", b"over TLS");
+    let ca_path = ca.ca.to_str().unwrap().to_string();
+    let path = mount_point("tls-untrusted");
+    // The system's CAs do not know this one: the mount is refused, saying why.
+    let out = bucketfs_command("private", &path, &["--endpoint-url", &moto.endpoint])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown CA was trusted");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!is_mounted(&path));
+    for (name, extra, env) in [
+        ("tls-option", vec!["--ca-bundle", ca_path.as_str()], vec![]),
+        ("tls-env", vec![], vec![("AWS_CA_BUNDLE", ca_path.as_str())]),
+    ] {
+        let mut args = vec!["--endpoint-url", moto.endpoint.as_str()];
+        args.extend(extra);
+        let m = Mount::with_env("private", mount_point(name), &args, &env);
+        assert_eq!(fs::read(m.path.join("hello.txt")).unwrap(), b"over TLS");
+        fs::write(m.path.join(format!("{name}.txt")), name).unwrap();
+        drop(m);
+        let out = moto
+            .rt
+            .block_on(
+                moto.client
+                    .get_object()
+                    .bucket("private")
+                    .key(format!("{name}.txt"))
+                    .send(),
+            )
+            .unwrap();
+        let body = moto.rt.block_on(out.body.collect()).unwrap().into_bytes();
+        assert_eq!(&body[..], name.as_bytes());
     }
 }

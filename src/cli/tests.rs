@@ -315,6 +315,41 @@ fn status_is_a_command_and_a_bucket_named_status_is_s3_status() {
 }
 
 #[test]
+fn proxies_and_ca_bundles_are_checked() {
+    assert_eq!(
+        parse_proxy("http://proxy:3128").unwrap(),
+        "http://proxy:3128"
+    );
+    assert!(parse_proxy("https://proxy.example.com").is_ok());
+    assert!(parse_proxy("proxy:3128").is_err());
+    assert!(parse_proxy("http://").is_err());
+    let err = parse_proxy("http://me:secret@proxy:3128").unwrap_err();
+    assert!(
+        err.contains("HTTPS_PROXY") && !err.contains("secret"),
+        "{err}"
+    );
+    let c = parse(&[
+        "b",
+        "/mnt",
+        "-o",
+        "https_proxy=http://p:1,no_proxy=.internal",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(c.store.network.https_proxy.as_deref(), Some("http://p:1"));
+    assert_eq!(c.store.network.no_proxy.as_deref(), Some(".internal"));
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("x.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let err = parse(&["b", "/mnt", "--ca-bundle", not_pem.to_str().unwrap()])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(err.contains("no PEM certificate"), "{err}");
+}
+
+#[test]
 fn metrics_address_as_flag_and_option() {
     let c = parse(&["b", "/mnt", "-o", "metrics_addr=127.0.0.1:9100"])
         .unwrap()

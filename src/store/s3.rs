@@ -26,6 +26,10 @@
 //!    and AWS answers a bucket elsewhere with a 301 (or a 400) that names its region in
 //!    `x-amz-bucket-region`: `locate` reads it there, and the daemon rebuilds the clients for
 //!    that region before anything else is sent.
+//! 9. Proxies: the SDK's own client honours HTTPS_PROXY, HTTP_PROXY and NO_PROXY; fstab lines
+//!    and units have no environment, so `--https-proxy` and friends build the same client with
+//!    those given, and `--ca-bundle` (or AWS_CA_BUNDLE, which the Rust SDK ignores) one that
+//!    trusts the given CAs instead of the system's.
 //! 7. An error says what boto3's `ClientError.response` says: code, message, HTTP status,
 //!    request id, and the attempts made. The attempts come from the request-counting
 //!    interceptor through a task-local scope that every call runs in (`metrics::counting_attempts`
@@ -52,7 +56,7 @@ use super::{
     CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, Pieces,
     PutOptions, StoreError, StoreErrorKind, UserMetadata,
 };
-use crate::config::StoreConfig;
+use crate::config::{NetworkConfig, StoreConfig};
 use crate::metrics::{CountRequests, RequestStats};
 
 /// Region used when neither the options nor the AWS chain name one: S3-compatible servers
@@ -206,11 +210,66 @@ pub async fn load_shared(config: &StoreConfig) -> (aws_config::SdkConfig, bool) 
     if let Some(region) = &config.region {
         loader = loader.region(Region::new(region.clone()));
     }
+    if config.network != NetworkConfig::default() {
+        loader = loader.http_client(http_client(&config.network, config.endpoint_url.as_deref()));
+    }
     let shared = loader.load().await;
     if shared.region().is_none() {
         return (with_region(shared, FALLBACK_REGION), false);
     }
     (shared, true)
+}
+
+/// The HTTP client the SDK would build (rustls, the proxy environment variables), with the
+/// proxies and CAs of `network` instead where given (see 9.).
+fn http_client(
+    network: &NetworkConfig,
+    endpoint: Option<&str>,
+) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    let plain_http = endpoint.is_some_and(|e| e.starts_with("http://"));
+    let chosen = if plain_http {
+        network.http_proxy.as_deref().map(ProxyConfig::http)
+    } else {
+        network.https_proxy.as_deref().map(ProxyConfig::https)
+    };
+    // The URLs were checked by the options' parser; a failure here falls back to the
+    // environment, as without the option.
+    let mut proxy = match chosen {
+        Some(Ok(config)) => config,
+        Some(Err(e)) => {
+            tracing::warn!("proxy ignored: {e}");
+            ProxyConfig::from_env()
+        }
+        None => ProxyConfig::from_env(),
+    };
+    if let (Some(rules), false) = (&network.no_proxy, proxy.is_from_env()) {
+        proxy = proxy.no_proxy(rules);
+    }
+    let context = network.ca_bundle.as_ref().and_then(|(_, pem)| {
+        let store = tls::TrustStore::default()
+            .with_native_roots(false)
+            .with_pem_certificate(pem.clone());
+        tls::TlsContext::builder()
+            .with_trust_store(store)
+            .build()
+            .map_err(|e| tracing::warn!("--ca-bundle ignored: {e}"))
+            .ok()
+    });
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut builder = aws_smithy_http_client::Connector::builder()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .proxy_config(proxy.clone());
+        if let Some(context) = &context {
+            builder = builder.tls_context(context.clone());
+        }
+        builder.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            builder.set_sleep_impl(components.sleep_impl());
+        }
+        builder.build()
+    })
 }
 
 /// `shared` with `region` instead of its own.

@@ -8,6 +8,7 @@
 
 pub mod moto;
 pub mod proxy;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -214,6 +215,36 @@ async fn make_client(endpoint: &str) -> Client {
         .endpoint_url(endpoint)
         .credentials_provider(creds)
         .force_path_style(true)
+        .build();
+    Client::from_conf(conf)
+}
+
+/// A client of `endpoint` that trusts only the CA certificate in `ca` (PEM).
+async fn make_client_trusting(endpoint: &str, ca: &Path) -> Client {
+    use aws_smithy_http_client::tls;
+    let pem = std::fs::read(ca).expect("read the test CA");
+    let context = tls::TlsContext::builder()
+        .with_trust_store(
+            tls::TrustStore::default()
+                .with_native_roots(false)
+                .with_pem_certificate(pem),
+        )
+        .build()
+        .expect("a TLS context for the test CA");
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https();
+    let creds = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(creds)
+        .force_path_style(true)
+        .http_client(http)
         .build();
     Client::from_conf(conf)
 }

@@ -30,26 +30,48 @@ fn moto_binary() -> PathBuf {
 impl Moto {
     /// Starts a server and waits until it answers (at most 60 s).
     pub fn start() -> Moto {
+        Self::start_with(None)
+    }
+
+    /// Starts a server on https with the certificate and key of `tls` (PEM files), whose CA
+    /// (`tls.ca`) the test client trusts.
+    pub fn start_tls(tls: &super::tls::TestCa) -> Moto {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&super::tls::TestCa>) -> Moto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
         let log = std::fs::File::create(super::run_dir().join(format!("moto-{port}.log"))).unwrap();
-        let args = [
+        let mut args = vec![
             "-H".to_string(),
             "127.0.0.1".into(),
             "-p".into(),
             port.to_string(),
         ];
+        if let Some(tls) = tls {
+            args.extend([
+                "-c".to_string(),
+                tls.server_cert.display().to_string(),
+                "-k".to_string(),
+                tls.server_key.display().to_string(),
+            ]);
+        }
         let child = super::server_command(&moto_binary(), &args, log)
             .spawn()
             .expect("start moto_server");
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let client = rt.block_on(super::make_client(&endpoint));
+        let client = match tls {
+            Some(tls) => rt.block_on(super::make_client_trusting(&endpoint, &tls.ca)),
+            None => rt.block_on(super::make_client(&endpoint)),
+        };
         let mut moto = Moto {
             endpoint,
             client,
