@@ -399,7 +399,7 @@ fn proxies_from_the_environment_or_the_options_carry_every_request() {
     let proxy_url = p.endpoint.clone();
     let option = format!("http_proxy={proxy_url}");
     // The endpoint is the server itself: only the proxy settings send requests to the proxy.
-    let cases: [(&str, Vec<&str>, Vec<(&str, &str)>, bool); 3] = [
+    let cases = [
         (
             "proxy-env",
             vec![],
