@@ -15,9 +15,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    CacheConfig, Config, DaemonConfig, DiskCacheConfig, FsConfig, NetworkConfig, NotifyConfig,
-    NotifySource, StoreConfig, UploadConfig, DEFAULT_METADATA_TTL, DEFAULT_STAGING_LIMIT,
-    NOTIFIED_METADATA_TTL,
+    CacheConfig, Checksum, Config, DaemonConfig, DiskCacheConfig, FsConfig, NetworkConfig,
+    NotifyConfig, NotifySource, StoreConfig, UploadConfig, DEFAULT_METADATA_TTL,
+    DEFAULT_STAGING_LIMIT, NOTIFIED_METADATA_TTL,
 };
 use crate::store::headers::{CustomerKey, RequestHeaders, Sse, STORAGE_CLASSES};
 use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
@@ -143,6 +143,11 @@ pub struct Args {
     /// CAs (default: AWS_CA_BUNDLE)
     #[arg(long, value_name = "PATH")]
     pub ca_bundle: Option<PathBuf>,
+
+    /// Checksum of every upload, verified by the server so that bytes damaged on the way fail
+    /// the commit: crc64nvme, crc32c, off, or auto (crc64nvme on AWS, off elsewhere)
+    #[arg(long, value_name = "ALGORITHM", default_value = "auto", value_parser = ["auto", "crc64nvme", "crc32c", "off"])]
+    pub checksum: String,
 
     /// Refuse every change to the bucket (EROFS)
     #[arg(long)]
@@ -310,6 +315,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "http-proxy",
     "no-proxy",
     "ca-bundle",
+    "checksum",
     "read-only",
     "uid",
     "gid",
@@ -433,6 +439,21 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Args::command(), "bucketfs", &mut out);
     out
+}
+
+/// True for AWS's own endpoints (no `--endpoint-url`, or one of amazonaws.com).
+fn is_aws(endpoint: Option<&str>) -> bool {
+    let Some(url) = endpoint else {
+        return true;
+    };
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
 }
 
 /// A proxy URL: http or https, with a host, and without credentials (`ps` would show them).
@@ -626,6 +647,13 @@ impl Args {
                 Some((path, pem))
             }
             None => None,
+        };
+        store.checksum = match self.checksum.as_str() {
+            "crc64nvme" => Some(Checksum::Crc64Nvme),
+            "crc32c" => Some(Checksum::Crc32c),
+            "off" => None,
+            _ if is_aws(store.endpoint_url.as_deref()) => Some(Checksum::Crc64Nvme),
+            _ => None,
         };
         store.network = NetworkConfig {
             https_proxy: self.https_proxy,

@@ -55,6 +55,17 @@ pub struct StoreConfig {
     /// Proxies and trusted CAs; all `None`: the SDK's own client (which honours the proxy
     /// environment variables).
     pub network: NetworkConfig,
+    /// The checksum every upload carries for the server to verify; `None`: none.
+    pub checksum: Option<Checksum>,
+}
+
+/// A checksum S3 verifies on upload (`--checksum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// CRC-32C: per part (a multipart object's checksum is composite).
+    Crc32c,
+    /// CRC-64/NVME: of the whole object, multipart too (AWS's default).
+    Crc64Nvme,
 }
 
 /// How requests reach the endpoint: proxies and the CAs trusted for TLS.
@@ -87,6 +98,7 @@ impl StoreConfig {
             max_attempts: 4,
             headers: crate::store::headers::RequestHeaders::default(),
             network: NetworkConfig::default(),
+            checksum: None,
         }
     }
 }

@@ -389,6 +389,14 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         "region {} ({source})",
         shared.region().map(ToString::to_string).unwrap_or_default()
     );
+    match config.store.checksum {
+        Some(checksum) => {
+            tracing::info!("uploads carry a {checksum:?} checksum the server verifies")
+        }
+        None => tracing::info!(
+            "uploads carry no checksum (--checksum off, or auto on an endpoint other than AWS's)"
+        ),
+    }
     let store: Arc<dyn ObjectStore> = Arc::new(s3);
 
     let up = &config.upload;

@@ -482,3 +482,58 @@ fn a_private_ca_is_trusted_through_ca_bundle_or_aws_ca_bundle() {
         assert_eq!(&body[..], name.as_bytes());
     }
 }
+
+/// Writes `data` to `path` and fsyncs it: the commit's result.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[test]
+fn a_checksum_makes_bytes_damaged_on_the_way_fail_the_commit() {
+    let b = Bucket::new("checksum");
+    let p = proxy();
+    for checksum in ["crc32c", "crc64nvme"] {
+        let m = Mount::new(
+            &b.name,
+            &format!("checksum-{checksum}"),
+            &["--endpoint-url", &p.endpoint, "--checksum", checksum],
+        );
+        let log = fs::read_to_string(&m.log).unwrap();
+        assert!(log.contains("checksum the server verifies"), "{log}");
+        // Undamaged: a small file, one PutObject, a multipart upload; stored as written.
+        for (name, len) in [("small", 100), ("one-put", 3 * MIB), ("multi", 20 * MIB)] {
+            let key = format!("{checksum}-{name}");
+            let data = pseudo_random(len, len as u64);
+            write_synced(&m.path.join(&key), &data).unwrap();
+            assert_eq!(sha256(&b.get(&key)), sha256(&data), "{key}");
+        }
+        // One damaged read of a PutObject's body, then of a part's: the server finds the
+        // checksum wrong, the commit fails, and nothing is stored under the name.
+        for (name, len) in [("bad-put", 3 * MIB), ("bad-multi", 20 * MIB)] {
+            let key = format!("{checksum}-{name}");
+            p.corrupt_next(1);
+            let result = write_synced(&m.path.join(&key), &pseudo_random(len, 7));
+            p.corrupt_next(0);
+            assert!(result.is_err(), "{key}: damaged bytes were accepted");
+            assert_eq!(b.size(&key), None, "{key}: stored anyway");
+        }
+    }
+    // The control: without a checksum the same damage is stored, silently.
+    let m = Mount::new(
+        &b.name,
+        "checksum-off",
+        &["--endpoint-url", &p.endpoint, "--checksum", "off"],
+    );
+    let data = pseudo_random(3 * MIB, 8);
+    p.corrupt_next(1);
+    write_synced(&m.path.join("off.bin"), &data).unwrap();
+    p.corrupt_next(0);
+    assert_ne!(
+        sha256(&b.get("off.bin")),
+        sha256(&data),
+        "the proxy damaged nothing: this test could not fail"
+    );
+}

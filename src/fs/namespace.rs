@@ -117,7 +117,7 @@ impl Fs {
         let (metadata, content_type) = self.copied_headers(source, replace).await?;
         let id = self
             .store
-            .create_multipart_upload(key, &metadata, content_type.as_deref())
+            .create_multipart_upload(key, &metadata, content_type.as_deref(), false)
             .await?;
         let part = self.copy_part_size(size);
         let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..size.div_ceil(part))
@@ -127,11 +127,9 @@ impl Fs {
             .map(|(number, range)| {
                 let id = id.clone();
                 async move {
-                    let etag = self
-                        .store
+                    self.store
                         .upload_part_copy(key, &id, number, source, range)
-                        .await?;
-                    Ok::<_, StoreError>(crate::store::CompletedPart { number, etag })
+                        .await
                 }
             })
             .buffered(4)

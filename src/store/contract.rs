@@ -270,18 +270,18 @@ async fn upload_parts(
     sizes: &[usize],
 ) -> Result<(String, Vec<CompletedPart>), String> {
     let id = store
-        .create_multipart_upload(key, &meta(&[("mode", "33188")]), Some("video/mp4"))
+        .create_multipart_upload(key, &meta(&[("mode", "33188")]), Some("video/mp4"), true)
         .await
         .map_err(err)?;
     let mut parts = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
         let number = i as i32 + 1;
         let body = Bytes::from(vec![number as u8; *size]);
-        let etag = store
+        let part = store
             .upload_part(key, &id, number, body)
             .await
             .map_err(err)?;
-        parts.push(CompletedPart { number, etag });
+        parts.push(part);
     }
     Ok((id, parts))
 }

@@ -136,10 +136,11 @@ impl ObjectStore for FaultyStore {
         key: &str,
         metadata: &UserMetadata,
         content_type: Option<&str>,
+        checksummed: bool,
     ) -> Result<String, StoreError> {
         self.enter("CreateMultipartUpload").await?;
         self.inner
-            .create_multipart_upload(key, metadata, content_type)
+            .create_multipart_upload(key, metadata, content_type, checksummed)
             .await
     }
 
@@ -149,7 +150,7 @@ impl ObjectStore for FaultyStore {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<String, StoreError> {
+    ) -> Result<CompletedPart, StoreError> {
         self.enter("UploadPart").await?;
         self.inner.upload_part(key, upload_id, number, body).await
     }
@@ -161,7 +162,7 @@ impl ObjectStore for FaultyStore {
         number: i32,
         source: CopySource<'_>,
         range: std::ops::Range<u64>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<CompletedPart, StoreError> {
         self.enter("UploadPartCopy").await?;
         self.inner
             .upload_part_copy(key, upload_id, number, source, range)

@@ -148,7 +148,12 @@ impl MemoryStore {
         self.objects.lock().unwrap().contains_key(key)
     }
 
-    fn add_part(&self, upload_id: &str, number: i32, body: Bytes) -> Result<String, StoreError> {
+    fn add_part(
+        &self,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<CompletedPart, StoreError> {
         let etag = format!("\"part-{number}-{}\"", body.len());
         let mut uploads = self.uploads.lock().unwrap();
         let upload = uploads.get_mut(upload_id).ok_or_else(|| {
@@ -158,7 +163,11 @@ impl MemoryStore {
             )
         })?;
         upload.parts.insert(number, (body, etag.clone()));
-        Ok(etag)
+        Ok(CompletedPart {
+            number,
+            etag,
+            checksum: None,
+        })
     }
 }
 
@@ -281,6 +290,7 @@ impl ObjectStore for MemoryStore {
         key: &str,
         metadata: &UserMetadata,
         content_type: Option<&str>,
+        _checksummed: bool,
     ) -> Result<String, StoreError> {
         let id = format!("upload-{}", self.version.fetch_add(1, Ordering::Relaxed));
         let upload = PendingUpload {
@@ -299,7 +309,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<String, StoreError> {
+    ) -> Result<CompletedPart, StoreError> {
         self.counts.part.fetch_add(1, Ordering::Relaxed);
         let failing = self
             .fail_parts
@@ -321,7 +331,7 @@ impl ObjectStore for MemoryStore {
         number: i32,
         source: CopySource<'_>,
         range: std::ops::Range<u64>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<CompletedPart, StoreError> {
         self.counts.part.fetch_add(1, Ordering::Relaxed);
         let body = self.source(source)?.body;
         let end = range.end.min(body.len() as u64) as usize;

@@ -79,6 +79,9 @@ pub struct CompletedPart {
     pub number: i32,
     /// ETag the server gave the part.
     pub etag: String,
+    /// Its checksum as the server computed it (base64), when the upload has an algorithm
+    /// (`--checksum`): CompleteMultipartUpload must repeat it.
+    pub checksum: Option<String>,
 }
 
 /// The source of a server-side copy: one version of one object.
@@ -266,23 +269,27 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<String, StoreError>;
 
     /// CreateMultipartUpload with the object's metadata and Content-Type; returns the upload id.
+    /// With `checksummed`, its parts are sent with the mount's checksum (`--checksum`), which
+    /// the server verifies; copies pass false (the server copies bytes it verified already).
     async fn create_multipart_upload(
         &self,
         key: &str,
         metadata: &UserMetadata,
         content_type: Option<&str>,
+        checksummed: bool,
     ) -> Result<String, StoreError>;
 
-    /// UploadPart; returns the part's ETag.
+    /// UploadPart; returns the part as CompleteMultipartUpload wants it.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<String, StoreError>;
+    ) -> Result<CompletedPart, StoreError>;
 
-    /// UploadPartCopy of `range` (start inclusive, end exclusive) of `source`; returns the ETag.
+    /// UploadPartCopy of `range` (start inclusive, end exclusive) of `source`; returns the
+    /// part as CompleteMultipartUpload wants it.
     async fn upload_part_copy(
         &self,
         key: &str,
@@ -290,7 +297,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         number: i32,
         source: CopySource<'_>,
         range: std::ops::Range<u64>,
-    ) -> Result<String, StoreError>;
+    ) -> Result<CompletedPart, StoreError>;
 
     /// CompleteMultipartUpload (`If-None-Match: *` when asked); returns the object's ETag.
     async fn complete_multipart_upload(

@@ -470,7 +470,7 @@ impl Upload {
         if self.upload_id.is_none() {
             let id = self
                 .store
-                .create_multipart_upload(&self.key, metadata, self.content_type.as_deref())
+                .create_multipart_upload(&self.key, metadata, self.content_type.as_deref(), true)
                 .await?;
             self.upload_id = Some(id);
             self.sent = Some(metadata.clone());
@@ -495,12 +495,12 @@ impl Upload {
         let progress = Arc::clone(&self.progress);
         self.in_flight.spawn(async move {
             let len = body.len() as u64;
-            let etag = progress
+            let part = progress
                 .sending(len, store.upload_part(&key, &id, number, body))
                 .await?;
             progress.parts.fetch_add(1, Ordering::Relaxed);
             drop(permit);
-            Ok(CompletedPart { number, etag })
+            Ok(part)
         });
         Ok(())
     }

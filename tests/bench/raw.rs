@@ -336,7 +336,7 @@ async fn put_one(
         return Ok(1);
     }
     let upload_id = store
-        .create_multipart_upload(key, &Default::default(), None)
+        .create_multipart_upload(key, &Default::default(), None, true)
         .await?;
     let count = size.div_ceil(part_size);
     let parts: Vec<CompletedPart> = stream::iter(0..count)
@@ -347,8 +347,7 @@ async fn put_one(
             let upload_id = upload_id.clone();
             async move {
                 let number = index as i32 + 1;
-                let etag = store.upload_part(key, &upload_id, number, body).await?;
-                Ok::<_, anyhow::Error>(CompletedPart { number, etag })
+                Ok::<_, anyhow::Error>(store.upload_part(key, &upload_id, number, body).await?)
             }
         })
         .buffered(concurrency)

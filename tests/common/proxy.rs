@@ -43,6 +43,8 @@ struct State {
     fail_next: AtomicU64,
     /// 503s sent so far (their request ids are INJECTED0, INJECTED1...).
     injected: AtomicU64,
+    /// Request body reads still to damage (one byte flipped in each).
+    corrupt_next: AtomicU64,
     /// The heads (request line and headers) of the requests counted, the first `HEADS_KEPT`.
     heads: Mutex<Vec<String>>,
     stalled: AtomicBool,
@@ -125,6 +127,12 @@ impl Proxy {
     /// Answers the next `n` requests with 503 SlowDown, as a throttling S3 does.
     pub fn fail_next(&self, n: u64) {
         self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Flips one byte in each of the next `n` reads of request bodies that hold no request
+    /// head (so a large body is hit in its middle), as a faulty link or middlebox would.
+    pub fn corrupt_next(&self, n: u64) {
+        self.state.corrupt_next.store(n, Ordering::SeqCst);
     }
 
     /// Limits the link to `bytes_per_sec` in each direction, shared by every connection.
@@ -234,6 +242,16 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &State, mut reply: Option
                 continue;
             }
             count_requests(&buf[..n], state);
+            let body_only =
+                n >= 4096 && !String::from_utf8_lossy(&buf[..n]).contains(" HTTP/1.1\r\n");
+            if body_only
+                && state
+                    .corrupt_next
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+                    .is_ok()
+            {
+                buf[n / 2] ^= 0x5a;
+            }
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
