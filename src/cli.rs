@@ -145,7 +145,7 @@ pub struct Args {
     pub ca_bundle: Option<PathBuf>,
 
     /// Checksum of every upload, verified by the server so that bytes damaged on the way fail
-    /// the commit: crc64nvme, crc32c, off, or auto (crc64nvme on AWS, off elsewhere)
+    /// the commit: crc32c, crc64nvme, off, or auto (crc32c on AWS, off elsewhere)
     #[arg(long, value_name = "ALGORITHM", default_value = "auto", value_parser = ["auto", "crc64nvme", "crc32c", "off"])]
     pub checksum: String,
 
@@ -515,6 +515,17 @@ fn parse_account(account: &str) -> Result<String, String> {
 /// Splits `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX` into bucket and prefix; the prefix is
 /// empty or ends in `/`.
 pub fn parse_source(source: &str) -> Result<(String, String), String> {
+    let unschemed = source.strip_prefix("s3://").unwrap_or(source);
+    if unschemed.starts_with("arn:") {
+        return parse_access_point(unschemed)
+            .map(|(arn, prefix)| (arn, directory_prefix(prefix)))
+            .ok_or_else(|| {
+                format!(
+                    "'{source}' is not an access point ARN: expected \
+                     arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME[/PREFIX]"
+                )
+            });
+    }
     let (bucket, prefix) = match source.strip_prefix("s3://") {
         Some(rest) => rest.split_once('/').unwrap_or((rest, "")),
         None => source.split_once(':').unwrap_or((source, "")),
@@ -525,13 +536,51 @@ pub fn parse_source(source: &str) -> Result<(String, String), String> {
             "'{source}' is not a bucket: expected BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX"
         ));
     }
+    Ok((bucket.to_string(), directory_prefix(prefix)))
+}
+
+/// `prefix` as a directory's: empty, or ending in `/`.
+fn directory_prefix(prefix: &str) -> String {
     let prefix = prefix.trim_start_matches('/');
-    let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+    if prefix.is_empty() || prefix.ends_with('/') {
         prefix.to_string()
     } else {
         format!("{prefix}/")
+    }
+}
+
+/// `arn:PARTITION:s3:REGION:ACCOUNT:accesspoint/NAME[/PREFIX]` into the ARN (what the SDK
+/// takes as the bucket) and the prefix.
+fn parse_access_point(text: &str) -> Option<(String, &str)> {
+    let fields: Vec<&str> = text.splitn(6, ':').collect();
+    let [_, partition, "s3", region, account, resource] = fields[..] else {
+        return None;
     };
-    Ok((bucket.to_string(), prefix))
+    let rest = resource.strip_prefix("accesspoint/")?;
+    let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid = |s: &str, extra: char| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == extra)
+    };
+    if !valid(partition, '-') || !valid(region, '-') || !valid(name, '-') {
+        return None;
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((
+        format!("arn:{partition}:s3:{region}:{account}:accesspoint/{name}"),
+        prefix,
+    ))
+}
+
+/// The region an access point ARN names.
+fn arn_region(bucket: &str) -> Option<String> {
+    bucket
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split(':').nth(2))
+        .map(str::to_string)
 }
 
 /// A Content-Type: `type/subtype` (parameters allowed), printable ASCII only.
@@ -633,7 +682,8 @@ impl Args {
             .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
         let mut store = StoreConfig::new(bucket.clone());
         store.endpoint_url = self.endpoint_url;
-        store.region = self.region;
+        // An access point is reached in its own region.
+        store.region = self.region.or_else(|| arn_region(&bucket));
         store.profile = self.profile;
         store.force_path_style = self.force_path_style;
         // SAFETY: geteuid and getegid cannot fail and touch no memory.
@@ -652,7 +702,7 @@ impl Args {
             "crc64nvme" => Some(Checksum::Crc64Nvme),
             "crc32c" => Some(Checksum::Crc32c),
             "off" => None,
-            _ if is_aws(store.endpoint_url.as_deref()) => Some(Checksum::Crc64Nvme),
+            _ if is_aws(store.endpoint_url.as_deref()) => Some(Checksum::Crc32c),
             _ => None,
         };
         store.network = NetworkConfig {

@@ -64,7 +64,7 @@ pub struct StoreConfig {
 pub enum Checksum {
     /// CRC-32C: per part (a multipart object's checksum is composite).
     Crc32c,
-    /// CRC-64/NVME: of the whole object, multipart too (AWS's default).
+    /// CRC-64/NVME: of the whole object, multipart too (the AWS SDKs' own default).
     Crc64Nvme,
 }
 

@@ -373,7 +373,21 @@ pub fn fuse_op(op: &'static str) {
 
 /// Counts one FUSE operation of kind `op` answered with `errno`.
 pub fn fuse_error(op: &'static str, errno: i32) {
-    let name = format!("{:?}", nix::errno::Errno::from_raw(errno));
+    use nix::errno::Errno;
+    // The usual answers by name without formatting (getxattr's ENODATA comes once per file
+    // of an `ls -l`); others through nix's names.
+    let name: metrics::SharedString = match Errno::from_raw(errno) {
+        Errno::ENOENT => "ENOENT".into(),
+        Errno::ENODATA => "ENODATA".into(),
+        Errno::EACCES => "EACCES".into(),
+        Errno::EIO => "EIO".into(),
+        Errno::EEXIST => "EEXIST".into(),
+        Errno::ENOTEMPTY => "ENOTEMPTY".into(),
+        Errno::EROFS => "EROFS".into(),
+        Errno::ERANGE => "ERANGE".into(),
+        Errno::ENOSYS => "ENOSYS".into(),
+        other => format!("{other:?}").into(),
+    };
     counter!(FUSE_ERRORS, "op" => op, "errno" => name).increment(1);
 }
 

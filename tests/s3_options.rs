@@ -204,6 +204,29 @@ fn kms_encryption_and_the_storage_class_go_on_every_new_object_and_copy() {
         );
     }
     assert_eq!(fs::read(m.path.join("moved.txt")).unwrap(), b"to be moved");
+    drop(m);
+    // S3's own keys (SSE-S3).
+    let m = Mount::with_env(
+        bucket,
+        mount_point("sse-s3"),
+        &["--endpoint-url", &moto.endpoint, "--sse", "AES256"],
+        &moto.service_env(),
+    );
+    fs::write(m.path.join("s3-keys.txt"), b"sse-s3").unwrap();
+    let head = moto
+        .rt
+        .block_on(
+            moto.client
+                .head_object()
+                .bucket(bucket)
+                .key("s3-keys.txt")
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("AES256")
+    );
 }
 
 #[test]
@@ -290,6 +313,18 @@ fn archived_objects_list_with_their_size_and_read_with_eacces_naming_the_restore
         .collect();
     assert_eq!(lines.len(), 1, "one line warns of the archive: {log}");
     assert!(lines[0].contains("restore-object"), "{}", lines[0]);
+    // Restored, it reads (from a new open: the old handle's version is the same object).
+    moto.rt
+        .block_on(
+            moto.client
+                .restore_object()
+                .bucket(bucket)
+                .key("cold.bin")
+                .restore_request(aws_sdk_s3::types::RestoreRequest::builder().days(1).build())
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(fs::read(m.path.join("cold.bin")).unwrap(), body);
     assert!(lines[0].contains("InvalidObjectState"), "{}", lines[0]);
 }
 

@@ -315,6 +315,42 @@ fn status_is_a_command_and_a_bucket_named_status_is_s3_status() {
 }
 
 #[test]
+fn access_points_directory_buckets_and_aliases_are_sources() {
+    let arn = "arn:aws:s3:eu-west-1:123456789012:accesspoint/my-ap";
+    assert_eq!(parse_source(arn).unwrap(), (arn.into(), "".into()));
+    assert_eq!(
+        parse_source(&format!("s3://{arn}/logs/2026")).unwrap(),
+        (arn.into(), "logs/2026/".into())
+    );
+    assert_eq!(
+        parse_source(&format!("{arn}/logs/")).unwrap(),
+        (arn.into(), "logs/".into())
+    );
+    let c = parse(&[arn, "/mnt"]).unwrap().into_config().unwrap();
+    assert_eq!(c.store.region.as_deref(), Some("eu-west-1"));
+    let c = parse(&[arn, "/mnt", "--region", "us-east-1"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(c.store.region.as_deref(), Some("us-east-1"));
+    for bad in [
+        "arn:aws:s3:eu-west-1:123:accesspoint/ap",
+        "arn:aws:s3:eu-west-1:123456789012:bucket/b",
+        "arn:aws:sqs:eu-west-1:123456789012:accesspoint/ap",
+        "arn:aws:s3:eu-west-1:123456789012:accesspoint/",
+    ] {
+        assert!(parse_source(bad).is_err(), "{bad}");
+    }
+    // A directory bucket and an access point alias are bucket names.
+    for name in [
+        "data--usw2-az1--x-s3",
+        "my-ap-abcdefghijklmnopqrstuvwxyz12-s3alias",
+    ] {
+        assert_eq!(parse_source(name).unwrap(), (name.into(), "".into()));
+    }
+}
+
+#[test]
 fn proxies_and_ca_bundles_are_checked() {
     assert_eq!(
         parse_proxy("http://proxy:3128").unwrap(),

@@ -14,6 +14,10 @@
 //!    object, and the legacy s3fs form, an empty object `name` (no slash) whose Content-Type is
 //!    `application/x-directory` or whose mode says directory (known after its HEAD, see 5.).
 //!    bucketfs itself writes `name/` markers.
+//! 7. S3 Express directory buckets list keys in no particular order
+//!    (`ObjectStore::sorted_listings`): there repeated entries are told by name, files are
+//!    held until the last page (any page may hold the directory that wins), and only
+//!    continuation tokens are followed (the workaround of 4. needs order).
 //! 5. Listings carry no headers, and an empty object may be a FIFO, socket or device node,
 //!    which only its mode header tells from an empty file: empty objects whose headers are not
 //!    known yet are HEADed (16 at a time) before their page is handed out. Empty objects are
@@ -109,16 +113,18 @@ pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<List
 /// A file `x` is held back until the listing has passed the key `x/`: a later page could still
 /// hold the directory of that name, which wins. Keys arrive sorted, so that is at most the last
 /// few files of each page; sorted keys also tell a repeated entry (the follow-up request of
-/// problem 4 repeats the last common prefix) from a new one.
+/// problem 4 repeats the last common prefix) from a new one. Unsorted listings: see 7.
 pub async fn stream_children(
     store: &dyn ObjectStore,
     prefix: &str,
     unknown_headers: impl Fn(&ObjectMeta) -> bool,
     mut emit: impl FnMut(Vec<(String, Child)>, bool) -> bool,
 ) -> Result<bool, StoreError> {
+    let sorted = store.sorted_listings();
     let mut exists = false;
     let mut dirs: BTreeSet<String> = BTreeSet::new();
     let mut last_file: Option<String> = None;
+    let mut files_seen: std::collections::HashSet<String> = Default::default();
     let mut held: Vec<(String, ObjectMeta)> = Vec::new();
     let mut start = ListStart::Beginning;
     loop {
@@ -138,7 +144,12 @@ pub async fn stream_children(
             .max(page.common_prefixes.last().cloned());
         let mut batch = Vec::new();
         for object in page.objects {
-            if last_file.as_ref().is_some_and(|k| object.key <= *k) {
+            let repeated = if sorted {
+                last_file.as_ref().is_some_and(|k| object.key <= *k)
+            } else {
+                !files_seen.insert(object.key.clone())
+            };
+            if repeated {
                 continue;
             }
             last_file = Some(object.key.clone());
@@ -164,15 +175,16 @@ pub async fn stream_children(
         }
         let next = match page.next_continuation_token {
             Some(token) => Some(ListStart::Token(token)),
-            None if returned >= PAGE_SIZE as usize => last.clone().map(ListStart::After),
+            None if sorted && returned >= PAGE_SIZE as usize => last.clone().map(ListStart::After),
             None => None,
         };
         let mut still_held = Vec::new();
         for (name, meta) in held.drain(..) {
             let settled = next.is_none()
-                || last
-                    .as_deref()
-                    .is_some_and(|last| format!("{prefix}{name}/").as_str() <= last);
+                || sorted
+                    && last
+                        .as_deref()
+                        .is_some_and(|last| format!("{prefix}{name}/").as_str() <= last);
             if dirs.contains(&name) {
                 continue;
             } else if settled {
@@ -247,6 +259,69 @@ mod tests {
             .into_iter()
             .map(|(n, c)| (n, c == Child::Dir))
             .collect()
+    }
+
+    /// The same keys in a bucket that lists in order and in one that does not (S3 Express).
+    fn both(keys: &[String]) -> (MemoryStore, MemoryStore) {
+        let (sorted, unsorted) = (MemoryStore::new(), MemoryStore::unsorted());
+        for key in keys {
+            sorted.put(key, "x");
+            unsorted.put(key, "x");
+        }
+        (sorted, unsorted)
+    }
+
+    #[tokio::test]
+    async fn unsorted_pages_give_the_same_children_and_the_directory_still_wins() {
+        // Three pages: 2,400 files, directories, and names that are both (the directory wins,
+        // wherever in the listing its file comes).
+        let mut keys: Vec<String> = (0..2400).map(|i| format!("d/f{i:04}")).collect();
+        for i in 0..40 {
+            keys.push(format!("d/both{i}"));
+            keys.push(format!("d/both{i}/inner"));
+            keys.push(format!("d/dir{i}/x"));
+        }
+        keys.push("d/dir0/".into());
+        let (sorted, unsorted) = both(&keys);
+        assert!(!unsorted.sorted_listings());
+        let want = list_children(&sorted, "d/").await.unwrap().children;
+        assert_eq!(want.len(), 2400 + 80);
+        assert!(want.get("both7") == Some(&Child::Dir));
+        // The scramble really scrambles: the first page is not in order.
+        let page = unsorted
+            .list_objects_v2(&ListRequest {
+                prefix: "d/".into(),
+                delimiter: Some("/".into()),
+                start: ListStart::Beginning,
+                max_keys: PAGE_SIZE,
+            })
+            .await
+            .unwrap();
+        assert!(page.objects.windows(2).any(|w| w[0].key > w[1].key));
+        assert!(page.next_continuation_token.is_some());
+        let got = list_children(&unsorted, "d/").await.unwrap().children;
+        assert_eq!(got, want);
+        // Streamed: no file is handed out whose directory comes later, and each name once.
+        let mut streamed: Vec<(String, Child)> = Vec::new();
+        stream_children(
+            &unsorted,
+            "d/",
+            |_| true,
+            |batch, _| {
+                streamed.extend(batch);
+                true
+            },
+        )
+        .await
+        .unwrap();
+        let mut names: Vec<&String> = streamed.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), streamed.len(), "a name handed out twice");
+        assert!(streamed
+            .iter()
+            .all(|(n, c)| !n.starts_with("both") || *c == Child::Dir));
+        assert_eq!(streamed.len(), want.len());
     }
 
     #[tokio::test]

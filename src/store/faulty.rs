@@ -155,6 +155,10 @@ impl ObjectStore for FaultyStore {
         self.inner.upload_part(key, upload_id, number, body).await
     }
 
+    fn sorted_listings(&self) -> bool {
+        self.inner.sorted_listings()
+    }
+
     async fn upload_part_copy(
         &self,
         key: &str,

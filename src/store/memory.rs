@@ -69,12 +69,24 @@ pub struct MemoryStore {
     pub counts: RequestCounts,
     /// The next this many UploadPart calls fail with `Unreachable`, as a dead server's would.
     pub fail_parts: AtomicU64,
+    /// List in no particular order, as an S3 Express directory bucket does.
+    unsorted: bool,
 }
 
 impl MemoryStore {
     /// An empty bucket.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty bucket that lists like an S3 Express directory bucket: each listing's entries
+    /// (keys and common prefixes) in a scrambled but stable order, paged by continuation
+    /// tokens only.
+    pub fn unsorted() -> Self {
+        Self {
+            unsorted: true,
+            ..Self::default()
+        }
     }
 
     /// Puts `body` under `key`, with a fresh ETag.
@@ -148,6 +160,62 @@ impl MemoryStore {
         self.objects.lock().unwrap().contains_key(key)
     }
 
+    /// A listing page in scrambled order (see `unsorted`); the token is the next entry's index.
+    fn list_unsorted(&self, request: &ListRequest) -> Result<ListPage, StoreError> {
+        let objects = self.objects.lock().unwrap();
+        let mut entries: Vec<(String, Option<ObjectMeta>)> = Vec::new();
+        for (key, object) in objects.range(request.prefix.clone()..) {
+            if !key.starts_with(&request.prefix) {
+                break;
+            }
+            let rest = &key[request.prefix.len()..];
+            let rolled_up = request
+                .delimiter
+                .as_deref()
+                .and_then(|d| rest.find(d).map(|i| &rest[..i + d.len()]));
+            match rolled_up {
+                Some(common) => {
+                    let entry = format!("{}{common}", request.prefix);
+                    if entries.last().map(|e| &e.0) != Some(&entry) {
+                        entries.push((entry, None));
+                    }
+                }
+                None => entries.push((key.clone(), Some(Self::meta(key, object, false)))),
+            }
+        }
+        // A stable scramble: by a hash of the entry (FNV-1a).
+        let scramble = |s: &str| {
+            s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        entries.sort_by_key(|(entry, _)| scramble(entry));
+        let from = match &request.start {
+            ListStart::Beginning => 0,
+            ListStart::Token(t) => t.parse::<usize>().map_err(|_| {
+                StoreError::new(StoreErrorKind::Other, format!("bad continuation token {t}"))
+            })?,
+            ListStart::After(_) => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    "InvalidArgument: directory buckets take no StartAfter",
+                ))
+            }
+        };
+        let to = (from + request.max_keys.max(1) as usize).min(entries.len());
+        let mut page = ListPage::default();
+        for (entry, meta) in entries.get(from..to).unwrap_or_default() {
+            match meta {
+                Some(meta) => page.objects.push(meta.clone()),
+                None => page.common_prefixes.push(entry.clone()),
+            }
+        }
+        if to < entries.len() {
+            page.next_continuation_token = Some(to.to_string());
+        }
+        Ok(page)
+    }
+
     fn add_part(
         &self,
         upload_id: &str,
@@ -183,8 +251,15 @@ impl ObjectStore for MemoryStore {
         Ok(objects.get(key).map(|o| Self::meta(key, o, true)))
     }
 
+    fn sorted_listings(&self) -> bool {
+        !self.unsorted
+    }
+
     async fn list_objects_v2(&self, request: &ListRequest) -> Result<ListPage, StoreError> {
         self.counts.list.fetch_add(1, Ordering::Relaxed);
+        if self.unsorted {
+            return self.list_unsorted(request);
+        }
         let objects = self.objects.lock().unwrap();
         let after = match &request.start {
             ListStart::Beginning => None,

@@ -299,6 +299,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         range: std::ops::Range<u64>,
     ) -> Result<CompletedPart, StoreError>;
 
+    /// True when ListObjectsV2 returns keys in order, as general-purpose buckets do; S3
+    /// Express directory buckets return them in no particular order.
+    fn sorted_listings(&self) -> bool {
+        true
+    }
+
     /// CompleteMultipartUpload (`If-None-Match: *` when asked); returns the object's ETag.
     async fn complete_multipart_upload(
         &self,

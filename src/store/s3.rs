@@ -18,7 +18,7 @@
 //!    read): TLS guards it on https endpoints.
 //! 3. A HEAD has no body, so a 404 carries no error code: we classify by status as well as code.
 //! 4. Messages carry the S3 error code and the key, never credentials.
-//! 5. Uploads carry the checksum of `--checksum` (CRC-64/NVME on AWS by default) in a header
+//! 5. Uploads carry the checksum of `--checksum` (CRC-32C on AWS by default) in a header
 //!    (`x-amz-checksum-*`), computed here from the body in memory before it is sent: the server
 //!    verifies it, so bytes damaged on the way (a proxy, a bad NIC; TCP's 16-bit sum misses
 //!    some) fail the commit instead of being stored. A header, not the SDK's aws-chunked
@@ -813,6 +813,11 @@ impl ObjectStore for S3Store {
             etag: out.e_tag().unwrap_or_default().to_string(),
             checksum,
         })
+    }
+
+    /// Directory buckets (`name--azid--x-s3`) list in no particular order.
+    fn sorted_listings(&self) -> bool {
+        !self.bucket.ends_with("--x-s3")
     }
 
     async fn upload_part_copy(
