@@ -157,6 +157,20 @@ pub struct RequestHeaders {
     pub expected_owner: Option<String>,
 }
 
+/// The SSE-C headers: algorithm, key, the key's MD5.
+const CUSTOMER_KEY: [&str; 3] = [
+    "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-server-side-encryption-customer-key",
+    "x-amz-server-side-encryption-customer-key-md5",
+];
+
+/// The same for a copy's source.
+const COPY_SOURCE_CUSTOMER_KEY: [&str; 3] = [
+    "x-amz-copy-source-server-side-encryption-customer-algorithm",
+    "x-amz-copy-source-server-side-encryption-customer-key",
+    "x-amz-copy-source-server-side-encryption-customer-key-md5",
+];
+
 /// Operations that create an object from what they send or copy.
 fn creates(op: &str) -> bool {
     matches!(op, "PutObject" | "CreateMultipartUpload" | "CopyObject")
@@ -200,31 +214,14 @@ impl RequestHeaders {
         }
         if let Some(key) = self.customer_key.as_ref().filter(|_| touches_bytes(op)) {
             // CompleteMultipartUpload and the copies' destinations take the same three.
-            out.push((
-                "x-amz-server-side-encryption-customer-algorithm",
+            let values = [
                 "AES256".to_string(),
-            ));
-            out.push((
-                "x-amz-server-side-encryption-customer-key",
                 key.key_b64.clone(),
-            ));
-            out.push((
-                "x-amz-server-side-encryption-customer-key-md5",
                 key.md5_b64.clone(),
-            ));
+            ];
+            out.extend(CUSTOMER_KEY.into_iter().zip(values.clone()));
             if matches!(op, "CopyObject" | "UploadPartCopy") {
-                out.push((
-                    "x-amz-copy-source-server-side-encryption-customer-algorithm",
-                    "AES256".to_string(),
-                ));
-                out.push((
-                    "x-amz-copy-source-server-side-encryption-customer-key",
-                    key.key_b64.clone(),
-                ));
-                out.push((
-                    "x-amz-copy-source-server-side-encryption-customer-key-md5",
-                    key.md5_b64.clone(),
-                ));
+                out.extend(COPY_SOURCE_CUSTOMER_KEY.into_iter().zip(values));
             }
         }
         if self.requester_pays {

@@ -168,14 +168,8 @@ impl MemoryStore {
             if !key.starts_with(&request.prefix) {
                 break;
             }
-            let rest = &key[request.prefix.len()..];
-            let rolled_up = request
-                .delimiter
-                .as_deref()
-                .and_then(|d| rest.find(d).map(|i| &rest[..i + d.len()]));
-            match rolled_up {
-                Some(common) => {
-                    let entry = format!("{}{common}", request.prefix);
+            match rolled_up(request, key) {
+                Some(entry) => {
                     if entries.last().map(|e| &e.0) != Some(&entry) {
                         entries.push((entry, None));
                     }
@@ -239,6 +233,14 @@ impl MemoryStore {
     }
 }
 
+/// The common prefix `key` rolls up into under `request`'s delimiter, if any.
+fn rolled_up(request: &ListRequest, key: &str) -> Option<String> {
+    let rest = &key[request.prefix.len()..];
+    let delimiter = request.delimiter.as_deref()?;
+    rest.find(delimiter)
+        .map(|i| format!("{}{}", request.prefix, &rest[..i + delimiter.len()]))
+}
+
 #[async_trait]
 impl ObjectStore for MemoryStore {
     async fn head_bucket(&self) -> Result<(), StoreError> {
@@ -272,15 +274,9 @@ impl ObjectStore for MemoryStore {
             if !key.starts_with(&request.prefix) {
                 break;
             }
-            let rest = &key[request.prefix.len()..];
-            let rolled_up = request
-                .delimiter
-                .as_deref()
-                .and_then(|d| rest.find(d).map(|i| &rest[..i + d.len()]));
-            let entry = match rolled_up {
-                Some(common) => format!("{}{common}", request.prefix),
-                None => key.clone(),
-            };
+            let common = rolled_up(request, key);
+            let is_common = common.is_some();
+            let entry = common.unwrap_or_else(|| key.clone());
             if after.as_ref().is_some_and(|a| entry.as_str() <= a.as_str()) {
                 continue;
             }
@@ -292,7 +288,7 @@ impl ObjectStore for MemoryStore {
                 break;
             }
             count += 1;
-            if rolled_up.is_some() {
+            if is_common {
                 page.common_prefixes.push(entry.clone());
             } else {
                 page.objects.push(Self::meta(key, object, false));

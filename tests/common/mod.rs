@@ -207,16 +207,19 @@ fn server_command(program: &Path, args: &[String], log: std::fs::File) -> Comman
     cmd
 }
 
-async fn make_client(endpoint: &str) -> Client {
+/// The test clients' configuration for `endpoint`.
+fn client_config(endpoint: &str) -> aws_sdk_s3::config::Builder {
     let creds = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
-    let conf = aws_sdk_s3::config::Builder::new()
+    aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(creds)
         .force_path_style(true)
-        .build();
-    Client::from_conf(conf)
+}
+
+async fn make_client(endpoint: &str) -> Client {
+    Client::from_conf(client_config(endpoint).build())
 }
 
 /// A client of `endpoint` that trusts only the CA certificate in `ca` (PEM).
@@ -237,16 +240,7 @@ async fn make_client_trusting(endpoint: &str, ca: &Path) -> Client {
         ))
         .tls_context(context)
         .build_https();
-    let creds = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(creds)
-        .force_path_style(true)
-        .http_client(http)
-        .build();
-    Client::from_conf(conf)
+    Client::from_conf(client_config(endpoint).http_client(http).build())
 }
 
 /// The server of this test run, started on first use.
