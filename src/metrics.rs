@@ -125,15 +125,15 @@ pub struct RequestCounts {
 impl RequestStats {
     /// Counts one request (one attempt of an operation).
     pub fn record(&self, operation: &str, outcome: Outcome, retry: bool, bytes: (u64, u64)) {
+        let op = operation.to_string();
         *self
             .counts
             .lock()
             .unwrap()
-            .entry((operation.to_string(), outcome))
+            .entry((op.clone(), outcome))
             .or_insert(0) += 1;
         self.bytes_sent.fetch_add(bytes.0, Ordering::Relaxed);
         self.bytes_received.fetch_add(bytes.1, Ordering::Relaxed);
-        let op = operation.to_string();
         counter!(S3_REQUESTS, "operation" => op.clone(), "outcome" => outcome.as_str())
             .increment(1);
         counter!(S3_BYTES_SENT).increment(bytes.0);

@@ -293,6 +293,18 @@ fn checksum_of(checksum: Checksum, data: &[u8]) -> String {
     }
 }
 
+/// `value` in the field of its algorithm: (CRC-32C, CRC-64/NVME), the other `None`.
+fn by_algorithm(
+    checksum: Option<Checksum>,
+    value: Option<String>,
+) -> (Option<String>, Option<String>) {
+    match checksum {
+        Some(Checksum::Crc32c) => (value, None),
+        Some(Checksum::Crc64Nvme) => (None, value),
+        None => (None, None),
+    }
+}
+
 /// The SDK's name of `checksum`.
 fn algorithm(checksum: Checksum) -> aws_sdk_s3::types::ChecksumAlgorithm {
     match checksum {
@@ -502,6 +514,11 @@ fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 }
 
 impl S3Store {
+    /// The `--checksum` of `body`, when uploads carry one.
+    fn checksum_of(&self, body: &[u8]) -> Option<String> {
+        self.checksum.map(|c| checksum_of(c, body))
+    }
+
     /// The bucket's region, as a HeadBucket answer says it (`x-amz-bucket-region`), also when
     /// the answer is a redirect or a refusal because this client signs for another region (see
     /// 8.); `None` when the server names none (most S3-compatible ones). Other failures are
@@ -538,20 +555,7 @@ impl S3Store {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn head_bucket(&self) -> Result<(), StoreError> {
-        let what = format!("HeadBucket {}", self.bucket);
-        crate::metrics::counting_attempts(async {
-            match self.client.head_bucket().bucket(&self.bucket).send().await {
-                Ok(_) => Ok(()),
-                Err(err) => {
-                    let mut e = classify(&what, err);
-                    if e.kind == StoreErrorKind::NotFound {
-                        e.kind = StoreErrorKind::NoSuchBucket;
-                    }
-                    Err(e)
-                }
-            }
-        })
-        .await
+        self.locate().await.map(drop)
     }
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
@@ -719,20 +723,14 @@ impl ObjectStore for S3Store {
     ) -> Result<String, StoreError> {
         let what = format!("PutObject {key}");
         let progress = Progress::new(body.len());
-        let checksum = self.checksum.map(|c| checksum_of(c, &body));
+        let (crc32c, crc64nvme) = by_algorithm(self.checksum, self.checksum_of(&body));
         let mut call = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .set_checksum_crc32_c(
-                checksum
-                    .clone()
-                    .filter(|_| self.checksum == Some(Checksum::Crc32c)),
-            )
-            .set_checksum_crc64_nvme(
-                checksum.filter(|_| self.checksum == Some(Checksum::Crc64Nvme)),
-            )
+            .set_checksum_crc32_c(crc32c)
+            .set_checksum_crc64_nvme(crc64nvme)
             .content_length(body.len() as i64)
             .body(progress_body(body, &progress))
             .set_metadata(metadata_map(&options.metadata))
@@ -784,7 +782,8 @@ impl ObjectStore for S3Store {
     ) -> Result<CompletedPart, StoreError> {
         let what = format!("UploadPart {key} #{number}");
         let progress = Progress::new(body.len());
-        let checksum = self.checksum.map(|c| checksum_of(c, &body));
+        let checksum = self.checksum_of(&body);
+        let (crc32c, crc64nvme) = by_algorithm(self.checksum, checksum.clone());
         let call = self
             .client
             .upload_part()
@@ -794,16 +793,8 @@ impl ObjectStore for S3Store {
             .part_number(number)
             .content_length(body.len() as i64)
             .body(progress_body(body, &progress))
-            .set_checksum_crc32_c(
-                checksum
-                    .clone()
-                    .filter(|_| self.checksum == Some(Checksum::Crc32c)),
-            )
-            .set_checksum_crc64_nvme(
-                checksum
-                    .clone()
-                    .filter(|_| self.checksum == Some(Checksum::Crc64Nvme)),
-            )
+            .set_checksum_crc32_c(crc32c)
+            .set_checksum_crc64_nvme(crc64nvme)
             .customize()
             .config_override(self.transfer_config())
             .send();
@@ -862,15 +853,13 @@ impl ObjectStore for S3Store {
         let parts = parts
             .iter()
             .map(|p| {
-                let part = aws_sdk_s3::types::CompletedPart::builder()
+                let (crc32c, crc64nvme) = by_algorithm(self.checksum, p.checksum.clone());
+                aws_sdk_s3::types::CompletedPart::builder()
                     .part_number(p.number)
-                    .e_tag(&p.etag);
-                match self.checksum {
-                    Some(Checksum::Crc32c) => part.set_checksum_crc32_c(p.checksum.clone()),
-                    Some(Checksum::Crc64Nvme) => part.set_checksum_crc64_nvme(p.checksum.clone()),
-                    None => part,
-                }
-                .build()
+                    .e_tag(&p.etag)
+                    .set_checksum_crc32_c(crc32c)
+                    .set_checksum_crc64_nvme(crc64nvme)
+                    .build()
             })
             .collect();
         let mut call = self
