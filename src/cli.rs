@@ -215,7 +215,8 @@ pub struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub upload_concurrency: u16,
 
-    /// Directory for staging files of files changed in place (default: /var/tmp/bucketfs-UID)
+    /// Directory for staging files of files changed in place (default: /var/cache/bucketfs/staging
+    /// for root, /var/tmp/bucketfs-UID for other users)
     #[arg(long, value_name = "PATH")]
     pub staging_dir: Option<PathBuf>,
 
@@ -791,7 +792,7 @@ impl Args {
             budget: self.cache_size / 2,
             staging_dir: match self.staging_dir.or(self.cache_dir) {
                 Some(dir) => absolute("--staging-dir", dir)?,
-                None => PathBuf::from(format!("/var/tmp/bucketfs-{euid}")),
+                None => default_staging_dir(euid),
             },
             staging_limit: self
                 .staging_dir_limit
@@ -854,3 +855,14 @@ fn parse_topic_arn(arn: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Where staging files go unless `--staging-dir` says: root's in a directory only root can
+/// write (never world-writable /var/tmp, where another user could make it first); another
+/// user's in /var/tmp, checked at mount to be that user's own (owned_dir).
+pub fn default_staging_dir(euid: u32) -> PathBuf {
+    if euid == 0 {
+        PathBuf::from("/var/cache/bucketfs/staging")
+    } else {
+        PathBuf::from(format!("/var/tmp/bucketfs-{euid}"))
+    }
+}

@@ -224,7 +224,7 @@ impl Default for UploadConfig {
             part_size: DEFAULT_PART_SIZE,
             concurrency: 4,
             budget: 256 << 20,
-            staging_dir: PathBuf::from("/var/tmp/bucketfs"),
+            staging_dir: PathBuf::from("/var/cache/bucketfs/staging"),
             staging_limit: DEFAULT_STAGING_LIMIT,
         }
     }

@@ -213,36 +213,50 @@ fn notify_at(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Targets of the SDK and its HTTP stack, whose trace events print requests with their
+/// headers (a session token, an SSE-C key and its MD5): capped at debug whatever the level.
+const SECRET_BEARING_TARGETS: &[&str] = &["aws_", "hyper", "h2", "rustls", "tower"];
+
+/// False for the events that may carry secrets (`SECRET_BEARING_TARGETS` at trace level).
+/// A filter of its own, after the user's: it only ever removes events, never adds any.
+fn safe_to_log(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= tracing::Level::DEBUG
+        || !SECRET_BEARING_TARGETS
+            .iter()
+            .any(|t| meta.target().starts_with(t))
+}
+
 fn init_logging(config: &Config, foreground: bool) -> Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     // fuser warns "Failed to umount filesystem" after every external unmount (the mount is
     // already gone); keep its session module quiet unless the user asks for fuser's logs.
     let mut level = config.daemon.log_level.clone();
     if !level.contains("fuser") {
         level.push_str(",fuser::session=error");
     }
-    // The SDK's signing and orchestration traces print headers and answers unredacted: with a
-    // customer key they would print the key (store::headers, 2.).
-    if config.store.headers.customer_key.is_some() {
-        level.push_str(",aws_sigv4=debug,aws_smithy_runtime=debug");
-    }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| anyhow!("--log-level: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &config.daemon.log_file {
+    let (writer, ansi) = match &config.daemon.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        None if foreground => builder.with_writer(std::io::stderr).init(),
-        None => {}
-    }
+        None if foreground => (BoxMakeWriter::new(std::io::stderr), true),
+        None => return Ok(()),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(writer)
+        .with_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(safe_to_log));
+    tracing_subscriber::registry().with(layer).init();
     Ok(())
 }
 
@@ -400,11 +414,8 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     let store: Arc<dyn ObjectStore> = Arc::new(s3);
 
     let up = &config.upload;
-    let staging = StagingDir::new(&up.staging_dir, up.staging_limit).with_context(|| {
-        format!(
-            "cannot use {} for staging files: give a writable directory with --staging-dir",
-            up.staging_dir.display()
-        )
+    let staging = StagingDir::new(&up.staging_dir, up.staging_limit).map_err(|e| {
+        anyhow!("cannot use the staging directory: {e} (give a directory of your own with --staging-dir)")
     })?;
     let writes = Writes {
         tuning: UploadTuning {
@@ -422,12 +433,9 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
                 config.store.endpoint_url.as_deref().unwrap_or("aws"),
                 config.store.bucket
             );
-            let opened = DiskCache::open(disk, &namespace, config.cache.block_size)
-                .with_context(|| {
-                    format!(
-                        "cannot use {} as the disk cache: give a writable directory with --disk-cache",
-                        disk.dir.display()
-                    )
+            let opened =
+                DiskCache::open(disk, &namespace, config.cache.block_size).map_err(|e| {
+                    anyhow!("cannot use the disk cache: {e} (give a directory of your own with --disk-cache)")
                 })?;
             tracing::info!(
                 dir = %disk.dir.display(),

@@ -19,6 +19,8 @@
 //!   endpoint of `--metrics-addr`.
 //! - `status`: the status socket of a mount and the `bucketfs status` command (`client`).
 //! - `error`: errno-carrying errors and the store-error-to-errno table.
+//! - `owned_dir`: directories the daemon writes into, made or checked as its own and used
+//!   through a descriptor (staging, disk cache, status socket).
 //!
 //! Read flow: kernel READ → `fuse` → `fs::Fs::read` (handle → key + ETag) → `cache::BlockCache`
 //! (hit, or the disk tier, or ranged GET with `If-Match`; sequential readers start read-ahead).
@@ -40,6 +42,7 @@ pub mod fuse;
 pub mod metrics;
 pub mod mount;
 pub mod notify;
+pub mod owned_dir;
 pub mod status;
 pub mod store;
 pub mod upload;

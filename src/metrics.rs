@@ -18,12 +18,13 @@
 //! 5. Bytes are the Content-Length of requests and responses: a GET body cut short counts in
 //!    full, and its resumption again.
 
+use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -126,12 +127,7 @@ impl RequestStats {
     /// Counts one request (one attempt of an operation).
     pub fn record(&self, operation: &str, outcome: Outcome, retry: bool, bytes: (u64, u64)) {
         let op = operation.to_string();
-        *self
-            .counts
-            .lock()
-            .unwrap()
-            .entry((op.clone(), outcome))
-            .or_insert(0) += 1;
+        *self.counts.lock().entry((op.clone(), outcome)).or_insert(0) += 1;
         self.bytes_sent.fetch_add(bytes.0, Ordering::Relaxed);
         self.bytes_received.fetch_add(bytes.1, Ordering::Relaxed);
         counter!(S3_REQUESTS, "operation" => op.clone(), "outcome" => outcome.as_str())
@@ -147,7 +143,7 @@ impl RequestStats {
     /// The counts now.
     pub fn snapshot(&self) -> RequestCounts {
         RequestCounts {
-            by_kind: self.counts.lock().unwrap().clone(),
+            by_kind: self.counts.lock().clone(),
             retries: self.retries.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),

@@ -30,15 +30,20 @@
 //! 6. A small read checks only the chunks it touches: a random 4 KiB read costs one 4 KiB
 //!    read of the data file (from the page cache once warm) and one CRC of it, not a block's
 //!    worth, so the daemon serves it about as fast as a FUSE round trip allows.
+//! 7. DIR and DIR/v2 are the daemon's own (`owned_dir`: made 0700, or owned by its user and
+//!    not writable by group or others, not a symlink), so no other user can plant a name
+//!    below them; files are opened with `O_NOFOLLOW` all the same. Shared between mounts of
+//!    one user only.
 
+use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::num::NonZeroUsize;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -47,6 +52,7 @@ use sha2::{Digest, Sha256};
 
 use super::ObjectId;
 use crate::config::DiskCacheConfig;
+use crate::owned_dir::OwnedDir;
 
 /// The directory of this layout; a change of format gets a new one.
 const LAYOUT: &str = "v2";
@@ -145,11 +151,11 @@ impl DiskCache {
     /// Opens (creating) the cache directory; fails with a message naming it when it cannot be
     /// written.
     pub fn open(config: &DiskCacheConfig, namespace: &str, block_size: u64) -> io::Result<Self> {
-        let root = config.dir.join(LAYOUT);
-        std::fs::create_dir_all(&root)?;
-        let probe = root.join(format!(".probe-{}", std::process::id()));
-        File::create(&probe)?;
-        let _ = std::fs::remove_file(&probe);
+        // The directory and its layout directory are the daemon's own (7.); nothing below
+        // them can be planted by another user.
+        let owned = OwnedDir::open_or_create(&config.dir)?.subdir(LAYOUT)?;
+        owned.unnamed_file()?;
+        let root = owned.path().to_path_buf();
         let old: Vec<PathBuf> = OLD_LAYOUTS
             .iter()
             .map(|v| config.dir.join(v))
@@ -282,7 +288,7 @@ impl DiskCache {
         if self.paused() {
             return;
         }
-        let _one = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.insert.lock();
         let Some(entry) = self.entry(object, size, true) else {
             return;
         };
@@ -346,8 +352,8 @@ impl DiskCache {
         self.lock().paused_until = Some(Instant::now() + WRITE_PAUSE);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// The identity hash of `object` and the directory its files go in.
@@ -517,7 +523,10 @@ impl Entry {
         create: bool,
     ) -> io::Result<Self> {
         if create {
-            std::fs::create_dir_all(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
         let open = |name: String| {
             OpenOptions::new()
@@ -525,6 +534,7 @@ impl Entry {
                 .write(true)
                 .create(create)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(dir.join(name))
         };
         let sums = open(format!("{hash}.sums"))?;

@@ -28,9 +28,10 @@
 
 pub mod disk;
 
+use parking_lot::Mutex;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -183,7 +184,8 @@ impl BlockCache {
             .store
             .get_object_range(&object.key, &object.etag, 0..size)
             .await
-            .ok()?;
+            .ok()
+            .filter(|data| data.len() as u64 == size)?;
         let o = Arc::clone(object);
         tokio::task::spawn_blocking(move || {
             disk.write_block(&o, size, 0, &data);
@@ -212,7 +214,7 @@ impl BlockCache {
 
     /// How many blocks the budget allows.
     pub fn capacity(&self) -> usize {
-        self.blocks.lock().unwrap().cap().get()
+        self.blocks.lock().cap().get()
     }
 
     /// Use and hit counts, for `bucketfs status`.
@@ -229,7 +231,7 @@ impl BlockCache {
 
     /// How many blocks are cached or in flight.
     pub fn len(&self) -> usize {
-        self.blocks.lock().unwrap().len()
+        self.blocks.lock().len()
     }
 
     /// True when nothing is cached.
@@ -259,11 +261,16 @@ impl BlockCache {
             && !self.on_disk(object, size, first..last + 1).await
         {
             // A random read fetches just its range: a 4 KiB read costs a 4 KiB GET, not a block.
-            return self
+            let bytes = self
                 .store
                 .get_object_range(&object.key, &object.etag, offset..end)
                 .await
-                .map_err(FsError::from);
+                .map_err(FsError::from)?;
+            if bytes.len() as u64 == end - offset {
+                return Ok(bytes);
+            }
+            // Not a short read: the object is shorter than it was listed.
+            return Err(shrunk(object, bytes.len() as u64, end - offset));
         }
 
         let fetches = (first..=last).map(|index| self.block(object, size, index));
@@ -299,12 +306,12 @@ impl BlockCache {
     ) -> Option<R> {
         let disk = self.disk.as_ref()?;
         let end = offset.checked_add(u64::from(len))?.min(size);
-        if offset >= end || self.sequential(&state.lock().unwrap(), offset) {
+        if offset >= end || self.sequential(&state.lock(), offset) {
             return None;
         }
         let value = disk.read_range_with(object, size, offset..end, f)?;
         // What `plan_readahead` records for a random read.
-        let mut s = state.lock().unwrap();
+        let mut s = state.lock();
         s.window = 0;
         s.prefetched_until = 0;
         s.next_offset = end;
@@ -325,7 +332,7 @@ impl BlockCache {
         blocks: std::ops::RangeInclusive<u64>,
         end: u64,
     ) {
-        let mut cache = self.blocks.lock().unwrap();
+        let mut cache = self.blocks.lock();
         for index in blocks {
             if (index + 1) * self.block_size <= end {
                 cache.demote(&BlockKey {
@@ -338,7 +345,7 @@ impl BlockCache {
 
     /// True when every block of `blocks` is cached or in flight.
     fn cached(&self, object: &Arc<ObjectId>, blocks: std::ops::RangeInclusive<u64>) -> bool {
-        let cache = self.blocks.lock().unwrap();
+        let cache = self.blocks.lock();
         blocks.into_iter().all(|index| {
             cache.contains(&BlockKey {
                 object: Arc::clone(object),
@@ -361,7 +368,7 @@ impl BlockCache {
         let last = (end - 1) / self.block_size;
         let blocks_in_object = size.div_ceil(self.block_size);
         let ahead = {
-            let mut s = state.lock().unwrap();
+            let mut s = state.lock();
             if !self.sequential(&s, offset) {
                 s.window = 0;
                 s.prefetched_until = 0;
@@ -398,7 +405,7 @@ impl BlockCache {
     fn prefetch(&self, object: &Arc<ObjectId>, size: u64, blocks: std::ops::Range<u64>) {
         let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
         {
-            let cache = self.blocks.lock().unwrap();
+            let cache = self.blocks.lock();
             for index in blocks {
                 let key = BlockKey {
                     object: Arc::clone(object),
@@ -416,7 +423,7 @@ impl BlockCache {
         for run in runs {
             let (fetch, pieces) = self.fetch_run(object, size, run.clone());
             {
-                let mut cache = self.blocks.lock().unwrap();
+                let mut cache = self.blocks.lock();
                 for (index, piece) in run.zip(pieces) {
                     let key = BlockKey {
                         object: Arc::clone(object),
@@ -486,6 +493,24 @@ impl BlockCache {
         (fetch, pieces)
     }
 
+    /// `bytes` if it is all of block `index` of an object of `size` bytes; an object that
+    /// shrank since it was listed, or a server that sent less, is EIO with a log line, never
+    /// a slice past the end (the caller drops the block from the cache).
+    fn checked_len(
+        &self,
+        object: &ObjectId,
+        size: u64,
+        index: u64,
+        bytes: Bytes,
+    ) -> FsResult<Bytes> {
+        let start = index.saturating_mul(self.block_size);
+        let expected = size.saturating_sub(start).min(self.block_size);
+        if bytes.len() as u64 == expected {
+            return Ok(bytes);
+        }
+        Err(shrunk(object, bytes.len() as u64, expected))
+    }
+
     /// One block, from the cache or from a ranged GET.
     async fn block(&self, object: &Arc<ObjectId>, size: u64, index: u64) -> FsResult<Bytes> {
         let key = BlockKey {
@@ -495,7 +520,7 @@ impl BlockCache {
         let mut retried = false;
         loop {
             let slot = {
-                let mut blocks = self.blocks.lock().unwrap();
+                let mut blocks = self.blocks.lock();
                 match blocks.get(&key) {
                     Some(slot) => {
                         self.hits.fetch_add(1, Ordering::Relaxed);
@@ -515,9 +540,13 @@ impl BlockCache {
                     }
                 }
             };
-            let result = slot.fetch.clone().await;
+            let result = slot
+                .fetch
+                .clone()
+                .await
+                .and_then(|bytes| self.checked_len(object, size, index, bytes));
             if result.is_err() {
-                let mut blocks = self.blocks.lock().unwrap();
+                let mut blocks = self.blocks.lock();
                 if blocks
                     .peek(&key)
                     .is_some_and(|s| Shared::ptr_eq(&s.fetch, &slot.fetch))
@@ -532,6 +561,23 @@ impl BlockCache {
             return result;
         }
     }
+}
+
+/// The error for `got` bytes of `object` where the listing promised `expected`: the object
+/// shrank since it was listed (or the server sent less), logged once here.
+fn shrunk(object: &ObjectId, got: u64, expected: u64) -> FsError {
+    tracing::warn!(
+        key = %object.key,
+        "the server sent {got} bytes where {expected} were expected: the object is shorter \
+         than when it was listed"
+    );
+    FsError::new(
+        libc::EIO,
+        format!(
+            "{}: {got} of {expected} bytes (the object shrank)",
+            object.key
+        ),
+    )
 }
 
 /// The blocks `blocks` of `object`: those intact on disk from there, the span of the others
@@ -568,7 +614,12 @@ async fn fetch_through_disk(
     let written = got.clone();
     tokio::task::spawn_blocking(move || {
         for (i, block) in written.iter().enumerate() {
-            disk.write_block(&object, size, first + i as u64, block);
+            let index = first + i as u64;
+            // A short block (the object shrank) is never kept: the read reports it.
+            let start = index * block_size;
+            if block.len() as u64 == size.saturating_sub(start).min(block_size) {
+                disk.write_block(&object, size, index, block);
+            }
         }
     });
     for (i, block) in got.into_iter().enumerate() {

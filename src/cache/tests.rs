@@ -1,5 +1,5 @@
+use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use super::*;
 use crate::config::CacheConfig;
@@ -136,7 +136,7 @@ async fn sequential_readers_get_growing_read_ahead() {
         gets <= 64 / 4 + 4,
         "{gets} GETs: read-ahead did not coalesce"
     );
-    let s = state.lock().unwrap();
+    let s = state.lock();
     assert_eq!(s.window, 8, "window grew to the maximum");
 }
 
@@ -256,4 +256,24 @@ async fn random_reads_of_blocks_on_disk_are_served_at_once_without_gets() {
     assert!(cache
         .read_on_disk(&obj, size, &state, (size + 1, 10), <[u8]>::to_vec)
         .is_none());
+}
+
+#[tokio::test]
+async fn an_object_shorter_than_listed_is_eio_never_a_panic() {
+    // Listed at 3 blocks and a bit; the server holds less (truncated in between, or a server
+    // that sends fewer bytes than asked).
+    let d = data(BLOCK as usize + 10);
+    let (_, cache, obj) = setup(16, &d);
+    let listed = 3 * BLOCK + 100;
+    for (offset, len) in [(0, 4096u32), (BLOCK, 4096), (BLOCK - 10, 2 * BLOCK as u32)] {
+        let state = Mutex::default();
+        // Sequential from 0 (read through blocks), then a read inside the short block.
+        cache.read(&obj, listed, &state, 0, 1).await.ok();
+        let got = cache.read(&obj, listed, &state, offset, len).await;
+        if offset + u64::from(len) <= d.len() as u64 {
+            assert_eq!(&got.unwrap()[..], &d[offset as usize..][..len as usize]);
+        } else {
+            assert_eq!(got.unwrap_err().errno, libc::EIO, "at {offset}+{len}");
+        }
+    }
 }

@@ -415,3 +415,15 @@ fn completions_and_the_manual_page_need_no_mount() {
     assert!(parse(&["b"]).is_err());
     assert!(parse(&["-o", "man_page", "b", "/mnt"]).is_err());
 }
+
+#[test]
+fn roots_staging_directory_is_out_of_world_writable_var_tmp() {
+    assert_eq!(
+        super::default_staging_dir(0),
+        std::path::Path::new("/var/cache/bucketfs/staging")
+    );
+    assert_eq!(
+        super::default_staging_dir(1000),
+        std::path::Path::new("/var/tmp/bucketfs-1000")
+    );
+}

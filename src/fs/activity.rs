@@ -93,7 +93,7 @@ impl Fs {
     /// What the mount is doing now; never waits on a writer (see 1.).
     pub fn activity(&self) -> Activity {
         let (writers, meta): (Vec<_>, _) = {
-            let t = self.tables.lock().unwrap();
+            let t = self.tables.lock();
             (t.writers.values().map(Arc::clone).collect(), t.meta.stats())
         };
         let mut pending = Vec::new();
@@ -124,7 +124,7 @@ impl Fs {
                 progress,
             })
             .collect();
-        let failures = self.failures.lock().unwrap();
+        let failures = self.failures.lock();
         Activity {
             uploads,
             pending,
@@ -137,6 +137,6 @@ impl Fs {
 
     /// Remembers a failed commit of `path`.
     pub(super) fn failed_commit(&self, path: String, message: String) {
-        self.failures.lock().unwrap().record(path, message);
+        self.failures.lock().record(path, message);
     }
 }

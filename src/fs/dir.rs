@@ -12,8 +12,9 @@
 //! 4. A listing that fails after the first page fails the readdir that catches up with it
 //!    (EIO), not the entries already handed out.
 
+use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 
@@ -51,12 +52,12 @@ impl DirHandle {
     }
 
     fn append(&self, entries: Vec<DirEntry>) {
-        self.listed.lock().unwrap().appended.extend(entries);
+        self.listed.lock().appended.extend(entries);
         self.grew.notify_waiters();
     }
 
     fn finish(&self, end: FsResult<()>) {
-        self.listed.lock().unwrap().end = Some(end);
+        self.listed.lock().end = Some(end);
         self.grew.notify_waiters();
     }
 
@@ -67,7 +68,7 @@ impl DirHandle {
             // Created before the check, so an append between the check and the await wakes it.
             let grew = self.grew.notified();
             {
-                let listed = self.listed.lock().unwrap();
+                let listed = self.listed.lock();
                 if listed.cached.len() + listed.appended.len() > position {
                     return Ok(());
                 }
@@ -82,7 +83,7 @@ impl DirHandle {
     /// Calls `add(position, entry)` for the entries there are from `position` on, until it
     /// returns true (the reply is full).
     pub fn visit(&self, position: usize, mut add: impl FnMut(usize, &DirEntry) -> bool) {
-        let listed = self.listed.lock().unwrap();
+        let listed = self.listed.lock();
         let entries = listed.cached.iter().chain(listed.appended.iter());
         for (i, entry) in entries.enumerate().skip(position) {
             if add(i, entry) {
@@ -98,7 +99,7 @@ impl Fs {
         let Some(path) = object.key.strip_prefix(&self.config.prefix) else {
             return true;
         };
-        let t = self.tables.lock().unwrap();
+        let t = self.tables.lock();
         let known = t.meta.ino(path).and_then(|ino| t.meta.known_meta(ino));
         !known.is_some_and(|k| k.metadata.is_some() && super::same_etag(&k.etag, &object.etag))
     }
@@ -111,7 +112,7 @@ impl Fs {
             None => self.start_listing(ino).await?,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, handle);
+        self.dirs.lock().insert(fh, handle);
         Ok(fh)
     }
 
@@ -119,7 +120,6 @@ impl Fs {
     pub fn dir_handle(&self, fh: u64) -> FsResult<Arc<DirHandle>> {
         self.dirs
             .lock()
-            .unwrap()
             .get(&fh)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))
@@ -140,7 +140,7 @@ impl Fs {
 
     /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        self.dirs.lock().remove(&fh);
     }
 
     /// Starts listing `ino` into a new handle; returns it once the first page is in.
@@ -148,7 +148,7 @@ impl Fs {
         let path = self.path_of(ino)?;
         let prefix = self.dir_prefix(&path);
         let handle = Arc::new(DirHandle::new(Arc::default(), None));
-        let token = self.tables.lock().unwrap().meta.listing_started();
+        let token = self.tables.lock().meta.listing_started();
         let (first_tx, first_rx) = oneshot::channel::<FsResult<()>>();
         let (fs, listing) = (Arc::clone(self), Arc::clone(&handle));
         tokio::spawn(async move {

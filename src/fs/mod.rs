@@ -44,9 +44,10 @@ pub mod remote;
 mod write;
 pub mod xattr;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -356,7 +357,6 @@ impl Fs {
     fn path_of(&self, ino: Ino) -> FsResult<Arc<str>> {
         self.tables
             .lock()
-            .unwrap()
             .meta
             .path(ino)
             .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
@@ -419,7 +419,7 @@ impl Fs {
     /// This mount changed the attributes of directory `ino`: they win over the store's until
     /// it is removed (servers may drop a marker's headers, an implicit directory has none).
     fn wrote_dir(&self, ino: Ino, change: impl FnOnce(&mut Posix)) {
-        let mut written = self.written.lock().unwrap();
+        let mut written = self.written.lock();
         let mut posix = written.pop(&ino).unwrap_or_default();
         change(&mut posix);
         written.push(ino, posix);
@@ -439,7 +439,7 @@ impl Fs {
 
     /// A directory's attributes with what this mount wrote to it (see 7.) put over them.
     fn overlay(&self, attr: &mut Attr) {
-        if let Some(written) = self.written.lock().unwrap().peek(&attr.ino) {
+        if let Some(written) = self.written.lock().peek(&attr.ino) {
             let times = [
                 (written.mtime, &mut attr.mtime),
                 (written.atime, &mut attr.atime),
@@ -469,13 +469,13 @@ impl Fs {
 
     /// Directory `ino` is gone: what this mount wrote to it goes too.
     pub(crate) fn dir_gone(&self, ino: Ino) {
-        self.written.lock().unwrap().pop(&ino);
+        self.written.lock().pop(&ino);
     }
 
     /// Records what the store said of `path`; returns its attributes, counted as an entry
     /// handed to the kernel when `to_kernel`.
     fn remember(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>, to_kernel: bool) -> Attr {
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         let ino = t.meta.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
         t.meta.seen_ino(ino, kind, meta);
@@ -506,7 +506,7 @@ impl Fs {
         let path = join(&parent_path, name);
         self.check_key_length(&path, 0)?;
         {
-            let mut t = self.tables.lock().unwrap();
+            let mut t = self.tables.lock();
             let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(&ino));
             let cached = match writer {
                 Some(writer) => Cached::Entry(self.writer_attr(writer)),
@@ -530,7 +530,7 @@ impl Fs {
         match self.probe(&path, self.known_file(&path)).await? {
             Some((kind, meta)) => Ok(self.remember(&path, kind, meta, to_kernel)),
             None => {
-                self.tables.lock().unwrap().meta.missed(parent, name);
+                self.tables.lock().meta.missed(parent, name);
                 Err(FsError::not_found())
             }
         }
@@ -538,14 +538,14 @@ impl Fs {
 
     /// The kernel forgot `n` lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.tables.lock().unwrap().meta.forget(ino, n);
+        self.tables.lock().meta.forget(ino, n);
     }
 
     /// The entries of a readdirplus reply went to the kernel, each under the number its
     /// listing gave it (`sent`: numbers and positions in directory handle `fh` of `dir`):
     /// counted under one hold of the lock. A number freed since is counted by its path again.
     pub fn entries_to_kernel(&self, dir: Ino, fh: u64, sent: &[(Ino, usize)]) {
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         for (ino, position) in sent {
             if t.meta.looked_up_ino(*ino) {
                 continue;
@@ -562,7 +562,7 @@ impl Fs {
 
     /// True when `path` was last seen as a file (or symlink, or special file).
     fn known_file(&self, path: &str) -> bool {
-        let t = self.tables.lock().unwrap();
+        let t = self.tables.lock();
         let kind = t.meta.ino(path).and_then(|ino| t.meta.known_kind(ino));
         kind.is_some_and(|k| k != Kind::Dir)
     }
@@ -627,7 +627,7 @@ impl Fs {
             return Ok((Kind::Dir, None));
         }
         let path = {
-            let t = self.tables.lock().unwrap();
+            let t = self.tables.lock();
             if let Some(node) = t.meta.fresh_node(ino) {
                 return Ok(node);
             }
@@ -649,7 +649,7 @@ impl Fs {
         let (kind, meta) = self.node(ino).await?;
         let mut attr = self.attr(ino, kind, meta.as_ref());
         if kind == Kind::Dir {
-            let subdirs = self.tables.lock().unwrap().meta.subdirs(ino);
+            let subdirs = self.tables.lock().meta.subdirs(ino);
             attr.nlink += subdirs.unwrap_or(0);
         }
         Ok(attr)
@@ -657,7 +657,7 @@ impl Fs {
 
     /// The cached listing of `ino`, while fresh.
     fn fresh_listing(&self, ino: Ino) -> Option<Arc<Vec<DirEntry>>> {
-        self.tables.lock().unwrap().meta.fresh_listing(ino)
+        self.tables.lock().meta.fresh_listing(ino)
     }
 
     /// Records listed children (inode numbers, attributes) and returns them as entries.
@@ -666,7 +666,7 @@ impl Fs {
         path: &str,
         children: impl IntoIterator<Item = (String, Child)>,
     ) -> Vec<DirEntry> {
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         let mut entries = Vec::new();
         for (name, child) in children {
             let child_path = join(path, &name);
@@ -705,7 +705,7 @@ impl Fs {
         token: ListToken,
         mut entries: Vec<DirEntry>,
     ) -> Vec<DirEntry> {
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         // Files created here and not yet committed are not in the bucket yet, but they exist.
         let pending: Vec<(String, Attr)> = t
             .writers
@@ -732,7 +732,6 @@ impl Fs {
     fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         self.files
             .lock()
-            .unwrap()
             .get(&fh)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
@@ -751,7 +750,7 @@ impl Fs {
         if file.writer.is_some() || self.writer_of(ino).is_some() {
             return None;
         }
-        let version = file.version.lock().unwrap().clone();
+        let version = file.version.lock().clone();
         let object = version.object?;
         let value =
             self.cache
@@ -775,7 +774,7 @@ impl Fs {
         }
         let mut followed = false;
         loop {
-            let version = file.version.lock().unwrap().clone();
+            let version = file.version.lock().clone();
             let Some(object) = version.object else {
                 return Ok(Bytes::new());
             };
@@ -809,14 +808,14 @@ impl Fs {
         match self.node(file.ino).await {
             Ok((Kind::File, Some(meta))) => {
                 tracing::debug!(key = %meta.key, "replaced before the first read: following it");
-                *file.version.lock().unwrap() = Version {
+                *file.version.lock() = Version {
                     object: Some(Arc::new(ObjectId {
                         key: meta.key,
                         etag: meta.etag,
                     })),
                     size: meta.size,
                 };
-                *file.state.lock().unwrap() = ReadState::default();
+                *file.state.lock() = ReadState::default();
                 true
             }
             _ => false,
@@ -826,7 +825,7 @@ impl Fs {
     /// The object behind `ino` changed: drop its attributes and its parent's listing (which
     /// holds the old ETag), so the next lookup and open see the new version.
     fn forget_stale(&self, ino: Ino) {
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         if let Some(path) = t.meta.path(ino) {
             t.meta.stale(&path);
         }
@@ -834,7 +833,7 @@ impl Fs {
 
     /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
     fn record(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         let ino = t.meta.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
         t.meta.created(path, kind, meta, attr.clone());
@@ -843,7 +842,7 @@ impl Fs {
 
     /// Records that `path` is gone.
     fn record_gone(&self, path: &str) {
-        self.tables.lock().unwrap().meta.removed(path);
+        self.tables.lock().meta.removed(path);
     }
 }
 

@@ -334,12 +334,12 @@ impl Fs {
         let marker = self
             .put_new(self.dir_prefix(&path), Bytes::new(), &posix)
             .await?;
-        let ino = self.tables.lock().unwrap().meta.ino_for(&path);
+        let ino = self.tables.lock().meta.ino_for(&path);
         self.wrote_dir(ino, |p| p.merge(&posix));
         let attr = self.record(&path, Kind::Dir, Some(marker));
         self.dir_changed(parent);
         // A new directory is empty: its lookups need no request until the listing expires.
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         t.meta.made_dir(attr.ino);
         t.meta.looked_up(&path);
         Ok(attr)
@@ -372,7 +372,7 @@ impl Fs {
         let meta = self.put_new(self.key_of(path), body, posix).await?;
         let attr = self.record(path, kind, Some(meta));
         self.dir_changed(parent);
-        self.tables.lock().unwrap().meta.looked_up(path);
+        self.tables.lock().meta.looked_up(path);
         Ok(attr)
     }
 
@@ -441,7 +441,7 @@ impl Fs {
                 });
                 // A target is at most PATH_MAX bytes: an object that claims to be a symlink
                 // but holds gigabytes is not read whole.
-                let state = std::sync::Mutex::default();
+                let state = parking_lot::Mutex::default();
                 let len = meta.size.min(libc::PATH_MAX as u64) as u32;
                 self.cache.read(&object, meta.size, &state, 0, len).await
             }
@@ -465,9 +465,9 @@ impl Fs {
                 self.unkeep(attr.ino).await;
                 return Err(e.into());
             }
-            self.tables.lock().unwrap().meta.unlinked_open(&path);
+            self.tables.lock().meta.unlinked_open(&path);
         } else {
-            let writer = self.tables.lock().unwrap().writers.remove(&attr.ino);
+            let writer = self.tables.lock().writers.remove(&attr.ino);
             if let Some(writer) = writer {
                 // Under the state lock: a commit still running (the last release's) lands
                 // before the delete, never after it.
@@ -517,7 +517,7 @@ impl Fs {
     /// legacy `name`, Hadoop's `name_$folder$`), if that is what it was last seen as (no
     /// request: the lookup that found the directory recorded it).
     fn dir_object(&self, ino: Ino) -> Option<String> {
-        let t = self.tables.lock().unwrap();
+        let t = self.tables.lock();
         let meta = t.meta.known_meta(ino)?;
         let legacy = t.meta.known_kind(ino) == Some(Kind::Dir) && !meta.key.ends_with('/');
         legacy.then(|| meta.key.clone())
@@ -526,7 +526,7 @@ impl Fs {
     /// True while a file below directory `path` is open for writing.
     fn writing_below(&self, path: &str) -> bool {
         let below = format!("{path}/");
-        let t = self.tables.lock().unwrap();
+        let t = self.tables.lock();
         t.writers
             .values()
             .any(|w| !w.unlinked.load(Ordering::SeqCst) && w.path().starts_with(&below))
@@ -624,7 +624,7 @@ impl Fs {
             }
         };
         if replaced_open.is_some() {
-            self.tables.lock().unwrap().meta.unlinked_open(&to);
+            self.tables.lock().meta.unlinked_open(&to);
         }
         self.rebind(&from, &to, &source);
         match moved_file {
@@ -644,10 +644,10 @@ impl Fs {
 
     /// After a rename: the moved inodes take the new paths, and cached listings follow.
     fn rebind(&self, from: &str, to: &str, source: &Attr) {
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         t.meta.renamed(from, to, source.clone());
         if let Some(writer) = t.writers.get(&source.ino) {
-            *writer.path.lock().unwrap() = to.to_string();
+            *writer.path.lock() = to.to_string();
         }
     }
 

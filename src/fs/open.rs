@@ -12,9 +12,10 @@
 //!    through (see `fuse/passthrough.rs`), so it skips this: checking a 2 GiB file whole
 //!    costs a second of CPU.
 
+use parking_lot::Mutex;
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::{Fs, Ino, Kind, OpenFile, OpenMode, Version};
 use crate::cache::ObjectId;
@@ -71,13 +72,13 @@ impl Fs {
         let unchanged_here = writer.is_none() && !mode.write;
         let keep_cache = match (&object, unchanged_here) {
             (Some(object), true) => {
-                let mut opened = self.opened.lock().unwrap();
+                let mut opened = self.opened.lock();
                 let same = opened.get(&ino).is_some_and(|etag| *etag == object.etag);
                 opened.put(ino, object.etag.clone());
                 same
             }
             _ => {
-                self.opened.lock().unwrap().pop(&ino);
+                self.opened.lock().pop(&ino);
                 false
             }
         };
@@ -126,7 +127,7 @@ impl Fs {
 
     pub(super) fn add_handle(&self, file: OpenFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, Arc::new(file));
+        self.files.lock().insert(fh, Arc::new(file));
         fh
     }
 }

@@ -44,7 +44,7 @@ impl Fs {
     pub fn set_ttls(&self, ttl: Duration, negative_ttl: Duration) {
         let nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         self.ttl_nanos.store(nanos, Ordering::Relaxed);
-        let notes = self.tables.lock().unwrap().meta.set_ttls(ttl, negative_ttl);
+        let notes = self.tables.lock().meta.set_ttls(ttl, negative_ttl);
         self.tell_kernel(notes);
     }
 
@@ -55,12 +55,7 @@ impl Fs {
         let Some(path) = self.path_of_key(key) else {
             return false;
         };
-        let notes = self
-            .tables
-            .lock()
-            .unwrap()
-            .meta
-            .changed_elsewhere(&path, change);
+        let notes = self.tables.lock().meta.changed_elsewhere(&path, change);
         if notes.is_empty() {
             return false;
         }

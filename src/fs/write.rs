@@ -29,8 +29,9 @@
 //!     staging file (a download, unless already staged), which every handle of the inode reads
 //!     and writes; nothing is committed any more, and the staging file goes with the last close.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -127,7 +128,7 @@ impl Writer {
 
     /// The file's path in the mount.
     pub(super) fn path(&self) -> String {
-        self.path.lock().unwrap().clone()
+        self.path.lock().clone()
     }
 }
 
@@ -144,13 +145,13 @@ fn commit_error(err: StoreError, excl: bool) -> FsError {
 
 impl Fs {
     pub(super) fn writer_of(&self, ino: Ino) -> Option<Arc<Writer>> {
-        self.tables.lock().unwrap().writers.get(&ino).cloned()
+        self.tables.lock().writers.get(&ino).cloned()
     }
 
     pub(super) fn writer_attr(&self, w: &Writer) -> Attr {
-        let posix = *w.posix.lock().unwrap();
+        let posix = *w.posix.lock();
         let size = w.size.load(Ordering::SeqCst);
-        let mut attr = self.attr_from(w.ino, Kind::File, size, &posix, *w.modified.lock().unwrap());
+        let mut attr = self.attr_from(w.ino, Kind::File, size, &posix, *w.modified.lock());
         if w.unlinked.load(Ordering::SeqCst) {
             attr.nlink = 0;
         }
@@ -161,11 +162,11 @@ impl Fs {
     fn touched(&self, writer: &Writer, st: &mut WriteState, size: u64) {
         st.dirty = true;
         writer.size.store(size, Ordering::SeqCst);
-        let mut posix = writer.posix.lock().unwrap();
+        let mut posix = writer.posix.lock();
         posix.mtime = None;
         posix.ctime = None;
         drop(posix);
-        *writer.modified.lock().unwrap() = SystemTime::now();
+        *writer.modified.lock() = SystemTime::now();
     }
 
     /// An upload to `key`, stored with the Content-Type `kept` from the object it replaces,
@@ -234,7 +235,7 @@ impl Fs {
             held: AtomicBool::new(false),
             extra: Mutex::new(extra),
         });
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         if let Some(existing) = Self::share_writer(&t, ino) {
             return (existing, false);
         }
@@ -257,7 +258,7 @@ impl Fs {
     ) -> FsResult<(Attr, u64)> {
         let path = self.new_path(parent, name)?;
         let shared = {
-            let mut t = self.tables.lock().unwrap();
+            let mut t = self.tables.lock();
             let ino = t.meta.ino_for(&path);
             if excl && t.writers.contains_key(&ino) {
                 return Err(FsError::new(libc::EEXIST, "file exists"));
@@ -297,7 +298,7 @@ impl Fs {
         debug_assert_eq!(ino, writer.ino);
         self.dir_changed(parent);
         // The kernel holds the new entry from now on.
-        self.tables.lock().unwrap().meta.looked_up(&path);
+        self.tables.lock().meta.looked_up(&path);
         Ok((
             self.writer_attr(&writer),
             self.writer_handle(writer, open.opener),
@@ -328,7 +329,7 @@ impl Fs {
     /// The writer of `ino` for a new write handle: the existing one, or a new one over the
     /// committed object.
     pub(super) async fn attach_writer(&self, ino: Ino, mode: OpenMode) -> FsResult<Arc<Writer>> {
-        let shared = Self::share_writer(&self.tables.lock().unwrap(), ino);
+        let shared = Self::share_writer(&self.tables.lock(), ino);
         if let Some(writer) = shared {
             if mode.truncate {
                 self.truncate_shared(&writer).await?;
@@ -500,11 +501,11 @@ impl Fs {
     /// Headers the next commit writes: the object's other headers plus mode, owner and times
     /// (mtime and ctime, unless set since, of the last change).
     fn wanted_metadata(&self, writer: &Writer) -> UserMetadata {
-        let mut posix = *writer.posix.lock().unwrap();
-        let modified = *writer.modified.lock().unwrap();
+        let mut posix = *writer.posix.lock();
+        let modified = *writer.modified.lock();
         posix.mtime.get_or_insert(modified);
         posix.ctime.get_or_insert(modified);
-        posix.apply_to(&writer.extra.lock().unwrap())
+        posix.apply_to(&writer.extra.lock())
     }
 
     /// Reads through a writer: from the staging copy, or (for its own handles) from the last
@@ -725,7 +726,7 @@ impl Fs {
         mut uploaded: Uploaded,
         mut metadata: UserMetadata,
     ) -> FsResult<()> {
-        let posix = *writer.posix.lock().unwrap();
+        let posix = *writer.posix.lock();
         for (name, explicit) in [("mtime", posix.mtime), ("ctime", posix.ctime)] {
             // Not set explicitly: the time a multipart upload was started with stands (it is
             // the time of its first part), rather than a server-side copy to move it.
@@ -795,14 +796,7 @@ impl Fs {
     /// writing, all at once; one that fails is aborted. Returns how many failed.
     pub async fn stop(&self) -> usize {
         self.stopping.store(true, Ordering::SeqCst);
-        let writers: Vec<Arc<Writer>> = self
-            .tables
-            .lock()
-            .unwrap()
-            .writers
-            .values()
-            .cloned()
-            .collect();
+        let writers: Vec<Arc<Writer>> = self.tables.lock().writers.values().cloned().collect();
         let commits = writers.iter().map(|writer| async move {
             let mut st = writer.state.lock().await;
             st.dirty |= st.unpublished;
@@ -820,7 +814,7 @@ impl Fs {
 
     /// True while a handle (reader or writer) of `ino` is open.
     pub(super) fn is_open(&self, ino: Ino) -> bool {
-        self.files.lock().unwrap().values().any(|f| f.ino == ino)
+        self.files.lock().values().any(|f| f.ino == ino)
     }
 
     /// Before the object of open file `ino` is deleted: its bytes go into a staging file that
@@ -868,7 +862,7 @@ impl Fs {
     /// Takes handle `fh` out of the open files at once (before the rest of its release runs),
     /// so an unlink that follows a close does not count it as still open.
     pub fn take_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
-        self.files.lock().unwrap().remove(&fh)
+        self.files.lock().remove(&fh)
     }
 
     /// The rest of a release: the writer's handle, and an unlinked file's staged bytes.
@@ -884,7 +878,7 @@ impl Fs {
         if let Some(writer) = held {
             if !self.is_open(file.ino) && writer.held.swap(false, Ordering::SeqCst) {
                 self.detach(&writer).await;
-                self.tables.lock().unwrap().meta.orphan_closed(file.ino);
+                self.tables.lock().meta.orphan_closed(file.ino);
             }
         }
     }
@@ -892,7 +886,7 @@ impl Fs {
     /// Drops one handle of `writer`; the last one commits leftovers and unregisters it.
     pub(super) async fn detach(&self, writer: &Writer) {
         {
-            let _t = self.tables.lock().unwrap();
+            let _t = self.tables.lock();
             if writer.handles.fetch_sub(1, Ordering::SeqCst) != 1 {
                 return;
             }
@@ -913,7 +907,7 @@ impl Fs {
             let failed = st.failed.clone().unwrap_or_else(lost);
             self.lose(&mut st, failed);
         }
-        let mut t = self.tables.lock().unwrap();
+        let mut t = self.tables.lock();
         // An open that came in during the commit shares this writer and keeps it registered.
         if writer.handles.load(Ordering::SeqCst) == 0 && self.is_registered(&t, writer) {
             t.writers.remove(&writer.ino);
@@ -935,22 +929,22 @@ impl Fs {
         change: impl FnOnce(&mut Posix, &mut UserMetadata) -> FsResult<()>,
     ) -> FsResult<bool> {
         let mut st = writer.state.lock().await;
-        if !self.is_registered(&self.tables.lock().unwrap(), writer) {
+        if !self.is_registered(&self.tables.lock(), writer) {
             return Ok(false);
         }
-        let mut posix = *writer.posix.lock().unwrap();
+        let mut posix = *writer.posix.lock();
         let mut extra = self.open_headers(writer);
         change(&mut posix, &mut extra)?;
         super::xattr::check_fits(&posix.apply_to(&extra))?;
-        *writer.posix.lock().unwrap() = posix;
-        *writer.extra.lock().unwrap() = extra;
+        *writer.posix.lock() = posix;
+        *writer.extra.lock() = extra;
         st.dirty = true;
         Ok(true)
     }
 
     /// The headers an open file will be committed with, other than mode, owner and times.
     pub(super) fn open_headers(&self, writer: &Writer) -> UserMetadata {
-        writer.extra.lock().unwrap().clone()
+        writer.extra.lock().clone()
     }
 
     /// Fails mutations on a read-only mount and names the filesystem cannot hold.

@@ -185,7 +185,7 @@ impl Fs {
             Some(writer) => Some(self.open_headers(&writer)),
             None if ino == Ino::ROOT => None,
             None => {
-                let t = self.tables.lock().unwrap();
+                let t = self.tables.lock();
                 match t.meta.known_meta(ino).map(|m| m.metadata.clone()) {
                     Some(Some(headers)) => Some(headers),
                     // Seen, headers unknown (a listing, a directory without marker).

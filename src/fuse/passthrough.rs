@@ -22,8 +22,8 @@
 //!    serves it from the page cache (warm random 4 KiB reads: docs/benchmarks.md, issue 15).
 //!    It joins passthrough handles already open, as the kernel requires.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
@@ -58,7 +58,6 @@ impl IoModes {
     pub(super) fn passing_through(&self, ino: u64) -> bool {
         self.inodes
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&ino)
             .is_some_and(|io| io.passthrough > 0)
     }
@@ -74,7 +73,7 @@ impl IoModes {
         reply: ReplyOpen,
     ) -> Option<u64> {
         let (fh, write) = (opened.fh, mode.write);
-        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inodes = self.inodes.lock();
         let io = inodes.entry(ino).or_default();
         if io.passthrough > 0 {
             // The kernel takes no other mode beside passthrough handles, nor another backing
@@ -132,22 +131,17 @@ impl IoModes {
 
     /// Counts a handle CREATE opened: it reads through the page cache.
     pub(super) fn created(&self, ino: u64, fh: u64) {
-        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inodes = self.inodes.lock();
         inodes.entry(ino).or_default().cached += 1;
         self.track(fh, ino, Mode::Cached);
     }
 
     /// Forgets handle `fh`; the last passthrough handle of an inode closes its backing id.
     pub(super) fn released(&self, fh: u64) {
-        let Some((ino, mode)) = self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh)
-        else {
+        let Some((ino, mode)) = self.handles.lock().remove(&fh) else {
             return;
         };
-        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inodes = self.inodes.lock();
         let Some(io) = inodes.get_mut(&ino) else {
             return;
         };
@@ -166,9 +160,6 @@ impl IoModes {
     }
 
     fn track(&self, fh: u64, ino: u64, mode: Mode) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, (ino, mode));
+        self.handles.lock().insert(fh, (ino, mode));
     }
 }

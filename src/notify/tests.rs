@@ -1,8 +1,8 @@
 //! The consumer against a queue in memory and a recording sink: order, foreign and malformed
 //! messages, failures and the TTL fallback.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 
 use super::*;
 
@@ -16,7 +16,7 @@ struct ScriptedQueue {
 #[async_trait]
 impl EventQueue for ScriptedQueue {
     async fn receive(&self) -> Result<Vec<Message>, QueueError> {
-        let next = self.answers.lock().unwrap().pop_front();
+        let next = self.answers.lock().pop_front();
         match next {
             Some(answer) => answer,
             None => {
@@ -27,10 +27,7 @@ impl EventQueue for ScriptedQueue {
     }
 
     async fn delete(&self, receipts: &[String]) -> Result<(), QueueError> {
-        self.deleted
-            .lock()
-            .unwrap()
-            .extend(receipts.iter().cloned());
+        self.deleted.lock().extend(receipts.iter().cloned());
         Ok(())
     }
 
@@ -47,15 +44,12 @@ struct Recorder {
 
 impl Sink for Recorder {
     fn changed(&self, key: &str, change: &Elsewhere) -> bool {
-        self.changes
-            .lock()
-            .unwrap()
-            .push((key.to_string(), change.clone()));
+        self.changes.lock().push((key.to_string(), change.clone()));
         true
     }
 
     fn set_ttls(&self, ttl: Duration, _negative_ttl: Duration) {
-        self.ttls.lock().unwrap().push(ttl);
+        self.ttls.lock().push(ttl);
     }
 }
 
@@ -108,7 +102,7 @@ async fn older_repeated_and_foreign_records_are_skipped_and_every_message_delete
         message("r3", vec![record("b", "ObjectCreated:Put", "no+seq", None)]),
     ];
     c.handle_batch(&batch).await;
-    let changes = sink.changes.lock().unwrap().clone();
+    let changes = sink.changes.lock().clone();
     assert_eq!(
         changes,
         vec![
@@ -135,14 +129,14 @@ async fn older_repeated_and_foreign_records_are_skipped_and_every_message_delete
             malformed: 1
         }
     );
-    assert_eq!(*queue.deleted.lock().unwrap(), vec!["r1", "r2", "r3"]);
+    assert_eq!(*queue.deleted.lock(), vec!["r1", "r2", "r3"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_queue_falls_back_to_short_ttls_once_and_recovers() {
     let queue = Arc::new(ScriptedQueue::default());
     {
-        let mut answers = queue.answers.lock().unwrap();
+        let mut answers = queue.answers.lock();
         for _ in 0..3 {
             answers.push_back(Err(QueueError("gone".into())));
         }
@@ -159,14 +153,10 @@ async fn a_failing_queue_falls_back_to_short_ttls_once_and_recovers() {
     stop.cancel();
     task.await.unwrap();
     assert_eq!(
-        *sink.ttls.lock().unwrap(),
+        *sink.ttls.lock(),
         vec![Duration::from_secs(5), Duration::from_secs(3600)],
         "one fallback while failing, one return once it works"
     );
-    assert_eq!(
-        sink.changes.lock().unwrap().len(),
-        1,
-        "held events still apply"
-    );
-    assert_eq!(*queue.deleted.lock().unwrap(), vec!["r"]);
+    assert_eq!(sink.changes.lock().len(), 1, "held events still apply");
+    assert_eq!(*queue.deleted.lock(), vec!["r"]);
 }

@@ -6,14 +6,18 @@
 //! Non-obvious problems:
 //! 1. One socket per mount, named by a hash of the mount point (a long path would not fit in
 //!    a socket address's 108 bytes), in `/run/bucketfs/` for root and
-//!    `$XDG_RUNTIME_DIR/bucketfs/` otherwise; the socket is mode 0600, so another user's
-//!    connect fails with "permission denied" and learns no file names.
+//!    `$XDG_RUNTIME_DIR/bucketfs/` otherwise (`/tmp/bucketfs-UID` without one, checked to be
+//!    the user's own); the socket is mode 0600 in a 0700 directory, so another user's connect
+//!    fails with "permission denied" and learns no file names.
 //! 2. The mount point is the path /proc/mounts shows, resolved before the mount: resolving
 //!    it after would ask the mount itself, which does not answer until the session runs.
 //! 3. A socket left by a daemon that died is replaced; one a live daemon answers on (the
 //!    same mount point mounted over) is left alone and this mount has no status socket.
 //! 4. The answer is built from atomics and try-locks (`Fs::activity`): a status request
 //!    never waits behind an upload.
+//! 5. The directory is the daemon's own (`owned_dir`), mode 0700, so the socket is never
+//!    reachable by another user, not even between `bind` and `chmod`; and the server checks
+//!    each client's credentials (`SO_PEERCRED`): the mount's user or root, no one else.
 
 pub mod client;
 
@@ -29,6 +33,7 @@ use tokio::net::UnixListener;
 use crate::fs::{Activity, Fs};
 use crate::metrics::{RequestCounts, RequestStats};
 use crate::notify::{NotifySnapshot, NotifyStats};
+use crate::owned_dir::OwnedDir;
 
 /// What a request line may be at most, and how long a client may take to send it.
 const REQUEST_LIMIT: u64 = 256;
@@ -101,16 +106,12 @@ impl StatusSocket {
     /// Binds the socket of `info.mountpoint` in `dir` (creating it, private to this user unless
     /// it is root's) and serves it on the current runtime until the process ends.
     pub fn start(dir: &Path, info: MountInfo, fs: Arc<Fs>) -> std::io::Result<Self> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let mode = if dir.starts_with("/run/bucketfs") {
-            0o755
-        } else {
-            0o700
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        // Made 0700 or checked as ours (owned_dir), and made private if an earlier version
+        // left it 0755: the socket is bound where no other user can reach it, so the moment
+        // between bind and chmod is safe (5.).
+        let owned = OwnedDir::open_or_create(dir)?;
+        owned.make_private()?;
         let path = socket_path(dir, &info.mountpoint);
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
@@ -127,7 +128,8 @@ impl StatusSocket {
         tokio::spawn(async move {
             loop {
                 let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) if peer_allowed(&stream) => stream,
+                    Ok(_) => continue,
                     Err(e) => {
                         tracing::debug!("status socket: accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -148,6 +150,26 @@ impl StatusSocket {
     /// Where the socket is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// True when the peer is this daemon's user or root (`SO_PEERCRED`); another user is
+/// refused without an answer (5.).
+fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == crate::owned_dir::euid() => true,
+        Ok(cred) => {
+            tracing::warn!(
+                uid = cred.uid(),
+                pid = cred.pid(),
+                "status socket: refused a client of another user"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::debug!("status socket: no peer credentials: {e}");
+            false
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //! 2. A held operation waits on a `Notify` until `release`: tests use it to open a race window
 //!    deterministically (two opens of one file, both between their HEAD and their insert).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,29 +45,29 @@ impl FaultyStore {
 
     /// The next `count` calls of `op` fail with `kind`.
     pub fn fail(&self, op: &'static str, count: u64, kind: StoreErrorKind) {
-        self.faults.lock().unwrap().insert(op, (count, kind));
+        self.faults.lock().insert(op, (count, kind));
     }
 
     /// The next `count` calls of `op` wait until `release`.
     pub fn hold(&self, op: &'static str, count: u64) {
-        self.held.lock().unwrap().insert(op, count);
+        self.held.lock().insert(op, count);
     }
 
     /// Lets every held call go on.
     pub fn release(&self) {
-        self.held.lock().unwrap().clear();
+        self.held.lock().clear();
         self.release.notify_waiters();
     }
 
     /// How many calls of `op` were made.
     pub fn calls(&self, op: &'static str) -> u64 {
-        self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
+        self.calls.lock().get(op).copied().unwrap_or(0)
     }
 
     async fn enter(&self, op: &'static str) -> Result<(), StoreError> {
-        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+        *self.calls.lock().entry(op).or_default() += 1;
         let hold = {
-            let mut held = self.held.lock().unwrap();
+            let mut held = self.held.lock();
             match held.get_mut(op) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
@@ -79,11 +80,11 @@ impl FaultyStore {
             let released = self.release.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if self.held.lock().unwrap().contains_key(op) {
+            if self.held.lock().contains_key(op) {
                 released.await;
             }
         }
-        let mut faults = self.faults.lock().unwrap();
+        let mut faults = self.faults.lock();
         if let Some((n, kind)) = faults.get_mut(op) {
             if *n > 0 {
                 *n -= 1;

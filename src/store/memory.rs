@@ -6,9 +6,9 @@
 //!    tests of paging prove nothing about a real server.
 //! 2. Request counters let tests assert costs ("ls of N entries is ceil(N/1000) LISTs").
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -109,13 +109,13 @@ impl MemoryStore {
             metadata,
             content_type,
         };
-        self.objects.lock().unwrap().insert(key.to_string(), stored);
+        self.objects.lock().insert(key.to_string(), stored);
         etag
     }
 
     /// The body and user metadata under `key`.
     pub fn object(&self, key: &str) -> Option<(Bytes, UserMetadata)> {
-        let objects = self.objects.lock().unwrap();
+        let objects = self.objects.lock();
         objects
             .get(key)
             .map(|o| (o.body.clone(), o.metadata.clone()))
@@ -123,7 +123,7 @@ impl MemoryStore {
 
     /// Multipart uploads begun and neither completed nor aborted.
     pub fn pending_uploads(&self) -> usize {
-        self.uploads.lock().unwrap().len()
+        self.uploads.lock().len()
     }
 
     /// What a HEAD (`headers`) or a listing says of `o`.
@@ -140,7 +140,7 @@ impl MemoryStore {
     }
 
     fn source(&self, source: CopySource<'_>) -> Result<Stored, StoreError> {
-        let objects = self.objects.lock().unwrap();
+        let objects = self.objects.lock();
         let o = objects.get(source.key).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::NotFound,
@@ -157,12 +157,12 @@ impl MemoryStore {
     }
 
     fn exists(&self, key: &str) -> bool {
-        self.objects.lock().unwrap().contains_key(key)
+        self.objects.lock().contains_key(key)
     }
 
     /// A listing page in scrambled order (see `unsorted`); the token is the next entry's index.
     fn list_unsorted(&self, request: &ListRequest) -> Result<ListPage, StoreError> {
-        let objects = self.objects.lock().unwrap();
+        let objects = self.objects.lock();
         let mut entries: Vec<(String, Option<ObjectMeta>)> = Vec::new();
         for (key, object) in objects.range(request.prefix.clone()..) {
             if !key.starts_with(&request.prefix) {
@@ -217,7 +217,7 @@ impl MemoryStore {
         body: Bytes,
     ) -> Result<CompletedPart, StoreError> {
         let etag = format!("\"part-{number}-{}\"", body.len());
-        let mut uploads = self.uploads.lock().unwrap();
+        let mut uploads = self.uploads.lock();
         let upload = uploads.get_mut(upload_id).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::NotFound,
@@ -249,7 +249,7 @@ impl ObjectStore for MemoryStore {
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.counts.head.fetch_add(1, Ordering::Relaxed);
-        let objects = self.objects.lock().unwrap();
+        let objects = self.objects.lock();
         Ok(objects.get(key).map(|o| Self::meta(key, o, true)))
     }
 
@@ -262,7 +262,7 @@ impl ObjectStore for MemoryStore {
         if self.unsorted {
             return self.list_unsorted(request);
         }
-        let objects = self.objects.lock().unwrap();
+        let objects = self.objects.lock();
         let after = match &request.start {
             ListStart::Beginning => None,
             ListStart::Token(t) | ListStart::After(t) => Some(t.clone()),
@@ -305,7 +305,7 @@ impl ObjectStore for MemoryStore {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, StoreError> {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
-        let objects = self.objects.lock().unwrap();
+        let objects = self.objects.lock();
         let Stored {
             body,
             etag: current,
@@ -370,7 +370,7 @@ impl ObjectStore for MemoryStore {
             content_type: content_type.map(str::to_string),
             parts: BTreeMap::new(),
         };
-        self.uploads.lock().unwrap().insert(id.clone(), upload);
+        self.uploads.lock().insert(id.clone(), upload);
         Ok(id)
     }
 
@@ -422,17 +422,12 @@ impl ObjectStore for MemoryStore {
                 format!("PreconditionFailed: {key} exists"),
             ));
         }
-        let upload = self
-            .uploads
-            .lock()
-            .unwrap()
-            .remove(upload_id)
-            .ok_or_else(|| {
-                StoreError::new(
-                    StoreErrorKind::NotFound,
-                    format!("NoSuchUpload: {upload_id}"),
-                )
-            })?;
+        let upload = self.uploads.lock().remove(upload_id).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NotFound,
+                format!("NoSuchUpload: {upload_id}"),
+            )
+        })?;
         // As S3: parts listed in ascending order, each but the last at least 5 MiB.
         if parts.windows(2).any(|w| w[0].number >= w[1].number) {
             return Err(StoreError::new(
@@ -467,7 +462,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_multipart_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.uploads.lock().unwrap().remove(upload_id);
+        self.uploads.lock().remove(upload_id);
         Ok(())
     }
 
@@ -489,7 +484,7 @@ impl ObjectStore for MemoryStore {
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         self.counts.delete.fetch_add(1, Ordering::Relaxed);
-        self.objects.lock().unwrap().remove(key);
+        self.objects.lock().remove(key);
         Ok(())
     }
 }

@@ -28,8 +28,9 @@
 
 pub mod staging;
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -179,7 +180,7 @@ impl Progress {
         let total = self.total.load(Ordering::Relaxed);
         let written = self.written.load(Ordering::Relaxed);
         let sent = {
-            let s = self.sent.lock().unwrap();
+            let s = self.sent.lock();
             let under_way: u64 = s.under_way.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             s.acknowledged + under_way
         };
@@ -201,13 +202,9 @@ impl Progress {
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let counter = Arc::new(AtomicU64::new(0));
-        self.sent
-            .lock()
-            .unwrap()
-            .under_way
-            .push(Arc::clone(&counter));
+        self.sent.lock().under_way.push(Arc::clone(&counter));
         let result = crate::store::counting_body(Arc::clone(&counter), call).await;
-        let mut s = self.sent.lock().unwrap();
+        let mut s = self.sent.lock();
         s.under_way.retain(|c| !Arc::ptr_eq(c, &counter));
         if result.is_ok() {
             s.acknowledged += len;
@@ -225,7 +222,7 @@ pub struct UploadRegistry {
 impl UploadRegistry {
     /// Every live upload that has bytes to send, oldest first.
     pub fn snapshot(&self) -> Vec<ProgressSnapshot> {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.live.lock();
         live.retain(|w| w.strong_count() > 0);
         live.iter()
             .filter_map(Weak::upgrade)
@@ -235,7 +232,7 @@ impl UploadRegistry {
     }
 
     fn add(&self, progress: &Arc<Progress>) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.live.lock();
         // Dead entries go now and then, so the list stays as long as the uploads alive.
         if live.len() >= 64 && live.len().is_power_of_two() {
             live.retain(|w| w.strong_count() > 0);

@@ -13,25 +13,30 @@
 //! 4. Disk I/O runs on tokio's blocking pool, never on the async workers, so a slow disk stalls
 //!    only the file being written, not every FUSE operation.
 //! 5. The directory may vanish under a long-lived mount (systemd-tmpfiles cleaning /var/tmp):
-//!    it is created again when a new staging file finds it missing.
+//!    it is created again (and checked again) when a new staging file finds it missing.
+//! 6. The directory is the daemon's own (`owned_dir`): made 0700 or checked (owner, mode, not
+//!    a symlink), and files are made through its descriptor with `O_TMPFILE` or `O_EXCL |
+//!    O_NOFOLLOW`, so a name planted by another user can never redirect or truncate a file.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use parking_lot::Mutex;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::{FsError, FsResult};
+use crate::owned_dir::{OwnedDir, OwnedDirError};
 
 /// The directory staging files live in, and its disk budget.
 #[derive(Debug)]
 pub struct StagingDir {
-    path: PathBuf,
+    /// The directory, opened again when it was removed (5.).
+    dir: Mutex<Arc<OwnedDir>>,
     limit: u64,
     used: AtomicU64,
-    next: AtomicU64,
 }
 
 /// One staging file.
@@ -69,32 +74,19 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
-fn make_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-}
-
 impl StagingDir {
-    /// Creates (mode 0700) or opens `path`, allowing `limit` bytes of staging files.
-    pub fn new(path: &Path, limit: u64) -> std::io::Result<Arc<Self>> {
-        make_dir(path)?;
-        // Fail now, at mount time, rather than at the first write. The probe's name is unique
-        // within the process too: unit tests open several staging dirs at once.
-        static PROBES: AtomicU64 = AtomicU64::new(0);
-        let probe = path.join(format!(
-            ".probe-{}-{}",
-            std::process::id(),
-            PROBES.fetch_add(1, Ordering::Relaxed)
-        ));
-        File::create(&probe)?;
-        std::fs::remove_file(&probe)?;
-        Ok(Arc::new(Self {
+    /// Creates (mode 0700) or opens and checks `path` (6.), allowing `limit` bytes of staging
+    /// files. Fails now, at mount time, rather than at the first write.
+    pub fn new(path: &Path, limit: u64) -> Result<Arc<Self>, OwnedDirError> {
+        let dir = OwnedDir::open_or_create(path)?;
+        dir.unnamed_file().map_err(|e| OwnedDirError::Io {
             path: path.to_path_buf(),
+            source: e,
+        })?;
+        Ok(Arc::new(Self {
+            dir: Mutex::new(Arc::new(dir)),
             limit,
             used: AtomicU64::new(0),
-            next: AtomicU64::new(0),
         }))
     }
 
@@ -105,35 +97,26 @@ impl StagingDir {
 
     /// A new, empty staging file (the directory is made again if it was removed).
     pub async fn create(self: &Arc<Self>) -> FsResult<StagingFile> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let dir = self.path.clone();
-        let path = dir.join(format!("staging-{}-{n}", std::process::id()));
-        let open = move || {
-            let open = || {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-            };
-            let file = match open() {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let this = Arc::clone(self);
+        let file = blocking(move || {
+            let dir = Arc::clone(&this.dir.lock());
+            match dir.unnamed_file() {
+                // O_TMPFILE in a removed directory fails with EPERM, a name with ENOENT.
+                Err(_) if dir.removed() => {
                     tracing::warn!(
                         "staging directory {} was removed: making it again",
-                        dir.display()
+                        dir.path().display()
                     );
-                    make_dir(&dir)?;
-                    open()?
+                    let again = Arc::new(OwnedDir::open_or_create(dir.path())?);
+                    let file = again.unnamed_file()?;
+                    *this.dir.lock() = again;
+                    Ok(file)
                 }
-                other => other?,
-            };
-            let _ = std::fs::remove_file(&path);
-            Ok(file)
-        };
-        let file = blocking(open)
-            .await
-            .map_err(|e| io_error("creating a staging file", e))?;
+                other => other,
+            }
+        })
+        .await
+        .map_err(|e| io_error("creating a staging file", e))?;
         Ok(StagingFile {
             file: Arc::new(file),
             dir: Arc::clone(self),
