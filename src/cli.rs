@@ -771,6 +771,13 @@ impl Args {
                     .to_owned(),
             );
         }
+        if let Some(addr) = self.metrics_addr.filter(|a| !a.ip().is_loopback()) {
+            notices.push(format!(
+                "--metrics-addr {addr} is reachable from other hosts and has no authentication: \
+                 anyone who can connect reads the mount's request counts, errors and cache \
+                 figures (bind 127.0.0.1, or firewall the port)"
+            ));
+        }
         let absolute = |flag: &str, dir: PathBuf| {
             std::path::absolute(&dir).map_err(|e| format!("{flag} {}: {e}", dir.display()))
         };

@@ -35,7 +35,9 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+mod notes;
 mod passthrough;
+use notes::NoteQueue;
 use passthrough::IoModes;
 
 use crate::error::{FsError, FsResult};
@@ -161,31 +163,40 @@ fn file_attr(attr: &Attr) -> FileAttr {
 }
 
 /// The kernel's caches through fuser's notifier, fed from a thread of its own: a notification
-/// waits for the directory's lock, which a request in flight may hold (see fs/remote.rs).
+/// waits for the directory's lock, which a request in flight may hold (see fs/remote.rs). The
+/// queue between is bounded (notes.rs).
 #[derive(Debug)]
 pub struct KernelNotifier {
-    notes: std::sync::mpsc::Sender<Vec<KernelNote>>,
+    queue: Arc<NoteQueue>,
 }
 
 impl KernelNotifier {
     /// Starts the thread that tells the kernel through `notifier`.
     pub fn start(notifier: fuser::Notifier) -> std::io::Result<Self> {
-        let (notes, queued) = std::sync::mpsc::channel::<Vec<KernelNote>>();
+        let queue = Arc::new(NoteQueue::default());
+        let queued = Arc::clone(&queue);
         std::thread::Builder::new()
             .name("bucketfs-inval".into())
             .spawn(move || {
-                for note in queued.into_iter().flatten() {
-                    tell_kernel(&notifier, note);
+                while let Some(batch) = queued.next_batch() {
+                    for note in batch {
+                        tell_kernel(&notifier, note);
+                    }
                 }
             })?;
-        Ok(Self { notes })
+        Ok(Self { queue })
+    }
+}
+
+impl Drop for KernelNotifier {
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 
 impl KernelCache for KernelNotifier {
     fn invalidate(&self, notes: Vec<KernelNote>) {
-        // Fails only once the thread is gone, at the end of the session.
-        let _ = self.notes.send(notes);
+        self.queue.push(notes);
     }
 }
 

@@ -157,7 +157,7 @@ fn the_status_socket_answers_only_its_user_and_root() {
     assert!(!out.status.success(), "{stdout}");
     assert!(
         !stdout.contains("secret-name") && !stdout.contains("mountpoint"),
-        "{stdout}"
+        "{stdout}{stderr}"
     );
     let log = fs::read_to_string(&m.log).unwrap();
     assert!(

@@ -419,11 +419,33 @@ fn completions_and_the_manual_page_need_no_mount() {
 #[test]
 fn roots_staging_directory_is_out_of_world_writable_var_tmp() {
     assert_eq!(
-        super::default_staging_dir(0),
+        default_staging_dir(0),
         std::path::Path::new("/var/cache/bucketfs/staging")
     );
     assert_eq!(
-        super::default_staging_dir(1000),
+        default_staging_dir(1000),
         std::path::Path::new("/var/tmp/bucketfs-1000")
     );
+}
+
+#[test]
+fn metrics_on_a_non_loopback_address_warn_that_they_have_no_authentication() {
+    for (addr, warned) in [
+        ("127.0.0.1:9100", false),
+        ("[::1]:9100", false),
+        ("0.0.0.0:9100", true),
+        ("[::]:9100", true),
+        ("10.1.2.3:9100", true),
+    ] {
+        let c = parse(&["b", "/mnt", "--metrics-addr", addr])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        let notices = c.daemon.notices.join("\n");
+        assert_eq!(
+            notices.contains("no authentication"),
+            warned,
+            "{addr}: {notices}"
+        );
+    }
 }
