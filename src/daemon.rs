@@ -442,7 +442,9 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
                 size = disk.size,
                 "disk cache on"
             );
-            Some(Arc::new(opened))
+            let opened = Arc::new(opened);
+            opened.trim_in_background();
+            Some(opened)
         }
         None => None,
     };

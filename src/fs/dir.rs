@@ -11,9 +11,16 @@
 //!    (`list::stream_children`); files written here and not committed yet come last.
 //! 4. A listing that fails after the first page fails the readdir that catches up with it
 //!    (EIO), not the entries already handed out.
+//! 5. Memory is bounded whatever the directory's size: a listing that outgrows `WINDOW`
+//!    entries is windowed: it waits for readdir before fetching the next page, lets go of
+//!    the entries readdir has passed (keeping `BEHIND`), and is not cached (lookups in it are
+//!    answered by HEAD/LIST). A readdir that goes back past what was let go (rewinddir)
+//!    lists the directory again from the start. Files written here and not committed yet
+//!    are not added to a windowed listing (lookups still find them).
 
 use parking_lot::Mutex;
-use std::sync::atomic::Ordering;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
@@ -22,21 +29,59 @@ use super::list::stream_children;
 use super::{DirEntry, Fs, Ino};
 use crate::error::{FsError, FsResult};
 
+/// Entries a running listing may hold in one handle: past it, the directory is served page
+/// by page (5.). About 100 bytes an entry, so ~6 MiB per handle of a huge directory.
+pub const WINDOW: usize = 64 << 10;
+
+/// Entries kept behind the furthest position readdir asked for: the kernel asks again from
+/// the first entry that did not fit in a reply, never further back (unless rewound).
+const BEHIND: usize = 4096;
+
 /// The entries of an open directory (`.` and `..` not included).
 #[derive(Debug)]
 pub struct DirHandle {
     listed: Mutex<Listed>,
     grew: Notify,
+    /// Woken when readdir moved on and a windowed listing may go on.
+    room: Notify,
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Listed {
     /// A complete listing taken from the cache.
     cached: Arc<Vec<DirEntry>>,
-    /// Entries appended by a running listing.
-    appended: Vec<DirEntry>,
+    /// Entries appended by a running listing, from position `cached.len() + dropped`.
+    appended: VecDeque<DirEntry>,
+    /// Entries of the running listing let go from the front (5.).
+    dropped: usize,
+    /// True once the listing outgrew `WINDOW`: served page by page, never cached whole.
+    windowed: bool,
+    /// The furthest position readdir asked for.
+    read_to: usize,
     /// How the listing ended; `None` while it runs.
     end: Option<FsResult<()>>,
+}
+
+impl Listed {
+    fn first_held(&self) -> usize {
+        self.cached.len() + self.dropped
+    }
+
+    fn len(&self) -> usize {
+        self.first_held() + self.appended.len()
+    }
+
+    /// Lets go of what readdir has passed, once the listing is windowed.
+    fn trim(&mut self) {
+        if !self.windowed {
+            return;
+        }
+        let keep_from = self.read_to.saturating_sub(BEHIND);
+        while self.first_held() < keep_from && self.appended.pop_front().is_some() {
+            self.dropped += 1;
+        }
+    }
 }
 
 impl DirHandle {
@@ -44,16 +89,55 @@ impl DirHandle {
         Self {
             listed: Mutex::new(Listed {
                 cached,
-                appended: Vec::new(),
+                appended: VecDeque::new(),
+                dropped: 0,
+                windowed: false,
+                read_to: 0,
                 end,
             }),
             grew: Notify::new(),
+            room: Notify::new(),
+            closed: AtomicBool::new(false),
         }
     }
 
     fn append(&self, entries: Vec<DirEntry>) {
-        self.listed.lock().appended.extend(entries);
+        let mut listed = self.listed.lock();
+        listed.appended.extend(entries);
+        if listed.len() > WINDOW {
+            listed.windowed = true;
+            listed.trim();
+        }
+        drop(listed);
         self.grew.notify_waiters();
+    }
+
+    /// Waits until a windowed listing has room for another page (readdir moved on); false
+    /// when the handle was closed meanwhile (the listing then stops).
+    async fn wait_for_room(&self) -> bool {
+        loop {
+            let room = self.room.notified();
+            if self.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            {
+                let listed = self.listed.lock();
+                if !listed.windowed || listed.appended.len() < WINDOW {
+                    return true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// True once the listing outgrew the window (it is not cached then).
+    fn windowed(&self) -> bool {
+        self.listed.lock().windowed
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.room.notify_waiters();
     }
 
     fn finish(&self, end: FsResult<()>) {
@@ -62,18 +146,22 @@ impl DirHandle {
     }
 
     /// Waits until there is an entry at `position` or the listing is over; the listing's
-    /// error, if it failed before reaching `position`.
-    pub async fn wait_for(&self, position: usize) -> FsResult<()> {
+    /// error, if it failed before reaching `position`. False when `position` was let go
+    /// (readdir went back in a windowed listing: the caller lists again).
+    pub async fn wait_for(&self, position: usize) -> FsResult<bool> {
         loop {
             // Created before the check, so an append between the check and the await wakes it.
             let grew = self.grew.notified();
             {
                 let listed = self.listed.lock();
-                if listed.cached.len() + listed.appended.len() > position {
-                    return Ok(());
+                if position < listed.first_held() && position >= listed.cached.len() {
+                    return Ok(false);
+                }
+                if listed.len() > position {
+                    return Ok(true);
                 }
                 if let Some(end) = &listed.end {
-                    return end.clone();
+                    return end.clone().map(|()| true);
                 }
             }
             grew.await;
@@ -83,9 +171,20 @@ impl DirHandle {
     /// Calls `add(position, entry)` for the entries there are from `position` on, until it
     /// returns true (the reply is full).
     pub fn visit(&self, position: usize, mut add: impl FnMut(usize, &DirEntry) -> bool) {
-        let listed = self.listed.lock();
-        let entries = listed.cached.iter().chain(listed.appended.iter());
-        for (i, entry) in entries.enumerate().skip(position) {
+        let mut listed = self.listed.lock();
+        if position > listed.read_to {
+            listed.read_to = position;
+            listed.trim();
+            self.room.notify_waiters();
+        }
+        let first = listed.first_held();
+        let cached = listed.cached.iter().enumerate();
+        let appended = listed
+            .appended
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (first + i, e));
+        for (i, entry) in cached.chain(appended).skip_while(|(i, _)| *i < position) {
             if add(i, entry) {
                 break;
             }
@@ -125,22 +224,50 @@ impl Fs {
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))
     }
 
-    /// Every entry of an open directory, once its listing is complete.
+    /// Every entry of an open directory, read as the kernel would: a thousand at a time from
+    /// where the last read stopped (a windowed listing waits for its reader).
     #[cfg(test)]
     pub async fn readdir_all(&self, fh: u64) -> FsResult<Vec<DirEntry>> {
         let handle = self.dir_handle(fh)?;
-        handle.wait_for(usize::MAX).await?;
-        let mut all = Vec::new();
-        handle.visit(0, |_, entry| {
-            all.push(entry.clone());
-            false
-        });
-        Ok(all)
+        let mut all: Vec<DirEntry> = Vec::new();
+        loop {
+            if !handle.wait_for(all.len()).await? {
+                return Err(FsError::new(libc::EIO, "rewound past a windowed listing"));
+            }
+            let before = all.len();
+            handle.visit(before, |_, entry| {
+                all.push(entry.clone());
+                all.len() - before >= 1000
+            });
+            if all.len() == before {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Entries a directory handle holds now (tests of the window).
+    #[cfg(test)]
+    pub fn dir_handle_held(&self, fh: u64) -> usize {
+        self.dir_handle(fh)
+            .map(|h| h.listed.lock().appended.len())
+            .unwrap_or(0)
     }
 
     /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().remove(&fh);
+        if let Some(handle) = self.dirs.lock().remove(&fh) {
+            handle.close();
+        }
+    }
+
+    /// Lists directory `ino` again for handle `fh`, whose windowed listing let go of the
+    /// position readdir went back to (5.): positions count from the start again.
+    pub async fn relist(self: &Arc<Self>, ino: Ino, fh: u64) -> FsResult<Arc<DirHandle>> {
+        let handle = self.start_listing(ino).await?;
+        if let Some(old) = self.dirs.lock().insert(fh, Arc::clone(&handle)) {
+            old.close();
+        }
+        Ok(handle)
     }
 
     /// Starts listing `ino` into a new handle; returns it once the first page is in.
@@ -155,21 +282,28 @@ impl Fs {
             let mut first = Some(first_tx);
             let mut gone = false;
             let unknown = |m: &crate::store::ObjectMeta| fs.headers_unknown(m);
-            let result = stream_children(fs.store.as_ref(), &prefix, unknown, |batch, exists| {
-                if !exists && ino != Ino::ROOT {
-                    // No key under the prefix any more: the directory is gone.
-                    gone = true;
-                    return false;
-                }
-                listing.append(fs.register_children(&path, batch));
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(Ok(()));
-                }
-                true
-            })
+            let result = stream_children(
+                fs.store.as_ref(),
+                &prefix,
+                unknown,
+                async |batch, exists| {
+                    if !exists && ino != Ino::ROOT {
+                        // No key under the prefix any more: the directory is gone.
+                        gone = true;
+                        return false;
+                    }
+                    listing.append(fs.register_children(&path, batch));
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    listing.wait_for_room().await
+                },
+            )
             .await;
             let end = match result {
                 Ok(_) if gone => Err(FsError::not_found()),
+                // Served page by page, or abandoned: not cached (5.).
+                Ok(_) if listing.windowed() || listing.closed.load(Ordering::SeqCst) => Ok(()),
                 Ok(_) => {
                     let mut all = Vec::new();
                     listing.visit(0, |_, entry| {

@@ -96,7 +96,7 @@ pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<List
         store,
         prefix,
         |_| true,
-        |batch, _| {
+        async |batch, _| {
             children.extend(batch);
             true
         },
@@ -118,7 +118,7 @@ pub async fn stream_children(
     store: &dyn ObjectStore,
     prefix: &str,
     unknown_headers: impl Fn(&ObjectMeta) -> bool,
-    mut emit: impl FnMut(Vec<(String, Child)>, bool) -> bool,
+    mut emit: impl AsyncFnMut(Vec<(String, Child)>, bool) -> bool,
 ) -> Result<bool, StoreError> {
     let sorted = store.sorted_listings();
     let mut exists = false;
@@ -196,7 +196,7 @@ pub async fn stream_children(
         held = still_held;
         batch.sort_by(|a, b| a.0.cmp(&b.0));
         read_headers(store, &mut batch, &unknown_headers).await;
-        let go_on = emit(batch, exists);
+        let go_on = emit(batch, exists).await;
         match next {
             Some(next) if go_on => start = next,
             _ => return Ok(exists),
@@ -307,7 +307,7 @@ mod tests {
             &unsorted,
             "d/",
             |_| true,
-            |batch, _| {
+            async |batch, _| {
                 streamed.extend(batch);
                 true
             },

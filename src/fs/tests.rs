@@ -752,3 +752,82 @@ async fn an_unlink_that_fails_leaves_the_open_file_as_it_was() {
     fs.release(fh).await;
     assert!(fs.lookup(Ino::ROOT, "f").await.is_err());
 }
+
+#[tokio::test]
+async fn a_directory_larger_than_the_window_is_served_page_by_page() {
+    use crate::fs::dir::WINDOW;
+    let store = Arc::new(MemoryStore::new());
+    let n = 2 * WINDOW + 500;
+    for i in 0..n {
+        store.put(&format!("big/f{i:07}"), "");
+    }
+    let fs = fs_over(&store, "");
+    let dir = fs.lookup(Ino::ROOT, "big").await.unwrap();
+    let fh = fs.opendir(dir.ino).await.unwrap();
+    // The listing runs ahead of readdir by at most the window (and a page).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = fs.dir_handle_held(fh);
+    assert!(held <= WINDOW + 1000, "{held} held before any readdir");
+    let entries = fs.readdir_all(fh).await.unwrap();
+    assert_eq!(entries.len(), n);
+    assert!(entries.windows(2).all(|w| w[0].name < w[1].name));
+    assert!(fs.dir_handle_held(fh) <= WINDOW + 1000);
+    // Not cached whole: the next open lists again, and meta holds no listing of it.
+    assert!(fs.tables.lock().meta.stats().listed_entries <= WINDOW);
+    let lists = store.counts.list.load(Ordering::Relaxed);
+    // Rewound (rewinddir): the entries let go are listed again, from the start.
+    let again = fs.relist(dir.ino, fh).await.unwrap();
+    assert!(again.wait_for(0).await.unwrap());
+    let mut first = None;
+    again.visit(0, |_, e| {
+        first = Some(e.name.clone());
+        true
+    });
+    assert_eq!(first.as_deref(), Some("f0000000"));
+    assert!(store.counts.list.load(Ordering::Relaxed) > lists);
+    fs.releasedir(fh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_panics_leaves_the_others_serving() {
+    use crate::store::faulty::FaultyStore;
+    let memory = Arc::new(MemoryStore::new());
+    memory.put("a.txt", "hello");
+    memory.put("b.txt", "world");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let fs = fs_with(faulty.clone(), Duration::ZERO, writes());
+    // A read whose GET panics (injected): that request's task dies, as fuser's reply of EIO
+    // would tell its caller.
+    faulty.panic_on("GetObject", 1);
+    let reader = Arc::clone(&fs);
+    let died = tokio::spawn(async move {
+        let a = reader.lookup(Ino::ROOT, "a.txt").await.unwrap();
+        let fh = reader.open(a.ino, READ).await.unwrap();
+        reader.read(a.ino, fh, 0, 100).await
+    })
+    .await;
+    assert!(died.unwrap_err().is_panic());
+    // A bug that panics while holding the tables lock.
+    let holder = Arc::clone(&fs);
+    let died = std::thread::spawn(move || {
+        let _tables = holder.tables.lock();
+        panic!("injected panic under the tables lock");
+    })
+    .join();
+    assert!(died.is_err());
+    // Every later operation is served as before: lookups, reads, writes.
+    for (name, want) in [("a.txt", "hello"), ("b.txt", "world")] {
+        let attr = fs.lookup(Ino::ROOT, name).await.unwrap();
+        let fh = fs.open(attr.ino, READ).await.unwrap();
+        assert_eq!(&fs.read(attr.ino, fh, 0, 100).await.unwrap()[..], want.as_bytes());
+        fs.release(fh).await;
+    }
+    let (_, fh) = fs
+        .create(Ino::ROOT, "c.txt", 0o644, (0, 0), false, WRITE)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(&memory.object("c.txt").unwrap().0[..], b"new");
+}

@@ -1,5 +1,6 @@
 //! A failure-injecting wrapper around any `ObjectStore`, for unit tests of failure paths: fail
-//! the next N calls of one operation (by its S3 name), or hold them until released.
+//! the next N calls of one operation (by its S3 name), hold them until released, or make them
+//! panic (a bug).
 //!
 //! Non-obvious problems:
 //! 1. Faults are armed per operation name ("HeadObject", "UploadPart", ...) and counted down
@@ -26,6 +27,8 @@ pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     faults: Mutex<HashMap<&'static str, (u64, StoreErrorKind)>>,
     held: Mutex<HashMap<&'static str, u64>>,
+    /// Operations whose next calls panic (a bug, injected).
+    panics: Mutex<HashMap<&'static str, u64>>,
     /// Calls seen, by operation.
     calls: Mutex<HashMap<&'static str, u64>>,
     release: Notify,
@@ -38,6 +41,7 @@ impl FaultyStore {
             inner,
             faults: Mutex::default(),
             held: Mutex::default(),
+            panics: Mutex::default(),
             calls: Mutex::default(),
             release: Notify::new(),
         }
@@ -51,6 +55,11 @@ impl FaultyStore {
     /// The next `count` calls of `op` wait until `release`.
     pub fn hold(&self, op: &'static str, count: u64) {
         self.held.lock().insert(op, count);
+    }
+
+    /// The next `count` calls of `op` panic, as a bug in the code around them would.
+    pub fn panic_on(&self, op: &'static str, count: u64) {
+        self.panics.lock().insert(op, count);
     }
 
     /// Lets every held call go on.
@@ -83,6 +92,19 @@ impl FaultyStore {
             if self.held.lock().contains_key(op) {
                 released.await;
             }
+        }
+        let panics = {
+            let mut panics = self.panics.lock();
+            match panics.get_mut(op) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if panics {
+            panic!("{op}: injected panic");
         }
         let mut faults = self.faults.lock();
         if let Some((n, kind)) = faults.get_mut(op) {

@@ -213,6 +213,14 @@ cx sh -c 'mkdir -p /run/verify && cp /lib/systemd/system/bucketfs@.service \
 out="$(cx sh -c 'cd /run/verify && systemd-analyze verify ./*' 2>&1)" || fail "verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify printed: $out"
 
+step "systemd-analyze security of the installed service: exposure 5.0 or lower"
+out="$(cx systemd-analyze security --offline=true /run/verify/bucketfs@mnt-data.service 2>&1)" ||
+  fail "security: $out"
+level="$(printf '%s\n' "$out" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
+[ -n "$level" ] || fail "no exposure level in: $out"
+awk -v l="$level" 'BEGIN { exit !(l <= 5.0) }' || fail "exposure $level > 5.0: $out"
+echo "exposure level $level"
+
 step "the .mount and .automount units"
 cx sh -c "mkdir -p /root/.aws && umask 077 && printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
   $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY > /root/.aws/credentials"
@@ -274,6 +282,12 @@ cx systemctl start bucketfs@mnt-svc.service
 mounted /mnt/svc || fail "service started but /mnt/svc is not mounted yet"
 [ "$(cx systemctl is-active bucketfs@mnt-svc.service)" = active ] || fail "service not active"
 [ "$(cx cat /mnt/svc/readme.md)" = "$content" ] || fail "service: wrong bytes"
+# A write in place goes through a staging file in the unit's CacheDirectory (0700), which the
+# sandbox leaves writable; the mount is seen outside the service.
+cx sh -c 'printf hello > /mnt/svc/written.txt && printf XY | dd of=/mnt/svc/written.txt bs=1 seek=1 conv=notrunc status=none'
+[ "$(cx cat /mnt/svc/written.txt)" = hXYlo ] || fail "service: a write in place: $(cx cat /mnt/svc/written.txt)"
+[ "$(cx stat -c %a /var/cache/bucketfs)" = 700 ] || fail "CacheDirectory is not 0700"
+[ "$(cx stat -c %a /var/cache/bucketfs/staging)" = 700 ] || fail "the staging directory is not 0700"
 
 step "a daemon killed with SIGKILL leaves no dead mount: ExecStopPost detaches it, the restart mounts again"
 main_pid="$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)"

@@ -267,3 +267,31 @@ fn an_earlier_layout_is_deleted_in_the_background() {
     assert!(gone, "v1 is still there");
     assert!(dir.path().join("v2").is_dir());
 }
+
+#[test]
+fn a_directory_found_over_a_lowered_bound_is_trimmed_without_an_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let big = cache(dir.path(), 1 << 30);
+        for n in 0..16 {
+            let o = object(&format!("k{n}"), "\"1\"");
+            big.write_block(&o, BLOCK, 0, &block(n as u8, BLOCK as usize));
+        }
+    }
+    let before = used(dir.path());
+    assert!(before >= 16 * BLOCK, "{before}");
+    // Remounted with a quarter of that as the bound: nothing is read or inserted.
+    let small = Arc::new(cache(dir.path(), 4 * BLOCK + 4 * 4096));
+    small.trim_in_background();
+    let limit = 4 * BLOCK + 4 * 4096;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while used(dir.path()) > limit && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = used(dir.path());
+    assert!(after <= limit && after > 0, "{before} -> {after}");
+    // The most recently used object stays.
+    assert!(small
+        .read_block(&object("k15", "\"1\""), BLOCK, 0)
+        .is_some());
+}
