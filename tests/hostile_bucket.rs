@@ -16,7 +16,9 @@ use common::moto::Moto;
 use common::*;
 
 /// Every header s3fs reads, and values no writer should have set.
-const HEADERS: &[&str] = &["mode", "uid", "gid", "mtime", "atime", "ctime", "rdev", "xattr"];
+const HEADERS: &[&str] = &[
+    "mode", "uid", "gid", "mtime", "atime", "ctime", "rdev", "xattr",
+];
 const GARBAGE: &[&str] = &[
     "garbage",
     "-1",
@@ -85,8 +87,8 @@ fn tool(script: &str) -> (bool, String) {
             }
         },
     );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -169,7 +171,11 @@ fn a_hostile_bucket_is_walked_read_copied_and_removed_without_a_panic() {
             bucket,
             &format!("headers/mode-{i}"),
             b"",
-            &[("mode", mode), ("rdev", "18446744073709551615"), ("uid", "4294967295")],
+            &[
+                ("mode", mode),
+                ("rdev", "18446744073709551615"),
+                ("uid", "4294967295"),
+            ],
         );
     }
     let stored = keys(&moto, bucket);
@@ -206,7 +212,9 @@ fn a_hostile_bucket_is_walked_read_copied_and_removed_without_a_panic() {
         "cd {root} && find . -type f -print0 | xargs -0 -r cat > /dev/null"
     ));
     let (_, attrs) = tool(&format!("cd {root} && getfattr -R -d . 2>&1"));
-    tool(&format!("readlink {root}/links/huge; cat {root}/links/huge"));
+    tool(&format!(
+        "readlink {root}/links/huge; cat {root}/links/huge"
+    ));
     tool(&format!("cp -a {root}/. {}", copy.display()));
     assert_eq!(
         fs::read_to_string(copy.join("ok/plain.txt")).unwrap(),
@@ -223,7 +231,12 @@ fn a_hostile_bucket_is_walked_read_copied_and_removed_without_a_panic() {
     assert!(is_mounted(&path), "{removed}");
     // What the mount showed is gone from the bucket too (what it skipped stays).
     let left = keys(&moto, bucket);
-    for key in ["ok/plain.txt", "side/child.txt", "headers/garbage-0", "links/huge"] {
+    for key in [
+        "ok/plain.txt",
+        "side/child.txt",
+        "headers/garbage-0",
+        "links/huge",
+    ] {
         assert!(!left.contains(key), "{key} left: {left:?}");
     }
 

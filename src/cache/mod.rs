@@ -459,7 +459,7 @@ impl BlockCache {
         let object = Arc::clone(object);
         let block_size = self.block_size;
         let blocks = run.clone();
-        let fetch: RunFetch = async move {
+        let fetch = async move {
             let Some(disk) = disk else {
                 let range = blocks.start * block_size..(blocks.end * block_size).min(size);
                 return store
@@ -471,9 +471,19 @@ impl BlockCache {
             fetch_through_disk(store, disk, object, size, block_size, blocks)
                 .await
                 .map(Arc::new)
-        }
-        .boxed()
-        .shared();
+        };
+        // A fetch that panics (a bug) is an error of its readers: a shared future that
+        // panicked would panic again in every later reader of its blocks.
+        let fetch: RunFetch = std::panic::AssertUnwindSafe(fetch)
+            .catch_unwind()
+            .map(|done| {
+                done.unwrap_or_else(|_| {
+                    tracing::error!("a block fetch panicked; its readers get EIO");
+                    Err(FsError::new(libc::EIO, "block fetch panicked"))
+                })
+            })
+            .boxed()
+            .shared();
         let pieces = (0..(run.end - run.start) as usize)
             .map(|i| {
                 fetch

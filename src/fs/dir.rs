@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::list::stream_children;
+use super::list::{stream_children, Pace};
 use super::{DirEntry, Fs, Ino};
 use crate::error::{FsError, FsResult};
 
@@ -282,11 +282,16 @@ impl Fs {
             let mut first = Some(first_tx);
             let mut gone = false;
             let unknown = |m: &crate::store::ObjectMeta| fs.headers_unknown(m);
+            let room = Arc::clone(&listing);
+            let pace = move || -> Pace {
+                let room = Arc::clone(&room);
+                Box::pin(async move { room.wait_for_room().await })
+            };
             let result = stream_children(
                 fs.store.as_ref(),
                 &prefix,
                 unknown,
-                async |batch, exists| {
+                |batch, exists| {
                     if !exists && ino != Ino::ROOT {
                         // No key under the prefix any more: the directory is gone.
                         gone = true;
@@ -296,8 +301,9 @@ impl Fs {
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
                     }
-                    listing.wait_for_room().await
+                    true
                 },
+                pace,
             )
             .await;
             let end = match result {

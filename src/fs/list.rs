@@ -96,17 +96,27 @@ pub async fn list_children(store: &dyn ObjectStore, prefix: &str) -> Result<List
         store,
         prefix,
         |_| true,
-        async |batch, _| {
+        |batch, _| {
             children.extend(batch);
             true
         },
+        no_pace,
     )
     .await?;
     Ok(Listing { children, exists })
 }
 
+/// Waits until the consumer of a listing wants the next page; false to stop listing.
+pub type Pace = futures::future::BoxFuture<'static, bool>;
+
+/// A listing read as fast as pages come.
+pub fn no_pace() -> Pace {
+    Box::pin(std::future::ready(true))
+}
+
 /// Lists the children of `prefix` page by page: after each page, `emit` gets the children no
 /// later page can change, sorted, and whether any key exists so far; it returns false to stop.
+/// Then `pace` is awaited before the next page (an open directory's window, dir.rs).
 /// Returns whether any key at all starts with the prefix. Empty objects for which
 /// `unknown_headers` is true are HEADed first (see 5.).
 ///
@@ -118,7 +128,8 @@ pub async fn stream_children(
     store: &dyn ObjectStore,
     prefix: &str,
     unknown_headers: impl Fn(&ObjectMeta) -> bool,
-    mut emit: impl AsyncFnMut(Vec<(String, Child)>, bool) -> bool,
+    mut emit: impl FnMut(Vec<(String, Child)>, bool) -> bool,
+    pace: impl Fn() -> Pace,
 ) -> Result<bool, StoreError> {
     let sorted = store.sorted_listings();
     let mut exists = false;
@@ -196,7 +207,7 @@ pub async fn stream_children(
         held = still_held;
         batch.sort_by(|a, b| a.0.cmp(&b.0));
         read_headers(store, &mut batch, &unknown_headers).await;
-        let go_on = emit(batch, exists).await;
+        let go_on = emit(batch, exists) && pace().await;
         match next {
             Some(next) if go_on => start = next,
             _ => return Ok(exists),
@@ -307,10 +318,11 @@ mod tests {
             &unsorted,
             "d/",
             |_| true,
-            async |batch, _| {
+            |batch, _| {
                 streamed.extend(batch);
                 true
             },
+            no_pace,
         )
         .await
         .unwrap();

@@ -118,18 +118,34 @@ mod tests {
         q.push((0..1_000_000).map(|n| entry(7, n)).collect());
         assert_eq!(q.depth(), (MAX_NOTES, 1, 0));
         // Notes in more directories than the set holds: the excess is dropped and counted.
-        q.push((0..MAX_DIRS + 10).map(|d| entry(100 + d as u64, 0)).collect());
+        q.push(
+            (0..MAX_DIRS + 10)
+                .map(|d| entry(100 + d as u64, 0))
+                .collect(),
+        );
         assert_eq!(q.depth(), (MAX_NOTES, MAX_DIRS, 11));
         let first = q.next_batch().unwrap();
-        assert_eq!(first.len(), MAX_DIRS + BATCH, "directories first, then a batch");
+        assert_eq!(
+            first.len(),
+            MAX_DIRS + BATCH,
+            "directories first, then a batch"
+        );
         assert!(first.contains(&KernelNote::Inode(Ino(7))));
-        assert_eq!(first[MAX_DIRS], entry(7, 0), "then the oldest notes, in order");
+        assert_eq!(
+            first[MAX_DIRS],
+            entry(7, 0),
+            "then the oldest notes, in order"
+        );
         q.close();
         let mut rest = 0;
         while let Some(batch) = q.next_batch() {
             rest += batch.len();
         }
-        assert_eq!(rest, MAX_NOTES - BATCH, "what was queued is told after close");
+        assert_eq!(
+            rest,
+            MAX_NOTES - BATCH,
+            "what was queued is told after close"
+        );
     }
 
     #[test]

@@ -21,6 +21,17 @@ use super::{
     StoreError, StoreErrorKind, UserMetadata,
 };
 
+/// Counts down the armed calls of `op` in `armed`; true when this call was one of them.
+fn take_one(armed: &Mutex<HashMap<&'static str, u64>>, op: &'static str) -> bool {
+    match armed.lock().get_mut(op) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// An `ObjectStore` that passes calls to `inner` unless a fault is armed for them.
 #[derive(Debug)]
 pub struct FaultyStore {
@@ -75,17 +86,7 @@ impl FaultyStore {
 
     async fn enter(&self, op: &'static str) -> Result<(), StoreError> {
         *self.calls.lock().entry(op).or_default() += 1;
-        let hold = {
-            let mut held = self.held.lock();
-            match held.get_mut(op) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if hold {
+        if take_one(&self.held, op) {
             let released = self.release.notified();
             tokio::pin!(released);
             released.as_mut().enable();
@@ -93,17 +94,7 @@ impl FaultyStore {
                 released.await;
             }
         }
-        let panics = {
-            let mut panics = self.panics.lock();
-            match panics.get_mut(op) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if panics {
+        if take_one(&self.panics, op) {
             panic!("{op}: injected panic");
         }
         let mut faults = self.faults.lock();
