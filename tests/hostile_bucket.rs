@@ -58,11 +58,18 @@ fn keys(moto: &Moto, bucket: &str) -> BTreeSet<String> {
             .client
             .list_objects_v2()
             .bucket(bucket)
+            // Control characters cannot travel in XML 1.0 unencoded.
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             for o in page.unwrap().contents() {
-                out.insert(o.key().unwrap_or_default().to_string());
+                let raw = o.key().unwrap_or_default().replace('+', " ");
+                out.insert(
+                    percent_encoding::percent_decode_str(&raw)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
             }
         }
         out
@@ -182,6 +189,10 @@ fn a_hostile_bucket_is_walked_read_copied_and_removed_without_a_panic() {
     assert!(stored.contains(".."), "moto keeps hostile keys: {stored:?}");
 
     let staging = run_dir().join("hostile-staging");
+    // The shared SeaweedFS (which `bucketfs_command` names) keeps its own files in the run
+    // directory: started first, and its data directory left out of the comparison.
+    server();
+    let weed_data = run_dir().join("weed-data").display().to_string();
     let outside_before = files_below(&run_dir());
     let path = mount_point("hostile-bucket");
     let m = Mount::with_env(
@@ -208,6 +219,24 @@ fn a_hostile_bucket_is_walked_read_copied_and_removed_without_a_panic() {
             "an object with garbage headers is still shown: {listed}"
         );
     }
+    // Names with control characters are names (XML 1.0 cannot carry them: the listing asks
+    // for URL-encoded keys, or the whole page would fail to parse).
+    let ctl: BTreeSet<String> = fs::read_dir(path.join("ctl"))
+        .expect("the directory of control-character names lists")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in [
+        "bell\u{7}name",
+        "del\u{7f}",
+        "tab\tname",
+        "%FF%FE-not-utf8-escape",
+    ] {
+        assert!(ctl.contains(name), "{name:?} not in {ctl:?}");
+    }
+    assert_eq!(
+        fs::read_to_string(path.join("ctl/bell\u{7}name")).unwrap(),
+        "ctl/bell\u{7}name"
+    );
     tool(&format!(
         "cd {root} && find . -type f -print0 | xargs -0 -r cat > /dev/null"
     ));
@@ -251,6 +280,7 @@ fn a_hostile_bucket_is_walked_read_copied_and_removed_without_a_panic() {
             !p.starts_with(&staging.display().to_string())
                 && !p.starts_with(&copy.display().to_string())
                 && !p.starts_with(&path.display().to_string())
+                && !p.starts_with(&weed_data)
                 && !p.ends_with(".log")
         })
         .collect();

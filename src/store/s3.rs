@@ -38,6 +38,10 @@
 //!    request id, and the attempts made. The attempts come from the request-counting
 //!    interceptor through a task-local scope that every call runs in (`metrics::counting_attempts`
 //!    in `within`, `progressing` and the calls made without them).
+//! 10. Listings ask for `encoding-type=url`: XML 1.0 cannot carry most control characters, so
+//!    a key with one would make the whole page unparsable. Keys are decoded only when the
+//!    answer says it encoded them (`EncodingType`; a server that ignores the parameter sends
+//!    keys as they are); a key whose bytes are not UTF-8 once decoded is left out.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -486,6 +490,22 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `x-amz-copy-source`: `bucket/key` with everything but unreserved characters and `/`
+/// A key as a listing gave it: decoded when the server URL-encoded it (`+` is a space there,
+/// a literal `+` comes as `%2B`); `None`, and a log line, when the bytes are not UTF-8.
+fn listed_key(raw: &str, encoded: bool) -> Option<String> {
+    if !encoded {
+        return Some(raw.to_string());
+    }
+    let spaced = raw.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(key) => Some(key.into_owned()),
+        Err(_) => {
+            tracing::warn!("listing: key {raw:?} is not UTF-8 once decoded; left out");
+            None
+        }
+    }
+}
+
 /// percent-encoded.
 fn copy_source(bucket: &str, key: &str) -> String {
     let mut out = format!("{bucket}/");
@@ -605,7 +625,8 @@ impl ObjectStore for S3Store {
                 .bucket(&self.bucket)
                 .prefix(&request.prefix)
                 .set_delimiter(request.delimiter.clone())
-                .max_keys(request.max_keys);
+                .max_keys(request.max_keys)
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url);
             call = match &request.start {
                 ListStart::Beginning => call,
                 ListStart::Token(token) => call.continuation_token(token),
@@ -615,12 +636,16 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| classify(&format!("ListObjectsV2 {}", request.prefix), e))?;
+            // Keys come URL-encoded when the server says so (XML 1.0 cannot carry control
+            // characters); one that does not decode to UTF-8 is left out (see 10.).
+            let encoded = out.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
+            let key = |raw: &str| listed_key(raw, encoded);
             let objects = out
                 .contents()
                 .iter()
                 .filter_map(|o| {
                     Some(ObjectMeta {
-                        key: o.key()?.to_string(),
+                        key: key(o.key()?)?,
                         size: o.size().unwrap_or(0).max(0) as u64,
                         etag: o.e_tag().unwrap_or_default().to_string(),
                         last_modified: system_time(o.last_modified()),
@@ -632,7 +657,7 @@ impl ObjectStore for S3Store {
             let common_prefixes = out
                 .common_prefixes()
                 .iter()
-                .filter_map(|p| p.prefix().map(str::to_string))
+                .filter_map(|p| key(p.prefix()?))
                 .collect();
             let next_continuation_token = if out.is_truncated().unwrap_or(false) {
                 out.next_continuation_token().map(str::to_string)
