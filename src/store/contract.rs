@@ -84,6 +84,7 @@ pub async fn run_all(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
     case!(an_empty_object_has_no_range);
     case!(conditional_requests);
     case!(listing_pages_continue_and_roll_up);
+    case!(odd_keys_list_back_exactly);
     case!(multipart_parts_in_order_complete);
     case!(multipart_parts_out_of_order_are_refused);
     case!(multipart_small_parts_are_refused_as_on_aws);
@@ -261,6 +262,44 @@ async fn listing_pages_continue_and_roll_up(store: &dyn ObjectStore, p: &str) ->
     check(keys == ["d/x", "d/y", "e"], || {
         format!("start-after c: {keys:?}")
     })
+}
+
+/// Keys with spaces, `+`, `%`, tabs and a control character list back as they were put (a
+/// listing that carried them unencoded would not parse; one decoded twice would change them).
+async fn odd_keys_list_back_exactly(store: &dyn ObjectStore, p: &str) -> CaseResult {
+    let odd = [
+        "sp ace",
+        "plus+sign",
+        "100%25 sure%",
+        "tab\tname",
+        "bell\u{7}",
+        "dir with space/x+y",
+    ];
+    for k in odd {
+        put(store, &format!("{p}{k}"), b"1", UserMetadata::new()).await?;
+    }
+    let request = ListRequest {
+        prefix: p.to_string(),
+        delimiter: Some("/".into()),
+        start: ListStart::Beginning,
+        max_keys: 1000,
+    };
+    let page = store.list_objects_v2(&request).await.map_err(err)?;
+    let mut names: Vec<String> = page
+        .objects
+        .iter()
+        .map(|o| o.key[p.len()..].to_string())
+        .chain(
+            page.common_prefixes
+                .iter()
+                .map(|c| c[p.len()..].to_string()),
+        )
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = odd[..5].iter().map(|s| s.to_string()).collect();
+    want.push("dir with space/".into());
+    want.sort();
+    check(names == want, || format!("listed {names:?}, put {want:?}"))
 }
 
 /// Uploads parts of `sizes` to a new multipart upload of `key`; returns the id and parts.
