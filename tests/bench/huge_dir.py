@@ -127,7 +127,7 @@ def main():
                     "--staging-dir", os.path.join(work, "staging")] + args.extra,
                    env=env, check=True)
     try:
-        pid = int(subprocess.check_output(["pgrep", "-n", "-f", "bucketfs b " + mnt]).split()[0])
+        pid = int(subprocess.check_output(["pgrep", "-n", "-f", " b " + mnt]).split()[0])
         start = time.time()
         count = subprocess.check_output("ls -f %s/d | wc -l" % mnt, shell=True).decode().strip()
         took = time.time() - start
