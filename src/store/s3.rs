@@ -1061,4 +1061,16 @@ mod tests {
             b64.encode(0xAE8B_1486_0A79_9888u64.to_be_bytes())
         );
     }
+
+    #[test]
+    fn encoded_keys_decode_and_undecodable_ones_are_left_out() {
+        assert_eq!(listed_key("a+b%2Bc%25", true).as_deref(), Some("a b+c%"));
+        assert_eq!(listed_key("bell%07", true).as_deref(), Some("bell\u{7}"));
+        assert_eq!(listed_key("%FF%FE", true), None, "not UTF-8 once decoded");
+        assert_eq!(
+            listed_key("a+b%2B", false).as_deref(),
+            Some("a+b%2B"),
+            "not encoded"
+        );
+    }
 }
