@@ -34,6 +34,8 @@ missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v python3 >/dev/null || missing+=(python3)
+# The system Python too: tests run it as `nobody`, who cannot reach a Python under /root.
+[ -x /usr/bin/python3 ] || missing+=(python3)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v pgrep >/dev/null || missing+=(procps)

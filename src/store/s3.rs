@@ -38,10 +38,10 @@
 //!    request id, and the attempts made. The attempts come from the request-counting
 //!    interceptor through a task-local scope that every call runs in (`metrics::counting_attempts`
 //!    in `within`, `progressing` and the calls made without them).
-//! 10. Listings ask for `encoding-type=url`: XML 1.0 cannot carry most control characters, so
-//!    a key with one would make the whole page unparsable. Keys are decoded only when the
-//!    answer says it encoded them (`EncodingType`; a server that ignores the parameter sends
-//!    keys as they are); a key whose bytes are not UTF-8 once decoded is left out.
+//! 10. Listings ask for `encoding-type=url`: XML 1.0 cannot carry most control characters,
+//!     so a key with one would make the whole page unparsable. Keys are decoded only when the
+//!     answer says it encoded them (`EncodingType`; a server that ignores the parameter sends
+//!     keys as they are); a key whose bytes are not UTF-8 once decoded is left out.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
