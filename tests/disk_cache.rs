@@ -427,7 +427,7 @@ impl SmallDisk {
     fn new(path: PathBuf, size: &str) -> Self {
         fs::create_dir_all(&path).unwrap();
         sh(&format!(
-            "mount -t tmpfs -o size={size} tmpfs '{}'",
+            "mount -t tmpfs -o size={size},mode=0700 tmpfs '{}'",
             path.display()
         ));
         Self(path)

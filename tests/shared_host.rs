@@ -134,22 +134,15 @@ fn the_status_socket_answers_only_its_user_and_root() {
     // Even reachable (a hard link of the socket in a directory open to all, the socket made
     // 0666), the server refuses a client of another user (SO_PEERCRED). /run/bucketfs itself
     // is left alone: other tests' mounts make it private again at any moment.
-    let sockets: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
-        .collect();
+    // Only this mount's socket: other tests' sockets are theirs.
+    let socket = bucketfs::status::socket_path(dir, &bucketfs::status::mount_path(&m.path));
+    assert!(socket.exists(), "{} is missing", socket.display());
     let open = Path::new("/run").join(format!("bucketfs-test-open-{}", std::process::id()));
     fs::create_dir_all(&open).unwrap();
     fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut linked = Vec::new();
-    for s in &sockets {
-        let l = open.join(s.file_name().unwrap());
-        fs::hard_link(s, &l).unwrap();
-        fs::set_permissions(&l, fs::Permissions::from_mode(0o666)).unwrap();
-        linked.push(l);
-    }
+    let linked = open.join("status.sock");
+    fs::hard_link(&socket, &linked).unwrap();
+    fs::set_permissions(&linked, fs::Permissions::from_mode(0o666)).unwrap();
     let ask_as_nobody = |socket: &Path| {
         // The system Python: root's own (pyenv) is not reachable by `nobody`.
         Command::new("/usr/bin/python3")
@@ -168,21 +161,18 @@ fn the_status_socket_answers_only_its_user_and_root() {
             .output()
             .unwrap()
     };
-    let answers: Vec<String> = linked
-        .iter()
-        .map(|l| String::from_utf8_lossy(&ask_as_nobody(l).stdout).into_owned())
-        .collect();
+    let answer = String::from_utf8_lossy(&ask_as_nobody(&linked).stdout).into_owned();
+    // The socket shares its inode with the link: private again before anything else.
+    fs::set_permissions(&linked, fs::Permissions::from_mode(0o600)).unwrap();
     let _ = fs::remove_dir_all(&open);
-    for a in &answers {
-        assert!(
-            !a.contains("secret-name") && !a.contains("mountpoint"),
-            "{a}"
-        );
-    }
+    assert!(
+        !answer.contains("secret-name") && !answer.contains("mountpoint"),
+        "{answer}"
+    );
     let log = fs::read_to_string(&m.log).unwrap();
     assert!(
         log.contains("status socket: refused a client of another user"),
-        "{answers:?}\n{log}"
+        "{answer}\n{log}"
     );
     // Its own user still gets an answer.
     let ok = Command::new(bucketfs_bin())
