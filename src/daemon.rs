@@ -217,13 +217,17 @@ fn notify_at(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
 /// headers (a session token, an SSE-C key and its MD5): capped at debug whatever the level.
 const SECRET_BEARING_TARGETS: &[&str] = &["aws_", "hyper", "h2", "rustls", "tower"];
 
-/// False for the events that may carry secrets (`SECRET_BEARING_TARGETS` at trace level).
-/// A filter of its own, after the user's: it only ever removes events, never adds any.
-fn safe_to_log(meta: &tracing::Metadata<'_>) -> bool {
-    *meta.level() <= tracing::Level::DEBUG
-        || !SECRET_BEARING_TARGETS
-            .iter()
-            .any(|t| meta.target().starts_with(t))
+/// A filter after the user's that only removes: the trace events of
+/// `SECRET_BEARING_TARGETS` (target prefixes), whatever level was asked for.
+fn secrets_capped() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::LevelFilter;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(
+            SECRET_BEARING_TARGETS
+                .iter()
+                .map(|t| (*t, LevelFilter::DEBUG)),
+        )
 }
 
 fn init_logging(config: &Config, foreground: bool) -> Result<()> {
@@ -255,7 +259,7 @@ fn init_logging(config: &Config, foreground: bool) -> Result<()> {
         .with_ansi(ansi)
         .with_writer(writer)
         .with_filter(filter)
-        .with_filter(tracing_subscriber::filter::filter_fn(safe_to_log));
+        .with_filter(secrets_capped());
     tracing_subscriber::registry().with(layer).init();
     Ok(())
 }
@@ -633,8 +637,7 @@ fn start_status(
     info: MountInfo,
     fs: &Arc<Fs>,
 ) -> Option<StatusSocket> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::owned_dir::euid();
     let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
     let dir = status::socket_dir(uid, runtime_dir.as_deref());
     let _context = rt.enter();

@@ -16,14 +16,17 @@
 //! 4. Only the directory itself is checked, not its ancestors: a user who can rename an
 //!    ancestor could already replace the directory; the checked descriptor is what is used.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{open, openat, OFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, FileStat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 /// Why a directory was refused.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +66,10 @@ pub enum OwnedDirError {
 }
 
 impl OwnedDirError {
-    fn io(path: &Path, source: io::Error) -> Self {
+    fn io(path: &Path, source: impl Into<io::Error>) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            source: source.into(),
         }
     }
 
@@ -97,13 +100,14 @@ pub struct OwnedDir {
 
 /// The daemon's effective uid.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
-fn c_name(name: &std::ffi::OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
+/// A directory, opened without following a symlink in its last component.
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 
 impl OwnedDir {
     /// Makes `path` (mode 0700, ancestors too) or opens it, and checks it is this user's own.
@@ -124,65 +128,39 @@ impl OwnedDir {
 
     /// Opens an existing `path` without following a symlink and checks it is this user's own.
     pub fn open(path: &Path) -> Result<Self, OwnedDirError> {
-        let name = c_name(path.as_os_str()).map_err(|e| OwnedDirError::io(path, e))?;
-        // SAFETY: `name` is a valid NUL-terminated string; the result is checked.
-        let fd = unsafe {
-            libc::open(
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ELOOP) => OwnedDirError::Symlink(path.to_path_buf()),
-                Some(libc::ENOTDIR) => match std::fs::symlink_metadata(path) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        OwnedDirError::Symlink(path.to_path_buf())
-                    }
-                    _ => OwnedDirError::NotADirectory(path.to_path_buf()),
-                },
-                _ => OwnedDirError::io(path, e),
-            });
-        }
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let dir = Self {
-            path: path.to_path_buf(),
-            fd,
-        };
-        dir.check()?;
-        Ok(dir)
+        let fd = open(path, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+            // O_NOFOLLOW with O_DIRECTORY reports a symlink as either.
+            Errno::ELOOP | Errno::ENOTDIR
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                OwnedDirError::Symlink(path.to_path_buf())
+            }
+            Errno::ENOTDIR => OwnedDirError::NotADirectory(path.to_path_buf()),
+            other => OwnedDirError::io(path, other),
+        })?;
+        Self::checked(path.to_path_buf(), fd)
     }
 
-    fn check(&self) -> Result<(), OwnedDirError> {
-        let meta = self.file().metadata().map_err(|e| self.error(e))?;
+    /// `fd` as the directory `path`, once it is this user's own and private to writes.
+    fn checked(path: PathBuf, fd: OwnedFd) -> Result<Self, OwnedDirError> {
+        let stat = fstat(&fd).map_err(|e| OwnedDirError::io(&path, e))?;
         let me = euid();
-        if meta.uid() != me {
+        if stat.st_uid != me {
             return Err(OwnedDirError::Owner {
-                path: self.path.clone(),
-                owner: meta.uid(),
+                path,
+                owner: stat.st_uid,
                 me,
             });
         }
-        let mode = meta.mode() & 0o7777;
+        let mode = stat.st_mode & 0o7777;
         if mode & 0o022 != 0 {
-            return Err(OwnedDirError::Writable {
-                path: self.path.clone(),
-                mode,
-            });
+            return Err(OwnedDirError::Writable { path, mode });
         }
-        Ok(())
+        Ok(Self { path, fd })
     }
 
-    fn error(&self, e: io::Error) -> OwnedDirError {
-        OwnedDirError::io(&self.path, e)
-    }
-
-    /// The directory's descriptor as a `File` (for `fstat`, `fchmod`), borrowed.
-    fn file(&self) -> std::mem::ManuallyDrop<File> {
-        // SAFETY: the fd stays open while `self` lives; ManuallyDrop never closes it.
-        std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(self.fd.as_raw_fd()) })
+    fn stat(&self) -> nix::Result<FileStat> {
+        fstat(&self.fd)
     }
 
     /// Where it is.
@@ -192,112 +170,59 @@ impl OwnedDir {
 
     /// True when the directory was removed since it was opened (no name links to it).
     pub fn removed(&self) -> bool {
-        self.file().metadata().is_ok_and(|m| m.nlink() == 0)
+        self.stat().is_ok_and(|s| s.st_nlink == 0)
     }
 
     /// Takes group and other permissions away (for a socket directory that an earlier
     /// version made 0755).
     pub fn make_private(&self) -> io::Result<()> {
-        self.file()
-            .set_permissions(std::fs::Permissions::from_mode(0o700))
+        Ok(fchmod(&self.fd, Mode::S_IRWXU)?)
     }
 
     /// Opens (creating, mode 0700) the subdirectory `name`, checked the same way. `name` is
     /// one component, never a path.
     pub fn subdir(&self, name: &str) -> Result<Self, OwnedDirError> {
         let path = self.path.join(name);
-        let c = c_name(name.as_ref()).map_err(|e| OwnedDirError::io(&path, e))?;
         if name.contains('/') || name == ".." || name == "." {
-            return Err(OwnedDirError::io(
-                &path,
-                io::Error::from_raw_os_error(libc::EINVAL),
-            ));
+            return Err(OwnedDirError::io(&path, Errno::EINVAL));
         }
-        // SAFETY: valid fd and NUL-terminated name; the result is checked.
-        let made = unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) };
-        if made < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(OwnedDirError::io(&path, e));
-            }
+        match mkdirat(&self.fd, name, Mode::S_IRWXU) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(OwnedDirError::io(&path, e)),
         }
-        // SAFETY: as above.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::ENOTDIR) => OwnedDirError::NotADirectory(path),
-                _ => OwnedDirError::io(&path, e),
-            });
-        }
-        // SAFETY: just opened, owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let dir = Self { path, fd };
-        dir.check()?;
-        Ok(dir)
+        let fd = openat(&self.fd, name, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => OwnedDirError::NotADirectory(path.clone()),
+            other => OwnedDirError::io(&path, other),
+        })?;
+        Self::checked(path, fd)
     }
 
     /// A new file with no name, open for reading and writing (mode 0600): `O_TMPFILE`, or a
     /// fresh name made with `O_EXCL | O_NOFOLLOW` and unlinked at once (3.).
     pub fn unnamed_file(&self) -> io::Result<File> {
-        let dot = c_name(".".as_ref())?;
-        // SAFETY: valid fd and NUL-terminated name; the result is checked.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                dot.as_ptr(),
-                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: just opened, owned by nothing else.
-            return Ok(unsafe { File::from_raw_fd(fd) });
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL) => {}
-            _ => return Err(e),
+        let rw = OFlag::O_RDWR | OFlag::O_CLOEXEC;
+        let private = Mode::S_IRUSR | Mode::S_IWUSR;
+        match openat(&self.fd, ".", OFlag::O_TMPFILE | rw, private) {
+            Ok(fd) => return Ok(File::from(fd)),
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {}
+            Err(e) => return Err(e.into()),
         }
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        let exclusive = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | rw;
         loop {
             let name = format!(
                 ".tmp-{}-{}",
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             );
-            let c = c_name(name.as_ref())?;
-            // SAFETY: as above.
-            let fd = unsafe {
-                libc::openat(
-                    self.fd.as_raw_fd(),
-                    c.as_ptr(),
-                    libc::O_CREAT
-                        | libc::O_EXCL
-                        | libc::O_NOFOLLOW
-                        | libc::O_RDWR
-                        | libc::O_CLOEXEC,
-                    0o600 as libc::c_uint,
-                )
-            };
-            if fd < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EEXIST) {
-                    continue;
+            match openat(&self.fd, name.as_str(), exclusive, private) {
+                Ok(fd) => {
+                    let _ = unlinkat(&self.fd, name.as_str(), UnlinkatFlags::NoRemoveDir);
+                    return Ok(File::from(fd));
                 }
-                return Err(e);
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(e.into()),
             }
-            // SAFETY: just opened, owned by nothing else.
-            let file = unsafe { File::from_raw_fd(fd) };
-            // SAFETY: valid fd and name.
-            unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) };
-            return Ok(file);
         }
     }
 }
@@ -305,6 +230,7 @@ impl OwnedDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn a_missing_directory_is_made_private_whatever_the_umask() {

@@ -52,7 +52,7 @@ fn put_with(moto: &Moto, bucket: &str, key: &str, body: &[u8], meta: &[(&str, &s
 }
 
 fn keys(moto: &Moto, bucket: &str) -> BTreeSet<String> {
-    let pages = moto.rt.block_on(async {
+    moto.rt.block_on(async {
         let mut out = BTreeSet::new();
         let mut pages = moto
             .client
@@ -73,8 +73,7 @@ fn keys(moto: &Moto, bucket: &str) -> BTreeSet<String> {
             }
         }
         out
-    });
-    pages
+    })
 }
 
 /// Runs `script` with bash; returns (success, stdout + stderr). Failures of single files are

@@ -513,8 +513,7 @@ impl BlockCache {
         index: u64,
         bytes: Bytes,
     ) -> FsResult<Bytes> {
-        let start = index.saturating_mul(self.block_size);
-        let expected = size.saturating_sub(start).min(self.block_size);
+        let expected = block_len(size, self.block_size, index);
         if bytes.len() as u64 == expected {
             return Ok(bytes);
         }
@@ -573,6 +572,12 @@ impl BlockCache {
     }
 }
 
+/// The length of block `index` of an object of `size` bytes: `block_size`, less for the last.
+fn block_len(size: u64, block_size: u64, index: u64) -> u64 {
+    size.saturating_sub(index.saturating_mul(block_size))
+        .min(block_size)
+}
+
 /// The error for `got` bytes of `object` where the listing promised `expected`: the object
 /// shrank since it was listed (or the server sent less), logged once here.
 fn shrunk(object: &ObjectId, got: u64, expected: u64) -> FsError {
@@ -626,8 +631,7 @@ async fn fetch_through_disk(
         for (i, block) in written.iter().enumerate() {
             let index = first + i as u64;
             // A short block (the object shrank) is never kept: the read reports it.
-            let start = index * block_size;
-            if block.len() as u64 == size.saturating_sub(start).min(block_size) {
+            if block.len() as u64 == block_len(size, block_size, index) {
                 disk.write_block(&object, size, index, block);
             }
         }

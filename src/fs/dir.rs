@@ -177,14 +177,16 @@ impl DirHandle {
             listed.trim();
             self.room.notify_waiters();
         }
+        // Both sides indexed, not walked: a reply costs its own entries, wherever it starts.
         let first = listed.first_held();
-        let cached = listed.cached.iter().enumerate();
+        let from = position.saturating_sub(first).min(listed.appended.len());
+        let cached = listed.cached.iter().enumerate().skip(position);
         let appended = listed
             .appended
-            .iter()
+            .range(from..)
             .enumerate()
-            .map(|(i, e)| (first + i, e));
-        for (i, entry) in cached.chain(appended).skip_while(|(i, _)| *i < position) {
+            .map(|(i, e)| (first + from + i, e));
+        for (i, entry) in cached.chain(appended) {
             if add(i, entry) {
                 break;
             }
