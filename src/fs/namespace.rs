@@ -22,7 +22,8 @@ use super::posix::{Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::{join, object_kind, Attr, Fs, Ino, Kind};
 use crate::error::{FsError, FsResult};
 use crate::store::{
-    CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StoreError, UserMetadata,
+    CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StoreError, StoreErrorKind,
+    UserMetadata,
 };
 use crate::upload::{abort_with_retries, PendingAbort};
 
@@ -101,8 +102,13 @@ impl Fs {
         replace: Option<(&UserMetadata, Option<&str>)>,
     ) -> Result<String, StoreError> {
         if source.key.ends_with('/') {
-            // A `dir/` marker: empty, so writing it anew is the copy (SeaweedFS refuses to
-            // copy markers).
+            // A `dir/` marker is copied like any object (its other headers stay); where there
+            // is none (an implicit directory) or the server refuses to copy markers
+            // (SeaweedFS), it is written anew.
+            match self.store.copy_object(source, key, replace).await {
+                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                copied => return copied,
+            }
             let (metadata, _) = self.copied_headers(source, replace).await?;
             let options = PutOptions {
                 metadata,
@@ -212,12 +218,10 @@ impl Fs {
         }
         if let Some(writer) = self.writer_of(ino) {
             // An open file takes the change with its next commit.
-            let changed = self
-                .change_open(&writer, |posix, _| {
-                    change.apply(posix, S_IFREG);
-                    Ok(())
-                })
-                .await?;
+            let changed = self.change_open(&writer, |posix, _| {
+                change.apply(posix, S_IFREG);
+                Ok(())
+            })?;
             if changed {
                 return Ok(self.writer_attr(&writer));
             }
@@ -251,11 +255,13 @@ impl Fs {
             ctime: Some(current.ctime),
             rdev: super::posix_of(meta.as_ref()).rdev,
         };
-        // A directory's headers live on its marker, which may not exist yet (implicit).
-        let key = if kind == Kind::Dir {
-            self.dir_prefix(&path)
-        } else {
-            self.key_of(&path)
+        // A directory's headers live on its marker, which may not exist yet (implicit), or on
+        // the directory object another tool made (s3fs's legacy `name`, Hadoop's
+        // `name_$folder$`), which is rewritten in place so that rmdir still finds it.
+        let key = match (kind, &meta) {
+            (Kind::Dir, Some(m)) if !m.key.ends_with('/') => m.key.clone(),
+            (Kind::Dir, _) => self.dir_prefix(&path),
+            _ => self.key_of(&path),
         };
         let (size, etag, mut extra, content_type) = match self.with_headers(&key, meta).await? {
             Some(m) => (
@@ -629,9 +635,11 @@ impl Fs {
         self.rebind(&from, &to, &source);
         match moved_file {
             // Recorded under the moved inode, headers included, so listings keep them.
-            Some(meta) => {
+            Some(Some(meta)) => {
                 self.record(&to, object_kind(&meta), Some(meta));
             }
+            // A file open for writing answers for itself until its next commit records it.
+            Some(None) => {}
             None => self.wrote_dir(source.ino, |p| p.ctime = Some(SystemTime::now())),
         }
         if let Some(target) = target.filter(|t| t.kind == Kind::Dir && t.ino != source.ino) {
@@ -651,12 +659,11 @@ impl Fs {
         }
     }
 
-    /// Copies the file to its new key and deletes the old one; returns the moved object.
-    async fn rename_file(&self, ino: Ino, from: &str, to: &str) -> FsResult<ObjectMeta> {
-        let writer = self.writer_of(ino);
-        if let Some(writer) = &writer {
-            // Publish what was written under the old name first, then move it.
-            self.commit(writer).await?;
+    /// Copies the file to its new key and deletes the old one; returns the moved object
+    /// (`None`: a file open for writing, moved by its writer).
+    async fn rename_file(&self, ino: Ino, from: &str, to: &str) -> FsResult<Option<ObjectMeta>> {
+        if let Some(writer) = self.writer_of(ino) {
+            return self.rename_writer(&writer, to).await;
         }
         let (_, meta) = self.node(ino).await?;
         let old_key = self.key_of(from);
@@ -666,7 +673,15 @@ impl Fs {
             .with_headers(&old_key, meta)
             .await?
             .ok_or_else(FsError::not_found)?;
-        let new_key = self.key_of(to);
+        self.move_object(meta, &self.key_of(to)).await.map(Some)
+    }
+
+    /// Copies `meta` (headers read) to `new_key` and deletes it; returns the moved object.
+    pub(super) async fn move_object(
+        &self,
+        meta: ObjectMeta,
+        new_key: &str,
+    ) -> FsResult<ObjectMeta> {
         let source = CopySource {
             key: &meta.key,
             etag: &meta.etag,
@@ -680,18 +695,13 @@ impl Fs {
         // The type guessed from the old name follows the name; a type set otherwise stays.
         let content_type = match &meta.content_type {
             Some(t) if *t != self.guess_type(&meta.key) => t.clone(),
-            _ => self.guess_type(&new_key),
+            _ => self.guess_type(new_key),
         };
         let replace = (&headers, Some(content_type.as_str()));
-        let etag = self
-            .copy(source, meta.size, &new_key, Some(replace))
-            .await?;
-        if let Some(writer) = &writer {
-            writer.moved(&new_key, &etag).await;
-        }
+        let etag = self.copy(source, meta.size, new_key, Some(replace)).await?;
         self.store.delete_object(&meta.key).await?;
         Ok(ObjectMeta {
-            key: new_key,
+            key: new_key.to_string(),
             etag,
             metadata: Some(headers),
             content_type: Some(content_type),

@@ -834,3 +834,44 @@ async fn an_operation_that_panics_leaves_the_others_serving() {
     fs.release(fh).await;
     assert_eq!(&memory.object("c.txt").unwrap().0[..], b"new");
 }
+
+/// An O_TRUNC open of a file whose rename is copying it: the new stream waits for the move
+/// and lands under the new name; the old name does not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_begun_during_a_rename_lands_under_the_new_name() {
+    use crate::store::faulty::FaultyStore;
+    let memory = Arc::new(MemoryStore::new());
+    memory.put("doc", vec![b'.'; 8192]);
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let fs = fs_with(faulty.clone(), Duration::from_secs(60), writes());
+    let ino = fs.lookup(Ino::ROOT, "doc").await.unwrap().ino;
+    let held = fs.open(ino, WRITE).await.unwrap();
+    faulty.hold("CopyObject", 1);
+    let rename = {
+        let fs = Arc::clone(&fs);
+        tokio::spawn(async move {
+            fs.rename(Ino::ROOT, "doc", Ino::ROOT, "doc2", RenameMode::default())
+                .await
+        })
+    };
+    until(|| faulty.calls("CopyObject") >= 1).await;
+    let truncating = {
+        let fs = Arc::clone(&fs);
+        let mode = OpenMode {
+            truncate: true,
+            ..WRITE
+        };
+        tokio::spawn(async move { fs.open(ino, mode).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    faulty.release();
+    rename.await.unwrap().unwrap();
+    let fh = truncating.await.unwrap().unwrap();
+    fs.write(fh, 0, b"new bytes").await.unwrap();
+    for fh in [fh, held] {
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await;
+    }
+    assert!(memory.object("doc").is_none(), "the old name came back");
+    assert_eq!(&memory.object("doc2").unwrap().0[..], b"new bytes");
+}

@@ -28,6 +28,15 @@
 //!     last close, as POSIX wants: before the object is deleted its bytes are copied into a
 //!     staging file (a download, unless already staged), which every handle of the inode reads
 //!     and writes; nothing is committed any more, and the staging file goes with the last close.
+//! 11. A rename of a file open for writing never publishes it early. With nothing under way,
+//!     its committed version (if any) is copied to the new key now, holding the writer, so a
+//!     write that comes in meanwhile waits and streams to the new key. While a commit or a write
+//!     holds the writer, only the name moves: that commit lands where it began, then is
+//!     copied to the new key, and the version under the old name is deleted if it is still
+//!     ours (ETag), never a file someone made under that name since.
+//! 12. chmod, chown, utime and setxattr of an open file never wait for its transfer: they
+//!     change the pending headers and flag them; a commit under way applies them as it
+//!     settles, and the last release commits once more if one came in after it looked.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -72,9 +81,10 @@ enum Content {
 
 #[derive(Debug)]
 pub(super) struct WriteState {
-    /// Full key, kept current across renames.
-    pub(super) key: String,
     content: Content,
+    /// Where the last committed version is stored, and its ETag (`None`: nowhere yet). A
+    /// commit after a rename lands at the new key and removes this one (see 11.).
+    stored: Option<(String, String)>,
     /// Content or attributes changed since the last commit.
     pub(super) dirty: bool,
     /// Send `If-None-Match: *` with the next commit (O_EXCL, nothing committed yet).
@@ -113,19 +123,12 @@ pub(super) struct Writer {
     /// The unlink holds one handle until the last handle of the inode, reader or writer, is
     /// closed: the staged bytes live that long.
     pub(super) held: AtomicBool,
+    /// Mode, owner, times or other headers changed since the last commit began: the next
+    /// commit writes them (set without the state lock, so a chmod never waits for a transfer).
+    headers_changed: AtomicBool,
 }
 
 impl Writer {
-    /// The committed object was copied to `key` (a rename): later commits go there.
-    pub(super) async fn moved(&self, key: &str, etag: &str) {
-        let mut st = self.state.lock().await;
-        st.key = key.to_string();
-        if let Content::Base(Some(meta)) = &mut st.content {
-            meta.key = key.to_string();
-            meta.etag = etag.to_string();
-        }
-    }
-
     /// The file's path in the mount.
     pub(super) fn path(&self) -> String {
         self.path.lock().clone()
@@ -209,16 +212,19 @@ impl Fs {
             _ => 0,
         };
         let dirty = !matches!(content, Content::Base(_)) && !unpublished;
-        let content_type = match &content {
-            Content::Base(Some(meta)) => meta.content_type.clone(),
-            _ => None,
+        let (content_type, stored) = match &content {
+            Content::Base(Some(meta)) => (
+                meta.content_type.clone(),
+                Some((meta.key.clone(), meta.etag.clone())),
+            ),
+            _ => (None, None),
         };
         let writer = Arc::new(Writer {
             ino,
             path: Mutex::new(path.to_string()),
             state: tokio::sync::Mutex::new(WriteState {
-                key: self.key_of(path),
                 content,
+                stored,
                 dirty,
                 excl,
                 failed: None,
@@ -233,6 +239,7 @@ impl Fs {
             transferring: AtomicBool::new(false),
             unlinked: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            headers_changed: AtomicBool::new(false),
             extra: Mutex::new(extra),
         });
         let mut t = self.tables.lock();
@@ -342,13 +349,16 @@ impl Fs {
             (Kind::Dir, _) => return Err(FsError::new(libc::EISDIR, "is a directory")),
             _ => return Err(FsError::new(libc::EINVAL, "not a regular file")),
         };
-        // The file keeps its mode and owner (headers, or the mount's defaults) when rewritten.
+        // The file keeps its mode, owner and times (headers, or the mount's defaults) when
+        // rewritten; a write moves mtime and ctime (`touched`), a futimens only what it names.
         let attr = self.attr(ino, Kind::File, Some(&meta));
         let posix = Posix {
             mode: Some(S_IFREG | u32::from(attr.perm)),
             uid: Some(attr.uid),
             gid: Some(attr.gid),
             atime: Some(attr.atime),
+            mtime: Some(attr.mtime),
+            ctime: Some(attr.ctime),
             ..Posix::default()
         };
         let extra = meta.metadata.clone().unwrap_or_default();
@@ -369,7 +379,7 @@ impl Fs {
     async fn unstream(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
         if let Content::Stream(upload) = &st.content {
             if upload.started() {
-                tracing::info!(key = %st.key, "going back in a file being streamed: committing what was written, then changing it in a staging copy");
+                tracing::info!(path = %writer.path(), "going back in a file being streamed: committing what was written, then changing it in a staging copy");
                 self.commit_locked(writer, st).await?;
             }
         }
@@ -393,7 +403,7 @@ impl Fs {
                 let Some(buffer) = upload.buffer() else {
                     return Err(FsError::new(
                         libc::EINVAL,
-                        format!("{}: its first parts are already uploaded", st.key),
+                        "the file's first parts are already uploaded",
                     ));
                 };
                 let file = self.writes.staging.create().await?;
@@ -441,7 +451,7 @@ impl Fs {
         }
         if let Content::Base(meta) = &st.content {
             if meta.as_ref().is_none_or(|m| m.size == 0) && offset == 0 {
-                let key = st.key.clone();
+                let key = self.key_of(&writer.path());
                 st.content = Content::Stream(self.new_upload(&key, st.content_type.as_deref()));
             }
         }
@@ -568,7 +578,8 @@ impl Fs {
         let mut st = writer.state.lock().await;
         if len == 0 {
             // The old stream, if any, is dropped and its multipart upload aborted.
-            st.content = Content::Stream(self.new_upload(&st.key, st.content_type.as_deref()));
+            let key = self.key_of(&writer.path());
+            st.content = Content::Stream(self.new_upload(&key, st.content_type.as_deref()));
             st.failed = None;
         } else {
             let current = writer.size.load(Ordering::SeqCst);
@@ -652,35 +663,53 @@ impl Fs {
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
-        if !st.dirty {
+        let key = self.key_of(&writer.path());
+        let headers = writer.headers_changed.swap(false, Ordering::SeqCst);
+        let moved = st.stored.as_ref().is_some_and(|(stored, _)| *stored != key);
+        if !st.dirty && !headers && !moved {
             return Ok(());
+        }
+        if let Content::Stream(upload) = &mut st.content {
+            // Renamed before a part left: the object goes straight to the new name.
+            upload.retarget(&key);
         }
         let metadata = self.wanted_metadata(writer);
         let excl = st.excl;
-        let key = st.key.clone();
         writer.transferring.store(true, Ordering::SeqCst);
         let uploaded = self.transfer(st, &key, &metadata, excl).await;
         writer.transferring.store(false, Ordering::SeqCst);
-        self.settle(writer, st, key, uploaded?, metadata).await
+        match uploaded {
+            Ok((landed, uploaded)) => self.settle(writer, st, landed, uploaded).await,
+            Err(e) => {
+                if headers {
+                    // Not written: the next commit tries again.
+                    writer.headers_changed.store(true, Ordering::SeqCst);
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// The upload of a commit: the content, or a copy with new headers.
+    /// The upload of a commit: the content, or a copy with new headers. Returns the key it
+    /// landed at (a stream keeps the key its multipart upload began with) and what it wrote.
     async fn transfer(
         &self,
         st: &mut WriteState,
         key: &str,
         metadata: &UserMetadata,
         excl: bool,
-    ) -> FsResult<Uploaded> {
+    ) -> FsResult<(String, Uploaded)> {
         let result = match &mut st.content {
             Content::Stream(upload) => {
-                let result = upload.finish(metadata, excl).await;
-                if let Err(e) = &result {
-                    let e = commit_error(e.clone(), excl);
-                    self.lose(st, e.clone());
-                    return Err(e);
-                }
-                result
+                let landed = upload.key().to_string();
+                return match upload.finish(metadata, excl).await {
+                    Ok(uploaded) => Ok((landed, uploaded)),
+                    Err(e) => {
+                        let e = commit_error(e, excl);
+                        self.lose(st, e.clone());
+                        Err(e)
+                    }
+                };
             }
             Content::Staged(file) => {
                 let upload = self.new_upload(key, st.content_type.as_deref());
@@ -714,35 +743,45 @@ impl Fs {
             }
             Content::Lost => return Err(st.failed.clone().unwrap_or_else(lost)),
         };
-        result.map_err(|e| commit_error(e, excl))
+        result
+            .map(|uploaded| (key.to_string(), uploaded))
+            .map_err(|e| commit_error(e, excl))
     }
 
-    /// After a commit's transfer: headers changed meanwhile, the new version recorded.
+    /// After a commit's transfer: a rename or a header change made meanwhile is applied (a
+    /// copy to the file's current key with its current headers), the version it replaces
+    /// under an older name is removed, and the new version is recorded.
     async fn settle(
         &self,
         writer: &Writer,
         st: &mut WriteState,
-        key: String,
+        mut landed: String,
         mut uploaded: Uploaded,
-        mut metadata: UserMetadata,
     ) -> FsResult<()> {
-        let posix = *writer.posix.lock();
-        for (name, explicit) in [("mtime", posix.mtime), ("ctime", posix.ctime)] {
-            // Not set explicitly: the time a multipart upload was started with stands (it is
-            // the time of its first part), rather than a server-side copy to move it.
-            if let (None, Some(sent)) = (explicit, uploaded.metadata.get(name)) {
-                metadata.insert(name.into(), sent.clone());
+        let content_type = loop {
+            let key = self.key_of(&writer.path());
+            writer.headers_changed.store(false, Ordering::SeqCst);
+            let mut metadata = self.wanted_metadata(writer);
+            let posix = *writer.posix.lock();
+            for (name, explicit) in [("mtime", posix.mtime), ("ctime", posix.ctime)] {
+                // Not set explicitly: the time a multipart upload was started with stands (it
+                // is the time of its first part), rather than a server-side copy to move it.
+                if let (None, Some(sent)) = (explicit, uploaded.metadata.get(name)) {
+                    metadata.insert(name.into(), sent.clone());
+                }
             }
-        }
-        let content_type = st
-            .content_type
-            .clone()
-            .unwrap_or_else(|| self.guess_type(&key));
-        if uploaded.metadata != metadata {
-            // A multipart upload took its headers at its start; a chmod or utime since then is
-            // applied by copying the object onto itself.
+            let content_type = st
+                .content_type
+                .clone()
+                .unwrap_or_else(|| self.guess_type(&key));
+            if landed == key && uploaded.metadata == metadata {
+                break content_type;
+            }
+            // A multipart upload took its headers at its start, and a rename during the
+            // transfer moved the name: copying the object (onto itself, or to the new name)
+            // applies both.
             let source = CopySource {
-                key: &key,
+                key: &landed,
                 etag: &uploaded.etag,
             };
             let replace = (&metadata, Some(content_type.as_str()));
@@ -750,16 +789,26 @@ impl Fs {
                 .copy(source, uploaded.size, &key, Some(replace))
                 .await?;
             uploaded.metadata = metadata;
+            if landed != key {
+                self.store.delete_object(&landed).await?;
+            }
+            landed = key;
+        };
+        if let Some((old, etag)) = st.stored.take() {
+            if old != landed {
+                self.remove_moved(&old, &etag).await;
+            }
         }
+        st.stored = Some((landed.clone(), uploaded.etag.clone()));
         let meta = ObjectMeta {
-            key: key.clone(),
+            key: landed,
             size: uploaded.size,
             etag: uploaded.etag,
             last_modified: SystemTime::now(),
             metadata: Some(uploaded.metadata),
             content_type: Some(content_type),
         };
-        if matches!(st.content, Content::Stream(_)) {
+        if matches!(st.content, Content::Stream(_) | Content::Base(_)) {
             st.content = Content::Base(Some(meta.clone()));
         }
         st.dirty = false;
@@ -768,6 +817,61 @@ impl Fs {
         let path = writer.path();
         self.record(&path, Kind::File, Some(meta));
         Ok(())
+    }
+
+    /// The version a renamed writer committed under its old name, now superseded by the one at
+    /// its new name: deleted unless another client or file replaced it meanwhile (ETag).
+    async fn remove_moved(&self, key: &str, etag: &str) {
+        let result = match self.store.head_object(key).await {
+            Ok(Some(meta)) if super::same_etag(&meta.etag, etag) => {
+                self.store.delete_object(key).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(key, "could not remove the old name of a renamed file: {e}");
+        }
+    }
+
+    /// A rename of a file open for writing (see 11.): returns the moved object when its
+    /// committed version was moved now and nothing is pending (`None`: the writer answers for
+    /// the new name until its next commit).
+    pub(super) async fn rename_writer(
+        &self,
+        writer: &Writer,
+        to: &str,
+    ) -> FsResult<Option<ObjectMeta>> {
+        let Ok(mut st) = writer.state.try_lock() else {
+            // A commit or a write is under way: it lands at the new name when it settles.
+            *writer.path.lock() = to.to_string();
+            return Ok(None);
+        };
+        let Some((old_key, etag)) = st.stored.clone() else {
+            // Nothing committed yet: the first commit goes to the new name.
+            *writer.path.lock() = to.to_string();
+            return Ok(None);
+        };
+        let new_key = self.key_of(to);
+        match self.store.head_object(&old_key).await? {
+            Some(meta) if super::same_etag(&meta.etag, &etag) => {
+                let moved = self.move_object(meta, &new_key).await?;
+                st.stored = Some((new_key, moved.etag.clone()));
+                if let Content::Base(Some(base)) = &mut st.content {
+                    *base = moved.clone();
+                }
+                *writer.path.lock() = to.to_string();
+                Ok((!st.dirty).then_some(moved))
+            }
+            _ => {
+                // Replaced or removed by someone else: theirs stays; the writer's content is
+                // published under the new name at its next commit.
+                st.stored = None;
+                st.dirty = true;
+                *writer.path.lock() = to.to_string();
+                Ok(None)
+            }
+        }
     }
 
     /// Uploads a staging file whole, through the same bounded part pipeline as a stream.
@@ -895,22 +999,31 @@ impl Fs {
         // writer either changed it before (and this commit carries it) or waits, finds it
         // gone, and writes the headers itself after this commit.
         let mut st = writer.state.lock().await;
-        if writer.handles.load(Ordering::SeqCst) != 0 {
-            return; // reopened meanwhile
-        }
-        st.dirty |= st.unpublished;
-        if let Err(e) = self.commit_locked(writer, &mut st).await {
-            tracing::warn!(path = %writer.path(), errno = e.errno, "upload at release failed: {}", e.message);
-        }
-        if let Content::Stream(_) = st.content {
-            // Never committed (unlinked, or failed): drop it and any multipart upload.
-            let failed = st.failed.clone().unwrap_or_else(lost);
-            self.lose(&mut st, failed);
-        }
-        let mut t = self.tables.lock();
-        // An open that came in during the commit shares this writer and keeps it registered.
-        if writer.handles.load(Ordering::SeqCst) == 0 && self.is_registered(&t, writer) {
-            t.writers.remove(&writer.ino);
+        loop {
+            if writer.handles.load(Ordering::SeqCst) != 0 {
+                return; // reopened meanwhile
+            }
+            st.dirty |= st.unpublished;
+            let committed = self.commit_locked(writer, &mut st).await;
+            if let Err(e) = &committed {
+                tracing::warn!(path = %writer.path(), errno = e.errno, "upload at release failed: {}", e.message);
+            }
+            if let Content::Stream(_) = st.content {
+                // Never committed (unlinked, or failed): drop it and any multipart upload.
+                let failed = st.failed.clone().unwrap_or_else(lost);
+                self.lose(&mut st, failed);
+            }
+            let mut t = self.tables.lock();
+            if committed.is_ok() && writer.headers_changed.load(Ordering::SeqCst) {
+                // A chmod or setxattr came in after the commit looked: commit it too.
+                continue;
+            }
+            // An open that came in during the commit shares this writer and keeps it
+            // registered.
+            if writer.handles.load(Ordering::SeqCst) == 0 && self.is_registered(&t, writer) {
+                t.writers.remove(&writer.ino);
+            }
+            return;
         }
     }
 
@@ -923,13 +1036,15 @@ impl Fs {
     /// Applies a header change (its POSIX attributes, its other headers) to an open file, for
     /// its next commit. False when the writer was closed meanwhile (the caller then changes
     /// the object itself).
-    pub(super) async fn change_open(
+    /// Never waits for a transfer: a commit under way applies it when it settles, or the
+    /// last release commits it (the tables lock orders this against that release).
+    pub(super) fn change_open(
         &self,
         writer: &Writer,
         change: impl FnOnce(&mut Posix, &mut UserMetadata) -> FsResult<()>,
     ) -> FsResult<bool> {
-        let mut st = writer.state.lock().await;
-        if !self.is_registered(&self.tables.lock(), writer) {
+        let t = self.tables.lock();
+        if !self.is_registered(&t, writer) {
             return Ok(false);
         }
         let mut posix = *writer.posix.lock();
@@ -938,7 +1053,8 @@ impl Fs {
         super::xattr::check_fits(&posix.apply_to(&extra))?;
         *writer.posix.lock() = posix;
         *writer.extra.lock() = extra;
-        st.dirty = true;
+        writer.headers_changed.store(true, Ordering::SeqCst);
+        drop(t);
         Ok(true)
     }
 

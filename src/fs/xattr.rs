@@ -239,7 +239,7 @@ impl Fs {
             Ok(())
         };
         if let Some(writer) = self.writer_of(ino) {
-            if self.change_open(&writer, change).await? {
+            if self.change_open(&writer, change)? {
                 return Ok(());
             }
         }

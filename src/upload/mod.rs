@@ -121,8 +121,8 @@ pub struct Uploaded {
 /// How far one upload is, shared with `bucketfs status`.
 #[derive(Debug)]
 pub struct Progress {
-    /// The object's key.
-    pub key: String,
+    /// The object's key (moved by a rename before the upload started).
+    key: Mutex<String>,
     /// When the upload was created.
     pub started: Instant,
     written: AtomicU64,
@@ -166,7 +166,7 @@ const UNKNOWN: u64 = u64::MAX;
 impl Progress {
     fn new(key: &str) -> Self {
         Self {
-            key: key.to_owned(),
+            key: Mutex::new(key.to_owned()),
             started: Instant::now(),
             written: AtomicU64::new(0),
             sent: Mutex::new(Sending::default()),
@@ -185,7 +185,7 @@ impl Progress {
             s.acknowledged + under_way
         };
         ProgressSnapshot {
-            key: self.key.clone(),
+            key: self.key.lock().clone(),
             written,
             sent: sent.min(written),
             parts: self.parts.load(Ordering::Relaxed),
@@ -313,6 +313,22 @@ impl Upload {
     pub fn tracked(self, registry: &UploadRegistry) -> Self {
         registry.add(&self.progress);
         self
+    }
+
+    /// The key the object will be stored at.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Stores the object at `key` instead, when no part has left yet (a rename of a file
+    /// being written); false once the multipart upload exists under the old key.
+    pub fn retarget(&mut self, key: &str) -> bool {
+        if self.started() {
+            return false;
+        }
+        self.key = key.to_string();
+        *self.progress.key.lock() = self.key.clone();
+        true
     }
 
     /// Bytes written so far.

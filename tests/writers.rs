@@ -1,0 +1,294 @@
+//! Files open for writing meeting rename, unlink and attribute changes, as shells, editors
+//! and lock-file code do them, checked through S3 (SeaweedFS; moto where headers matter).
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{eventually, proxy, pseudo_random, sh, sha256, within, Bucket, Mount};
+
+/// `open("new", O_CREAT|O_WRONLY); rename("new", "renamed")`: the rename succeeds, and the
+/// object ends under the new name only, with what was written after (or empty).
+#[test]
+fn a_new_file_renamed_while_open_and_unwritten_ends_under_the_new_name() {
+    let b = Bucket::new("wr-rename-new");
+    let m = Mount::new(&b.name, "wr-rename-new", &[]);
+    let p = |n: &str| m.path.join(n);
+
+    let mut f = fs::File::create(p("new")).unwrap();
+    fs::rename(p("new"), p("renamed")).unwrap();
+    assert!(fs::metadata(p("new")).is_err());
+    assert_eq!(fs::metadata(p("renamed")).unwrap().len(), 0);
+    f.write_all(b"after the rename").unwrap();
+    drop(f);
+    assert_eq!(b.get("renamed"), b"after the rename");
+    assert!(b.head("new").is_none(), "the old name was published");
+
+    // Left empty: published empty under the new name at the last close.
+    let f = fs::File::create(p("lock.tmp")).unwrap();
+    fs::rename(p("lock.tmp"), p("lock")).unwrap();
+    drop(f);
+    assert!(eventually(Duration::from_secs(10), || b
+        .head("lock")
+        .is_some()));
+    assert_eq!(b.get("lock"), b"");
+    assert!(b.head("lock.tmp").is_none());
+
+    // The shell's way: `exec 3>tmp; mv tmp f; echo >&3`.
+    sh(&format!(
+        "cd {}; exec 3>tmp; mv tmp f; echo shell >&3; exec 3>&-",
+        m.path.display()
+    ));
+    assert_eq!(b.get("f"), b"shell\n");
+    assert!(b.head("tmp").is_none());
+    let mut keys = b.keys();
+    keys.sort();
+    assert_eq!(keys, ["f", "lock", "renamed"]);
+}
+
+/// A file renamed twice while open, with bytes written between: one object, under the last
+/// name, with every byte.
+#[test]
+fn a_file_renamed_twice_while_written_ends_under_the_last_name() {
+    let b = Bucket::new("wr-rename-twice");
+    b.put("existing", "old bytes");
+    let m = Mount::new(&b.name, "wr-rename-twice", &[]);
+    let p = |n: &str| m.path.join(n);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(p("existing"))
+        .unwrap();
+    f.write_all(b" one").unwrap();
+    fs::rename(p("existing"), p("second")).unwrap();
+    f.write_all(b" two").unwrap();
+    fs::rename(p("second"), p("third")).unwrap();
+    f.write_all(b" three").unwrap();
+    drop(f);
+    assert_eq!(b.get("third"), b"old bytes one two three");
+    assert_eq!(b.keys(), ["third"]);
+    assert_eq!(fs::read(p("third")).unwrap(), b"old bytes one two three");
+}
+
+/// chmod and rename of a file whose 200 MiB commit crawls through a 4 Mbit/s link return at
+/// once instead of waiting for the upload, and the object lands with its bytes, mode and name.
+/// (The bytes are written first, last byte first so that they are staged; the commit is the
+/// close. The kernel itself holds a file's lock during write(2) and fsync(2), not close(2).)
+#[test]
+fn chmod_and_rename_during_a_slow_commit_do_not_wait_for_it() {
+    use std::os::unix::fs::FileExt;
+
+    let b = Bucket::new("wr-slow-commit");
+    let px = proxy();
+    let m = Mount::new(&b.name, "wr-slow-commit", &["--endpoint-url", &px.endpoint]);
+    let data = pseudo_random(200 << 20, 41);
+    let dst = m.path.join("big.bin");
+    let f = fs::File::create(&dst).unwrap();
+    f.write_all_at(&data[data.len() - 1..], data.len() as u64 - 1)
+        .unwrap();
+    f.write_all_at(&data[..data.len() - 1], 0).unwrap();
+    px.throttle(500_000);
+    let before = px.counts().total();
+    let close = std::thread::spawn(move || drop(f));
+    // Let the commit get going under the throttle.
+    assert!(eventually(Duration::from_secs(30), || px.counts().total() > before));
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    fs::set_permissions(&dst, fs::Permissions::from_mode(0o600)).unwrap();
+    let chmod = started.elapsed();
+    let started = Instant::now();
+    let moved = m.path.join("moved.bin");
+    fs::rename(&dst, &moved).unwrap();
+    let rename = started.elapsed();
+    assert_eq!(fs::metadata(&moved).unwrap().mode() & 0o7777, 0o600);
+    assert!(
+        !close.is_finished(),
+        "the commit ended before the test could race it"
+    );
+    px.throttle(0);
+    within(Duration::from_secs(600), "the slow commit", move || {
+        close.join().unwrap()
+    });
+    assert!(
+        chmod < Duration::from_secs(1) && rename < Duration::from_secs(1),
+        "chmod took {chmod:?} and rename {rename:?} behind the commit"
+    );
+    assert!(eventually(Duration::from_secs(60), || b
+        .head("big.bin")
+        .is_none()
+        && b.head("moved.bin").is_some()));
+    assert_eq!(sha256(&b.get("moved.bin")), sha256(&data));
+    assert_eq!(
+        b.header("moved.bin", "mode").unwrap(),
+        (0o100600).to_string()
+    );
+    assert_eq!(b.multipart_uploads(), 0);
+}
+
+/// `touch -a`, `touch -m` and `touch -d` each move exactly the times POSIX says (utimensat:
+/// the named times, and ctime), checked after a remount with no metadata cache.
+#[test]
+fn touch_moves_exactly_the_times_asked() {
+    let moto = common::moto::Moto::start();
+    let bucket = "touch";
+    moto.create_bucket(bucket);
+    let mount = || {
+        Mount::new(
+            bucket,
+            "wr-touch",
+            &["--endpoint-url", &moto.endpoint, "--metadata-ttl", "0"],
+        )
+    };
+    let m = mount();
+    let f = m.path.join("f");
+    fs::write(&f, "x").unwrap();
+    let set = |args: &str| sh(&format!("touch {args} {}", f.display()));
+    let times = || {
+        let md = fs::metadata(&f).unwrap();
+        (md.atime(), md.mtime())
+    };
+    set("-d '2001-02-03 04:05:06'");
+    let base = times();
+    set("-a -d '2011-01-01 00:00:00'");
+    let after_a = times();
+    assert_ne!(after_a.0, base.0, "touch -a moves atime");
+    assert_eq!(after_a.1, base.1, "touch -a keeps mtime");
+    set("-m -d '2012-01-01 00:00:00'");
+    let after_m = times();
+    assert_eq!(after_m.0, after_a.0, "touch -m keeps atime");
+    assert_ne!(after_m.1, after_a.1, "touch -m moves mtime");
+    let before = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    set("-a");
+    let now_a = times();
+    assert!(now_a.0 >= before, "touch -a (now) sets atime to now");
+    assert_eq!(now_a.1, after_m.1, "touch -a (now) keeps mtime");
+    drop(m);
+    let m = mount();
+    let f = m.path.join("f");
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.atime(), md.mtime()), now_a, "after a remount");
+}
+
+/// chmod of a directory marker that another tool wrote, found through a listing, copies the
+/// marker (its other headers and its tags stay); rmdir of a legacy `name` directory object
+/// removes it.
+#[test]
+fn directory_objects_of_other_tools_keep_their_headers_and_go_with_rmdir() {
+    let moto = common::moto::Moto::start();
+    let bucket = "dirobjs";
+    moto.create_bucket(bucket);
+    let s3 = &moto.client;
+    let put = |key: &str, ctype: &str, meta: &[(&str, &str)]| {
+        let mut call = s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(ctype)
+            .tagging("made-by=tool")
+            .body(Vec::new().into());
+        for (k, v) in meta {
+            call = call.metadata(*k, *v);
+        }
+        moto.rt.block_on(call.send()).unwrap();
+    };
+    put(
+        "tool/",
+        "application/x-directory",
+        &[("owner-tool", "kept")],
+    );
+    put("tool/inside", "text/plain", &[]);
+    put("legacy", "application/x-directory", &[]);
+    let m = Mount::new(bucket, "wr-dirobjs", &["--endpoint-url", &moto.endpoint]);
+    sh(&format!("ls -l {} > /dev/null", m.path.display()));
+    fs::set_permissions(m.path.join("tool"), fs::Permissions::from_mode(0o751)).unwrap();
+    let head = moto
+        .rt
+        .block_on(s3.head_object().bucket(bucket).key("tool/").send())
+        .unwrap();
+    let meta = head.metadata().cloned().unwrap_or_default();
+    assert_eq!(meta.get("mode"), Some(&(0o40751).to_string()), "{meta:?}");
+    assert_eq!(
+        meta.get("owner-tool").map(String::as_str),
+        Some("kept"),
+        "{meta:?}"
+    );
+    // Copied, not written anew: the marker's tags are still there.
+    let tags = moto
+        .rt
+        .block_on(s3.get_object_tagging().bucket(bucket).key("tool/").send())
+        .unwrap();
+    let tags: Vec<_> = tags
+        .tag_set()
+        .iter()
+        .map(|t| format!("{}={}", t.key(), t.value()))
+        .collect();
+    assert_eq!(tags, ["made-by=tool"]);
+
+    let legacy = m.path.join("legacy");
+    assert!(fs::metadata(&legacy).unwrap().is_dir());
+    fs::set_permissions(&legacy, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::remove_dir(&legacy).unwrap();
+    for key in ["legacy", "legacy/"] {
+        assert!(
+            moto.metadata(bucket, key).is_none(),
+            "{key} is still in the bucket"
+        );
+    }
+    assert!(fs::metadata(&legacy).is_err());
+}
+
+/// An open that empties a file and streams new bytes into it while its rename is copying
+/// the object (the server stalled mid-rename): the bytes land under the new name only, and
+/// the old name does not come back.
+#[test]
+fn a_stream_begun_during_a_rename_lands_under_the_new_name() {
+    use std::os::unix::fs::FileExt;
+
+    let b = Bucket::new("wr-rename-stream");
+    b.put("doc", pseudo_random(4 << 20, 43));
+    let px = proxy();
+    let m = Mount::new(
+        &b.name,
+        "wr-rename-stream",
+        &["--endpoint-url", &px.endpoint],
+    );
+    let data = pseudo_random(1 << 20, 44);
+    let (from, to) = (m.path.join("doc"), m.path.join("doc2"));
+    // A handle open for writing: the rename moves a file that has a writer.
+    let f = fs::OpenOptions::new().write(true).open(&from).unwrap();
+    px.stall();
+    let rename = std::thread::spawn(move || fs::rename(from, to));
+    std::thread::sleep(Duration::from_secs(1));
+    // An O_TRUNC open through /proc (no lookup in the directory the rename holds, and no
+    // lock on the file, unlike truncate and write): a new stream, no request yet; its write
+    // then waits for the rename.
+    let writer = {
+        use std::os::fd::AsRawFd;
+        let data = data.clone();
+        let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+        std::thread::spawn(move || {
+            let t = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .unwrap();
+            t.write_all_at(&data, 0).unwrap();
+            drop(f);
+            t
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    px.resume();
+    within(Duration::from_secs(60), "the rename", move || {
+        rename.join().unwrap()
+    })
+    .unwrap();
+    drop(writer.join().unwrap());
+    assert_eq!(b.keys(), ["doc2"]);
+    assert_eq!(sha256(&b.get("doc2")), sha256(&data));
+}
