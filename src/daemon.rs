@@ -429,6 +429,12 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         budget: WriteBudget::new(up.budget),
         staging,
         tasks: TaskTracker::new(),
+        owed_record: Some(format!(
+            "{}\0{}\0{}",
+            config.store.endpoint_url.as_deref().unwrap_or("aws"),
+            config.store.bucket,
+            config.fs.prefix
+        )),
     };
     let disk = match &config.cache.disk {
         Some(disk) => {
@@ -454,6 +460,12 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     };
     let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache).with_disk(disk));
     let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
+    // Deletes an earlier run owed at a last close, in the background (the mount is not held).
+    let owed = Arc::clone(&fs);
+    fs.tasks().spawn_on(
+        async move { owed.settle_earlier_deletes().await },
+        rt.handle(),
+    );
     let adapter = FuseAdapter::new(Arc::clone(&fs), rt.handle().clone());
 
     let mut fuse_config = fuser::Config::default();

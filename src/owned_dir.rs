@@ -197,6 +197,51 @@ impl OwnedDir {
         Self::checked(path, fd)
     }
 
+    /// Replaces file `name` in this directory with `bytes` (mode 0600): written under a fresh
+    /// name made with `O_EXCL | O_NOFOLLOW`, then renamed over `name`, so a reader never sees
+    /// half of it and no planted link is followed.
+    pub fn replace_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let temp = format!(".{name}.new");
+        let _ = unlinkat(&self.fd, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(
+            &self.fd,
+            temp.as_str(),
+            flags,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )?;
+        let mut file = File::from(fd);
+        file.write_all(bytes)?;
+        file.sync_data()?;
+        nix::fcntl::renameat(&self.fd, temp.as_str(), &self.fd, name)?;
+        Ok(())
+    }
+
+    /// The bytes of file `name` in this directory (`None`: there is none), not following a
+    /// symlink.
+    pub fn read_file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut bytes = Vec::new();
+        File::from(fd).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// Removes file `name` from this directory, if it is there.
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A new file with no name, open for reading and writing (mode 0600): `O_TMPFILE`, or a
     /// fresh name made with `O_EXCL | O_NOFOLLOW` and unlinked at once (3.).
     pub fn unnamed_file(&self) -> io::Result<File> {

@@ -292,3 +292,82 @@ fn a_stream_begun_during_a_rename_lands_under_the_new_name() {
     assert_eq!(b.keys(), ["doc2"]);
     assert_eq!(sha256(&b.get("doc2")), sha256(&data));
 }
+
+/// `rm` of a 1 GiB object held open by a reader returns at once with no GET of it; the reader
+/// reads the old bytes to EOF; the object goes at the last close.
+#[test]
+fn unlinking_a_file_open_for_reading_downloads_nothing_and_deletes_at_the_last_close() {
+    use std::io::Read;
+
+    let b = Bucket::new("wr-unlink-read");
+    let data = pseudo_random(1 << 30, 45);
+    b.put("big.bin", data.clone());
+    b.put("other", "stays");
+    let px = proxy();
+    let m = Mount::new(&b.name, "wr-unlink-read", &["--endpoint-url", &px.endpoint]);
+    let path = m.path.join("big.bin");
+    let mut f = fs::File::open(&path).unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    f.read_exact(&mut got).unwrap();
+    // The reader's read-ahead settles first.
+    let gets_now = || px.counts().get.load(std::sync::atomic::Ordering::SeqCst);
+    let mut gets = gets_now();
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        if gets_now() == gets {
+            break;
+        }
+        gets = gets_now();
+    }
+    let started = Instant::now();
+    fs::remove_file(&path).unwrap();
+    let took = started.elapsed();
+    let gets_by_rm = gets_now() - gets;
+    assert!(took < Duration::from_millis(500), "rm took {took:?}");
+    assert_eq!(gets_by_rm, 0, "rm read the object");
+    assert_eq!(
+        fs::metadata(&path).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    let listed: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(listed, ["other"]);
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    f.read_to_end(&mut got).unwrap();
+    assert_eq!(sha256(&got), sha256(&data), "the reader read the old bytes");
+    assert!(b.head("big.bin").is_some(), "deleted before the last close");
+    drop(f);
+    assert!(eventually(Duration::from_secs(10), || b
+        .head("big.bin")
+        .is_none()));
+    assert_eq!(b.get("other"), b"stays");
+}
+
+/// A daemon killed between the unlink and the last close deletes what it owed at its next
+/// start; a version written under the name since is left alone.
+#[test]
+fn a_delete_owed_at_the_last_close_survives_a_kill() {
+    let b = Bucket::new("wr-unlink-kill");
+    b.put("gone", "old");
+    b.put("rewritten", "old");
+    let mount = || Mount::new(&b.name, "wr-unlink-kill", &[]);
+    let m = mount();
+    let f = fs::File::open(m.path.join("gone")).unwrap();
+    let g = fs::File::open(m.path.join("rewritten")).unwrap();
+    fs::remove_file(m.path.join("gone")).unwrap();
+    fs::remove_file(m.path.join("rewritten")).unwrap();
+    b.put("rewritten", "new");
+    let pid = m.daemon_pid().unwrap();
+    sh(&format!("kill -9 {pid}"));
+    assert!(common::wait_gone(pid, Duration::from_secs(10)));
+    drop((f, g));
+    drop(m);
+    assert!(b.head("gone").is_some());
+    let _m = mount();
+    assert!(eventually(Duration::from_secs(10), || b
+        .head("gone")
+        .is_none()));
+    assert_eq!(b.get("rewritten"), b"new");
+}

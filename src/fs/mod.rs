@@ -33,6 +33,7 @@
 //!    still exists shows once the file is seen gone, or in the next listing.)
 
 mod activity;
+pub mod deferred;
 mod dir;
 pub mod inode;
 pub mod list;
@@ -142,6 +143,9 @@ pub struct Writes {
     pub staging: Arc<StagingDir>,
     /// Background work (aborts of abandoned uploads) that shutdown waits for.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Endpoint, bucket and prefix, naming the record of deletes owed at a last close in the
+    /// staging directory (`None`: not recorded across restarts).
+    pub owed_record: Option<String>,
 }
 
 /// Attributes of one node, FUSE-free.
@@ -243,6 +247,8 @@ pub struct Fs {
     uploads: crate::upload::UploadRegistry,
     /// Failed commits, for `bucketfs status`.
     failures: Mutex<activity::Failures>,
+    /// Deletes of unlinked files that wait for their last close.
+    deferred: deferred::Deferred,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -295,6 +301,13 @@ impl Fs {
         writes: Writes,
     ) -> Self {
         let meta = Meta::new(config.metadata_ttl, config.negative_ttl);
+        let record = writes
+            .owed_record
+            .clone()
+            .map(|source| deferred::DeleteRecord {
+                staging: Arc::clone(&writes.staging),
+                source,
+            });
         let ttl_nanos = u64::try_from(config.metadata_ttl.as_nanos()).unwrap_or(u64::MAX);
         Self {
             store,
@@ -317,7 +330,18 @@ impl Fs {
             passthrough: Default::default(),
             uploads: Default::default(),
             failures: Default::default(),
+            deferred: deferred::Deferred::new(record),
         }
+    }
+
+    /// Deletes what an earlier run of this mount owed at a last close (see deferred.rs).
+    pub async fn settle_earlier_deletes(&self) {
+        self.deferred.settle_earlier(self.store.as_ref()).await;
+    }
+
+    /// A HEAD's answer, unless it is a version whose delete waits for a last close.
+    fn visible(&self, head: Option<ObjectMeta>) -> Option<ObjectMeta> {
+        head.filter(|m| !self.deferred.hides(&m.key, &m.etag))
     }
 
     /// Background tasks (aborts) that must finish before the process exits.
@@ -578,7 +602,7 @@ impl Fs {
         let key = self.key_of(path);
         // A known file's HEAD goes first, alone; its answer stands in for the concurrent one.
         let known = if known_file {
-            match self.store.head_object(&key).await? {
+            match self.visible(self.store.head_object(&key).await?) {
                 Some(meta) if !list::is_dir_object(&meta) => {
                     return Ok(Some((object_kind(&meta), Some(meta))))
                 }
@@ -610,7 +634,7 @@ impl Fs {
             };
             return Ok(Some((Kind::Dir, meta)));
         }
-        match head? {
+        match self.visible(head?) {
             Some(meta) => Ok(Some((object_kind(&meta), Some(meta)))),
             // Nothing under either name: perhaps another tool's `name_$folder$` directory.
             None => {
@@ -646,6 +670,9 @@ impl Fs {
         if let Some(writer) = self.writer_of(ino) {
             return Ok(self.writer_attr(&writer));
         }
+        if let Some(attr) = self.deferred.attr(ino) {
+            return Ok(attr);
+        }
         let (kind, meta) = self.node(ino).await?;
         let mut attr = self.attr(ino, kind, meta.as_ref());
         if kind == Kind::Dir {
@@ -669,6 +696,11 @@ impl Fs {
         let mut t = self.tables.lock();
         let mut entries = Vec::new();
         for (name, child) in children {
+            if let Child::File(meta) = &child {
+                if self.deferred.hides(&meta.key, &meta.etag) {
+                    continue;
+                }
+            }
             let child_path = join(path, &name);
             let child_ino = t.meta.ino_for(&child_path);
             let known = t.meta.known_meta(child_ino);

@@ -465,7 +465,15 @@ impl Fs {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         let key = self.key_of(&path);
-        if self.is_open(attr.ino) {
+        if self.is_open(attr.ino) && self.writer_of(attr.ino).is_none() {
+            // Only readers: the object stays, hidden, until their last close (deferred.rs).
+            let etag = match self.node(attr.ino).await? {
+                (_, Some(meta)) => meta.etag,
+                (_, None) => return Err(FsError::not_found()),
+            };
+            self.deferred.defer(attr.ino, key, etag, attr);
+            self.tables.lock().meta.unlinked_open(&path);
+        } else if self.is_open(attr.ino) {
             self.keep_for_handles(attr.ino).await?;
             if let Err(e) = self.store.delete_object(&key).await {
                 self.unkeep(attr.ino).await;

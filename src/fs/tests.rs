@@ -57,6 +57,7 @@ fn writes_with(staging_limit: u64) -> Writes {
         budget: WriteBudget::new(64 << 20),
         staging: StagingDir::new(&dir, staging_limit).unwrap(),
         tasks: tokio_util::task::TaskTracker::new(),
+        owed_record: None,
     }
 }
 

@@ -985,6 +985,11 @@ impl Fs {
                 self.tables.lock().meta.orphan_closed(file.ino);
             }
         }
+        // The last handle of a file unlinked while only read: its delete is due now.
+        if self.deferred.owes(file.ino) && !self.is_open(file.ino) {
+            self.deferred.closed(file.ino, self.store.as_ref()).await;
+            self.tables.lock().meta.orphan_closed(file.ino);
+        }
     }
 
     /// Drops one handle of `writer`; the last one commits leftovers and unregisters it.

@@ -90,6 +90,21 @@ impl StagingDir {
         }))
     }
 
+    /// Replaces the small record file `name` (a daemon's notes for its next start).
+    pub fn save_record(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        Arc::clone(&self.dir.lock()).replace_file(name, bytes)
+    }
+
+    /// The record file `name`, if there is one.
+    pub fn load_record(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+        Arc::clone(&self.dir.lock()).read_file(name)
+    }
+
+    /// Removes the record file `name`.
+    pub fn remove_record(&self, name: &str) -> std::io::Result<()> {
+        Arc::clone(&self.dir.lock()).remove_file(name)
+    }
+
     /// Bytes held by staging files now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
