@@ -573,3 +573,38 @@ fn a_checksum_makes_bytes_damaged_on_the_way_fail_the_commit() {
         "the proxy damaged nothing: this test could not fail"
     );
 }
+
+/// With `--checksum crc32c` the object keeps its checksum, as the SDKs leave it: a HEAD with
+/// checksum mode on returns it, for a small object and a multipart one (moto keeps them).
+#[test]
+fn a_checksum_is_stored_with_the_object() {
+    let moto = common::moto::Moto::start();
+    let bucket = "stored-checksum";
+    moto.create_bucket(bucket);
+    let m = Mount::new(
+        bucket,
+        "stored-checksum",
+        &["--endpoint-url", &moto.endpoint, "--checksum", "crc32c"],
+    );
+    std::fs::write(m.path.join("small"), b"123456789").unwrap();
+    let big = common::pseudo_random(12 << 20, 51);
+    std::fs::write(m.path.join("multipart"), &big).unwrap();
+    for (key, expected) in [("small", Some("4waSgw==")), ("multipart", None)] {
+        let head = moto
+            .rt
+            .block_on(
+                moto.client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                    .send(),
+            )
+            .unwrap();
+        let stored = head.checksum_crc32_c();
+        assert!(stored.is_some(), "{key}: no stored CRC-32C: {head:?}");
+        if let Some(expected) = expected {
+            assert_eq!(stored, Some(expected), "{key}");
+        }
+    }
+}
