@@ -501,16 +501,26 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
     let stop_notifications = tokio_util::sync::CancellationToken::new();
     let mut notify_stats = None;
     if let Some(n) = &notifications {
-        match KernelNotifier::start(session.notifier()) {
-            Ok(kernel) => fs.attach_kernel(Arc::new(kernel)),
-            Err(e) => tracing::warn!("cannot start the kernel invalidation thread: {e}"),
-        }
+        let pushed = match KernelNotifier::start(session.notifier()) {
+            Ok(kernel) => {
+                fs.attach_kernel(Arc::new(kernel));
+                (config.fs.metadata_ttl, config.fs.negative_ttl)
+            }
+            Err(e) => {
+                // Events still reach the mount's caches, but not the kernel's: entries it was
+                // given must expire by the TTL used without notifications.
+                let (ttl, negative) = config.notify.fallback_ttls;
+                tracing::warn!("cannot start the kernel invalidation thread: {e}; metadata trusted for {ttl:?}, as without notifications");
+                fs.set_ttls(ttl, negative);
+                (ttl, negative)
+            }
+        };
         let consumer = Consumer::new(
             Arc::clone(&n.queue),
             Arc::clone(&fs) as Arc<dyn Sink>,
             config.store.bucket.clone(),
             Ttls {
-                pushed: (config.fs.metadata_ttl, config.fs.negative_ttl),
+                pushed,
                 fallback: config.notify.fallback_ttls,
             },
         );
@@ -519,7 +529,7 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         tracing::info!(
             queue = n.queue.name(),
             "notifications on: metadata trusted for {:?}",
-            config.fs.metadata_ttl
+            pushed.0
         );
     }
     let info = MountInfo {

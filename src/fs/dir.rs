@@ -299,7 +299,7 @@ impl Fs {
                         gone = true;
                         return false;
                     }
-                    listing.append(fs.register_children(&path, batch));
+                    listing.append(fs.register_children(&path, batch, token));
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
                     }

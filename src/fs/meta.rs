@@ -27,6 +27,10 @@
 //!    the ancestors whose existence may have changed are invalidated too, from the parent up,
 //!    stopping at the first that is known to stay as it was. The event returns what the
 //!    kernel must forget, since the kernel was given these entries for a TTL of its own.
+//! 7. Fills are fenced: a HEAD, a probe or a listing page takes the change number when it is
+//!    sent (`fill_started`), and what it answers is not stored (`seen_since`, `missed_since`)
+//!    if the name's directory changed meanwhile (an S3 event, a change of this mount): an
+//!    answer read before an event must not undo the event for a whole (notified) TTL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -248,6 +252,49 @@ impl Meta {
         );
     }
 
+    /// A HEAD, probe or listing page is sent now: the change number its answer must not see
+    /// passed for the directory of the names it answers for (see 7.).
+    pub fn fill_started(&self) -> ListToken {
+        ListToken(self.seq)
+    }
+
+    /// True when directory `dir` changed after `token`.
+    fn changed_after(&self, dir: Ino, token: ListToken) -> bool {
+        let last = self
+            .changed
+            .peek(&dir)
+            .copied()
+            .unwrap_or(self.changed_floor);
+        last > token.0
+    }
+
+    /// `seen_ino`, for an answer read since `token`: not stored if `ino`'s directory changed
+    /// meanwhile (see 7.). Returns whether it was stored.
+    pub fn seen_since(
+        &mut self,
+        ino: Ino,
+        kind: Kind,
+        meta: Option<ObjectMeta>,
+        token: ListToken,
+    ) -> bool {
+        let parent = self
+            .inodes
+            .path(ino)
+            .and_then(|path| self.inodes.get(split(&path).0));
+        if parent.is_some_and(|dir| self.changed_after(dir, token)) {
+            return false;
+        }
+        self.seen_ino(ino, kind, meta);
+        true
+    }
+
+    /// `missed`, for an answer read since `token` (see 7.).
+    pub fn missed_since(&mut self, parent: Ino, name: &str, token: ListToken) {
+        if !self.changed_after(parent, token) {
+            self.missed(parent, name);
+        }
+    }
+
     /// `name` does not exist in `parent`.
     pub fn missed(&mut self, parent: Ino, name: &str) {
         let expires = Instant::now() + self.negative_ttl;
@@ -265,12 +312,7 @@ impl Meta {
     /// The complete, sorted listing of `dir` that started at `token`; cached unless the
     /// directory changed meanwhile (see 2.). Returns whether it was cached.
     pub fn listed(&mut self, dir: Ino, token: ListToken, entries: Vec<DirEntry>) -> bool {
-        let last = self
-            .changed
-            .peek(&dir)
-            .copied()
-            .unwrap_or(self.changed_floor);
-        if last > token.0 {
+        if self.changed_after(dir, token) {
             return false;
         }
         let now = Instant::now();

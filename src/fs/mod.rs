@@ -496,13 +496,21 @@ impl Fs {
         self.written.lock().pop(&ino);
     }
 
-    /// Records what the store said of `path`; returns its attributes, counted as an entry
+    /// Records what the store said of `path` in an answer asked for at `token` (not kept if
+    /// the name changed since: meta.rs, 7.); returns its attributes, counted as an entry
     /// handed to the kernel when `to_kernel`.
-    fn remember(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>, to_kernel: bool) -> Attr {
+    fn remember(
+        &self,
+        path: &str,
+        kind: Kind,
+        meta: Option<ObjectMeta>,
+        to_kernel: bool,
+        token: ListToken,
+    ) -> Attr {
         let mut t = self.tables.lock();
         let ino = t.meta.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
-        t.meta.seen_ino(ino, kind, meta);
+        t.meta.seen_since(ino, kind, meta, token);
         if to_kernel {
             t.meta.looked_up_ino(ino);
         }
@@ -551,10 +559,11 @@ impl Fs {
                 Cached::Unknown => {}
             }
         }
+        let token = self.fill_started();
         match self.probe(&path, self.known_file(&path)).await? {
-            Some((kind, meta)) => Ok(self.remember(&path, kind, meta, to_kernel)),
+            Some((kind, meta)) => Ok(self.remember(&path, kind, meta, to_kernel, token)),
             None => {
-                self.tables.lock().meta.missed(parent, name);
+                self.tables.lock().meta.missed_since(parent, name, token);
                 Err(FsError::not_found())
             }
         }
@@ -659,9 +668,10 @@ impl Fs {
         };
         let path = path.ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))?;
         let known_file = self.known_file(&path);
+        let token = self.fill_started();
         let probed = self.probe(&path, known_file).await?;
         let (kind, meta) = probed.ok_or_else(FsError::not_found)?;
-        self.remember(&path, kind, meta.clone(), false);
+        self.remember(&path, kind, meta.clone(), false, token);
         Ok((kind, meta))
     }
 
@@ -687,11 +697,18 @@ impl Fs {
         self.tables.lock().meta.fresh_listing(ino)
     }
 
-    /// Records listed children (inode numbers, attributes) and returns them as entries.
+    /// The change number an answer about to be asked for must not see passed (meta.rs, 7.).
+    fn fill_started(&self) -> ListToken {
+        self.tables.lock().meta.fill_started()
+    }
+
+    /// Records listed children (inode numbers, attributes) of a listing started at `token`
+    /// and returns them as entries.
     fn register_children(
         &self,
         path: &str,
         children: impl IntoIterator<Item = (String, Child)>,
+        token: ListToken,
     ) -> Vec<DirEntry> {
         let mut t = self.tables.lock();
         let mut entries = Vec::new();
@@ -722,7 +739,7 @@ impl Fs {
                 Some(writer) => self.writer_attr(writer),
                 None => self.attr(child_ino, kind, meta.as_ref()),
             };
-            t.meta.seen_ino(child_ino, kind, meta);
+            t.meta.seen_since(child_ino, kind, meta, token);
             entries.push(DirEntry { name, attr });
         }
         entries

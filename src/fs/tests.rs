@@ -876,3 +876,34 @@ async fn a_stream_begun_during_a_rename_lands_under_the_new_name() {
     assert!(memory.object("doc").is_none(), "the old name came back");
     assert_eq!(&memory.object("doc2").unwrap().0[..], b"new bytes");
 }
+
+/// A lookup whose answer was read before an S3 event about the name lands after it: the old
+/// answer is returned to that lookup but not cached, so the next question asks again instead
+/// of serving the old version for the (notified, long) TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_read_before_an_event_is_not_cached_after_it() {
+    use crate::store::faulty::FaultyStore;
+    let memory = Arc::new(MemoryStore::new());
+    memory.put("dir/f", "old");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let fs = fs_with(faulty.clone(), Duration::from_secs(3600), writes());
+    let dir = fs.lookup(Ino::ROOT, "dir").await.unwrap().ino;
+    // The probe's HEAD answers "old" at once; its LIST is held until after the event.
+    let lists = faulty.calls("ListObjectsV2");
+    faulty.hold("ListObjectsV2", 1);
+    let lookup = {
+        let fs = Arc::clone(&fs);
+        tokio::spawn(async move { fs.lookup(dir, "f").await })
+    };
+    until(|| faulty.calls("ListObjectsV2") > lists).await;
+    memory.put("dir/f", "new bytes");
+    fs.changed_elsewhere("dir/f", &Elsewhere::Created { etag: None });
+    faulty.release();
+    let answered = lookup.await.unwrap().unwrap();
+    assert_eq!(
+        answered.size, 3,
+        "the lookup in flight answers what it read"
+    );
+    let now = fs.getattr(answered.ino).await.unwrap();
+    assert_eq!(now.size, 9, "the old answer was cached over the event");
+}

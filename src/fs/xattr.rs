@@ -169,10 +169,11 @@ impl Fs {
         } else {
             self.key_of(&path)
         };
+        let token = self.fill_started();
         let meta = self.with_headers(&key, meta).await?;
         if let Some(m) = &meta {
             // Remembered for the next question.
-            self.remember(&path, kind, Some(m.clone()), false);
+            self.remember(&path, kind, Some(m.clone()), false, token);
         }
         Ok(meta.and_then(|m| m.metadata))
     }
