@@ -285,6 +285,7 @@ impl Fs {
         let source = CopySource {
             key: &key,
             etag: &etag,
+            size,
         };
         let replace = (&metadata, Some(content_type.as_str()));
         let etag = self.copy(source, size, &key, Some(replace)).await?;
@@ -693,6 +694,7 @@ impl Fs {
         let source = CopySource {
             key: &meta.key,
             etag: &meta.etag,
+            size: meta.size,
         };
         // A rename changes the node's status: its ctime moves (headers otherwise kept).
         let moved = Posix {
@@ -736,6 +738,7 @@ impl Fs {
                     let source = CopySource {
                         key: &o.key,
                         etag: &o.etag,
+                        size: o.size,
                     };
                     self.copy(source, o.size, &new_key, None).await?;
                     Ok(())

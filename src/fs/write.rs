@@ -719,6 +719,7 @@ impl Fs {
                 let source = CopySource {
                     key: &meta.key,
                     etag: &meta.etag,
+                    size: meta.size,
                 };
                 let content_type = meta
                     .content_type
@@ -783,6 +784,7 @@ impl Fs {
             let source = CopySource {
                 key: &landed,
                 etag: &uploaded.etag,
+                size: uploaded.size,
             };
             let replace = (&metadata, Some(content_type.as_str()));
             uploaded.etag = self

@@ -208,6 +208,7 @@ async fn conditional_requests(store: &dyn ObjectStore, p: &str) -> CaseResult {
     let source = CopySource {
         key: &key,
         etag: &old,
+        size: 0,
     };
     expect_kind(
         store.copy_object(source, &format!("{p}copy"), None).await,
@@ -412,6 +413,7 @@ async fn copies_keep_or_replace_metadata(store: &dyn ObjectStore, p: &str) -> Ca
     let source = || CopySource {
         key: &key,
         etag: &etag,
+        size: 4,
     };
     store
         .copy_object(source(), &format!("{p}kept"), None)

@@ -91,6 +91,8 @@ pub struct CopySource<'a> {
     pub key: &'a str,
     /// Its ETag, sent as `x-amz-copy-source-if-match` so a changed source fails the copy.
     pub etag: &'a str,
+    /// Its size in bytes (or of the range a part copies): a copy's deadline grows with it.
+    pub size: u64,
 }
 
 /// One page of a ListObjectsV2 answer.

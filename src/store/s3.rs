@@ -80,6 +80,12 @@ const BODY_CHUNK: usize = 64 << 10;
 /// the answer is awaited for `stall_timeout` plus the body's size at this rate.
 const MIN_LINK_RATE: u64 = 128 << 10;
 
+/// The slowest server-side copy a copy's deadline allows for (8 MiB/s): a copy sends no
+/// bytes of its own to measure progress by, and the server may say nothing until it is done,
+/// so each attempt is given the usual timeout plus its size at this rate (a 5 GiB CopyObject:
+/// about 11 minutes), instead of the 30 s a request without a body gets.
+const MIN_COPY_RATE: u64 = 8 << 20;
+
 /// A bucket reached through aws-sdk-s3.
 #[derive(Debug, Clone)]
 pub struct S3Store {
@@ -87,6 +93,9 @@ pub struct S3Store {
     bucket: String,
     request_timeout: Duration,
     stall_timeout: Duration,
+    /// Connect and read timeouts, for the per-request settings of copies.
+    connect_timeout: Duration,
+    read_timeout: Duration,
     max_attempts: u32,
     /// Timeouts for requests with a body: connect only (see 2.).
     transfer_timeouts: TimeoutConfig,
@@ -375,6 +384,8 @@ impl S3Store {
             bucket: config.bucket.clone(),
             request_timeout: config.request_timeout,
             stall_timeout: config.stall_timeout,
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
             max_attempts: config.max_attempts,
             checksum: config.checksum,
             transfer_timeouts: TimeoutConfig::builder()
@@ -856,8 +867,11 @@ impl ObjectStore for S3Store {
             .part_number(number)
             .copy_source(copy_source(&self.bucket, source.key))
             .copy_source_if_match(source.etag)
-            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1));
-        let out = self.bounded(&what, call.send()).await?;
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .customize()
+            .config_override(self.copy_config(range.end - range.start))
+            .send();
+        let out = self.copying(&what, range.end - range.start, call).await?;
         Ok(CompletedPart {
             number,
             etag: out
@@ -943,7 +957,11 @@ impl ObjectStore for S3Store {
                 .set_metadata(metadata_map(metadata))
                 .set_content_type(content_type.map(str::to_string));
         }
-        let out = self.bounded(&what, call.send()).await?;
+        let call = call
+            .customize()
+            .config_override(self.copy_config(source.size))
+            .send();
+        let out = self.copying(&what, source.size, call).await?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -1005,6 +1023,50 @@ impl S3Store {
             }
         })
         .await
+    }
+
+    /// How long one attempt of a server-side copy of `bytes` may take (see `MIN_COPY_RATE`).
+    fn copy_attempt(&self, bytes: u64) -> Duration {
+        self.read_timeout + Duration::from_secs(bytes / MIN_COPY_RATE)
+    }
+
+    /// Per-request settings for a server-side copy of `bytes`: its attempts and reads are
+    /// bounded by its size, not by the timeout of a request without a body.
+    fn copy_config(&self, bytes: u64) -> aws_sdk_s3::config::Builder {
+        let attempt = self.copy_attempt(bytes);
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(self.connect_timeout)
+                .read_timeout(attempt)
+                .operation_attempt_timeout(attempt)
+                .build(),
+        )
+    }
+
+    /// Runs a server-side copy of `bytes` under a deadline that grows with its size (every
+    /// attempt's, plus the usual whole-request bound), and classifies its error.
+    async fn copying<T, E>(
+        &self,
+        what: &str,
+        bytes: u64,
+        call: impl std::future::Future<
+            Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+        >,
+    ) -> Result<T, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let limit = self.request_timeout + self.copy_attempt(bytes) * self.max_attempts;
+        let request =
+            crate::metrics::counting_attempts(async { call.await.map_err(|e| classify(what, e)) });
+        tokio::time::timeout(limit, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("{what}: no complete answer within {limit:?}"),
+                ))
+            })
     }
 
     /// Runs one SDK call under `request_timeout` (retries included) and classifies its error.
