@@ -361,6 +361,15 @@ fn startup_message(store: &StoreConfig, err: &StoreError) -> String {
     }
 }
 
+/// The bucket a mount reads, as the records it keeps on disk name it: endpoint and bucket.
+fn bucket_id(config: &Config) -> String {
+    format!(
+        "{}\0{}",
+        config.store.endpoint_url.as_deref().unwrap_or("aws"),
+        config.store.bucket
+    )
+}
+
 /// Checks the bucket, mounts, reports readiness, and runs until unmounted.
 /// `ready` is the start-up pipe of a background daemon: it gets "OK" and is closed once the mount
 /// is live, and stays open for the caller to report an error otherwise.
@@ -429,22 +438,12 @@ fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
         budget: WriteBudget::new(up.budget),
         staging,
         tasks: TaskTracker::new(),
-        owed_record: Some(format!(
-            "{}\0{}\0{}",
-            config.store.endpoint_url.as_deref().unwrap_or("aws"),
-            config.store.bucket,
-            config.fs.prefix
-        )),
+        owed_record: Some(format!("{}\0{}", bucket_id(&config), config.fs.prefix)),
     };
     let disk = match &config.cache.disk {
         Some(disk) => {
-            let namespace = format!(
-                "{}\0{}",
-                config.store.endpoint_url.as_deref().unwrap_or("aws"),
-                config.store.bucket
-            );
             let opened =
-                DiskCache::open(disk, &namespace, config.cache.block_size).map_err(|e| {
+                DiskCache::open(disk, &bucket_id(&config), config.cache.block_size).map_err(|e| {
                     anyhow!("cannot use the disk cache: {e} (give a directory of your own with --disk-cache)")
                 })?;
             tracing::info!(

@@ -127,7 +127,7 @@ impl Deferred {
         );
         let mut left = Vec::new();
         for pending in owed {
-            if !delete_version(store, &pending).await {
+            if !delete_pending(store, &pending).await {
                 left.push(pending);
             }
         }
@@ -165,7 +165,7 @@ impl Deferred {
         let Some((pending, _)) = self.pending.lock().get(&ino).cloned() else {
             return;
         };
-        let done = delete_version(store, &pending).await;
+        let done = delete_pending(store, &pending).await;
         let mut all = self.pending.lock();
         if done {
             all.remove(&ino);
@@ -182,15 +182,8 @@ impl Deferred {
 
 /// Deletes `pending` if its key still holds that version; true when nothing is owed any more
 /// (deleted, gone, or replaced by a newer version that stays).
-async fn delete_version(store: &dyn ObjectStore, pending: &Pending) -> bool {
-    let result = match store.head_object(&pending.key).await {
-        Ok(Some(meta)) if super::same_etag(&meta.etag, &pending.etag) => {
-            store.delete_object(&pending.key).await
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    };
-    match result {
+async fn delete_pending(store: &dyn ObjectStore, pending: &Pending) -> bool {
+    match super::delete_version(store, &pending.key, &pending.etag).await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(key = %pending.key, "the delete owed at the last close failed (tried again at the next start): {e}");

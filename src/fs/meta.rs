@@ -258,8 +258,9 @@ impl Meta {
         ListToken(self.seq)
     }
 
-    /// True when directory `dir` changed after `token`.
-    fn changed_after(&self, dir: Ino, token: ListToken) -> bool {
+    /// True when directory `dir` changed after `token`: answers about its names read since
+    /// are not stored (see 7.).
+    pub fn changed_after(&self, dir: Ino, token: ListToken) -> bool {
         let last = self
             .changed
             .peek(&dir)

@@ -277,6 +277,19 @@ fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
 
+/// Deletes `key` if it still holds version `etag` (one HEAD first), never a version written
+/// under the name since; a key already gone is fine.
+async fn delete_version(
+    store: &dyn ObjectStore,
+    key: &str,
+    etag: &str,
+) -> Result<(), crate::store::StoreError> {
+    match store.head_object(key).await? {
+        Some(meta) if same_etag(&meta.etag, etag) => store.delete_object(key).await,
+        _ => Ok(()),
+    }
+}
+
 /// What an object is, from its mode header: a file unless the type bits name a symlink or
 /// a special file (a directory's mode on a plain object is not believed).
 fn object_kind(meta: &ObjectMeta) -> Kind {
@@ -711,6 +724,11 @@ impl Fs {
         token: ListToken,
     ) -> Vec<DirEntry> {
         let mut t = self.tables.lock();
+        // Fenced once per page: every child's directory is this one (meta.rs, 7.).
+        let fenced = t
+            .meta
+            .ino(path)
+            .is_some_and(|dir| t.meta.changed_after(dir, token));
         let mut entries = Vec::new();
         for (name, child) in children {
             if let Child::File(meta) = &child {
@@ -739,7 +757,9 @@ impl Fs {
                 Some(writer) => self.writer_attr(writer),
                 None => self.attr(child_ino, kind, meta.as_ref()),
             };
-            t.meta.seen_since(child_ino, kind, meta, token);
+            if !fenced {
+                t.meta.seen_ino(child_ino, kind, meta);
+            }
             entries.push(DirEntry { name, attr });
         }
         entries

@@ -93,14 +93,14 @@ pub struct RenameMode {
 }
 
 impl Fs {
-    /// Server-side copy of `source` (of `size` bytes) to `key`; headers replaced when given.
+    /// Server-side copy of `source` to `key`; headers replaced when given.
     pub(super) async fn copy(
         &self,
         source: CopySource<'_>,
-        size: u64,
         key: &str,
         replace: Option<(&UserMetadata, Option<&str>)>,
     ) -> Result<String, StoreError> {
+        let size = source.size;
         if source.key.ends_with('/') {
             // A `dir/` marker is copied like any object (its other headers stay); where there
             // is none (an implicit directory) or the server refuses to copy markers
@@ -288,7 +288,7 @@ impl Fs {
             size,
         };
         let replace = (&metadata, Some(content_type.as_str()));
-        let etag = self.copy(source, size, &key, Some(replace)).await?;
+        let etag = self.copy(source, &key, Some(replace)).await?;
         let new = ObjectMeta {
             key,
             size,
@@ -466,7 +466,8 @@ impl Fs {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         let key = self.key_of(&path);
-        if self.is_open(attr.ino) && self.writer_of(attr.ino).is_none() {
+        let open = self.is_open(attr.ino);
+        if open && self.writer_of(attr.ino).is_none() {
             // Only readers: the object stays, hidden, until their last close (deferred.rs).
             let etag = match self.node(attr.ino).await? {
                 (_, Some(meta)) => meta.etag,
@@ -474,7 +475,7 @@ impl Fs {
             };
             self.deferred.defer(attr.ino, key, etag, attr);
             self.tables.lock().meta.unlinked_open(&path);
-        } else if self.is_open(attr.ino) {
+        } else if open {
             self.keep_for_handles(attr.ino).await?;
             if let Err(e) = self.store.delete_object(&key).await {
                 self.unkeep(attr.ino).await;
@@ -708,7 +709,7 @@ impl Fs {
             _ => self.guess_type(new_key),
         };
         let replace = (&headers, Some(content_type.as_str()));
-        let etag = self.copy(source, meta.size, new_key, Some(replace)).await?;
+        let etag = self.copy(source, new_key, Some(replace)).await?;
         self.store.delete_object(&meta.key).await?;
         Ok(ObjectMeta {
             key: new_key.to_string(),
@@ -740,7 +741,7 @@ impl Fs {
                         etag: &o.etag,
                         size: o.size,
                     };
-                    self.copy(source, o.size, &new_key, None).await?;
+                    self.copy(source, &new_key, None).await?;
                     Ok(())
                 }
             })

@@ -725,18 +725,13 @@ impl Fs {
                     .content_type
                     .clone()
                     .unwrap_or_else(|| self.guess_type(key));
-                self.copy(
-                    source,
-                    meta.size,
-                    key,
-                    Some((metadata, Some(&content_type))),
-                )
-                .await
-                .map(|etag| Uploaded {
-                    etag,
-                    size: meta.size,
-                    metadata: metadata.clone(),
-                })
+                self.copy(source, key, Some((metadata, Some(&content_type))))
+                    .await
+                    .map(|etag| Uploaded {
+                        etag,
+                        size: meta.size,
+                        metadata: metadata.clone(),
+                    })
             }
             Content::Base(None) => {
                 let mut upload = self.new_upload(key, st.content_type.as_deref());
@@ -787,9 +782,7 @@ impl Fs {
                 size: uploaded.size,
             };
             let replace = (&metadata, Some(content_type.as_str()));
-            uploaded.etag = self
-                .copy(source, uploaded.size, &key, Some(replace))
-                .await?;
+            uploaded.etag = self.copy(source, &key, Some(replace)).await?;
             uploaded.metadata = metadata;
             if landed != key {
                 self.store.delete_object(&landed).await?;
@@ -824,14 +817,7 @@ impl Fs {
     /// The version a renamed writer committed under its old name, now superseded by the one at
     /// its new name: deleted unless another client or file replaced it meanwhile (ETag).
     async fn remove_moved(&self, key: &str, etag: &str) {
-        let result = match self.store.head_object(key).await {
-            Ok(Some(meta)) if super::same_etag(&meta.etag, etag) => {
-                self.store.delete_object(key).await
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        if let Err(e) = super::delete_version(self.store.as_ref(), key, etag).await {
             tracing::warn!(key, "could not remove the old name of a renamed file: {e}");
         }
     }

@@ -1057,16 +1057,10 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let limit = self.request_timeout + self.copy_attempt(bytes) * self.max_attempts;
-        let request =
-            crate::metrics::counting_attempts(async { call.await.map_err(|e| classify(what, e)) });
-        tokio::time::timeout(limit, request)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!("{what}: no complete answer within {limit:?}"),
-                ))
-            })
+        within_limit(what, limit, async {
+            call.await.map_err(|e| classify(what, e))
+        })
+        .await
     }
 
     /// Runs one SDK call under `request_timeout` (retries included) and classifies its error.
@@ -1090,21 +1084,24 @@ impl S3Store {
         what: &str,
         request: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(
-            self.request_timeout,
-            crate::metrics::counting_attempts(request),
-        )
+        within_limit(what, self.request_timeout, request).await
+    }
+}
+
+/// Bounds a whole request (retries and body included, its attempts counted) by `limit`.
+async fn within_limit<T>(
+    what: &str,
+    limit: Duration,
+    request: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, crate::metrics::counting_attempts(request))
         .await
         .unwrap_or_else(|_| {
             Err(StoreError::new(
                 StoreErrorKind::Timeout,
-                format!(
-                    "{what}: no complete answer within {:?}",
-                    self.request_timeout
-                ),
+                format!("{what}: no complete answer within {limit:?}"),
             ))
         })
-    }
 }
 
 #[cfg(test)]
