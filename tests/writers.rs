@@ -371,3 +371,211 @@ fn a_delete_owed_at_the_last_close_survives_a_kill() {
         .is_none()));
     assert_eq!(b.get("rewritten"), b"new");
 }
+
+/// One worker process of the exerciser below: its own descriptor of the file, driven over
+/// stdin (`w OFF LEN` + bytes, `r OFF LEN`, `t SIZE`, `s`, `f`, `c`), answering on stdout.
+const FSX_WORKER: &str = r#"
+import os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_RDWR)
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def exactly(n):
+    b = bytearray()
+    while len(b) < n:
+        c = inp.read(n - len(b))
+        if not c:
+            sys.exit(1)
+        b += c
+    return bytes(b)
+while True:
+    words = inp.readline().split()
+    if not words:
+        break
+    op, args = words[0], [int(w) for w in words[1:]]
+    try:
+        if op == b"w":
+            data = exactly(args[1])
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], args[0] + done)
+            out.write(b"ok\n")
+        elif op == b"r":
+            data = b""
+            while len(data) < args[1]:
+                chunk = os.pread(fd, args[1] - len(data), args[0] + len(data))
+                if not chunk:
+                    break
+                data += chunk
+            out.write(b"%d\n" % len(data) + data)
+        elif op == b"t":
+            os.ftruncate(fd, args[0])
+            out.write(b"ok\n")
+        elif op == b"s":
+            out.write(b"%d\n" % os.fstat(fd).st_size)
+        elif op == b"f":
+            os.fsync(fd)
+            out.write(b"ok\n")
+        elif op == b"c":
+            os.close(fd)
+            fd = os.open(path, os.O_RDWR)
+            out.write(b"ok\n")
+    except OSError as e:
+        out.write(b"err %s\n" % str(e).encode())
+    out.flush()
+"#;
+
+struct FsxWorker {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl FsxWorker {
+    fn start(path: &std::path::Path) -> Self {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .args(["-c", FSX_WORKER])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (tests/setup.sh installs it)");
+        let input = child.stdin.take().unwrap();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap());
+        FsxWorker {
+            child,
+            input,
+            output,
+        }
+    }
+
+    /// Sends one request and returns the answer's first line.
+    fn ask(&mut self, request: &str, body: &[u8]) -> String {
+        use std::io::BufRead;
+        self.input.write_all(request.as_bytes()).unwrap();
+        self.input.write_all(body).unwrap();
+        self.input.flush().unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
+    fn read_body(&mut self, len: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut data = vec![0; len];
+        self.output.read_exact(&mut data).unwrap();
+        data
+    }
+}
+
+impl Drop for FsxWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// fsx-style: two processes, each with its own descriptor of one file, take turns at 2,000
+/// random operations each (pwrite, pread, ftruncate, fstat, and one in a hundred an fsync or
+/// a close and reopen, each a commit) on a
+/// file of up to 32 MiB. Every read and size is checked against a model of the file, and so
+/// is the object in the bucket at the end.
+#[test]
+fn two_processes_doing_random_operations_agree_with_a_model() {
+    const MAX: u64 = 32 << 20;
+    const MAX_IO: u64 = 256 << 10;
+    let b = Bucket::new("wr-fsx");
+    let m = Mount::new(&b.name, "wr-fsx", &[]);
+    let path = m.path.join("fsx");
+    fs::write(&path, b"").unwrap();
+    let mut workers = [FsxWorker::start(&path), FsxWorker::start(&path)];
+    let mut model: Vec<u8> = Vec::new();
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut state = seed;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below.max(1)
+    };
+    let mut log: Vec<String> = Vec::new();
+    for step in 0..4000 {
+        let who = next(2) as usize;
+        let w = &mut workers[who];
+        let pick = next(100);
+        let size = model.len() as u64;
+        let what = if pick < 40 {
+            let len = 1 + next(MAX_IO);
+            let off = next(MAX - len + 1);
+            let data = pseudo_random(len as usize, step);
+            let answer = w.ask(&format!("w {off} {len}\n"), &data);
+            let end = (off + len) as usize;
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[off as usize..end].copy_from_slice(&data);
+            (format!("pwrite {off} {len}"), answer, "ok".to_string())
+        } else if pick < 75 {
+            let len = 1 + next(MAX_IO);
+            let off = next(size + MAX_IO);
+            let answer = w.ask(&format!("r {off} {len}\n"), b"");
+            let got = answer.parse::<usize>().map(|n| w.read_body(n));
+            let start = (off as usize).min(model.len());
+            let end = ((off + len) as usize).min(model.len());
+            let expected = &model[start..end];
+            let same = got.as_ref().map(|g| g == expected).unwrap_or(false);
+            let first_diff = got.as_ref().ok().and_then(|g| {
+                g.iter()
+                    .zip(expected)
+                    .position(|(a, b)| a != b)
+                    .map(|i| off as usize + i)
+            });
+            (
+                format!("pread {off} {len}"),
+                format!("{answer} bytes, same: {same}, first difference at {first_diff:?}"),
+                format!(
+                    "{} bytes, same: true, first difference at None",
+                    expected.len()
+                ),
+            )
+        } else if pick < 87 {
+            let new_size = if next(8) == 0 { 0 } else { next(MAX + 1) };
+            let answer = w.ask(&format!("t {new_size}\n"), b"");
+            model.resize(new_size as usize, 0);
+            (format!("ftruncate {new_size}"), answer, "ok".to_string())
+        } else if pick < 98 {
+            let answer = w.ask("s\n", b"");
+            ("fstat".to_string(), answer, size.to_string())
+        } else if next(2) == 0 {
+            ("fsync".to_string(), w.ask("f\n", b""), "ok".to_string())
+        } else {
+            (
+                "close, open".to_string(),
+                w.ask("c\n", b""),
+                "ok".to_string(),
+            )
+        };
+        let (op, answer, expected) = what;
+        log.push(format!("{step}: worker {who} {op} -> {answer}"));
+        if answer != expected {
+            let start = log.len().saturating_sub(30);
+            panic!(
+                "seed {seed}: step {step}, worker {who}: {op} answered {answer:?}, the model says \
+                 {expected:?}; the last operations:\n{}",
+                log[start..].join("\n")
+            );
+        }
+    }
+    drop(workers);
+    assert_eq!(fs::metadata(&path).unwrap().len(), model.len() as u64);
+    let stored = b.get("fsx");
+    assert_eq!(stored.len(), model.len(), "seed {seed}: the object's size");
+    assert!(
+        stored == model,
+        "seed {seed}: the object's bytes differ from the model"
+    );
+}
