@@ -521,34 +521,53 @@ fn mount_helper_options_are_accepted() {
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
 }
 
+/// A 6 GiB object (built server-side): its exact size in `stat` and in the listing, reads past
+/// 4 GiB; then a rename, which must copy it in parts (one CopyObject stops at 5 GiB).
 #[test]
-fn multi_gib_object_has_its_exact_size_and_reads_past_4_gib() {
+fn multi_gib_object_has_its_exact_size_reads_past_4_gib_and_renames() {
     let b = Bucket::new("multi-gib");
     let part = pseudo_random(256 << 20, 9);
     b.put("part.bin", part.clone());
-    // 18 server-side copies of a 256 MiB part: a 4.5 GiB object without sending 4.5 GiB.
-    let parts = 18u64;
+    // 24 server-side copies of a 256 MiB part: a 6 GiB object without sending 6 GiB.
+    let parts = 24u64;
     b.multipart_copy("huge.bin", "part.bin", parts as i32);
     let m = Mount::new(&b.name, "multi-gib", &[]);
-    let path = m.path.join("huge.bin");
     let size = parts * part.len() as u64;
-    assert_eq!(fs::metadata(&path).unwrap().len(), size);
-    let listed = fs::read_dir(&m.path)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .find(|e| e.file_name() == "huge.bin")
-        .unwrap();
-    assert_eq!(listed.metadata().unwrap().len(), size);
-    let file = fs::File::open(&path).unwrap();
-    for offset in [(4u64 << 30) + 12345, size - 4096, (1u64 << 32) - 10] {
-        let mut buf = vec![0; 4096];
-        let n = file.read_at(&mut buf, offset).unwrap();
-        let within = (offset % part.len() as u64) as usize;
-        let take = n.min(part.len() - within);
-        assert_eq!(
-            &buf[..take],
-            &part[within..within + take],
-            "offset {offset}"
-        );
-    }
+    let check = |name: &str| {
+        let path = m.path.join(name);
+        assert_eq!(fs::metadata(&path).unwrap().len(), size, "{name}");
+        let listed = fs::read_dir(&m.path)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.file_name() == name)
+            .unwrap();
+        assert_eq!(listed.metadata().unwrap().len(), size, "{name}");
+        let file = fs::File::open(&path).unwrap();
+        for offset in [
+            (4u64 << 30) + 12345,
+            size - 4096,
+            (1u64 << 32) - 10,
+            (5 << 30) + 7,
+        ] {
+            let mut buf = vec![0; 4096];
+            let n = file.read_at(&mut buf, offset).unwrap();
+            let within = (offset % part.len() as u64) as usize;
+            let take = n.min(part.len() - within);
+            assert_eq!(
+                &buf[..take],
+                &part[within..within + take],
+                "{name} at offset {offset}"
+            );
+        }
+    };
+    check("huge.bin");
+    fs::rename(m.path.join("huge.bin"), m.path.join("moved.bin")).unwrap();
+    assert!(b.head("huge.bin").is_none(), "the old name is left");
+    assert_eq!(b.size("moved.bin"), Some(size));
+    let (etag, _) = b.head("moved.bin").unwrap();
+    assert!(
+        etag.contains('-'),
+        "copied whole, not in parts: ETag {etag}"
+    );
+    check("moved.bin");
 }

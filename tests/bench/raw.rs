@@ -77,6 +77,16 @@ enum Command {
     TtfbFile { path: PathBuf },
     /// Every page of ListObjectsV2 with delimiter `/` under PREFIX
     List { prefix: String },
+    /// Server-side copy of SOURCE to DEST: one CopyObject, or with --part-size UploadPartCopy
+    /// parts, --concurrency at a time (how the rename threshold was chosen)
+    Copy {
+        #[arg(long, value_parser = parse_size)]
+        part_size: Option<u64>,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        source: String,
+        dest: String,
+    },
     /// COUNT generated objects PREFIX00000.. of sizes in MIN..=MAX
     PutMany {
         #[arg(long)]
@@ -229,6 +239,12 @@ async fn main() -> Result<()> {
         Command::Ttfb { key } => ttfb(store, &key).await?,
         Command::TtfbFile { .. } => unreachable!("handled above"),
         Command::List { prefix } => list(store, &prefix).await?,
+        Command::Copy {
+            part_size,
+            concurrency,
+            source,
+            dest,
+        } => copy(store, &source, &dest, part_size, concurrency).await?,
         Command::PutMany {
             count,
             min,
@@ -474,6 +490,63 @@ fn ttfb_file(path: &Path) -> Result<Report> {
         seconds: start.elapsed().as_secs_f64(),
         bytes: n as u64,
         ops: 1,
+        extra: Vec::new(),
+    })
+}
+
+async fn copy(
+    store: Arc<dyn ObjectStore>,
+    source: &str,
+    dest: &str,
+    part_size: Option<u64>,
+    concurrency: usize,
+) -> Result<Report> {
+    let meta = store
+        .head_object(source)
+        .await?
+        .with_context(|| format!("{source}: no such key"))?;
+    let from = bucketfs::store::CopySource {
+        key: source,
+        etag: &meta.etag,
+        size: meta.size,
+    };
+    let start = Instant::now();
+    let ops = match part_size {
+        None => {
+            store.copy_object(from, dest, None).await?;
+            1
+        }
+        Some(part) => {
+            let metadata = Default::default();
+            let id = store
+                .create_multipart_upload(dest, &metadata, None, false)
+                .await?;
+            let ranges: Vec<_> = (0..meta.size.div_ceil(part.max(1)))
+                .map(|i| (i as i32 + 1, i * part..((i + 1) * part).min(meta.size)))
+                .collect();
+            let count = ranges.len() as u64;
+            let parts: Vec<CompletedPart> = stream::iter(ranges)
+                .map(|(number, range)| {
+                    let (store, id) = (&store, &id);
+                    let from = bucketfs::store::CopySource {
+                        size: range.end - range.start,
+                        ..from
+                    };
+                    async move { store.upload_part_copy(dest, id, number, from, range).await }
+                })
+                .buffered(concurrency)
+                .try_collect()
+                .await?;
+            store
+                .complete_multipart_upload(dest, &id, &parts, false)
+                .await?;
+            count + 2
+        }
+    };
+    Ok(Report {
+        seconds: start.elapsed().as_secs_f64(),
+        bytes: meta.size,
+        ops,
         extra: Vec::new(),
     })
 }
