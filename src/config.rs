@@ -5,7 +5,9 @@
 //! 1. Defaults live here, once, so that `docs/CONFIGURATION.md` and the code can be checked
 //!    against one place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
 use std::time::Duration;
 
 /// Everything a mount needs, validated.
@@ -51,7 +53,7 @@ pub struct StoreConfig {
     /// Attempts per request (first try included) for retryable failures.
     pub max_attempts: u32,
     /// Storage class, encryption, requester pays, expected owner: headers of every request.
-    pub headers: crate::store::headers::RequestHeaders,
+    pub headers: RequestHeaders,
     /// Proxies and trusted CAs; all `None`: the SDK's own client (which honours the proxy
     /// environment variables).
     pub network: NetworkConfig,
@@ -66,6 +68,121 @@ pub enum Checksum {
     Crc32c,
     /// CRC-64/NVME: of the whole object, multipart too (the AWS SDKs' own default).
     Crc64Nvme,
+}
+
+/// The storage classes S3 knows (`--storage-class`).
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "OUTPOSTS",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+];
+
+/// Server-side encryption with keys S3 or KMS holds (`--sse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `AES256`: S3-managed keys (SSE-S3).
+    S3,
+    /// `aws:kms`, with a key id or ARN (the bucket's default KMS key without one).
+    Kms(Option<String>),
+    /// `aws:kms:dsse`: two layers of KMS encryption.
+    KmsDsse(Option<String>),
+}
+
+impl Sse {
+    /// `--sse VALUE` with `--sse-kms-key-id`.
+    pub fn parse(value: &str, key_id: Option<String>) -> Result<Self, String> {
+        match (value, key_id) {
+            ("AES256", None) => Ok(Self::S3),
+            ("AES256", Some(_)) => {
+                Err("--sse-kms-key-id goes with --sse aws:kms or aws:kms:dsse, not AES256".into())
+            }
+            ("aws:kms", id) => Ok(Self::Kms(id)),
+            ("aws:kms:dsse", id) => Ok(Self::KmsDsse(id)),
+            (other, _) => Err(format!(
+                "--sse {other:?} is not known: give AES256, aws:kms or aws:kms:dsse"
+            )),
+        }
+    }
+}
+
+/// A customer-provided key (SSE-C): 32 bytes, with its base64 and the base64 of its MD5 as
+/// the headers carry them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CustomerKey {
+    pub(crate) key_b64: String,
+    pub(crate) md5_b64: String,
+}
+
+impl std::fmt::Debug for CustomerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomerKey(hidden)")
+    }
+}
+
+impl CustomerKey {
+    /// The key in `path`: 32 raw bytes, or their base64 (surrounding whitespace ignored). The
+    /// file must belong to `uid` and give no access to group or others (see 3.).
+    pub fn from_file(path: &Path, uid: u32) -> Result<Self, String> {
+        use std::os::unix::fs::MetadataExt;
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| format!("--sse-c-key-file {shown}: {e}"))?;
+        if meta.uid() != uid {
+            return Err(format!(
+                "--sse-c-key-file {shown} belongs to uid {}, not to the user who mounts (uid {uid}): refusing a key someone else controls",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(format!(
+                "--sse-c-key-file {shown} has mode {:o}: others may read the key; chmod 600 it",
+                meta.mode() & 0o777
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("--sse-c-key-file {shown}: {e}"))?;
+        Self::from_bytes(&bytes).ok_or_else(|| {
+            format!("--sse-c-key-file {shown} holds no 32-byte key (raw, or base64)")
+        })
+    }
+
+    /// A key from its 32 raw bytes or their base64.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key: Vec<u8> = if bytes.len() == 32 {
+            bytes.to_vec()
+        } else {
+            let text = std::str::from_utf8(bytes).ok()?.trim();
+            b64.decode(text).ok().filter(|k| k.len() == 32)?
+        };
+        use md5::Digest;
+        Some(Self {
+            key_b64: b64.encode(&key),
+            md5_b64: b64.encode(md5::Md5::digest(&key)),
+        })
+    }
+}
+
+/// The headers of a mount's requests (`store::headers` adds them, by operation, through an SDK
+/// interceptor).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHeaders {
+    /// `x-amz-storage-class` of new objects and copies.
+    pub storage_class: Option<String>,
+    /// `x-amz-server-side-encryption` of new objects and copies.
+    pub sse: Option<Sse>,
+    /// SSE-C: the key of every object written and read.
+    pub customer_key: Option<CustomerKey>,
+    /// `x-amz-request-payer: requester` on every request.
+    pub requester_pays: bool,
+    /// `x-amz-expected-bucket-owner` on every request.
+    pub expected_owner: Option<String>,
 }
 
 /// How requests reach the endpoint: proxies and the CAs trusted for TLS.
@@ -96,7 +213,7 @@ impl StoreConfig {
             request_timeout: Duration::from_secs(120),
             stall_timeout: Duration::from_secs(30),
             max_attempts: 4,
-            headers: crate::store::headers::RequestHeaders::default(),
+            headers: RequestHeaders::default(),
             network: NetworkConfig::default(),
             checksum: None,
         }

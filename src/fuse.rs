@@ -1,4 +1,4 @@
-//! FUSE requests: decode a request, call `fs` on the tokio runtime, reply. (`daemon.rs` uses
+//! FUSE requests: decode a request, call `fs` on the tokio runtime, reply. (`daemon` uses
 //! fuser too, only to build and run the session.)
 //!
 //! Non-obvious problems:

@@ -1,7 +1,18 @@
-//! The object-store contract (`bucketfs::store::contract`) against a real S3 server: the same
-//! cases the in-memory store passes in the unit tests, so the fake cannot drift from S3.
+//! The object-store contract (`src/store/contract.rs`) against a real S3 server: the same
+//! cases the in-memory store passes in the unit tests, so the fake cannot drift from S3. The
+//! contract is compiled for tests only: this file includes it by path, and maps the names it
+//! uses (`crate::store`, `crate::upload`) to the library's.
 
 mod common;
+
+mod store {
+    pub use bucketfs::store::*;
+}
+mod upload {
+    pub use bucketfs::upload::MIN_PART_SIZE;
+}
+#[path = "../src/store/contract.rs"]
+mod contract;
 
 use bucketfs::config::StoreConfig;
 use bucketfs::store::s3::S3Store;
@@ -22,7 +33,7 @@ fn seaweedfs_keeps_the_store_contract() {
     config.region = Some("us-east-1".into());
     let broken = server.rt.block_on(async {
         let store = S3Store::new(&config).await;
-        bucketfs::store::contract::run_all(&store, "contract/").await
+        contract::run_all(&store, "contract/").await
     });
     assert!(broken.is_empty(), "{broken:#?}");
 }

@@ -31,9 +31,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use crate::fs::{Activity, Fs};
-use crate::metrics::{RequestCounts, RequestStats};
 use crate::notify::{NotifySnapshot, NotifyStats};
 use crate::owned_dir::OwnedDir;
+use crate::store::requests::{RequestCounts, RequestStats};
 
 /// What a request line may be at most, and how long a client may take to send it.
 const REQUEST_LIMIT: u64 = 256;

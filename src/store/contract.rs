@@ -9,10 +9,14 @@
 //!    once, with the store's own error text.
 //! 3. Only behaviour that S3 and the reference server agree on is asserted (a repeated
 //!    CompleteMultipartUpload, which SeaweedFS answers again, is left out).
+//! 4. Compiled for tests only: the unit tests take it through `cfg(test)`, and
+//!    `tests/store_contract.rs` includes this file by path (it names what it uses through
+//!    `crate::store` and `crate::upload`, which that test maps to the library's), so none of
+//!    it ships in the binary.
 
 use bytes::Bytes;
 
-use super::{
+use crate::store::{
     CompletedPart, CopySource, ListRequest, ListStart, ObjectStore, PutOptions, StoreError,
     StoreErrorKind, UserMetadata,
 };
@@ -448,16 +452,4 @@ async fn copies_keep_or_replace_metadata(store: &dyn ObjectStore, p: &str) -> Ca
         check(head.size == 4, || format!("{name}: size {}", head.size))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::store::memory::MemoryStore;
-
-    #[tokio::test]
-    async fn the_memory_store_keeps_the_contract() {
-        let store = MemoryStore::new();
-        let broken = super::run_all(&store, "contract/").await;
-        assert!(broken.is_empty(), "{broken:#?}");
-    }
 }

@@ -1,22 +1,21 @@
 //! What every request of a mount says besides its own parameters: the storage class and
 //! server-side encryption of new objects, a customer key (SSE-C), requester pays and the
 //! expected bucket owner. One SDK interceptor adds the headers, by operation, before signing,
-//! so no call site can forget them.
+//! so no call site can forget them. What to send is configuration (`config::RequestHeaders`,
+//! with the key file's checks); how and where to send it is here.
 //!
 //! Non-obvious problems:
 //! 1. Each header goes only where S3 takes it: the storage class and SSE on the requests that
 //!    create objects (PutObject, CreateMultipartUpload, CopyObject); an SSE-C key on every
 //!    request that reads or writes object bytes, and on copies also as the copy *source*'s
 //!    key, since rename and chmod copy the object onto itself or a new key.
-//! 2. The customer key never leaves this module in text: `Debug` hides it, errors name the
+//! 2. The customer key never leaves config.rs and this module in text: `Debug` hides it, errors name the
 //!    file and never its bytes, and the SDK's signing and orchestration traces (which print
-//!    headers and answers unredacted) are capped at debug while a key is set (daemon.rs).
+//!    headers and answers unredacted) are capped at debug while a key is set (`daemon`).
 //! 3. The key file must be the user's own and unreadable by others, as ssh does with keys:
-//!    a key others can read is a key others have.
+//!    a key others can read is a key others have (`CustomerKey::from_file`).
 //! 4. Some servers (SeaweedFS) send the key's MD5 header twice in an answer, which the SDK
 //!    refuses to parse ("Failed to parse SSECustomerKeyMD5"): the first is kept.
-
-use std::path::Path;
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::{
@@ -26,51 +25,11 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use base64::Engine;
 
-/// The storage classes S3 knows (`--storage-class`).
-pub const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "REDUCED_REDUNDANCY",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-    "GLACIER_IR",
-    "OUTPOSTS",
-    "SNOW",
-    "EXPRESS_ONEZONE",
-];
-
-/// Server-side encryption with keys S3 or KMS holds (`--sse`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sse {
-    /// `AES256`: S3-managed keys (SSE-S3).
-    S3,
-    /// `aws:kms`, with a key id or ARN (the bucket's default KMS key without one).
-    Kms(Option<String>),
-    /// `aws:kms:dsse`: two layers of KMS encryption.
-    KmsDsse(Option<String>),
-}
+pub use crate::config::{CustomerKey, RequestHeaders, Sse, STORAGE_CLASSES};
 
 impl Sse {
-    /// `--sse VALUE` with `--sse-kms-key-id`.
-    pub fn parse(value: &str, key_id: Option<String>) -> Result<Self, String> {
-        match (value, key_id) {
-            ("AES256", None) => Ok(Self::S3),
-            ("AES256", Some(_)) => {
-                Err("--sse-kms-key-id goes with --sse aws:kms or aws:kms:dsse, not AES256".into())
-            }
-            ("aws:kms", id) => Ok(Self::Kms(id)),
-            ("aws:kms:dsse", id) => Ok(Self::KmsDsse(id)),
-            (other, _) => Err(format!(
-                "--sse {other:?} is not known: give AES256, aws:kms or aws:kms:dsse"
-            )),
-        }
-    }
-
-    fn algorithm(&self) -> &'static str {
+    pub(crate) fn algorithm(&self) -> &'static str {
         match self {
             Self::S3 => "AES256",
             Self::Kms(_) => "aws:kms",
@@ -78,83 +37,12 @@ impl Sse {
         }
     }
 
-    fn key_id(&self) -> Option<&str> {
+    pub(crate) fn key_id(&self) -> Option<&str> {
         match self {
             Self::S3 => None,
             Self::Kms(id) | Self::KmsDsse(id) => id.as_deref(),
         }
     }
-}
-
-/// A customer-provided key (SSE-C): 32 bytes, with its base64 and the base64 of its MD5 as
-/// the headers carry them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CustomerKey {
-    key_b64: String,
-    md5_b64: String,
-}
-
-impl std::fmt::Debug for CustomerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CustomerKey(hidden)")
-    }
-}
-
-impl CustomerKey {
-    /// The key in `path`: 32 raw bytes, or their base64 (surrounding whitespace ignored). The
-    /// file must belong to `uid` and give no access to group or others (see 3.).
-    pub fn from_file(path: &Path, uid: u32) -> Result<Self, String> {
-        use std::os::unix::fs::MetadataExt;
-        let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| format!("--sse-c-key-file {shown}: {e}"))?;
-        if meta.uid() != uid {
-            return Err(format!(
-                "--sse-c-key-file {shown} belongs to uid {}, not to the user who mounts (uid {uid}): refusing a key someone else controls",
-                meta.uid()
-            ));
-        }
-        if meta.mode() & 0o077 != 0 {
-            return Err(format!(
-                "--sse-c-key-file {shown} has mode {:o}: others may read the key; chmod 600 it",
-                meta.mode() & 0o777
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| format!("--sse-c-key-file {shown}: {e}"))?;
-        Self::from_bytes(&bytes).ok_or_else(|| {
-            format!("--sse-c-key-file {shown} holds no 32-byte key (raw, or base64)")
-        })
-    }
-
-    /// A key from its 32 raw bytes or their base64.
-    fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let key: Vec<u8> = if bytes.len() == 32 {
-            bytes.to_vec()
-        } else {
-            let text = std::str::from_utf8(bytes).ok()?.trim();
-            b64.decode(text).ok().filter(|k| k.len() == 32)?
-        };
-        use md5::Digest;
-        Some(Self {
-            key_b64: b64.encode(&key),
-            md5_b64: b64.encode(md5::Md5::digest(&key)),
-        })
-    }
-}
-
-/// The headers of a mount's requests (see 1.); an SDK interceptor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestHeaders {
-    /// `x-amz-storage-class` of new objects and copies.
-    pub storage_class: Option<String>,
-    /// `x-amz-server-side-encryption` of new objects and copies.
-    pub sse: Option<Sse>,
-    /// SSE-C: the key of every object written and read.
-    pub customer_key: Option<CustomerKey>,
-    /// `x-amz-request-payer: requester` on every request.
-    pub requester_pays: bool,
-    /// `x-amz-expected-bucket-owner` on every request.
-    pub expected_owner: Option<String>,
 }
 
 /// The SSE-C headers: algorithm, key, the key's MD5.
@@ -336,7 +224,7 @@ mod tests {
         assert!(names(&h, "ListObjectsV2").is_empty());
         assert!(names(&h, "DeleteObject").is_empty());
         // The same key raw or in base64; its MD5 as S3 wants it.
-        let text = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let text = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
         assert_eq!(
             CustomerKey::from_bytes(format!("{text}\n").as_bytes()),
             Some(key.clone())

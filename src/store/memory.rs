@@ -488,3 +488,15 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryStore;
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_contract() {
+        let store = MemoryStore::new();
+        let broken = crate::store::contract::run_all(&store, "contract/").await;
+        assert!(broken.is_empty(), "{broken:#?}");
+    }
+}

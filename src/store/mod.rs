@@ -1,7 +1,9 @@
 //! The only door to S3: one narrow trait named after the S3 calls we make.
 //!
-//! `s3.rs` implements it with aws-sdk-s3 for real buckets; `memory.rs` implements it in memory for
-//! unit tests of logic and counts requests. Callers hold `Arc<dyn ObjectStore>`.
+//! `s3.rs` implements it with aws-sdk-s3 for real buckets, counting every request
+//! (`requests.rs`); `memory.rs` implements it in memory for unit tests of logic (compiled for
+//! tests only, as are `faulty.rs` and the contract both keep, `contract.rs`). Callers hold
+//! `Arc<dyn ObjectStore>`.
 //!
 //! Non-obvious problems:
 //! 1. Keys are full bucket keys (the mount prefix included); the filesystem adds and strips it.
@@ -13,11 +15,14 @@
 //!    (`counting_body`), not the trait: only a store that streams bodies (`s3`) can say, and
 //!    only `bucketfs status` asks.
 
+#[cfg(test)]
 pub mod contract;
 #[cfg(test)]
 pub mod faulty;
 pub mod headers;
+#[cfg(test)]
 pub mod memory;
+pub mod requests;
 pub mod s3;
 
 use std::collections::BTreeMap;

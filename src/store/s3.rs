@@ -36,7 +36,7 @@
 //!    trusts the given CAs instead of the system's.
 //! 7. An error says what boto3's `ClientError.response` says: code, message, HTTP status,
 //!    request id, and the attempts made. The attempts come from the request-counting
-//!    interceptor through a task-local scope that every call runs in (`metrics::counting_attempts`
+//!    interceptor through a task-local scope that every call runs in (`requests::counting_attempts`
 //!    in `within`, `progressing` and the calls made without them).
 //! 10. Listings ask for `encoding-type=url`: XML 1.0 cannot carry most control characters,
 //!     so a key with one would make the whole page unparsable. Keys are decoded only when the
@@ -60,12 +60,12 @@ use bytes::Bytes;
 use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
 
+use super::requests::{CountRequests, RequestStats};
 use super::{
     CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, Pieces,
     PutOptions, StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::config::{Checksum, NetworkConfig, StoreConfig};
-use crate::metrics::{CountRequests, RequestStats};
 
 /// Region used when neither the options nor the AWS chain name one: S3-compatible servers
 /// accept any region in the signature, and AWS's global endpoint starts from this one.
@@ -398,9 +398,9 @@ impl S3Store {
     }
 }
 
-/// ", 3 attempts" when the SDK retried (see `metrics::counting_attempts`), else nothing.
+/// ", 3 attempts" when the SDK retried (see `requests::counting_attempts`), else nothing.
 fn attempts_note() -> String {
-    match crate::metrics::attempts() {
+    match super::requests::attempts() {
         0 | 1 => String::new(),
         n => format!(", {n} attempts"),
     }
@@ -556,7 +556,7 @@ impl S3Store {
     /// errors, as `head_bucket`'s.
     pub async fn locate(&self) -> Result<Option<String>, StoreError> {
         let what = format!("HeadBucket {}", self.bucket);
-        crate::metrics::counting_attempts(async {
+        super::requests::counting_attempts(async {
             match self.client.head_bucket().bucket(&self.bucket).send().await {
                 Ok(out) => Ok(out.bucket_region().map(str::to_string)),
                 Err(err) => {
@@ -590,7 +590,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        crate::metrics::counting_attempts(async {
+        super::requests::counting_attempts(async {
             let result = self
                 .client
                 .head_object()
@@ -629,7 +629,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn list_objects_v2(&self, request: &ListRequest) -> Result<ListPage, StoreError> {
-        crate::metrics::counting_attempts(async {
+        super::requests::counting_attempts(async {
             let mut call = self
                 .client
                 .list_objects_v2()
@@ -1006,7 +1006,7 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        crate::metrics::counting_attempts(async {
+        super::requests::counting_attempts(async {
             tokio::pin!(call);
             loop {
                 let (idle, allowed) = (progress.idle(), progress.allowance(self.stall_timeout));
@@ -1094,7 +1094,7 @@ async fn within_limit<T>(
     limit: Duration,
     request: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, crate::metrics::counting_attempts(request))
+    tokio::time::timeout(limit, super::requests::counting_attempts(request))
         .await
         .unwrap_or_else(|_| {
             Err(StoreError::new(
