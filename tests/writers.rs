@@ -127,6 +127,69 @@ fn chmod_and_rename_during_a_slow_commit_do_not_wait_for_it() {
     assert_eq!(b.multipart_uploads(), 0);
 }
 
+/// `rm` of a file whose close is committing it through a crawling proxy returns at once; the
+/// other handle still reads every byte, and the object goes at the last close.
+#[test]
+fn unlink_during_a_slow_commit_does_not_wait_for_it() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+
+    let b = Bucket::new("wr-unlink-commit");
+    let px = proxy();
+    let m = Mount::new(
+        &b.name,
+        "wr-unlink-commit",
+        &["--endpoint-url", &px.endpoint],
+    );
+    let data = pseudo_random(32 << 20, 43);
+    let dst = m.path.join("big.bin");
+    let f = fs::File::create(&dst).unwrap();
+    f.write_all_at(&data[data.len() - 1..], data.len() as u64 - 1)
+        .unwrap();
+    f.write_all_at(&data[..data.len() - 1], 0).unwrap();
+    let mut reader = fs::File::open(&dst).unwrap();
+    px.throttle(500_000);
+    let before = px.counts().total();
+    let close = std::thread::spawn(move || drop(f));
+    assert!(eventually(Duration::from_secs(30), || px.counts().total() > before));
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    fs::remove_file(&dst).unwrap();
+    let unlink = started.elapsed();
+    let raced = !close.is_finished();
+    px.throttle(0);
+    assert!(
+        unlink < Duration::from_secs(1),
+        "unlink took {unlink:?} behind the commit"
+    );
+    assert!(raced, "the commit ended before the test could race it");
+    assert!(fs::metadata(&dst).is_err(), "the name is still there");
+    within(Duration::from_secs(300), "the slow commit", move || {
+        close.join().unwrap()
+    });
+    assert!(
+        fs::metadata(&dst).is_err(),
+        "the commit brought the name back"
+    );
+    let mut read = Vec::new();
+    reader.read_to_end(&mut read).unwrap();
+    assert!(
+        read == data,
+        "the open handle lost the bytes: {} of {}, first difference at {:?}",
+        read.len(),
+        data.len(),
+        read.iter().zip(&data).position(|(a, b)| a != b)
+    );
+    assert_eq!(b.keys(), ["big.bin"], "deleted before the last close");
+    drop(reader);
+    assert!(
+        eventually(Duration::from_secs(30), || b.keys().is_empty()),
+        "left in the bucket after the last close: {:?}",
+        b.keys()
+    );
+    assert_eq!(b.multipart_uploads(), 0);
+}
+
 /// `touch -a`, `touch -m` and `touch -d` each move exactly the times POSIX says (utimensat:
 /// the named times, and ctime), checked after a remount with no metadata cache.
 #[test]

@@ -475,6 +475,9 @@ impl Fs {
             };
             self.deferred.defer(attr.ino, key, etag, attr);
             self.tables.lock().meta.unlinked_open(&path);
+        } else if open && self.unlink_committing(attr.ino, &path) {
+            // A commit of it runs: the delete waits for its end and the last close (write.rs,
+            // 13.).
         } else if open {
             self.keep_for_handles(attr.ino).await?;
             if let Err(e) = self.store.delete_object(&key).await {

@@ -37,6 +37,12 @@
 //! 12. chmod, chown, utime and setxattr of an open file never wait for its transfer: they
 //!     change the pending headers and flag them; a commit under way applies them as it
 //!     settles, and the last release commits once more if one came in after it looked.
+//! 13. Neither does an unlink while a handle's commit (a close, an fsync) runs: the name goes
+//!     at once and nothing is committed after; the commit under way lands (or fails), and its
+//!     end defers the delete of what is stored under the name to the last close, as for a
+//!     reader's file (deferred.rs): the handles read that version meanwhile, without a
+//!     download. The tables lock orders the unlink against the commit's start, its end and
+//!     the recording of what it stored.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -126,6 +132,11 @@ pub(super) struct Writer {
     /// Mode, owner, times or other headers changed since the last commit began: the next
     /// commit writes them (set without the state lock, so a chmod never waits for a transfer).
     headers_changed: AtomicBool,
+    /// A commit holds the state lock; changed under the tables lock (see 13.).
+    committing: AtomicBool,
+    /// Unlinked while a commit ran: the commit's end defers the delete of what it stored to
+    /// the last close (see 13.).
+    unlinked_during_commit: AtomicBool,
 }
 
 impl Writer {
@@ -240,6 +251,8 @@ impl Fs {
             unlinked: AtomicBool::new(false),
             held: AtomicBool::new(false),
             headers_changed: AtomicBool::new(false),
+            committing: AtomicBool::new(false),
+            unlinked_during_commit: AtomicBool::new(false),
             extra: Mutex::new(extra),
         });
         let mut t = self.tables.lock();
@@ -538,7 +551,8 @@ impl Fs {
         }
         match &st.content {
             Content::Staged(file) => Ok(Some(file.read_at(offset, len as usize).await?)),
-            Content::Base(Some(meta)) if mine => {
+            // Unlinked: no newer version to follow; every handle reads the last one.
+            Content::Base(Some(meta)) if mine || writer.unlinked.load(Ordering::SeqCst) => {
                 let object = Arc::new(ObjectId {
                     key: meta.key.clone(),
                     etag: meta.etag.clone(),
@@ -644,7 +658,24 @@ impl Fs {
     }
 
     async fn commit_locked(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
+        {
+            let _t = self.tables.lock();
+            writer.committing.store(true, Ordering::SeqCst);
+        }
         let result = self.commit_now(writer, st).await;
+        let unlinked = {
+            let _t = self.tables.lock();
+            writer.committing.store(false, Ordering::SeqCst);
+            writer.unlinked_during_commit.swap(false, Ordering::SeqCst)
+        };
+        if unlinked {
+            // Unlinked meanwhile (see 13.): what is stored under the name now, this commit's
+            // version or the one before it, stays for the handles and goes at the last close.
+            if let Some((key, etag)) = st.stored.clone() {
+                self.deferred
+                    .defer(writer.ino, key, etag, self.writer_attr(writer));
+            }
+        }
         match &result {
             Err(e) if !st.reported => {
                 st.reported = true;
@@ -809,8 +840,15 @@ impl Fs {
         st.dirty = false;
         st.excl = false;
         st.unpublished = false;
+        // Not if unlinked meanwhile: the name is gone (checked under the lock the unlink
+        // takes, see 13.).
         let path = writer.path();
-        self.record(&path, Kind::File, Some(meta));
+        let mut t = self.tables.lock();
+        if !writer.unlinked.load(Ordering::SeqCst) {
+            let ino = t.meta.ino_for(&path);
+            let attr = self.attr(ino, Kind::File, Some(&meta));
+            t.meta.created(&path, Kind::File, Some(meta), attr);
+        }
         Ok(())
     }
 
@@ -929,6 +967,28 @@ impl Fs {
             self.detach(&writer).await;
         }
         result
+    }
+
+    /// Unlink of open file `ino` at `path` while a commit of it runs (see 13.): the name goes
+    /// at once and the commit's end defers the delete. False when no commit runs (the caller
+    /// keeps the bytes for the handles and deletes, as in 10.).
+    pub(super) fn unlink_committing(&self, ino: Ino, path: &str) -> bool {
+        let Some(writer) = self.writer_of(ino) else {
+            return false;
+        };
+        let mut t = self.tables.lock();
+        if !writer.committing.load(Ordering::SeqCst) || writer.unlinked.load(Ordering::SeqCst) {
+            return false;
+        }
+        writer.unlinked.store(true, Ordering::SeqCst);
+        writer.unlinked_during_commit.store(true, Ordering::SeqCst);
+        // Held, as in 10., until the last handle of the inode closes: a reader's handle reads
+        // through the writer, whose name is gone.
+        if !writer.held.swap(true, Ordering::SeqCst) {
+            writer.handles.fetch_add(1, Ordering::SeqCst);
+        }
+        t.meta.unlinked_open(path);
+        true
     }
 
     /// Undoes `keep_for_handles` when the name could not be removed after all (the delete or
