@@ -237,6 +237,78 @@ fn touch_moves_exactly_the_times_asked() {
     assert_eq!((md.atime(), md.mtime()), now_a, "after a remount");
 }
 
+/// chmod, rename, and a utime of a file open for writing copy the object with new metadata:
+/// its Cache-Control, Content-Disposition, Content-Encoding, Content-Language, Expires and
+/// storage class (which a REPLACE copy drops, or resets to STANDARD) stay (moto).
+#[test]
+fn changing_attributes_keeps_the_objects_other_headers() {
+    use aws_sdk_s3::types::StorageClass;
+
+    let moto = common::moto::Moto::start();
+    let bucket = "stdheaders";
+    moto.create_bucket(bucket);
+    let s3 = &moto.client;
+    let expires = aws_sdk_s3::primitives::DateTime::from_secs(4_102_444_800); // 2100-01-01
+    for key in ["a.js", "b.js"] {
+        let put = s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(b"console.log(1)".to_vec().into())
+            .content_type("text/javascript")
+            .cache_control("max-age=600")
+            .content_disposition("inline")
+            .content_encoding("identity")
+            .content_language("en")
+            .expires(expires)
+            .storage_class(StorageClass::StandardIa)
+            .metadata("other-tool", "kept");
+        moto.rt.block_on(put.send()).unwrap();
+    }
+    let m = Mount::new(bucket, "wr-stdheaders", &["--endpoint-url", &moto.endpoint]);
+    sh(&format!("ls -l {} > /dev/null", m.path.display()));
+    fs::set_permissions(m.path.join("a.js"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::rename(m.path.join("a.js"), m.path.join("c.js")).unwrap();
+    // Open for writing, nothing written, a utime: committed as a copy at the close.
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path.join("b.js"))
+        .unwrap();
+    sh(&format!(
+        "touch -m -d '2011-01-01' {}",
+        m.path.join("b.js").display()
+    ));
+    drop(f);
+    for (key, mode) in [("c.js", 0o100640), ("b.js", 0o100644)] {
+        let head = moto
+            .rt
+            .block_on(s3.head_object().bucket(bucket).key(key).send())
+            .unwrap();
+        let meta = head.metadata().cloned().unwrap_or_default();
+        assert_eq!(meta.get("mode"), Some(&mode.to_string()), "{key}: {meta:?}");
+        assert_eq!(
+            meta.get("other-tool").map(String::as_str),
+            Some("kept"),
+            "{key}"
+        );
+        assert_eq!(head.content_type(), Some("text/javascript"), "{key}");
+        assert_eq!(head.cache_control(), Some("max-age=600"), "{key}");
+        assert_eq!(head.content_disposition(), Some("inline"), "{key}");
+        assert_eq!(head.content_encoding(), Some("identity"), "{key}");
+        assert_eq!(head.content_language(), Some("en"), "{key}");
+        assert_eq!(
+            head.storage_class(),
+            Some(&StorageClass::StandardIa),
+            "{key}"
+        );
+        assert!(
+            head.expires_string().is_some_and(|e| e.contains("2100")),
+            "{key}: expires {:?}",
+            head.expires_string()
+        );
+    }
+}
+
 /// chmod of a directory marker that another tool wrote, found through a listing, copies the
 /// marker (its other headers and its tags stay); rmdir of a legacy `name` directory object
 /// removes it.

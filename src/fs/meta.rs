@@ -844,6 +844,7 @@ mod tests {
             last_modified: SystemTime::UNIX_EPOCH,
             metadata: None,
             content_type: None,
+            headers: Default::default(),
         }
     }
 

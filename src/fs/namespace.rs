@@ -22,8 +22,8 @@ use super::posix::{Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::{join, object_kind, Attr, Fs, Ino, Kind};
 use crate::error::{FsError, FsResult};
 use crate::store::{
-    CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StoreError, StoreErrorKind,
-    UserMetadata,
+    CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StandardHeaders, StoreError,
+    StoreErrorKind, UserMetadata,
 };
 use crate::upload::{abort_with_retries, PendingAbort};
 
@@ -263,17 +263,25 @@ impl Fs {
             (Kind::Dir, _) => self.dir_prefix(&path),
             _ => self.key_of(&path),
         };
-        let (size, etag, mut extra, content_type) = match self.with_headers(&key, meta).await? {
-            Some(m) => (
-                m.size,
-                m.etag,
-                m.metadata.unwrap_or_default(),
-                m.content_type,
-            ),
-            None if kind == Kind::Dir => (0, String::new(), Default::default(), None),
-            None => return Err(FsError::not_found()),
-        };
-        // The object keeps its Content-Type (a REPLACE copy would drop it).
+        let (size, etag, mut extra, content_type, standard) =
+            match self.with_headers(&key, meta).await? {
+                Some(m) => (
+                    m.size,
+                    m.etag,
+                    m.metadata.unwrap_or_default(),
+                    m.content_type,
+                    m.headers,
+                ),
+                None if kind == Kind::Dir => (
+                    0,
+                    String::new(),
+                    Default::default(),
+                    None,
+                    StandardHeaders::NONE,
+                ),
+                None => return Err(FsError::not_found()),
+            };
+        // The object keeps its Content-Type and other headers (a REPLACE copy would drop them).
         let content_type = content_type.unwrap_or_else(|| self.guess_type(&key));
         change(&mut posix, &mut extra)?;
         let metadata = posix.apply_to(&extra);
@@ -286,6 +294,7 @@ impl Fs {
             key: &key,
             etag: &etag,
             size,
+            headers: &standard,
         };
         let replace = (&metadata, Some(content_type.as_str()));
         let etag = self.copy(source, &key, Some(replace)).await?;
@@ -296,6 +305,7 @@ impl Fs {
             last_modified: SystemTime::now(),
             metadata: Some(metadata),
             content_type: Some(content_type),
+            headers: standard,
         };
         let kind = if kind == Kind::Dir {
             Kind::Dir
@@ -399,6 +409,7 @@ impl Fs {
             last_modified: SystemTime::now(),
             metadata: Some(options.metadata),
             content_type: options.content_type,
+            headers: StandardHeaders::NONE,
         })
     }
 
@@ -699,6 +710,7 @@ impl Fs {
             key: &meta.key,
             etag: &meta.etag,
             size: meta.size,
+            headers: &meta.headers,
         };
         // A rename changes the node's status: its ctime moves (headers otherwise kept).
         let moved = Posix {
@@ -739,10 +751,12 @@ impl Fs {
             .try_for_each_concurrent(TREE_CONCURRENCY, |o| {
                 let new_key = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
                 async move {
+                    // Copied with their headers (COPY): none need sending again.
                     let source = CopySource {
                         key: &o.key,
                         etag: &o.etag,
                         size: o.size,
+                        headers: &StandardHeaders::NONE,
                     };
                     self.copy(source, &new_key, None).await?;
                     Ok(())

@@ -55,7 +55,9 @@ use super::posix::{Posix, S_IFMT, S_IFREG};
 use super::{Attr, Fs, Ino, Kind, OpenFile, ReadState};
 use crate::cache::ObjectId;
 use crate::error::{FsError, FsResult};
-use crate::store::{CopySource, ObjectMeta, StoreError, StoreErrorKind, UserMetadata};
+use crate::store::{
+    CopySource, ObjectMeta, StandardHeaders, StoreError, StoreErrorKind, UserMetadata,
+};
 use crate::upload::staging::StagingFile;
 use crate::upload::{Upload, Uploaded};
 
@@ -361,6 +363,16 @@ impl Fs {
             (Kind::File, Some(meta)) => meta,
             (Kind::Dir, _) => return Err(FsError::new(libc::EISDIR, "is a directory")),
             _ => return Err(FsError::new(libc::EINVAL, "not a regular file")),
+        };
+        // Kept content may be committed by a copy with new headers (a chmod or utime of the
+        // open file), which must send the object's others again: known from a HEAD only.
+        let meta = if mode.truncate {
+            meta
+        } else {
+            let key = meta.key.clone();
+            self.with_headers(&key, Some(meta))
+                .await?
+                .ok_or_else(FsError::not_found)?
         };
         // The file keeps its mode, owner and times (headers, or the mount's defaults) when
         // rewritten; a write moves mtime and ctime (`touched`), a futimens only what it names.
@@ -751,6 +763,7 @@ impl Fs {
                     key: &meta.key,
                     etag: &meta.etag,
                     size: meta.size,
+                    headers: &meta.headers,
                 };
                 let content_type = meta
                     .content_type
@@ -807,10 +820,12 @@ impl Fs {
             // A multipart upload took its headers at its start, and a rename during the
             // transfer moved the name: copying the object (onto itself, or to the new name)
             // applies both.
+            // What this mount uploaded carries no standard headers (see `StandardHeaders`).
             let source = CopySource {
                 key: &landed,
                 etag: &uploaded.etag,
                 size: uploaded.size,
+                headers: &StandardHeaders::NONE,
             };
             let replace = (&metadata, Some(content_type.as_str()));
             uploaded.etag = self.copy(source, &key, Some(replace)).await?;
@@ -833,6 +848,7 @@ impl Fs {
             last_modified: SystemTime::now(),
             metadata: Some(uploaded.metadata),
             content_type: Some(content_type),
+            headers: StandardHeaders::NONE,
         };
         if matches!(st.content, Content::Stream(_) | Content::Base(_)) {
             st.content = Content::Base(Some(meta.clone()));

@@ -17,8 +17,8 @@
 use bytes::Bytes;
 
 use crate::store::{
-    CompletedPart, CopySource, ListRequest, ListStart, ObjectStore, PutOptions, StoreError,
-    StoreErrorKind, UserMetadata,
+    CompletedPart, CopySource, ListRequest, ListStart, ObjectStore, PutOptions, StandardHeaders,
+    StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::upload::MIN_PART_SIZE;
 
@@ -213,6 +213,7 @@ async fn conditional_requests(store: &dyn ObjectStore, p: &str) -> CaseResult {
         key: &key,
         etag: &old,
         size: 0,
+        headers: &StandardHeaders::NONE,
     };
     expect_kind(
         store.copy_object(source, &format!("{p}copy"), None).await,
@@ -418,6 +419,7 @@ async fn copies_keep_or_replace_metadata(store: &dyn ObjectStore, p: &str) -> Ca
         key: &key,
         etag: &etag,
         size: 4,
+        headers: &StandardHeaders::NONE,
     };
     store
         .copy_object(source(), &format!("{p}kept"), None)

@@ -136,6 +136,7 @@ impl MemoryStore {
             last_modified: SystemTime::UNIX_EPOCH,
             metadata: headers.then(|| o.metadata.clone()),
             content_type: headers.then(|| content_type.to_string()),
+            headers: Default::default(),
         }
     }
 

@@ -61,6 +61,39 @@ pub struct ObjectMeta {
     pub metadata: Option<UserMetadata>,
     /// Content-Type, when known (a HEAD says it; a listing does not).
     pub content_type: Option<String>,
+    /// The other headers S3 keeps with it (a HEAD says them; empty from a listing).
+    pub headers: StandardHeaders,
+}
+
+/// Headers S3 stores with an object besides its Content-Type and user metadata. A copy that
+/// replaces the metadata (chmod, utime, rename...) drops them, and the storage class falls
+/// back to STANDARD, unless they are sent again: `CopySource::headers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandardHeaders {
+    /// Cache-Control.
+    pub cache_control: Option<String>,
+    /// Content-Disposition.
+    pub content_disposition: Option<String>,
+    /// Content-Encoding (`gzip` objects served to browsers).
+    pub content_encoding: Option<String>,
+    /// Content-Language.
+    pub content_language: Option<String>,
+    /// Expires, as the server sent it.
+    pub expires: Option<String>,
+    /// x-amz-storage-class (a HEAD names it only when not STANDARD).
+    pub storage_class: Option<String>,
+}
+
+impl StandardHeaders {
+    /// None of them.
+    pub const NONE: Self = Self {
+        cache_control: None,
+        content_disposition: None,
+        content_encoding: None,
+        content_language: None,
+        expires: None,
+        storage_class: None,
+    };
 }
 
 /// User metadata of an object: `x-amz-meta-NAME: VALUE` as `NAME -> VALUE`, names in lower case.
@@ -98,6 +131,8 @@ pub struct CopySource<'a> {
     pub etag: &'a str,
     /// Its size in bytes (or of the range a part copies): a copy's deadline grows with it.
     pub size: u64,
+    /// Its standard headers, sent again by a copy that replaces its metadata.
+    pub headers: &'a StandardHeaders,
 }
 
 /// One page of a ListObjectsV2 answer.

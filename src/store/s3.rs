@@ -57,13 +57,13 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use aws_sdk_s3::primitives::{ByteStream, SdkBody};
-use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, SdkBody};
+use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective, StorageClass};
 
 use super::requests::{CountRequests, RequestStats};
 use super::{
     CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, Pieces,
-    PutOptions, StoreError, StoreErrorKind, UserMetadata,
+    PutOptions, StandardHeaders, StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::config::{Checksum, NetworkConfig, StoreConfig};
 
@@ -614,6 +614,14 @@ impl ObjectStore for S3Store {
                             .unwrap_or_default(),
                     ),
                     content_type: out.content_type().map(str::to_string),
+                    headers: StandardHeaders {
+                        cache_control: out.cache_control().map(str::to_string),
+                        content_disposition: out.content_disposition().map(str::to_string),
+                        content_encoding: out.content_encoding().map(str::to_string),
+                        content_language: out.content_language().map(str::to_string),
+                        expires: out.expires_string().map(str::to_string),
+                        storage_class: out.storage_class().map(|c| c.as_str().to_string()),
+                    },
                 })),
                 Err(err) => {
                     let e = classify(&format!("HeadObject {key}"), err);
@@ -662,6 +670,7 @@ impl ObjectStore for S3Store {
                         last_modified: system_time(o.last_modified()),
                         metadata: None,
                         content_type: None,
+                        headers: StandardHeaders::default(),
                     })
                 })
                 .collect();
@@ -952,10 +961,21 @@ impl ObjectStore for S3Store {
             .copy_source(copy_source(&self.bucket, source.key))
             .copy_source_if_match(source.etag);
         if let Some((metadata, content_type)) = replace {
+            // REPLACE drops every header not sent again (see `StandardHeaders`); the mount's
+            // own --storage-class, if any, is added by the header interceptor and wins.
+            let kept = source.headers;
             call = call
                 .metadata_directive(MetadataDirective::Replace)
                 .set_metadata(metadata_map(metadata))
-                .set_content_type(content_type.map(str::to_string));
+                .set_content_type(content_type.map(str::to_string))
+                .set_cache_control(kept.cache_control.clone())
+                .set_content_disposition(kept.content_disposition.clone())
+                .set_content_encoding(kept.content_encoding.clone())
+                .set_content_language(kept.content_language.clone())
+                .set_storage_class(kept.storage_class.as_deref().map(StorageClass::from))
+                .set_expires(kept.expires.as_deref().and_then(|e| {
+                    DateTime::from_str(e, aws_sdk_s3::primitives::DateTimeFormat::HttpDate).ok()
+                }));
         }
         let call = call
             .customize()

@@ -509,6 +509,7 @@ async fn copy(
         key: source,
         etag: &meta.etag,
         size: meta.size,
+        headers: &meta.headers,
     };
     let start = Instant::now();
     let ops = match part_size {
