@@ -902,7 +902,11 @@ impl Fs {
 
     /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
     fn record(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
-        let mut t = self.tables.lock();
+        self.record_in(&mut self.tables.lock(), path, kind, meta)
+    }
+
+    /// `record`, under a tables lock the caller holds.
+    fn record_in(&self, t: &mut Tables, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
         let ino = t.meta.ino_for(path);
         let attr = self.attr(ino, kind, meta.as_ref());
         t.meta.created(path, kind, meta, attr.clone());

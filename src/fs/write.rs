@@ -861,9 +861,7 @@ impl Fs {
         let path = writer.path();
         let mut t = self.tables.lock();
         if !writer.unlinked.load(Ordering::SeqCst) {
-            let ino = t.meta.ino_for(&path);
-            let attr = self.attr(ino, Kind::File, Some(&meta));
-            t.meta.created(&path, Kind::File, Some(meta), attr);
+            self.record_in(&mut t, &path, Kind::File, Some(meta));
         }
         Ok(())
     }
@@ -989,10 +987,10 @@ impl Fs {
     /// at once and the commit's end defers the delete. False when no commit runs (the caller
     /// keeps the bytes for the handles and deletes, as in 10.).
     pub(super) fn unlink_committing(&self, ino: Ino, path: &str) -> bool {
-        let Some(writer) = self.writer_of(ino) else {
+        let mut t = self.tables.lock();
+        let Some(writer) = t.writers.get(&ino).cloned() else {
             return false;
         };
-        let mut t = self.tables.lock();
         if !writer.committing.load(Ordering::SeqCst) || writer.unlinked.load(Ordering::SeqCst) {
             return false;
         }
