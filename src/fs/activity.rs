@@ -119,7 +119,7 @@ impl Fs {
             .into_iter()
             .map(|progress| UploadActivity {
                 path: self
-                    .path_of_key(&progress.key)
+                    .names.path_of_key(&progress.key)
                     .unwrap_or_else(|| progress.key.clone()),
                 progress,
             })

@@ -275,7 +275,7 @@ impl Fs {
     /// Starts listing `ino` into a new handle; returns it once the first page is in.
     async fn start_listing(self: &Arc<Self>, ino: Ino) -> FsResult<Arc<DirHandle>> {
         let path = self.path_of(ino)?;
-        let prefix = self.dir_prefix(&path);
+        let prefix = self.names.dir_prefix(&path);
         let handle = Arc::new(DirHandle::new(Arc::default(), None));
         let token = self.tables.lock().meta.listing_started();
         let (first_tx, first_rx) = oneshot::channel::<FsResult<()>>();

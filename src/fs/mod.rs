@@ -33,11 +33,14 @@
 //!    still exists shows once the file is seen gone, or in the next listing.)
 
 mod activity;
+mod attrs;
+mod copy;
 pub mod deferred;
 mod dir;
 pub mod inode;
 pub mod list;
 pub mod meta;
+mod names;
 mod namespace;
 mod open;
 pub mod posix;
@@ -60,10 +63,13 @@ use crate::store::{ListRequest, ListStart, ObjectMeta, ObjectStore};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
 pub use activity::{Activity, Failure, PendingFile, UploadActivity};
+use attrs::Attrs;
+use copy::Copier;
 pub use dir::DirHandle;
 pub use inode::Ino;
 use list::{valid_name, Child};
 use meta::{Cached, ListToken, Meta};
+use names::Names;
 pub use meta::{Elsewhere, KernelNote};
 pub use namespace::{RenameMode, SetAttr};
 pub use open::Opened;
@@ -72,9 +78,6 @@ pub use remote::KernelCache;
 pub use write::OpenMode;
 use write::Writer;
 pub use xattr::SetMode;
-
-/// Directories whose attributes this mount changed, kept (least recently changed first out).
-const MAX_WRITTEN_DIRS: usize = 64 << 10;
 
 /// What kind of node an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,9 +229,12 @@ pub struct Fs {
     cache: Arc<BlockCache>,
     config: FsConfig,
     writes: Writes,
-    mounted_at: SystemTime,
-    /// What this mount wrote to directories (see 7.): wins over what the store says.
-    written: Mutex<lru::LruCache<Ino, Posix>>,
+    /// Paths to keys.
+    names: Names,
+    /// Attributes shown, and what this mount wrote to directories (see 7.).
+    attrs: Arc<Attrs>,
+    /// Server-side copies.
+    copier: Copier,
     tables: Mutex<Tables>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -322,13 +328,21 @@ impl Fs {
                 source,
             });
         let ttl_nanos = u64::try_from(config.metadata_ttl.as_nanos()).unwrap_or(u64::MAX);
+        let names = Names::new(&config.prefix, &config.content_type_default);
+        let copier = Copier::new(
+            Arc::clone(&store),
+            names.clone(),
+            config.copy_limit,
+            writes.tasks.clone(),
+        );
         Self {
             store,
             cache,
+            names,
+            attrs: Arc::new(Attrs::new(&config)),
+            copier,
             config,
             writes,
-            mounted_at: SystemTime::now(),
-            written: Mutex::new(lru::LruCache::unbounded()),
             tables: Mutex::new(Tables {
                 meta,
                 writers: HashMap::new(),
@@ -367,30 +381,6 @@ impl Fs {
         &self.config
     }
 
-    /// Content-Type of a new object at `key`: from its name's extension, else the mount's
-    /// default; a `dir/` marker is `application/x-directory`, as s3fs writes it.
-    fn guess_type(&self, key: &str) -> String {
-        if key.ends_with('/') {
-            return namespace::DIRECTORY_TYPE.to_string();
-        }
-        let name = key.rsplit('/').next().unwrap_or(key);
-        mime_guess::from_path(name)
-            .first_raw()
-            .map_or_else(|| self.config.content_type_default.clone(), str::to_string)
-    }
-
-    fn key_of(&self, path: &str) -> String {
-        format!("{}{}", self.config.prefix, path)
-    }
-
-    fn dir_prefix(&self, path: &str) -> String {
-        if path.is_empty() {
-            self.config.prefix.clone()
-        } else {
-            format!("{}{}/", self.config.prefix, path)
-        }
-    }
-
     fn path_of(&self, ino: Ino) -> FsResult<Arc<str>> {
         self.tables
             .lock()
@@ -399,114 +389,9 @@ impl Fs {
             .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
     }
 
-    /// Attributes from what is known: the headers when present, else the mount's defaults.
-    /// `meta` is the object of a file or symlink, the `dir/` marker (if seen) of a directory.
-    fn attr(&self, ino: Ino, kind: Kind, meta: Option<&ObjectMeta>) -> Attr {
-        let posix = if ino == Ino::ROOT {
-            Posix::default()
-        } else {
-            posix_of(meta)
-        };
-        let (size, modified) = match (kind, meta) {
-            (Kind::Dir, _) | (_, None) => (0, self.mounted_at),
-            (_, Some(m)) => (m.size, m.last_modified),
-        };
-        self.attr_from(ino, kind, size, &posix, modified)
-    }
-
-    /// Attributes of a node of `kind` and `size`: `posix` where set, else the mount's
-    /// defaults and `modified`.
-    fn attr_from(
-        &self,
-        ino: Ino,
-        kind: Kind,
-        size: u64,
-        posix: &Posix,
-        modified: SystemTime,
-    ) -> Attr {
-        let perm = match kind {
-            Kind::Dir => self.config.dir_mode,
-            Kind::Symlink => 0o777,
-            _ => self.config.file_mode,
-        };
-        let mtime = posix.mtime.unwrap_or(modified);
-        let rdev = match kind {
-            Kind::CharDevice | Kind::BlockDevice => posix.rdev.and_then(|r| u32::try_from(r).ok()),
-            _ => None,
-        };
-        let mut attr = Attr {
-            ino,
-            kind,
-            size,
-            mtime,
-            atime: posix.atime.unwrap_or(mtime),
-            ctime: posix.ctime.unwrap_or(mtime),
-            rdev: rdev.unwrap_or(0),
-            nlink: if kind == Kind::Dir { 2 } else { 1 },
-            perm: posix.mode.map_or(perm, |m| (m & 0o7777) as u16),
-            uid: posix.uid.unwrap_or(self.config.uid),
-            gid: posix.gid.unwrap_or(self.config.gid),
-        };
-        if kind == Kind::Dir {
-            self.overlay(&mut attr);
-        }
-        attr
-    }
-
-    /// This mount changed the attributes of directory `ino`: they win over the store's until
-    /// it is removed (servers may drop a marker's headers, an implicit directory has none).
-    fn wrote_dir(&self, ino: Ino, change: impl FnOnce(&mut Posix)) {
-        let mut written = self.written.lock();
-        let mut posix = written.pop(&ino).unwrap_or_default();
-        change(&mut posix);
-        written.push(ino, posix);
-        if written.len() > MAX_WRITTEN_DIRS {
-            written.pop_lru();
-        }
-    }
-
-    /// An entry of directory `ino` was added, removed or renamed: its mtime and ctime move.
-    fn dir_changed(&self, ino: Ino) {
-        let now = SystemTime::now();
-        self.wrote_dir(ino, |p| {
-            p.mtime = Some(now);
-            p.ctime = Some(now);
-        });
-    }
-
-    /// A directory's attributes with what this mount wrote to it (see 7.) put over them.
-    fn overlay(&self, attr: &mut Attr) {
-        if let Some(written) = self.written.lock().peek(&attr.ino) {
-            let times = [
-                (written.mtime, &mut attr.mtime),
-                (written.atime, &mut attr.atime),
-                (written.ctime, &mut attr.ctime),
-            ];
-            for (time, field) in times {
-                if let Some(time) = time {
-                    *field = time;
-                }
-            }
-            if let Some(mode) = written.mode {
-                attr.perm = (mode & 0o7777) as u16;
-            }
-            attr.uid = written.uid.unwrap_or(attr.uid);
-            attr.gid = written.gid.unwrap_or(attr.gid);
-        }
-    }
-
     /// The attributes a listing entry shows now (a directory's own changes applied).
     pub fn listed_attr(&self, attr: &Attr) -> Attr {
-        let mut attr = attr.clone();
-        if attr.kind == Kind::Dir {
-            self.overlay(&mut attr);
-        }
-        attr
-    }
-
-    /// Directory `ino` is gone: what this mount wrote to it goes too.
-    pub(crate) fn dir_gone(&self, ino: Ino) {
-        self.written.lock().pop(&ino);
+        self.attrs.listed(attr)
     }
 
     /// Records what the store said of `path` in an answer asked for at `token` (not kept if
@@ -522,7 +407,7 @@ impl Fs {
     ) -> Attr {
         let mut t = self.tables.lock();
         let ino = t.meta.ino_for(path);
-        let attr = self.attr(ino, kind, meta.as_ref());
+        let attr = self.attrs.of(ino, kind, meta.as_ref());
         t.meta.seen_since(ino, kind, meta, token);
         if to_kernel {
             t.meta.looked_up_ino(ino);
@@ -532,7 +417,7 @@ impl Fs {
 
     /// Attributes of the root directory.
     pub fn root_attr(&self) -> Attr {
-        self.attr(Ino::ROOT, Kind::Dir, None)
+        self.attrs.of(Ino::ROOT, Kind::Dir, None)
     }
 
     /// Looks up `name` in directory `parent` for the kernel: the entry is counted until the
@@ -549,7 +434,7 @@ impl Fs {
         }
         let parent_path = self.path_of(parent)?;
         let path = join(&parent_path, name);
-        self.check_key_length(&path, 0)?;
+        self.names.check_key_length(&path, 0)?;
         {
             let mut t = self.tables.lock();
             let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(&ino));
@@ -560,7 +445,7 @@ impl Fs {
             match cached {
                 Cached::Entry(mut attr) => {
                     if attr.kind == Kind::Dir {
-                        self.overlay(&mut attr);
+                        self.attrs.overlay(&mut attr);
                         attr.nlink += t.meta.subdirs(attr.ino).unwrap_or(0);
                     }
                     if to_kernel {
@@ -621,7 +506,7 @@ impl Fs {
         path: &str,
         known_file: bool,
     ) -> FsResult<Option<(Kind, Option<ObjectMeta>)>> {
-        let key = self.key_of(path);
+        let key = self.names.key(path);
         // A known file's HEAD goes first, alone; its answer stands in for the concurrent one.
         let known = if known_file {
             match self.visible(self.store.head_object(&key).await?) {
@@ -697,7 +582,7 @@ impl Fs {
             return Ok(attr);
         }
         let (kind, meta) = self.node(ino).await?;
-        let mut attr = self.attr(ino, kind, meta.as_ref());
+        let mut attr = self.attrs.of(ino, kind, meta.as_ref());
         if kind == Kind::Dir {
             let subdirs = self.tables.lock().meta.subdirs(ino);
             attr.nlink += subdirs.unwrap_or(0);
@@ -755,7 +640,7 @@ impl Fs {
             };
             let attr = match t.writers.get(&child_ino) {
                 Some(writer) => self.writer_attr(writer),
-                None => self.attr(child_ino, kind, meta.as_ref()),
+                None => self.attrs.of(child_ino, kind, meta.as_ref()),
             };
             if !fenced {
                 t.meta.seen_ino(child_ino, kind, meta);
@@ -908,7 +793,7 @@ impl Fs {
     /// `record`, under a tables lock the caller holds.
     fn record_in(&self, t: &mut Tables, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
         let ino = t.meta.ino_for(path);
-        let attr = self.attr(ino, kind, meta.as_ref());
+        let attr = self.attrs.of(ino, kind, meta.as_ref());
         t.meta.created(path, kind, meta, attr.clone());
         attr
     }

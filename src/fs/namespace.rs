@@ -16,21 +16,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, TryStreamExt};
 
 use super::posix::{Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::{join, object_kind, Attr, Fs, Ino, Kind};
 use crate::error::{FsError, FsResult};
 use crate::store::{
-    CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StandardHeaders, StoreError,
-    StoreErrorKind, UserMetadata,
+    CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StandardHeaders, UserMetadata,
 };
-use crate::upload::{abort_with_retries, PendingAbort};
 
-/// CopyObject's limit; larger objects are copied in parts.
-pub const COPY_LIMIT: u64 = 5 << 30;
-/// Part size of a multipart copy: 10,000 of them cover S3's 5 TiB object limit.
-const COPY_PART: u64 = 512 << 20;
 /// Content-Type of `dir/` markers, as s3fs writes them.
 pub const DIRECTORY_TYPE: &str = "application/x-directory";
 /// Objects copied or deleted at once when a directory is renamed.
@@ -93,121 +87,12 @@ pub struct RenameMode {
 }
 
 impl Fs {
-    /// Server-side copy of `source` to `key`; headers replaced when given.
-    pub(super) async fn copy(
-        &self,
-        source: CopySource<'_>,
-        key: &str,
-        replace: Option<(&UserMetadata, Option<&str>)>,
-    ) -> Result<String, StoreError> {
-        let size = source.size;
-        if source.key.ends_with('/') {
-            // A `dir/` marker is copied like any object (its other headers stay); where there
-            // is none (an implicit directory) or the server refuses to copy markers
-            // (SeaweedFS), it is written anew.
-            match self.store.copy_object(source, key, replace).await {
-                Err(e) if e.kind == StoreErrorKind::NotFound => {}
-                copied => return copied,
-            }
-            let (metadata, _) = self.copied_headers(source, replace).await?;
-            let options = PutOptions {
-                metadata,
-                content_type: Some(DIRECTORY_TYPE.to_string()),
-                if_none_match: false,
-            };
-            return self.store.put_object(key, Bytes::new(), &options).await;
-        }
-        if size <= self.copy_limit() {
-            return self.store.copy_object(source, key, replace).await;
-        }
-        let (metadata, content_type) = self.copied_headers(source, replace).await?;
-        let id = self
-            .store
-            .create_multipart_upload(key, &metadata, content_type.as_deref(), false)
-            .await?;
-        let part = self.copy_part_size(size);
-        let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..size.div_ceil(part))
-            .map(|i| (i as i32 + 1, i * part..((i + 1) * part).min(size)))
-            .collect();
-        let result = stream::iter(ranges)
-            .map(|(number, range)| {
-                let id = id.clone();
-                async move {
-                    self.store
-                        .upload_part_copy(key, &id, number, source, range)
-                        .await
-                }
-            })
-            .buffered(4)
-            .try_collect::<Vec<_>>()
-            .await;
-        let result = match result {
-            Ok(parts) => {
-                self.store
-                    .complete_multipart_upload(key, &id, &parts, false)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            let pending = PendingAbort {
-                key: key.to_string(),
-                upload_id: id,
-            };
-            self.writes
-                .tasks
-                .spawn(abort_with_retries(Arc::clone(&self.store), pending));
-        }
-        result
-    }
-
-    /// The headers a copy gets: `replace` when given, else the source's (one HEAD).
-    async fn copied_headers(
-        &self,
-        source: CopySource<'_>,
-        replace: Option<(&UserMetadata, Option<&str>)>,
-    ) -> Result<(UserMetadata, Option<String>), StoreError> {
-        if let Some((metadata, content_type)) = replace {
-            return Ok((metadata.clone(), content_type.map(str::to_string)));
-        }
-        let head = self.store.head_object(source.key).await?;
-        Ok(head
-            .map(|m| (m.metadata.unwrap_or_default(), m.content_type))
-            .unwrap_or_default())
-    }
-
-    fn copy_limit(&self) -> u64 {
-        self.config.copy_limit.unwrap_or(COPY_LIMIT)
-    }
-
-    fn copy_part_size(&self, size: u64) -> u64 {
-        let part = if self.config.copy_limit.is_some() {
-            self.copy_limit()
-        } else {
-            COPY_PART
-        };
-        part.max(size.div_ceil(10_000))
-    }
-
-    /// The object or marker behind `path` with its headers, read with a HEAD when the cached
-    /// one came from a listing.
-    pub(super) async fn with_headers(
-        &self,
-        key: &str,
-        meta: Option<ObjectMeta>,
-    ) -> FsResult<Option<ObjectMeta>> {
-        match meta {
-            Some(m) if m.metadata.is_some() => Ok(Some(m)),
-            _ => Ok(self.store.head_object(key).await?),
-        }
-    }
-
     /// setattr: truncation and header changes (mode, owner, mtime).
     pub async fn setattr(&self, ino: Ino, change: SetAttr) -> FsResult<Attr> {
         self.check_changes_allowed()?;
         if ino == Ino::ROOT {
             // The bucket root has no object to hold headers: kept for the mount's life only.
-            self.wrote_dir(ino, |p| change.apply(p, S_IFDIR));
+            self.attrs.wrote_dir(ino, |p| change.apply(p, S_IFDIR));
             return Ok(self.root_attr());
         }
         if let Some(size) = change.size {
@@ -244,7 +129,7 @@ impl Fs {
     ) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
         let (kind, meta) = self.node(ino).await?;
-        let current = self.attr(ino, kind, meta.as_ref());
+        let current = self.attrs.of(ino, kind, meta.as_ref());
         let type_bits = kind.type_bits();
         let mut posix = Posix {
             mode: Some(type_bits | u32::from(current.perm)),
@@ -260,11 +145,11 @@ impl Fs {
         // `name_$folder$`), which is rewritten in place so that rmdir still finds it.
         let key = match (kind, &meta) {
             (Kind::Dir, Some(m)) if !m.key.ends_with('/') => m.key.clone(),
-            (Kind::Dir, _) => self.dir_prefix(&path),
-            _ => self.key_of(&path),
+            (Kind::Dir, _) => self.names.dir_prefix(&path),
+            _ => self.names.key(&path),
         };
         let (size, etag, mut extra, content_type, standard) =
-            match self.with_headers(&key, meta).await? {
+            match self.copier.with_headers(&key, meta).await? {
                 Some(m) => (
                     m.size,
                     m.etag,
@@ -282,13 +167,13 @@ impl Fs {
                 None => return Err(FsError::not_found()),
             };
         // The object keeps its Content-Type and other headers (a REPLACE copy would drop them).
-        let content_type = content_type.unwrap_or_else(|| self.guess_type(&key));
+        let content_type = content_type.unwrap_or_else(|| self.names.guess_type(&key));
         change(&mut posix, &mut extra)?;
         let metadata = posix.apply_to(&extra);
         super::xattr::check_fits(&metadata)?;
         if kind == Kind::Dir {
             // Kept by this mount whatever the server keeps of the marker's headers.
-            self.wrote_dir(ino, |p| p.merge(&posix));
+            self.attrs.wrote_dir(ino, |p| p.merge(&posix));
         }
         let source = CopySource {
             key: &key,
@@ -297,7 +182,7 @@ impl Fs {
             headers: &standard,
         };
         let replace = (&metadata, Some(content_type.as_str()));
-        let etag = self.copy(source, &key, Some(replace)).await?;
+        let etag = self.copier.copy(source, &key, Some(replace)).await?;
         let new = ObjectMeta {
             key,
             size,
@@ -349,12 +234,12 @@ impl Fs {
         let path = self.new_path(parent, name)?;
         let posix = Posix::new_node(S_IFDIR | (mode & 0o7777), owner, 0);
         let marker = self
-            .put_new(self.dir_prefix(&path), Bytes::new(), &posix)
+            .put_new(self.names.dir_prefix(&path), Bytes::new(), &posix)
             .await?;
         let ino = self.tables.lock().meta.ino_for(&path);
-        self.wrote_dir(ino, |p| p.merge(&posix));
+        self.attrs.wrote_dir(ino, |p| p.merge(&posix));
         let attr = self.record(&path, Kind::Dir, Some(marker));
-        self.dir_changed(parent);
+        self.attrs.dir_changed(parent);
         // A new directory is empty: its lookups need no request until the listing expires.
         let mut t = self.tables.lock();
         t.meta.made_dir(attr.ino);
@@ -386,9 +271,9 @@ impl Fs {
         body: Bytes,
         posix: &Posix,
     ) -> FsResult<Attr> {
-        let meta = self.put_new(self.key_of(path), body, posix).await?;
+        let meta = self.put_new(self.names.key(path), body, posix).await?;
         let attr = self.record(path, kind, Some(meta));
-        self.dir_changed(parent);
+        self.attrs.dir_changed(parent);
         self.tables.lock().meta.looked_up(path);
         Ok(attr)
     }
@@ -397,7 +282,7 @@ impl Fs {
     async fn put_new(&self, key: String, body: Bytes, posix: &Posix) -> FsResult<ObjectMeta> {
         let options = PutOptions {
             metadata: posix.to_metadata(),
-            content_type: Some(self.guess_type(&key)),
+            content_type: Some(self.names.guess_type(&key)),
             if_none_match: false,
         };
         let size = body.len() as u64;
@@ -476,7 +361,7 @@ impl Fs {
         if attr.kind == Kind::Dir {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
-        let key = self.key_of(&path);
+        let key = self.names.key(&path);
         let open = self.is_open(attr.ino);
         if open && self.writer_of(attr.ino).is_none() {
             // Only readers: the object stays, hidden, until their last close (deferred.rs).
@@ -507,7 +392,7 @@ impl Fs {
             self.store.delete_object(&key).await?;
             self.record_gone(&path);
         }
-        self.dir_changed(parent);
+        self.attrs.dir_changed(parent);
         Ok(())
     }
 
@@ -528,7 +413,7 @@ impl Fs {
         if attr.kind != Kind::Dir {
             return Err(FsError::new(libc::ENOTDIR, "not a directory"));
         }
-        let marker = self.dir_prefix(&path);
+        let marker = self.names.dir_prefix(&path);
         if !self.dir_is_empty(&path, &marker).await? {
             return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
         }
@@ -538,8 +423,8 @@ impl Fs {
             self.store.delete_object(&legacy).await?;
         }
         self.record_gone(&path);
-        self.dir_gone(attr.ino);
-        self.dir_changed(parent);
+        self.attrs.dir_gone(attr.ino);
+        self.attrs.dir_changed(parent);
         Ok(())
     }
 
@@ -594,7 +479,7 @@ impl Fs {
         }
         let from = join(&self.path_of(parent)?, name);
         let to = join(&self.path_of(new_parent)?, new_name);
-        self.check_key_length(&to, 1)?;
+        self.names.check_key_length(&to, 1)?;
         let source = self.find(parent, name, false).await?;
         let target = match self.find(new_parent, new_name, false).await {
             Ok(attr) => Some(attr),
@@ -613,7 +498,7 @@ impl Fs {
                     return Err(FsError::new(libc::ENOTDIR, "target is not a directory"))
                 }
                 (false, true) => return Err(FsError::new(libc::EISDIR, "target is a directory")),
-                (true, true) if !self.dir_is_empty(&to, &self.dir_prefix(&to)).await? => {
+                (true, true) if !self.dir_is_empty(&to, &self.names.dir_prefix(&to)).await? => {
                     return Err(FsError::new(libc::ENOTEMPTY, "target directory not empty"))
                 }
                 _ => {}
@@ -664,13 +549,13 @@ impl Fs {
             }
             // A file open for writing answers for itself until its next commit records it.
             Some(None) => {}
-            None => self.wrote_dir(source.ino, |p| p.ctime = Some(SystemTime::now())),
+            None => self.attrs.wrote_dir(source.ino, |p| p.ctime = Some(SystemTime::now())),
         }
         if let Some(target) = target.filter(|t| t.kind == Kind::Dir && t.ino != source.ino) {
-            self.dir_gone(target.ino);
+            self.attrs.dir_gone(target.ino);
         }
-        self.dir_changed(parent);
-        self.dir_changed(new_parent);
+        self.attrs.dir_changed(parent);
+        self.attrs.dir_changed(new_parent);
         Ok(())
     }
 
@@ -690,49 +575,14 @@ impl Fs {
             return self.rename_writer(&writer, to).await;
         }
         let (_, meta) = self.node(ino).await?;
-        let old_key = self.key_of(from);
+        let old_key = self.names.key(from);
         // The headers say what the moved node is (a symlink, its mode): read them if the
         // cached version came from a listing.
         let meta = self
-            .with_headers(&old_key, meta)
+            .copier.with_headers(&old_key, meta)
             .await?
             .ok_or_else(FsError::not_found)?;
-        self.move_object(meta, &self.key_of(to)).await.map(Some)
-    }
-
-    /// Copies `meta` (headers read) to `new_key` and deletes it; returns the moved object.
-    pub(super) async fn move_object(
-        &self,
-        meta: ObjectMeta,
-        new_key: &str,
-    ) -> FsResult<ObjectMeta> {
-        let source = CopySource {
-            key: &meta.key,
-            etag: &meta.etag,
-            size: meta.size,
-            headers: &meta.headers,
-        };
-        // A rename changes the node's status: its ctime moves (headers otherwise kept).
-        let moved = Posix {
-            ctime: Some(SystemTime::now()),
-            ..Posix::default()
-        };
-        let headers = moved.apply_to(meta.metadata.as_ref().unwrap_or(&Default::default()));
-        // The type guessed from the old name follows the name; a type set otherwise stays.
-        let content_type = match &meta.content_type {
-            Some(t) if *t != self.guess_type(&meta.key) => t.clone(),
-            _ => self.guess_type(new_key),
-        };
-        let replace = (&headers, Some(content_type.as_str()));
-        let etag = self.copy(source, new_key, Some(replace)).await?;
-        self.store.delete_object(&meta.key).await?;
-        Ok(ObjectMeta {
-            key: new_key.to_string(),
-            etag,
-            metadata: Some(headers),
-            content_type: Some(content_type),
-            ..meta
-        })
+        self.copier.move_object(meta, &self.names.key(to)).await.map(Some)
     }
 
     /// Copies every key under `from/` to `to/`, then deletes the originals. An empty target
@@ -744,8 +594,8 @@ impl Fs {
                 "files in the directory are open for writing",
             ));
         }
-        let old_prefix = self.dir_prefix(from);
-        let new_prefix = self.dir_prefix(to);
+        let old_prefix = self.names.dir_prefix(from);
+        let new_prefix = self.names.dir_prefix(to);
         let objects = self.list_all(&old_prefix).await?;
         stream::iter(objects.iter().map(Ok::<_, FsError>))
             .try_for_each_concurrent(TREE_CONCURRENCY, |o| {
@@ -758,7 +608,7 @@ impl Fs {
                         size: o.size,
                         headers: &StandardHeaders::NONE,
                     };
-                    self.copy(source, &new_key, None).await?;
+                    self.copier.copy(source, &new_key, None).await?;
                     Ok(())
                 }
             })

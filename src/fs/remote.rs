@@ -8,9 +8,7 @@
 //! 2. The port must never be called with the tables locked, and must not block: telling the
 //!    kernel to drop an entry waits for the directory's lock, which a FUSE request in flight
 //!    may hold while it waits for us. The port queues notes for a thread of its own.
-//! 3. A key maps to a path only below the mount's prefix and when every part is a name the
-//!    mount can show; `dir/` markers and `dir_$folder$` objects name the directory itself.
-//!    Other keys are ignored.
+//! 3. A key maps to a path as `names.rs` says; other keys are ignored.
 //! 4. When notifications stop working, the TTLs fall back to short ones (`set_ttls`), and the
 //!    kernel forgets what it holds, since it was given those entries for the long TTL.
 
@@ -18,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::list::{valid_name, FOLDER_SUFFIX};
 use super::meta::{Elsewhere, KernelNote};
 use super::Fs;
 
@@ -52,7 +49,7 @@ impl Fs {
     /// in the kernel. Returns whether anything was (false for keys outside the mount and for
     /// what memory already agrees with, such as this mount's own commits).
     pub fn changed_elsewhere(&self, key: &str, change: &Elsewhere) -> bool {
-        let Some(path) = self.path_of_key(key) else {
+        let Some(path) = self.names.path_of_key(key) else {
             return false;
         };
         let notes = self.tables.lock().meta.changed_elsewhere(&path, change);
@@ -62,17 +59,6 @@ impl Fs {
         tracing::debug!(key, ?change, "changed elsewhere");
         self.tell_kernel(notes);
         true
-    }
-
-    /// The path `key` shows as (see 3.).
-    pub(super) fn path_of_key(&self, key: &str) -> Option<String> {
-        let rel = key.strip_prefix(self.config.prefix.as_str())?;
-        let path = rel
-            .strip_suffix('/')
-            .or_else(|| rel.strip_suffix(FOLDER_SUFFIX))
-            .unwrap_or(rel);
-        let showable = !path.is_empty() && path.split('/').all(valid_name);
-        showable.then(|| path.to_string())
     }
 
     fn tell_kernel(&self, notes: Vec<KernelNote>) {

@@ -11,6 +11,11 @@ use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
 
 fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Arc<Fs> {
+    fs_copying(store, prefix, None)
+}
+
+/// `fs_over` with objects above `copy_limit` copied in parts.
+fn fs_copying(store: &Arc<MemoryStore>, prefix: &str, copy_limit: Option<u64>) -> Arc<Fs> {
     let dyn_store: Arc<dyn ObjectStore> = store.clone();
     let cache = Arc::new(BlockCache::new(
         Arc::clone(&dyn_store),
@@ -20,6 +25,7 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Arc<Fs> {
         prefix: prefix.to_string(),
         metadata_ttl: Duration::from_secs(60),
         negative_ttl: Duration::from_secs(60),
+        copy_limit,
         ..FsConfig::default()
     };
     Arc::new(Fs::new(dyn_store, cache, config, writes()))
@@ -317,8 +323,7 @@ async fn unlinking_a_file_being_written_stores_nothing() {
 #[tokio::test]
 async fn rename_moves_files_and_trees_and_keeps_headers() {
     let store = Arc::new(MemoryStore::new());
-    let mut fs = fs_over(&store, "");
-    Arc::get_mut(&mut fs).unwrap().config.copy_limit = Some(MIN_COPY_PART);
+    let fs = fs_copying(&store, "", Some(MIN_COPY_PART));
     let d = fs.mkdir(Ino::ROOT, "d", 0o700, (0, 0)).await.unwrap();
     let (_, fh) = fs
         .create(d.ino, "f", 0o600, (5, 6), false, by(0))

@@ -167,7 +167,7 @@ impl Fs {
     pub(super) fn writer_attr(&self, w: &Writer) -> Attr {
         let posix = *w.posix.lock();
         let size = w.size.load(Ordering::SeqCst);
-        let mut attr = self.attr_from(w.ino, Kind::File, size, &posix, *w.modified.lock());
+        let mut attr = self.attrs.from(w.ino, Kind::File, size, &posix, *w.modified.lock());
         if w.unlinked.load(Ordering::SeqCst) {
             attr.nlink = 0;
         }
@@ -188,7 +188,7 @@ impl Fs {
     /// An upload to `key`, stored with the Content-Type `kept` from the object it replaces,
     /// else the one its name suggests.
     fn new_upload(&self, key: &str, kept: Option<&str>) -> Upload {
-        let content_type = kept.map_or_else(|| self.guess_type(key), str::to_string);
+        let content_type = kept.map_or_else(|| self.names.guess_type(key), str::to_string);
         Upload::new(
             Arc::clone(&self.store),
             key.to_string(),
@@ -302,7 +302,7 @@ impl Fs {
                 };
                 // Even an O_RDWR open streams: front-to-back writers keep the fast path
                 // whatever their flags (see 2. for one that goes back).
-                let content = Content::Stream(self.new_upload(&self.key_of(&path), None));
+                let content = Content::Stream(self.new_upload(&self.names.key(&path), None));
                 let extra = UserMetadata::new();
                 let (writer, new) =
                     self.insert_writer(ino, &path, content, posix, excl, extra, true);
@@ -318,7 +318,7 @@ impl Fs {
             }
         };
         debug_assert_eq!(ino, writer.ino);
-        self.dir_changed(parent);
+        self.attrs.dir_changed(parent);
         // The kernel holds the new entry from now on.
         self.tables.lock().meta.looked_up(&path);
         Ok((
@@ -370,13 +370,13 @@ impl Fs {
             meta
         } else {
             let key = meta.key.clone();
-            self.with_headers(&key, Some(meta))
+            self.copier.with_headers(&key, Some(meta))
                 .await?
                 .ok_or_else(FsError::not_found)?
         };
         // The file keeps its mode, owner and times (headers, or the mount's defaults) when
         // rewritten; a write moves mtime and ctime (`touched`), a futimens only what it names.
-        let attr = self.attr(ino, Kind::File, Some(&meta));
+        let attr = self.attrs.of(ino, Kind::File, Some(&meta));
         let posix = Posix {
             mode: Some(S_IFREG | u32::from(attr.perm)),
             uid: Some(attr.uid),
@@ -476,7 +476,7 @@ impl Fs {
         }
         if let Content::Base(meta) = &st.content {
             if meta.as_ref().is_none_or(|m| m.size == 0) && offset == 0 {
-                let key = self.key_of(&writer.path());
+                let key = self.names.key(&writer.path());
                 st.content = Content::Stream(self.new_upload(&key, st.content_type.as_deref()));
             }
         }
@@ -604,7 +604,7 @@ impl Fs {
         let mut st = writer.state.lock().await;
         if len == 0 {
             // The old stream, if any, is dropped and its multipart upload aborted.
-            let key = self.key_of(&writer.path());
+            let key = self.names.key(&writer.path());
             st.content = Content::Stream(self.new_upload(&key, st.content_type.as_deref()));
             st.failed = None;
         } else {
@@ -706,7 +706,7 @@ impl Fs {
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
-        let key = self.key_of(&writer.path());
+        let key = self.names.key(&writer.path());
         let headers = writer.headers_changed.swap(false, Ordering::SeqCst);
         let moved = st.stored.as_ref().is_some_and(|(stored, _)| *stored != key);
         if !st.dirty && !headers && !moved {
@@ -768,8 +768,8 @@ impl Fs {
                 let content_type = meta
                     .content_type
                     .clone()
-                    .unwrap_or_else(|| self.guess_type(key));
-                self.copy(source, key, Some((metadata, Some(&content_type))))
+                    .unwrap_or_else(|| self.names.guess_type(key));
+                self.copier.copy(source, key, Some((metadata, Some(&content_type))))
                     .await
                     .map(|etag| Uploaded {
                         etag,
@@ -799,7 +799,7 @@ impl Fs {
         mut uploaded: Uploaded,
     ) -> FsResult<()> {
         let content_type = loop {
-            let key = self.key_of(&writer.path());
+            let key = self.names.key(&writer.path());
             writer.headers_changed.store(false, Ordering::SeqCst);
             let mut metadata = self.wanted_metadata(writer);
             let posix = *writer.posix.lock();
@@ -813,7 +813,7 @@ impl Fs {
             let content_type = st
                 .content_type
                 .clone()
-                .unwrap_or_else(|| self.guess_type(&key));
+                .unwrap_or_else(|| self.names.guess_type(&key));
             if landed == key && uploaded.metadata == metadata {
                 break content_type;
             }
@@ -828,7 +828,7 @@ impl Fs {
                 headers: &StandardHeaders::NONE,
             };
             let replace = (&metadata, Some(content_type.as_str()));
-            uploaded.etag = self.copy(source, &key, Some(replace)).await?;
+            uploaded.etag = self.copier.copy(source, &key, Some(replace)).await?;
             uploaded.metadata = metadata;
             if landed != key {
                 self.store.delete_object(&landed).await?;
@@ -892,10 +892,10 @@ impl Fs {
             *writer.path.lock() = to.to_string();
             return Ok(None);
         };
-        let new_key = self.key_of(to);
+        let new_key = self.names.key(to);
         match self.store.head_object(&old_key).await? {
             Some(meta) if super::same_etag(&meta.etag, &etag) => {
-                let moved = self.move_object(meta, &new_key).await?;
+                let moved = self.copier.move_object(meta, &new_key).await?;
                 st.stored = Some((new_key, moved.etag.clone()));
                 if let Content::Base(Some(base)) = &mut st.content {
                     *base = moved.clone();
@@ -1162,19 +1162,8 @@ impl Fs {
         self.check_writable(name)?;
         let path = super::join(&self.path_of(parent)?, name);
         // A directory's marker is one byte longer than its name's key.
-        self.check_key_length(&path, 1)?;
+        self.names.check_key_length(&path, 1)?;
         Ok(path)
-    }
-
-    /// ENAMETOOLONG for a path whose key (plus `extra` bytes) would be longer than S3 allows.
-    pub(super) fn check_key_length(&self, path: &str, extra: usize) -> FsResult<()> {
-        if self.key_of(path).len() + extra > MAX_KEY_LEN {
-            return Err(FsError::new(
-                libc::ENAMETOOLONG,
-                format!("the key of '{path}' would be longer than S3's {MAX_KEY_LEN} bytes"),
-            ));
-        }
-        Ok(())
     }
 
     /// The mode a new file gets when `mode` carries no type bits.
@@ -1194,9 +1183,6 @@ fn object_end(offset: u64, len: u64) -> FsResult<u64> {
         .filter(|end| *end <= crate::upload::MAX_OBJECT_SIZE)
         .ok_or_else(|| FsError::new(libc::EFBIG, "past S3's 5 TiB object limit"))
 }
-
-/// Longest key S3 accepts, in bytes of UTF-8.
-pub const MAX_KEY_LEN: usize = 1024;
 
 /// ENAMETOOLONG for a name longer than NAME_MAX.
 pub(super) fn check_length(name: &str) -> FsResult<()> {

@@ -165,12 +165,12 @@ impl Fs {
         let (kind, meta) = self.node(ino).await?;
         let path = self.path_of(ino)?;
         let key = if kind == Kind::Dir {
-            self.dir_prefix(&path)
+            self.names.dir_prefix(&path)
         } else {
-            self.key_of(&path)
+            self.names.key(&path)
         };
         let token = self.fill_started();
-        let meta = self.with_headers(&key, meta).await?;
+        let meta = self.copier.with_headers(&key, meta).await?;
         if let Some(m) = &meta {
             // Remembered for the next question.
             self.remember(&path, kind, Some(m.clone()), false, token);
