@@ -568,7 +568,7 @@ impl Filesystem for FuseAdapter {
                 Ok(opened) => {
                     if let Some(refused) = io.reply_open(&fs, ino.0, opened, mode, reply) {
                         if let Some(file) = fs.take_handle(refused) {
-                            fs.released(file).await;
+                            fs.writers().released(file).await;
                         }
                     }
                 }
@@ -624,7 +624,7 @@ impl Filesystem for FuseAdapter {
         metrics::fuse_op("write");
         let data = data.to_vec();
         self.spawn(|fs| async move {
-            match fs.write(fh.0, offset, &data).await {
+            match fs.writers().write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno("write", e)),
             }
@@ -642,7 +642,11 @@ impl Filesystem for FuseAdapter {
         metrics::fuse_op("flush");
         let tid = req.pid();
         self.spawn(|fs| async move {
-            reply_empty("flush", reply, fs.close(fh.0, tid, process_of).await)
+            reply_empty(
+                "flush",
+                reply,
+                fs.writers().close(fh.0, tid, process_of).await,
+            )
         });
     }
 
@@ -662,7 +666,7 @@ impl Filesystem for FuseAdapter {
         self.io.released(fh.0);
         self.spawn(|fs| async move {
             if let Some(file) = file {
-                fs.released(file).await;
+                fs.writers().released(file).await;
             }
             reply.ok();
         });
@@ -670,7 +674,7 @@ impl Filesystem for FuseAdapter {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
         metrics::fuse_op("fsync");
-        self.spawn(|fs| async move { reply_empty("fsync", reply, fs.fsync(fh.0).await) });
+        self.spawn(|fs| async move { reply_empty("fsync", reply, fs.writers().fsync(fh.0).await) });
     }
 
     fn fsyncdir(
@@ -853,7 +857,7 @@ impl Filesystem for FuseAdapter {
     ) {
         metrics::fuse_op("fallocate");
         self.spawn(|fs| async move {
-            let result = fs.fallocate(fh.0, offset, length, mode).await;
+            let result = fs.writers().fallocate(fh.0, offset, length, mode).await;
             reply_empty("fallocate", reply, result);
         });
     }

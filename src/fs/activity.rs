@@ -9,8 +9,6 @@
 //!    `status --wait` can report the failures that happened while it waited, and only those.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use super::meta::MetaStats;
 use super::Fs;
@@ -89,54 +87,30 @@ impl Failures {
     }
 }
 
+impl Failures {
+    /// The failures kept, oldest first.
+    pub(super) fn kept(&self) -> Vec<Failure> {
+        self.kept.iter().cloned().collect()
+    }
+
+    /// The number of the last failure (0: none yet).
+    pub(super) fn last(&self) -> u64 {
+        self.last
+    }
+}
+
 impl Fs {
     /// What the mount is doing now; never waits on a writer (see 1.).
     pub fn activity(&self) -> Activity {
-        let (writers, meta): (Vec<_>, _) = {
-            let t = self.tables.lock();
-            (t.writers.values().map(Arc::clone).collect(), t.meta.stats())
-        };
-        let mut pending = Vec::new();
-        for w in writers {
-            if w.unlinked.load(Ordering::SeqCst) {
-                continue;
-            }
-            let busy = match w.state.try_lock() {
-                Ok(st) if st.failed.is_some() || !st.dirty => continue,
-                Ok(_) => false,
-                Err(_) => true,
-            };
-            pending.push(PendingFile {
-                path: w.path(),
-                size: w.size.load(Ordering::SeqCst),
-                busy,
-            });
-        }
-        pending.sort_by(|a, b| a.path.cmp(&b.path));
-        let uploads = self
-            .uploads
-            .snapshot()
-            .into_iter()
-            .map(|progress| UploadActivity {
-                path: self
-                    .names.path_of_key(&progress.key)
-                    .unwrap_or_else(|| progress.key.clone()),
-                progress,
-            })
-            .collect();
-        let failures = self.failures.lock();
+        let meta = self.tables.lock().meta.stats();
+        let (failures, last_failure) = self.writers.failures();
         Activity {
-            uploads,
-            pending,
-            failures: failures.kept.iter().cloned().collect(),
-            last_failure: failures.last,
+            uploads: self.writers.uploads(),
+            pending: self.writers.pending(),
+            failures,
+            last_failure,
             cache: self.cache.activity(),
             meta,
         }
-    }
-
-    /// Remembers a failed commit of `path`.
-    pub(super) fn failed_commit(&self, path: String, message: String) {
-        self.failures.lock().record(path, message);
     }
 }

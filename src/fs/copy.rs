@@ -22,7 +22,9 @@ use super::names::Names;
 use super::namespace::DIRECTORY_TYPE;
 use super::posix::Posix;
 use crate::error::FsResult;
-use crate::store::{CopySource, ObjectMeta, ObjectStore, PutOptions, StoreError, StoreErrorKind, UserMetadata};
+use crate::store::{
+    CopySource, ObjectMeta, ObjectStore, PutOptions, StoreError, StoreErrorKind, UserMetadata,
+};
 use crate::upload::{abort_with_retries, PendingAbort};
 
 /// CopyObject's limit; larger objects are copied in parts.
@@ -199,5 +201,4 @@ impl Copier {
             ..meta
         })
     }
-
 }

@@ -212,7 +212,7 @@ impl Fs {
             Some(entries) => Arc::new(DirHandle::new(entries, Some(Ok(())))),
             None => self.start_listing(ino).await?,
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.handles.next();
         self.dirs.lock().insert(fh, handle);
         Ok(fh)
     }

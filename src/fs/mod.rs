@@ -37,6 +37,7 @@ mod attrs;
 mod copy;
 pub mod deferred;
 mod dir;
+mod handles;
 pub mod inode;
 pub mod list;
 pub mod meta;
@@ -45,7 +46,7 @@ mod namespace;
 mod open;
 pub mod posix;
 pub mod remote;
-mod write;
+mod writers;
 pub mod xattr;
 
 use parking_lot::Mutex;
@@ -66,17 +67,19 @@ pub use activity::{Activity, Failure, PendingFile, UploadActivity};
 use attrs::Attrs;
 use copy::Copier;
 pub use dir::DirHandle;
+pub use handles::OpenFile;
+use handles::{Handles, Version};
 pub use inode::Ino;
 use list::{valid_name, Child};
 use meta::{Cached, ListToken, Meta};
-use names::Names;
 pub use meta::{Elsewhere, KernelNote};
+use names::Names;
 pub use namespace::{RenameMode, SetAttr};
 pub use open::Opened;
 use posix::Posix;
 pub use remote::KernelCache;
-pub use write::OpenMode;
-use write::Writer;
+use writers::Writer;
+pub use writers::{OpenMode, Writers};
 pub use xattr::SetMode;
 
 /// What kind of node an inode is.
@@ -188,38 +191,22 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-/// The version of an object a handle reads.
-#[derive(Debug, Clone, Default)]
-struct Version {
-    /// `None` for a file created by this handle.
-    object: Option<Arc<ObjectId>>,
-    size: u64,
-}
-
-/// An open file handle (its fields are the filesystem's own).
-#[derive(Debug)]
-pub struct OpenFile {
-    ino: Ino,
-    /// The version seen at open; followed to a newer one while no byte of it was read (see 8.).
-    version: Mutex<Version>,
-    /// A byte of `version` was returned through this handle.
-    served: std::sync::atomic::AtomicBool,
-    /// A read through this handle was refused (an archived object): later refusals are not
-    /// logged again (the kernel retries a failed read-ahead as a plain read).
-    refused: std::sync::atomic::AtomicBool,
-    state: Mutex<ReadState>,
-    /// Set for handles opened for writing.
-    writer: Option<Arc<Writer>>,
-    /// The process that opened it (0: unknown, every close commits).
-    opener: u32,
-}
-
 /// What is known about names, and the files open for writing, under one lock.
 #[derive(Debug)]
 struct Tables {
     meta: Meta,
     /// Files open for writing, by inode: every handle on one file shares its writer.
-    writers: HashMap<Ino, Arc<Writer>>,
+    writers: writers::Registry,
+}
+
+impl Tables {
+    /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
+    fn record(&mut self, attrs: &Attrs, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
+        let ino = self.meta.ino_for(path);
+        let attr = attrs.of(ino, kind, meta.as_ref());
+        self.meta.created(path, kind, meta, attr.clone());
+        attr
+    }
 }
 
 /// The filesystem.
@@ -235,10 +222,12 @@ pub struct Fs {
     attrs: Arc<Attrs>,
     /// Server-side copies.
     copier: Copier,
-    tables: Mutex<Tables>,
+    tables: Arc<Mutex<Tables>>,
+    /// The files open for writing.
+    writers: Writers,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    next_fh: AtomicU64,
+    /// Open files.
+    handles: Arc<Handles>,
     /// Set at shutdown: no new changes are accepted.
     stopping: std::sync::atomic::AtomicBool,
     /// The TTL of entries and attributes handed to the kernel, in nanoseconds.
@@ -249,12 +238,8 @@ pub struct Fs {
     opened: Mutex<lru::LruCache<Ino, String>>,
     /// The kernel reads whole cached files directly (FUSE passthrough).
     passthrough: std::sync::atomic::AtomicBool,
-    /// Uploads alive, for `bucketfs status`.
-    uploads: crate::upload::UploadRegistry,
-    /// Failed commits, for `bucketfs status`.
-    failures: Mutex<activity::Failures>,
     /// Deletes of unlinked files that wait for their last close.
-    deferred: deferred::Deferred,
+    deferred: Arc<deferred::Deferred>,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -335,29 +320,42 @@ impl Fs {
             config.copy_limit,
             writes.tasks.clone(),
         );
+        let tables = Arc::new(Mutex::new(Tables {
+            meta,
+            writers: Default::default(),
+        }));
+        let attrs = Arc::new(Attrs::new(&config));
+        let deferred = Arc::new(deferred::Deferred::new(record));
+        let handles = Arc::new(Handles::default());
+        let writers = Writers::new(writers::WriterDeps {
+            store: Arc::clone(&store),
+            cache: Arc::clone(&cache),
+            writes: writes.clone(),
+            names: names.clone(),
+            attrs: Arc::clone(&attrs),
+            copier: copier.clone(),
+            tables: Arc::clone(&tables),
+            deferred: Arc::clone(&deferred),
+            handles: Arc::clone(&handles),
+        });
         Self {
             store,
             cache,
             names,
-            attrs: Arc::new(Attrs::new(&config)),
+            attrs,
             copier,
             config,
             writes,
-            tables: Mutex::new(Tables {
-                meta,
-                writers: HashMap::new(),
-            }),
+            tables,
+            writers,
             dirs: Mutex::default(),
-            files: Mutex::default(),
-            next_fh: AtomicU64::new(1),
+            handles,
             stopping: Default::default(),
             ttl_nanos: AtomicU64::new(ttl_nanos),
             kernel: std::sync::OnceLock::new(),
             opened: Mutex::new(lru::LruCache::new(open::VERSIONS_KEPT)),
             passthrough: Default::default(),
-            uploads: Default::default(),
-            failures: Default::default(),
-            deferred: deferred::Deferred::new(record),
+            deferred,
         }
     }
 
@@ -369,6 +367,11 @@ impl Fs {
     /// A HEAD's answer, unless it is a version whose delete waits for a last close.
     fn visible(&self, head: Option<ObjectMeta>) -> Option<ObjectMeta> {
         head.filter(|m| !self.deferred.hides(&m.key, &m.etag))
+    }
+
+    /// The files open for writing: writes, flushes and fsyncs go straight to them.
+    pub fn writers(&self) -> &Writers {
+        &self.writers
     }
 
     /// Background tasks (aborts) that must finish before the process exits.
@@ -420,6 +423,11 @@ impl Fs {
         self.attrs.of(Ino::ROOT, Kind::Dir, None)
     }
 
+    /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
+    fn record(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
+        self.tables.lock().record(&self.attrs, path, kind, meta)
+    }
+
     /// Looks up `name` in directory `parent` for the kernel: the entry is counted until the
     /// kernel forgets it.
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
@@ -428,7 +436,7 @@ impl Fs {
 
     /// Looks up `name` in `parent`; `to_kernel` counts the entry handed out.
     async fn find(&self, parent: Ino, name: &str, to_kernel: bool) -> FsResult<Attr> {
-        write::check_length(name)?;
+        names::check_length(name)?;
         if !valid_name(name) {
             return Err(FsError::not_found());
         }
@@ -437,9 +445,9 @@ impl Fs {
         self.names.check_key_length(&path, 0)?;
         {
             let mut t = self.tables.lock();
-            let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(&ino));
+            let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(ino));
             let cached = match writer {
-                Some(writer) => Cached::Entry(self.writer_attr(writer)),
+                Some(writer) => Cached::Entry(self.writers.attr(writer)),
                 None => t.meta.cached_child(parent, name),
             };
             match cached {
@@ -575,8 +583,8 @@ impl Fs {
 
     /// Attributes of `ino`, from the cache while fresh, else from the store.
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        if let Some(writer) = self.writer_of(ino) {
-            return Ok(self.writer_attr(&writer));
+        if let Some(writer) = self.writers.of(ino) {
+            return Ok(self.writers.attr(&writer));
         }
         if let Some(attr) = self.deferred.attr(ino) {
             return Ok(attr);
@@ -638,8 +646,8 @@ impl Fs {
                     (object_kind(&meta), Some(meta))
                 }
             };
-            let attr = match t.writers.get(&child_ino) {
-                Some(writer) => self.writer_attr(writer),
+            let attr = match t.writers.get(child_ino) {
+                Some(writer) => self.writers.attr(writer),
                 None => self.attrs.of(child_ino, kind, meta.as_ref()),
             };
             if !fenced {
@@ -663,13 +671,9 @@ impl Fs {
         // Files created here and not yet committed are not in the bucket yet, but they exist.
         let pending: Vec<(String, Attr)> = t
             .writers
-            .values()
-            .filter(|w| !w.unlinked.load(Ordering::SeqCst))
-            .filter_map(|w| {
-                let p = w.path();
-                let (parent, name) = split(&p);
-                (parent == path).then(|| (name.to_string(), self.writer_attr(w)))
-            })
+            .pending_in(path)
+            .into_iter()
+            .map(|(name, w)| (name, self.writers.attr(&w)))
             .collect();
         let mut added = Vec::new();
         for (name, attr) in pending {
@@ -683,14 +687,6 @@ impl Fs {
         added
     }
 
-    fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
-    }
-
     /// A read served at once from the disk cache, without the runtime (see
     /// `BlockCache::read_on_disk`); None sends it down the ordinary path (`read`).
     pub fn read_now<R>(
@@ -700,8 +696,8 @@ impl Fs {
         (offset, len): (u64, u32),
         f: impl FnOnce(&[u8]) -> R,
     ) -> Option<R> {
-        let file = self.handle(fh).ok()?;
-        if file.writer.is_some() || self.writer_of(ino).is_some() {
+        let file = self.handles.get(fh).ok()?;
+        if file.writer.is_some() || self.writers.of(ino).is_some() {
             return None;
         }
         let version = file.version.lock().clone();
@@ -715,12 +711,13 @@ impl Fs {
 
     /// Reads from an open file: a file being changed in place is read from its staging copy.
     pub async fn read(&self, ino: Ino, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
-        let file = self.handle(fh)?;
+        let file = self.handles.get(fh)?;
         let own = file.writer.clone();
-        if let Some(writer) = own.or_else(|| self.writer_of(ino)) {
+        if let Some(writer) = own.or_else(|| self.writers.of(ino)) {
             let mine = file.writer.is_some();
             if let Some(bytes) = self
-                .read_writer(&writer, &file.state, mine, offset, len)
+                .writers
+                .read(&writer, &file.state, mine, offset, len)
                 .await?
             {
                 return Ok(bytes);
@@ -783,24 +780,6 @@ impl Fs {
         if let Some(path) = t.meta.path(ino) {
             t.meta.stale(&path);
         }
-    }
-
-    /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
-    fn record(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
-        self.record_in(&mut self.tables.lock(), path, kind, meta)
-    }
-
-    /// `record`, under a tables lock the caller holds.
-    fn record_in(&self, t: &mut Tables, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
-        let ino = t.meta.ino_for(path);
-        let attr = self.attrs.of(ino, kind, meta.as_ref());
-        t.meta.created(path, kind, meta, attr.clone());
-        attr
-    }
-
-    /// Records that `path` is gone.
-    fn record_gone(&self, path: &str) {
-        self.tables.lock().meta.removed(path);
     }
 }
 

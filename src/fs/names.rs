@@ -7,7 +7,7 @@
 //! 2. A directory's marker is one byte longer than its name's key, so a new name is checked
 //!    with room for it.
 
-use super::list::{valid_name, FOLDER_SUFFIX};
+use super::list::{valid_name, FOLDER_SUFFIX, NAME_MAX};
 use super::namespace::DIRECTORY_TYPE;
 use crate::error::{FsError, FsResult};
 
@@ -77,4 +77,15 @@ impl Names {
         let showable = !path.is_empty() && path.split('/').all(valid_name);
         showable.then(|| path.to_string())
     }
+}
+
+/// ENAMETOOLONG for a name longer than NAME_MAX.
+pub(super) fn check_length(name: &str) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::new(
+            libc::ENAMETOOLONG,
+            format!("a name has at most {NAME_MAX} bytes"),
+        ));
+    }
+    Ok(())
 }

@@ -11,7 +11,6 @@
 //!    directory (at most its marker) from a full one. A directory without a marker is gone
 //!    from S3 once its last key is, so rmdir of a vanished directory succeeds.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -101,14 +100,14 @@ impl Fs {
         if !change.touches_headers() {
             return self.getattr(ino).await;
         }
-        if let Some(writer) = self.writer_of(ino) {
+        if let Some(writer) = self.writers.of(ino) {
             // An open file takes the change with its next commit.
-            let changed = self.change_open(&writer, |posix, _| {
+            let changed = self.writers.change_open(&writer, |posix, _| {
                 change.apply(posix, S_IFREG);
                 Ok(())
             })?;
             if changed {
-                return Ok(self.writer_attr(&writer));
+                return Ok(self.writers.attr(&writer));
             }
         }
         self.rewrite_headers(ino, |posix, _| {
@@ -202,8 +201,8 @@ impl Fs {
 
     /// truncate(2) and ftruncate(2).
     async fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
-        if let Some(writer) = self.writer_of(ino) {
-            return self.truncate_writer(&writer, size).await;
+        if let Some(writer) = self.writers.of(ino) {
+            return self.writers.truncate(&writer, size).await;
         }
         let mode = super::OpenMode {
             write: true,
@@ -214,12 +213,12 @@ impl Fs {
         let writer = self.attach_writer(ino, mode).await?;
         let result = async {
             if size > 0 {
-                self.truncate_writer(&writer, size).await?;
+                self.writers.truncate(&writer, size).await?;
             }
-            self.commit(&writer).await
+            self.writers.commit(&writer).await
         }
         .await;
-        self.detach(&writer).await;
+        self.writers.detach(&writer).await;
         result
     }
 
@@ -308,7 +307,7 @@ impl Fs {
         rdev: u32,
         owner: (u32, u32),
     ) -> FsResult<Attr> {
-        let mode = Self::file_mode_bits(mode);
+        let mode = super::posix::file_mode_bits(mode);
         match Kind::from_type_bits(mode) {
             Some(Kind::File) => {
                 let open = super::OpenMode {
@@ -316,7 +315,7 @@ impl Fs {
                     ..Default::default()
                 };
                 let (attr, fh) = self.create(parent, name, mode, owner, true, open).await?;
-                let result = self.fsync(fh).await;
+                let result = self.writers.fsync(fh).await;
                 self.release(fh).await;
                 result.map(|()| attr)
             }
@@ -362,8 +361,8 @@ impl Fs {
             return Err(FsError::new(libc::EISDIR, "is a directory"));
         }
         let key = self.names.key(&path);
-        let open = self.is_open(attr.ino);
-        if open && self.writer_of(attr.ino).is_none() {
+        let open = self.handles.is_open(attr.ino);
+        if open && self.writers.of(attr.ino).is_none() {
             // Only readers: the object stays, hidden, until their last close (deferred.rs).
             let etag = match self.node(attr.ino).await? {
                 (_, Some(meta)) => meta.etag,
@@ -371,26 +370,21 @@ impl Fs {
             };
             self.deferred.defer(attr.ino, key, etag, attr);
             self.tables.lock().meta.unlinked_open(&path);
-        } else if open && self.unlink_committing(attr.ino, &path) {
+        } else if open && self.writers.unlink_committing(attr.ino, &path) {
             // A commit of it runs: the delete waits for its end and the last close (write.rs,
             // 13.).
         } else if open {
             self.keep_for_handles(attr.ino).await?;
             if let Err(e) = self.store.delete_object(&key).await {
-                self.unkeep(attr.ino).await;
+                self.writers.unkeep(attr.ino).await;
                 return Err(e.into());
             }
             self.tables.lock().meta.unlinked_open(&path);
         } else {
-            let writer = self.tables.lock().writers.remove(&attr.ino);
-            if let Some(writer) = writer {
-                // Under the state lock: a commit still running (the last release's) lands
-                // before the delete, never after it.
-                let _st = writer.state.lock().await;
-                writer.unlinked.store(true, Ordering::SeqCst);
-            }
+            // A commit still running (the last release's) lands before the delete.
+            self.writers.forget_closed(attr.ino).await;
             self.store.delete_object(&key).await?;
-            self.record_gone(&path);
+            self.tables.lock().meta.removed(&path);
         }
         self.attrs.dir_changed(parent);
         Ok(())
@@ -405,7 +399,7 @@ impl Fs {
             // A directory without a marker vanishes with its last key: it is as removed as
             // asked (`rm -r` removes the files, then the directory).
             Err(e) if e.errno == libc::ENOENT => {
-                self.record_gone(&path);
+                self.tables.lock().meta.removed(&path);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -422,7 +416,7 @@ impl Fs {
         if let Some(legacy) = legacy {
             self.store.delete_object(&legacy).await?;
         }
-        self.record_gone(&path);
+        self.tables.lock().meta.removed(&path);
         self.attrs.dir_gone(attr.ino);
         self.attrs.dir_changed(parent);
         Ok(())
@@ -438,17 +432,8 @@ impl Fs {
         legacy.then(|| meta.key.clone())
     }
 
-    /// True while a file below directory `path` is open for writing.
-    fn writing_below(&self, path: &str) -> bool {
-        let below = format!("{path}/");
-        let t = self.tables.lock();
-        t.writers
-            .values()
-            .any(|w| !w.unlinked.load(Ordering::SeqCst) && w.path().starts_with(&below))
-    }
-
     async fn dir_is_empty(&self, path: &str, marker: &str) -> FsResult<bool> {
-        if self.writing_below(path) {
+        if self.tables.lock().writers.writing_below(path) {
             return Ok(false);
         }
         let request = ListRequest {
@@ -507,7 +492,9 @@ impl Fs {
         // A file replaced while open keeps its bytes for its handles, as if unlinked, and
         // its writer (if any) commits no more: its old content must not land on the new file.
         let replaced_open = match &target {
-            Some(t) if t.kind != Kind::Dir && t.ino != source.ino && self.is_open(t.ino) => {
+            Some(t)
+                if t.kind != Kind::Dir && t.ino != source.ino && self.handles.is_open(t.ino) =>
+            {
                 self.keep_for_handles(t.ino).await?;
                 Some(t.ino)
             }
@@ -532,7 +519,7 @@ impl Fs {
                 Ok(meta) => Some(meta),
                 Err(e) => {
                     if let Some(ino) = replaced_open {
-                        self.unkeep(ino).await;
+                        self.writers.unkeep(ino).await;
                     }
                     return Err(e);
                 }
@@ -549,7 +536,9 @@ impl Fs {
             }
             // A file open for writing answers for itself until its next commit records it.
             Some(None) => {}
-            None => self.attrs.wrote_dir(source.ino, |p| p.ctime = Some(SystemTime::now())),
+            None => self
+                .attrs
+                .wrote_dir(source.ino, |p| p.ctime = Some(SystemTime::now())),
         }
         if let Some(target) = target.filter(|t| t.kind == Kind::Dir && t.ino != source.ino) {
             self.attrs.dir_gone(target.ino);
@@ -563,32 +552,34 @@ impl Fs {
     fn rebind(&self, from: &str, to: &str, source: &Attr) {
         let mut t = self.tables.lock();
         t.meta.renamed(from, to, source.clone());
-        if let Some(writer) = t.writers.get(&source.ino) {
-            *writer.path.lock() = to.to_string();
-        }
+        t.writers.moved(source.ino, to);
     }
 
     /// Copies the file to its new key and deletes the old one; returns the moved object
     /// (`None`: a file open for writing, moved by its writer).
     async fn rename_file(&self, ino: Ino, from: &str, to: &str) -> FsResult<Option<ObjectMeta>> {
-        if let Some(writer) = self.writer_of(ino) {
-            return self.rename_writer(&writer, to).await;
+        if let Some(writer) = self.writers.of(ino) {
+            return self.writers.rename(&writer, to).await;
         }
         let (_, meta) = self.node(ino).await?;
         let old_key = self.names.key(from);
         // The headers say what the moved node is (a symlink, its mode): read them if the
         // cached version came from a listing.
         let meta = self
-            .copier.with_headers(&old_key, meta)
+            .copier
+            .with_headers(&old_key, meta)
             .await?
             .ok_or_else(FsError::not_found)?;
-        self.copier.move_object(meta, &self.names.key(to)).await.map(Some)
+        self.copier
+            .move_object(meta, &self.names.key(to))
+            .await
+            .map(Some)
     }
 
     /// Copies every key under `from/` to `to/`, then deletes the originals. An empty target
     /// directory's marker simply stays: it is the moved directory's marker now.
     async fn rename_dir(&self, from: &str, to: &str) -> FsResult<()> {
-        if self.writing_below(from) {
+        if self.tables.lock().writers.writing_below(from) {
             return Err(FsError::new(
                 libc::EBUSY,
                 "files in the directory are open for writing",

@@ -17,7 +17,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Fs, Ino, Kind, OpenFile, OpenMode, Version};
+use super::{Attr, Fs, Ino, Kind, OpenFile, OpenMode, Version, Writer};
 use crate::cache::ObjectId;
 use crate::error::{FsError, FsResult};
 
@@ -53,7 +53,7 @@ impl Fs {
         if mode.write {
             self.check_changes_allowed()?;
         }
-        let writer = self.writer_of(ino);
+        let writer = self.writers.of(ino);
         let (object, size) = match (&writer, self.node(ino).await) {
             (_, Ok((Kind::File, Some(meta)))) => (
                 Some(Arc::new(ObjectId {
@@ -107,7 +107,7 @@ impl Fs {
             opener: mode.opener,
         };
         Ok(Opened {
-            fh: self.add_handle(file),
+            fh: self.handles.add(file),
             keep_cache,
             etag,
             whole,
@@ -125,9 +125,120 @@ impl Fs {
         self.cache.may_pass_through()
     }
 
-    pub(super) fn add_handle(&self, file: OpenFile) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, Arc::new(file));
-        fh
+    /// Creates `name` in `parent` and opens it for writing by process `opener`; nothing
+    /// reaches the store before the first commit.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        owner: (u32, u32),
+        excl: bool,
+        open: OpenMode,
+    ) -> FsResult<(Attr, u64)> {
+        let path = self.new_path(parent, name)?;
+        let writer = self.writers.create(&path, mode, owner, excl).await?;
+        self.attrs.dir_changed(parent);
+        // The kernel holds the new entry from now on.
+        self.tables.lock().meta.looked_up(&path);
+        let attr = self.writers.attr(&writer);
+        let file = OpenFile::new(attr.ino, Version::default(), Some(writer), open.opener);
+        Ok((attr, self.handles.add(file)))
+    }
+
+    /// The writer of `ino` for a new write handle: the existing one, or a new one over the
+    /// committed object.
+    pub(super) async fn attach_writer(&self, ino: Ino, mode: OpenMode) -> FsResult<Arc<Writer>> {
+        if let Some(writer) = self.writers.share(ino, mode.truncate).await? {
+            return Ok(writer);
+        }
+        let path = self.path_of(ino)?;
+        let meta = match self.node(ino).await? {
+            (Kind::File, Some(meta)) => meta,
+            (Kind::Dir, _) => return Err(FsError::new(libc::EISDIR, "is a directory")),
+            _ => return Err(FsError::new(libc::EINVAL, "not a regular file")),
+        };
+        // Kept content may be committed by a copy with new headers (a chmod or utime of the
+        // open file), which must send the object's others again: known from a HEAD only.
+        let meta = if mode.truncate {
+            meta
+        } else {
+            let key = meta.key.clone();
+            self.copier
+                .with_headers(&key, Some(meta))
+                .await?
+                .ok_or_else(FsError::not_found)?
+        };
+        self.writers.attach(ino, &path, meta, mode.truncate).await
+    }
+
+    /// Before the object of open file `ino` is deleted: its bytes are kept for its handles
+    /// (writers/mod.rs, 10.).
+    pub(super) async fn keep_for_handles(&self, ino: Ino) -> FsResult<()> {
+        let mode = OpenMode {
+            write: true,
+            ..OpenMode::default()
+        };
+        let writer = self.attach_writer(ino, mode).await?;
+        self.writers.keep(writer).await
+    }
+
+    /// At shutdown: refuses new changes (EROFS), then commits every file still open for
+    /// writing, all at once; one that fails is aborted. Returns how many failed.
+    pub async fn stop(&self) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.writers.commit_all().await
+    }
+
+    /// Closes handle `fh`. The last handle of a writer commits what no flush committed (a
+    /// write through a shared mapping, a new file left empty) or, after a failure, leaves the
+    /// abort running.
+    pub async fn release(&self, fh: u64) {
+        if let Some(file) = self.take_handle(fh) {
+            self.writers.released(file).await;
+        }
+    }
+
+    /// Takes handle `fh` out of the open files at once (before the rest of its release runs),
+    /// so an unlink that follows a close does not count it as still open.
+    pub fn take_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.handles.take(fh)
+    }
+
+    /// Fails mutations on a read-only mount and names the filesystem cannot hold.
+    /// EROFS on a read-only mount, and once the daemon is stopping.
+    pub(super) fn check_changes_allowed(&self) -> FsResult<()> {
+        if self.config.read_only {
+            return Err(FsError::read_only());
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(FsError::new(
+                libc::EROFS,
+                "bucketfs is stopping: no new changes",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_writable(&self, name: &str) -> FsResult<()> {
+        self.check_changes_allowed()?;
+        super::names::check_length(name)?;
+        if !super::list::valid_name(name) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("'{name}' cannot be a name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The path of a new entry `name` in `parent`, when it can be one.
+    pub(super) fn new_path(&self, parent: Ino, name: &str) -> FsResult<String> {
+        self.check_writable(name)?;
+        let path = super::join(&self.path_of(parent)?, name);
+        // A directory's marker is one byte longer than its name's key.
+        self.names.check_key_length(&path, 1)?;
+        Ok(path)
     }
 }

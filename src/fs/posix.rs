@@ -179,6 +179,15 @@ impl Posix {
     }
 }
 
+/// The mode a new file gets when `mode` carries no type bits.
+pub(super) fn file_mode_bits(mode: u32) -> u32 {
+    if mode & S_IFMT == 0 {
+        S_IFREG | mode
+    } else {
+        mode
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,8 +217,8 @@ async fn a_new_file_is_listed_at_once_and_stored_at_flush_with_s3fs_headers() {
         .create(Ino::ROOT, "new.txt", 0o640, (1000, 100), true, by(0))
         .await
         .unwrap();
-    fs.write(fh, 0, b"hello ").await.unwrap();
-    fs.write(fh, 6, b"world").await.unwrap();
+    fs.writers().write(fh, 0, b"hello ").await.unwrap();
+    fs.writers().write(fh, 6, b"world").await.unwrap();
     let dir = fs.opendir(Ino::ROOT).await.unwrap();
     let names: Vec<String> = fs
         .readdir_all(dir)
@@ -232,7 +232,7 @@ async fn a_new_file_is_listed_at_once_and_stored_at_flush_with_s3fs_headers() {
         store.object("p/new.txt").is_none(),
         "nothing stored before the commit"
     );
-    fs.flush(fh).await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     let (body, metadata) = store.object("p/new.txt").unwrap();
     assert_eq!(&body[..], b"hello world");
@@ -253,15 +253,15 @@ async fn writes_into_existing_bytes_append_and_truncate_are_staged() {
     let fs = fs_over(&store, "");
     let f = fs.lookup(Ino::ROOT, "f").await.unwrap();
     let fh = fs.open(f.ino, WRITE).await.unwrap();
-    fs.write(fh, 2, b"ab").await.unwrap();
-    fs.write(fh, 10, b"++").await.unwrap();
+    fs.writers().write(fh, 2, b"ab").await.unwrap();
+    fs.writers().write(fh, 10, b"++").await.unwrap();
     assert_eq!(
         &fs.read(f.ino, fh, 0, 100).await.unwrap()[..],
         b"01ab456789++"
     );
     // Another handle reads the written bytes too.
     assert_eq!(read_all(&fs, f.ino).await, b"01ab456789++");
-    fs.flush(fh).await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     assert_eq!(&store.object("f").unwrap().0[..], b"01ab456789++");
     fs.setattr(
@@ -294,9 +294,12 @@ async fn exclusive_create_loses_to_a_concurrent_creator() {
         .create(Ino::ROOT, "x", 0o644, (0, 0), true, by(0))
         .await
         .unwrap();
-    fs.write(fh, 0, b"mine").await.unwrap();
+    fs.writers().write(fh, 0, b"mine").await.unwrap();
     store.put("x", "theirs");
-    assert_eq!(fs.flush(fh).await.unwrap_err().errno, libc::EEXIST);
+    assert_eq!(
+        fs.writers().flush(fh).await.unwrap_err().errno,
+        libc::EEXIST
+    );
     fs.release(fh).await;
     assert_eq!(&store.object("x").unwrap().0[..], b"theirs");
 }
@@ -309,9 +312,9 @@ async fn unlinking_a_file_being_written_stores_nothing() {
         .create(Ino::ROOT, "tmp", 0o600, (0, 0), false, by(0))
         .await
         .unwrap();
-    fs.write(fh, 0, b"scratch").await.unwrap();
+    fs.writers().write(fh, 0, b"scratch").await.unwrap();
     fs.unlink(Ino::ROOT, "tmp").await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     assert!(store.object("tmp").is_none());
     assert_eq!(
@@ -330,8 +333,8 @@ async fn rename_moves_files_and_trees_and_keeps_headers() {
         .await
         .unwrap();
     let big = vec![3u8; 3 * MIN_COPY_PART as usize + 10];
-    fs.write(fh, 0, &big).await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().write(fh, 0, &big).await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     fs.symlink(d.ino, "l", "f", (0, 0)).await.unwrap();
     store.put("d/sub/deep", "x");
@@ -423,9 +426,9 @@ async fn a_multipart_upload_is_not_copied_again_to_move_its_mtime() {
         .unwrap();
     let chunk = vec![1u8; 1 << 20];
     for i in 0..7u64 {
-        fs.write(fh, i << 20, &chunk).await.unwrap();
+        fs.writers().write(fh, i << 20, &chunk).await.unwrap();
     }
-    fs.flush(fh).await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     assert!(store.counts.part.load(Ordering::Relaxed) >= 2, "multipart");
     assert_eq!(store.counts.copy.load(Ordering::Relaxed), 0, "no self-copy");
@@ -440,7 +443,7 @@ async fn stopping_commits_open_files_and_refuses_new_changes() {
         .create(Ino::ROOT, "open.txt", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
-    fs.write(fh, 0, b"not closed yet").await.unwrap();
+    fs.writers().write(fh, 0, b"not closed yet").await.unwrap();
     assert!(store.object("open.txt").is_none());
 
     assert_eq!(fs.stop().await, 0);
@@ -457,8 +460,8 @@ async fn stopping_commits_open_files_and_refuses_new_changes() {
         libc::EROFS
     );
     // The handle open before the stop still works; its close commits what it wrote since.
-    fs.write(fh, 14, b", now it is").await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().write(fh, 14, b", now it is").await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     assert_eq!(
         &store.object("open.txt").unwrap().0[..],
@@ -540,10 +543,10 @@ async fn two_opens_racing_share_one_writer_and_lose_no_write() {
     for open in opens {
         fhs.push(open.await.unwrap());
     }
-    fs.write(fhs[0], 0, b"AAAA").await.unwrap();
-    fs.write(fhs[1], 4096, b"BBBB").await.unwrap();
+    fs.writers().write(fhs[0], 0, b"AAAA").await.unwrap();
+    fs.writers().write(fhs[1], 4096, b"BBBB").await.unwrap();
     for fh in fhs {
-        fs.flush(fh).await.unwrap();
+        fs.writers().flush(fh).await.unwrap();
         fs.release(fh).await;
     }
     let (body, _) = memory.object("f").unwrap();
@@ -564,13 +567,13 @@ async fn a_failed_staging_step_returns_the_errno_and_keeps_the_bytes() {
         .create(Ino::ROOT, "f", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
-    fs.write(fh, 0, &[b'x'; 100]).await.unwrap();
+    fs.writers().write(fh, 0, &[b'x'; 100]).await.unwrap();
     // A write behind the stream needs a staging copy, which does not fit: ENOSPC, and
     // nothing is lost or poisoned.
-    let err = fs.write(fh, 10, b"yy").await.unwrap_err();
+    let err = fs.writers().write(fh, 10, b"yy").await.unwrap_err();
     assert_eq!(err.errno, libc::ENOSPC);
-    fs.write(fh, 100, b"z").await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().write(fh, 100, b"z").await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     let (body, _) = store.object("f").unwrap();
     assert_eq!(body.len(), 101);
@@ -586,10 +589,10 @@ async fn a_shell_redirect_costs_one_put_and_never_shows_an_empty_file() {
         .create(Ino::ROOT, "out", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     assert!(store.object("out").is_none(), "no empty object first");
-    fs.write(fh, 0, b"content").await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().write(fh, 0, b"content").await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     assert_eq!(&store.object("out").unwrap().0[..], b"content");
     assert_eq!(store.counts.put.load(Ordering::Relaxed), 1);
@@ -603,7 +606,7 @@ async fn a_new_file_left_empty_is_published_at_its_last_release() {
         .create(Ino::ROOT, "touched", 0o644, (0, 0), false, by(0))
         .await
         .unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     assert!(store.object("touched").is_none());
     assert_eq!(
         fs.getattr(attr.ino).await.unwrap().size,
@@ -623,12 +626,12 @@ async fn only_the_openers_close_commits() {
         .create(Ino::ROOT, "f", 0o644, (0, 0), false, by(100))
         .await
         .unwrap();
-    fs.write(fh, 0, b"half").await.unwrap();
+    fs.writers().write(fh, 0, b"half").await.unwrap();
     // A forked child (pid 200) closes its inherited copy: nothing is published.
-    fs.close(fh, 200, |tid| tid).await.unwrap();
+    fs.writers().close(fh, 200, |tid| tid).await.unwrap();
     assert!(store.object("f").is_none());
-    fs.write(fh, 4, b" and the rest").await.unwrap();
-    fs.close(fh, 100, |tid| tid).await.unwrap();
+    fs.writers().write(fh, 4, b" and the rest").await.unwrap();
+    fs.writers().close(fh, 100, |tid| tid).await.unwrap();
     assert_eq!(&store.object("f").unwrap().0[..], b"half and the rest");
     fs.release(fh).await;
     assert_eq!(store.counts.put.load(Ordering::Relaxed), 1);
@@ -644,11 +647,11 @@ async fn a_reader_on_another_handle_is_not_held_behind_a_commit() {
     let ino = fs.lookup(Ino::ROOT, "f").await.unwrap().ino;
     let reader = fs.open(ino, READ).await.unwrap();
     let writer = fs.open(ino, WRITE).await.unwrap();
-    fs.write(writer, 0, b"new").await.unwrap();
+    fs.writers().write(writer, 0, b"new").await.unwrap();
     faulty.hold("PutObject", 1);
     let commit = {
         let fs = Arc::clone(&fs);
-        tokio::spawn(async move { fs.flush(writer).await })
+        tokio::spawn(async move { fs.writers().flush(writer).await })
     };
     until(|| faulty.calls("PutObject") == 1).await;
     let read = tokio::time::timeout(Duration::from_secs(5), fs.read(ino, reader, 0, 100))
@@ -674,7 +677,7 @@ async fn stop_commits_every_open_file_new_empty_ones_too() {
             .unwrap();
         fhs.push(fh);
     }
-    fs.write(fhs[0], 0, b"a").await.unwrap();
+    fs.writers().write(fhs[0], 0, b"a").await.unwrap();
     assert_eq!(fs.stop().await, 0);
     assert_eq!(&store.object("a").unwrap().0[..], b"a");
     assert_eq!(store.object("b").unwrap().0.len(), 0, "empty new files too");
@@ -745,8 +748,8 @@ async fn an_unlink_that_fails_leaves_the_open_file_as_it_was() {
     );
     // Still there, still written to the bucket at close.
     assert_eq!(fs.lookup(Ino::ROOT, "f").await.unwrap().ino, ino);
-    fs.write(fh, 0, b"new").await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().write(fh, 0, b"new").await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     assert_eq!(&memory.object("f").unwrap().0[..], b"new");
     // And unlinked for real while only read: the name is gone at once, the object stays for
@@ -838,8 +841,8 @@ async fn an_operation_that_panics_leaves_the_others_serving() {
         .create(Ino::ROOT, "c.txt", 0o644, (0, 0), false, WRITE)
         .await
         .unwrap();
-    fs.write(fh, 0, b"new").await.unwrap();
-    fs.flush(fh).await.unwrap();
+    fs.writers().write(fh, 0, b"new").await.unwrap();
+    fs.writers().flush(fh).await.unwrap();
     fs.release(fh).await;
     assert_eq!(&memory.object("c.txt").unwrap().0[..], b"new");
 }
@@ -876,9 +879,9 @@ async fn a_stream_begun_during_a_rename_lands_under_the_new_name() {
     faulty.release();
     rename.await.unwrap().unwrap();
     let fh = truncating.await.unwrap().unwrap();
-    fs.write(fh, 0, b"new bytes").await.unwrap();
+    fs.writers().write(fh, 0, b"new bytes").await.unwrap();
     for fh in [fh, held] {
-        fs.flush(fh).await.unwrap();
+        fs.writers().flush(fh).await.unwrap();
         fs.release(fh).await;
     }
     assert!(memory.object("doc").is_none(), "the old name came back");

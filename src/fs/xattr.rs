@@ -156,8 +156,8 @@ impl Fs {
     /// The headers of `ino` other than its POSIX ones: an open file's pending ones, else the
     /// object's (a HEAD when only a listing saw it).
     async fn headers_of(&self, ino: Ino) -> FsResult<Option<UserMetadata>> {
-        if let Some(writer) = self.writer_of(ino) {
-            return Ok(Some(self.open_headers(&writer)));
+        if let Some(writer) = self.writers.of(ino) {
+            return Ok(Some(self.writers.open_headers(&writer)));
         }
         if ino == Ino::ROOT {
             return Ok(None);
@@ -182,8 +182,8 @@ impl Fs {
     /// can be done: an open file's headers, an object's known headers, or (see 4.) "none"
     /// for the names `ls -l` asks of an object seen only in a listing. `None`: ask `getxattr`.
     pub fn getxattr_now(&self, ino: Ino, name: &str) -> Option<FsResult<Vec<u8>>> {
-        let headers = match self.writer_of(ino) {
-            Some(writer) => Some(self.open_headers(&writer)),
+        let headers = match self.writers.of(ino) {
+            Some(writer) => Some(self.writers.open_headers(&writer)),
             None if ino == Ino::ROOT => None,
             None => {
                 let t = self.tables.lock();
@@ -239,8 +239,8 @@ impl Fs {
             posix.ctime = Some(std::time::SystemTime::now());
             Ok(())
         };
-        if let Some(writer) = self.writer_of(ino) {
-            if self.change_open(&writer, change)? {
+        if let Some(writer) = self.writers.of(ino) {
+            if self.writers.change_open(&writer, change)? {
                 return Ok(());
             }
         }

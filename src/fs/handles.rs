@@ -1,0 +1,118 @@
+//! Open file handles: the number the kernel holds, the version each reads, its writer.
+//!
+//! Non-obvious problems:
+//! 1. File and directory handles share one number space, so a number names one handle.
+//! 2. A release takes its handle out at once, before the rest of it runs, so an unlink that
+//!    follows a close does not count the file as still open.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::writers::Writer;
+use super::Ino;
+use crate::cache::{ObjectId, ReadState};
+use crate::error::{FsError, FsResult};
+
+/// The version of an object a handle reads.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Version {
+    /// `None` for a file created by this handle.
+    pub(super) object: Option<Arc<ObjectId>>,
+    pub(super) size: u64,
+}
+
+/// An open file handle (its fields are the filesystem's own).
+#[derive(Debug)]
+pub struct OpenFile {
+    pub(super) ino: Ino,
+    /// The version seen at open; followed to a newer one while no byte of it was read (see 8.).
+    pub(super) version: Mutex<Version>,
+    /// A byte of `version` was returned through this handle.
+    pub(super) served: std::sync::atomic::AtomicBool,
+    /// A read through this handle was refused (an archived object): later refusals are not
+    /// logged again (the kernel retries a failed read-ahead as a plain read).
+    pub(super) refused: std::sync::atomic::AtomicBool,
+    pub(super) state: Mutex<ReadState>,
+    /// Set for handles opened for writing.
+    pub(super) writer: Option<Arc<Writer>>,
+    /// The process that opened it (0: unknown, every close commits).
+    pub(super) opener: u32,
+}
+
+impl OpenFile {
+    /// A handle of `ino` that reads `version` (a writer's handle reads through its writer).
+    pub(super) fn new(
+        ino: Ino,
+        version: Version,
+        writer: Option<Arc<Writer>>,
+        opener: u32,
+    ) -> Self {
+        Self {
+            ino,
+            version: Mutex::new(version),
+            served: Default::default(),
+            refused: Default::default(),
+            state: Mutex::default(),
+            writer,
+            opener,
+        }
+    }
+}
+
+/// The open files, by handle number.
+#[derive(Debug)]
+pub(super) struct Handles {
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Self {
+            files: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Handles {
+    /// A handle number never given out before (see 1.).
+    pub(super) fn next(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Opens `file`; returns its handle number.
+    pub(super) fn add(&self, file: OpenFile) -> u64 {
+        let fh = self.next();
+        self.files.lock().insert(fh, Arc::new(file));
+        fh
+    }
+
+    pub(super) fn get(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
+    }
+
+    /// The writer of handle `fh`; EBADF for a handle not open for writing.
+    pub(super) fn writer(&self, fh: u64) -> FsResult<Arc<Writer>> {
+        self.get(fh)?
+            .writer
+            .clone()
+            .ok_or_else(|| FsError::new(libc::EBADF, "not open for writing"))
+    }
+
+    /// Takes handle `fh` out of the open files (see 2.).
+    pub(super) fn take(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().remove(&fh)
+    }
+
+    /// True while a handle (reader or writer) of `ino` is open.
+    pub(super) fn is_open(&self, ino: Ino) -> bool {
+        self.files.lock().values().any(|f| f.ino == ino)
+    }
+}
