@@ -11,6 +11,8 @@
 //!    markers and an implicit directory has none: then it is written anew.
 //! 4. The store bounds each copy attempt by the bytes it copies (`s3.rs`), not by the deadline
 //!    of a small request.
+//! 5. A directory is every key under it, all copied before any is deleted, so a crash midway
+//!    leaves both names, never neither; `TREE_CONCURRENCY` at a time.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,9 +23,10 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use super::names::Names;
 use super::namespace::DIRECTORY_TYPE;
 use super::posix::Posix;
-use crate::error::FsResult;
+use crate::error::{FsError, FsResult};
 use crate::store::{
-    CopySource, ObjectMeta, ObjectStore, PutOptions, StoreError, StoreErrorKind, UserMetadata,
+    CopySource, ListRequest, ListStart, ObjectMeta, ObjectStore, PutOptions, StandardHeaders,
+    StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::upload::{abort_with_retries, PendingAbort};
 
@@ -31,6 +34,9 @@ use crate::upload::{abort_with_retries, PendingAbort};
 pub const COPY_LIMIT: u64 = 5 << 30;
 /// Part size of a multipart copy: 10,000 of them cover S3's 5 TiB object limit.
 const COPY_PART: u64 = 512 << 20;
+
+/// Objects copied or deleted at once when a directory is renamed.
+const TREE_CONCURRENCY: usize = 16;
 
 /// Copies objects within the bucket.
 #[derive(Debug, Clone)]
@@ -200,5 +206,86 @@ impl Copier {
             content_type: Some(content_type),
             ..meta
         })
+    }
+
+    /// Copies every key under `old_prefix` (a directory's, `dir/`) to `new_prefix`, then
+    /// deletes the originals (see 5.). An empty target directory's marker simply stays: it is
+    /// the moved directory's marker now.
+    pub(super) async fn move_tree(&self, old_prefix: &str, new_prefix: &str) -> FsResult<()> {
+        let objects = self.list_all(old_prefix).await?;
+        stream::iter(objects.iter().map(Ok::<_, FsError>))
+            .try_for_each_concurrent(TREE_CONCURRENCY, |o| {
+                let new_key = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
+                async move {
+                    // Copied with their headers (COPY): none need sending again.
+                    let source = CopySource {
+                        key: &o.key,
+                        etag: &o.etag,
+                        size: o.size,
+                        headers: &StandardHeaders::NONE,
+                    };
+                    self.copy(source, &new_key, None).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+        stream::iter(objects.iter().map(Ok::<_, FsError>))
+            .try_for_each_concurrent(TREE_CONCURRENCY, |o| async move {
+                self.store.delete_object(&o.key).await?;
+                Ok(())
+            })
+            .await?;
+        // Some servers (SeaweedFS) keep a folder for every prefix that once held keys and go on
+        // listing it: delete the old directory prefixes too, deepest first (a no-op on S3).
+        let mut dirs: Vec<&str> = objects
+            .iter()
+            .flat_map(|o| {
+                o.key[old_prefix.len()..]
+                    .match_indices('/')
+                    .map(|(i, _)| &o.key[..old_prefix.len() + i + 1])
+            })
+            .chain([old_prefix])
+            .collect();
+        dirs.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        dirs.dedup();
+        for dir in dirs {
+            self.store.delete_object(dir).await?;
+        }
+        if objects.is_empty() {
+            // An empty directory known only to this mount still gets its marker at the new name.
+            let options = PutOptions {
+                content_type: Some(DIRECTORY_TYPE.to_string()),
+                ..PutOptions::default()
+            };
+            self.store
+                .put_object(new_prefix, Bytes::new(), &options)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every object under `prefix`, no delimiter.
+    pub(super) async fn list_all(&self, prefix: &str) -> FsResult<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut start = ListStart::Beginning;
+        loop {
+            let request = ListRequest {
+                prefix: prefix.to_string(),
+                delimiter: None,
+                start,
+                max_keys: super::list::PAGE_SIZE,
+            };
+            let page = self.store.list_objects_v2(&request).await?;
+            let full = page.objects.len() >= super::list::PAGE_SIZE as usize;
+            let last = page.objects.last().map(|o| o.key.clone());
+            out.extend(page.objects);
+            start = match (page.next_continuation_token, last) {
+                (Some(token), _) => ListStart::Token(token),
+                (None, Some(last)) if full => ListStart::After(last),
+                _ => break,
+            };
+        }
+        out.dedup_by(|a, b| a.key == b.key);
+        Ok(out)
     }
 }

@@ -168,6 +168,12 @@ impl DirHandle {
         }
     }
 
+    /// Entries the handle holds now (tests of the window).
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.listed.lock().appended.len()
+    }
+
     /// Calls `add(position, entry)` for the entries there are from `position` on, until it
     /// returns true (the reply is full).
     pub fn visit(&self, position: usize, mut add: impl FnMut(usize, &DirEntry) -> bool) {
@@ -195,20 +201,11 @@ impl DirHandle {
 }
 
 impl Fs {
-    /// True unless the headers of this version of the object are known already.
-    fn headers_unknown(&self, object: &crate::store::ObjectMeta) -> bool {
-        let Some(path) = object.key.strip_prefix(&self.config.prefix) else {
-            return true;
-        };
-        let t = self.tables.lock();
-        let known = t.meta.ino(path).and_then(|ino| t.meta.known_meta(ino));
-        !known.is_some_and(|k| k.metadata.is_some() && super::same_etag(&k.etag, &object.etag))
-    }
-
     /// Opens directory `ino`: from the listing cache while fresh, else returns once the first
     /// page of a new listing is in and lets the rest arrive while readdir runs.
     pub async fn opendir(self: &Arc<Self>, ino: Ino) -> FsResult<u64> {
-        let handle = match self.fresh_listing(ino) {
+        let fresh = self.tables.lock().meta.fresh_listing(ino);
+        let handle = match fresh {
             Some(entries) => Arc::new(DirHandle::new(entries, Some(Ok(())))),
             None => self.start_listing(ino).await?,
         };
@@ -224,35 +221,6 @@ impl Fs {
             .get(&fh)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))
-    }
-
-    /// Every entry of an open directory, read as the kernel would: a thousand at a time from
-    /// where the last read stopped (a windowed listing waits for its reader).
-    #[cfg(test)]
-    pub async fn readdir_all(&self, fh: u64) -> FsResult<Vec<DirEntry>> {
-        let handle = self.dir_handle(fh)?;
-        let mut all: Vec<DirEntry> = Vec::new();
-        loop {
-            if !handle.wait_for(all.len()).await? {
-                return Err(FsError::new(libc::EIO, "rewound past a windowed listing"));
-            }
-            let before = all.len();
-            handle.visit(before, |_, entry| {
-                all.push(entry.clone());
-                all.len() - before >= 1000
-            });
-            if all.len() == before {
-                return Ok(all);
-            }
-        }
-    }
-
-    /// Entries a directory handle holds now (tests of the window).
-    #[cfg(test)]
-    pub fn dir_handle_held(&self, fh: u64) -> usize {
-        self.dir_handle(fh)
-            .map(|h| h.listed.lock().appended.len())
-            .unwrap_or(0)
     }
 
     /// Closes a directory handle.
@@ -283,7 +251,11 @@ impl Fs {
         tokio::spawn(async move {
             let mut first = Some(first_tx);
             let mut gone = false;
-            let unknown = |m: &crate::store::ObjectMeta| fs.headers_unknown(m);
+            // Headers already read for this very version are not asked again.
+            let unknown = |m: &crate::store::ObjectMeta| {
+                let path = m.key.strip_prefix(&fs.config.prefix);
+                !path.is_some_and(|path| fs.tables.lock().meta.headers_known(path, &m.etag))
+            };
             let room = Arc::clone(&listing);
             let pace = move || -> Pace {
                 let room = Arc::clone(&room);
@@ -299,7 +271,14 @@ impl Fs {
                         gone = true;
                         return false;
                     }
-                    listing.append(fs.register_children(&path, batch, token));
+                    let entries = fs.tables.lock().register_children(
+                        &fs.attrs,
+                        &fs.deferred,
+                        &path,
+                        batch,
+                        token,
+                    );
+                    listing.append(entries);
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
                     }
@@ -319,7 +298,11 @@ impl Fs {
                         false
                     });
                     all.sort_by(|a, b| a.name.cmp(&b.name));
-                    listing.append(fs.cache_listing(ino, &path, token, all));
+                    let added = fs
+                        .tables
+                        .lock()
+                        .cache_listing(&fs.attrs, ino, &path, token, all);
+                    listing.append(added);
                     Ok(())
                 }
                 Err(e) => Err(FsError::from(e)),

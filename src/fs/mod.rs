@@ -4,10 +4,8 @@
 //! 1. `ls -l` must not HEAD each entry: a directory listing fills the attribute cache of every
 //!    child and is kept for `metadata_ttl`, so the lookups and getattrs that follow are answered
 //!    from it (and readdirplus carries the attributes in the same reply).
-//! 2. A lookup of an unknown name costs one HEAD (`dir/name`) and one LIST (`dir/name/`, one key),
-//!    issued concurrently; a directory wins over a file of the same name. A name found under
-//!    neither costs one more HEAD (`dir/name_$folder$`, Hadoop's directory object). Misses go
-//!    to a negative cache for `negative_ttl`.
+//! 2. A lookup of an unknown name costs one HEAD and one LIST, issued concurrently (probe.rs).
+//!    Misses go to a negative cache for `negative_ttl`.
 //! 3. A file handle pins the ETag seen at open; every read is a GET with `If-Match`, so a replaced
 //!    object gives ESTALE instead of mixed bytes.
 //! 4. Listings carry no user metadata, so a file's mode, owner, mtime and symlink-ness come from
@@ -17,20 +15,20 @@
 //! 5. Mutations update the cached listing of the parent in place, so `tar x` of a thousand files
 //!    answers its lookups from memory instead of a HEAD + LIST per name.
 //! 6. What is known about names lives in `meta::Meta`, changed only through its events; `Fs`
-//!    holds it with the files open for writing under one lock (`Tables`). Entries handed to
-//!    the kernel (lookup, create, mkdir, symlink, readdirplus) are counted there, and FORGET
-//!    frees them (see meta.rs).
-//! 7. A directory's mode, owner and times as this mount last wrote them win over the store's:
-//!    some servers drop the headers of `dir/` markers, an implicit directory has no object to
-//!    hold them, and a directory's mtime moves with every entry added or removed, which is
-//!    kept in memory only (rewriting the marker for each `touch` would double its cost).
+//!    holds it with the registry of files open for writing under one lock (`Tables`), which
+//!    `writers::Writers` shares. Entries handed to the kernel (lookup, create, mkdir, symlink,
+//!    readdirplus) are counted there, and FORGET frees them (see meta.rs).
+//! 7. A directory's attributes as this mount last wrote them win over the store's (attrs.rs).
 //! 8. A handle whose object was replaced by another client before it read a byte follows the
 //!    new version (the kernel opened it on attributes up to a TTL old); once it has returned
 //!    bytes of the old one, a read of a block not yet cached gives ESTALE instead of a mix.
-//! 9. A name known as a file (this mount wrote it, or saw it) is checked again after the TTL
-//!    with one HEAD, not a HEAD and a LIST: only if it is gone is the LIST sent, to find a
-//!    directory of that name. (A directory created elsewhere under the name of a file that
-//!    still exists shows once the file is seen gone, or in the next listing.)
+//! 9. A name known as a file is checked again after the TTL with one HEAD, not a HEAD and a
+//!    LIST (probe.rs). (A directory created elsewhere under the name of a file that still
+//!    exists shows once the file is seen gone, or in the next listing.)
+//! 10. `Fs` composes owners and orders their steps; it holds no state of their own: names and
+//!     keys (names.rs), attributes (attrs.rs), questions to the store (probe.rs), copies
+//!     (copy.rs), open handles (handles.rs), writers (writers/), deletes owed at a last close
+//!     (deferred.rs) and the kernel's caches (remote.rs).
 
 mod activity;
 mod attrs;
@@ -45,13 +43,14 @@ mod names;
 mod namespace;
 mod open;
 pub mod posix;
+mod probe;
 pub mod remote;
 mod writers;
 pub mod xattr;
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -60,7 +59,7 @@ use bytes::Bytes;
 use crate::cache::{BlockCache, ObjectId, ReadState};
 use crate::config::FsConfig;
 use crate::error::{FsError, FsResult};
-use crate::store::{ListRequest, ListStart, ObjectMeta, ObjectStore};
+use crate::store::{ObjectMeta, ObjectStore};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
 pub use activity::{Activity, Failure, PendingFile, UploadActivity};
@@ -77,6 +76,7 @@ use names::Names;
 pub use namespace::{RenameMode, SetAttr};
 pub use open::Opened;
 use posix::Posix;
+use probe::Prober;
 pub use remote::KernelCache;
 use writers::Writer;
 pub use writers::{OpenMode, Writers};
@@ -207,6 +207,107 @@ impl Tables {
         self.meta.created(path, kind, meta, attr.clone());
         attr
     }
+
+    /// Records what the store said of `path` in an answer asked for at `token` (not kept if
+    /// the name changed since: meta.rs, 7.); returns its attributes, counted as an entry
+    /// handed to the kernel when `to_kernel`.
+    fn remember(
+        &mut self,
+        attrs: &Attrs,
+        path: &str,
+        kind: Kind,
+        meta: Option<ObjectMeta>,
+        to_kernel: bool,
+        token: ListToken,
+    ) -> Attr {
+        let ino = self.meta.ino_for(path);
+        let attr = attrs.of(ino, kind, meta.as_ref());
+        self.meta.seen_since(ino, kind, meta, token);
+        if to_kernel {
+            self.meta.looked_up_ino(ino);
+        }
+        attr
+    }
+
+    /// Records listed children (inode numbers, attributes) of a listing started at `token`
+    /// and returns them as entries.
+    fn register_children(
+        &mut self,
+        attrs: &Attrs,
+        deferred: &deferred::Deferred,
+        path: &str,
+        children: impl IntoIterator<Item = (String, Child)>,
+        token: ListToken,
+    ) -> Vec<DirEntry> {
+        // Fenced once per page: every child's directory is this one (meta.rs, 7.).
+        let fenced = self
+            .meta
+            .ino(path)
+            .is_some_and(|dir| self.meta.changed_after(dir, token));
+        let mut entries = Vec::new();
+        for (name, child) in children {
+            if let Child::File(meta) = &child {
+                if deferred.hides(&meta.key, &meta.etag) {
+                    continue;
+                }
+            }
+            let child_path = join(path, &name);
+            let child_ino = self.meta.ino_for(&child_path);
+            let known = self.meta.known_meta(child_ino);
+            let (kind, meta) = match child {
+                // A directory keeps the marker headers it was seen with.
+                Child::Dir => (Kind::Dir, known.filter(|m| m.key.ends_with('/')).cloned()),
+                Child::DirObject(meta) => (Kind::Dir, Some(meta)),
+                Child::File(mut meta) => {
+                    // Headers read earlier for this very version still hold.
+                    if let Some(old) =
+                        known.filter(|m| same_etag(&m.etag, &meta.etag) && m.key == meta.key)
+                    {
+                        meta.metadata.clone_from(&old.metadata);
+                    }
+                    (object_kind(&meta), Some(meta))
+                }
+            };
+            let attr = match self.writers.get(child_ino) {
+                Some(writer) => writer.attr(attrs),
+                None => attrs.of(child_ino, kind, meta.as_ref()),
+            };
+            if !fenced {
+                self.meta.seen_ino(child_ino, kind, meta);
+            }
+            entries.push(DirEntry { name, attr });
+        }
+        entries
+    }
+
+    /// Caches the complete, sorted listing `entries` of `ino` (started at `token`) with the
+    /// files being written in it added; returns those added files.
+    fn cache_listing(
+        &mut self,
+        attrs: &Attrs,
+        ino: Ino,
+        path: &str,
+        token: ListToken,
+        mut entries: Vec<DirEntry>,
+    ) -> Vec<DirEntry> {
+        // Files created here and not yet committed are not in the bucket yet, but they exist.
+        let pending: Vec<(String, Attr)> = self
+            .writers
+            .pending_in(path)
+            .into_iter()
+            .map(|(name, w)| (name, w.attr(attrs)))
+            .collect();
+        let mut added = Vec::new();
+        for (name, attr) in pending {
+            if let Err(i) = entries.binary_search_by(|e| e.name.as_str().cmp(&name)) {
+                let entry = DirEntry { name, attr };
+                added.push(entry.clone());
+                entries.insert(i, entry);
+            }
+        }
+        self.meta.listed(ino, token, entries);
+        added
+    }
 }
 
 /// The filesystem.
@@ -222,6 +323,8 @@ pub struct Fs {
     attrs: Arc<Attrs>,
     /// Server-side copies.
     copier: Copier,
+    /// What a name is in the bucket (lookups outside the cache).
+    prober: Prober,
     tables: Arc<Mutex<Tables>>,
     /// The files open for writing.
     writers: Writers,
@@ -230,10 +333,8 @@ pub struct Fs {
     handles: Arc<Handles>,
     /// Set at shutdown: no new changes are accepted.
     stopping: std::sync::atomic::AtomicBool,
-    /// The TTL of entries and attributes handed to the kernel, in nanoseconds.
-    ttl_nanos: AtomicU64,
-    /// The kernel's caches, told of changes made elsewhere (set once the session exists).
-    kernel: std::sync::OnceLock<Arc<dyn KernelCache>>,
+    /// The kernel's caches, told of changes made elsewhere, and the TTL they are given.
+    kernel: remote::Kernel,
     /// The version each file was last opened at, for the kernel's page cache (see open.rs).
     opened: Mutex<lru::LruCache<Ino, String>>,
     /// The kernel reads whole cached files directly (FUSE passthrough).
@@ -312,7 +413,7 @@ impl Fs {
                 staging: Arc::clone(&writes.staging),
                 source,
             });
-        let ttl_nanos = u64::try_from(config.metadata_ttl.as_nanos()).unwrap_or(u64::MAX);
+        let kernel = remote::Kernel::new(config.metadata_ttl);
         let names = Names::new(&config.prefix, &config.content_type_default);
         let copier = Copier::new(
             Arc::clone(&store),
@@ -338,9 +439,11 @@ impl Fs {
             deferred: Arc::clone(&deferred),
             handles: Arc::clone(&handles),
         });
+        let prober = Prober::new(Arc::clone(&store), names.clone(), Arc::clone(&deferred));
         Self {
             store,
             cache,
+            prober,
             names,
             attrs,
             copier,
@@ -351,8 +454,7 @@ impl Fs {
             dirs: Mutex::default(),
             handles,
             stopping: Default::default(),
-            ttl_nanos: AtomicU64::new(ttl_nanos),
-            kernel: std::sync::OnceLock::new(),
+            kernel,
             opened: Mutex::new(lru::LruCache::new(open::VERSIONS_KEPT)),
             passthrough: Default::default(),
             deferred,
@@ -362,11 +464,6 @@ impl Fs {
     /// Deletes what an earlier run of this mount owed at a last close (see deferred.rs).
     pub async fn settle_earlier_deletes(&self) {
         self.deferred.settle_earlier(self.store.as_ref()).await;
-    }
-
-    /// A HEAD's answer, unless it is a version whose delete waits for a last close.
-    fn visible(&self, head: Option<ObjectMeta>) -> Option<ObjectMeta> {
-        head.filter(|m| !self.deferred.hides(&m.key, &m.etag))
     }
 
     /// The files open for writing: writes, flushes and fsyncs go straight to them.
@@ -397,35 +494,9 @@ impl Fs {
         self.attrs.listed(attr)
     }
 
-    /// Records what the store said of `path` in an answer asked for at `token` (not kept if
-    /// the name changed since: meta.rs, 7.); returns its attributes, counted as an entry
-    /// handed to the kernel when `to_kernel`.
-    fn remember(
-        &self,
-        path: &str,
-        kind: Kind,
-        meta: Option<ObjectMeta>,
-        to_kernel: bool,
-        token: ListToken,
-    ) -> Attr {
-        let mut t = self.tables.lock();
-        let ino = t.meta.ino_for(path);
-        let attr = self.attrs.of(ino, kind, meta.as_ref());
-        t.meta.seen_since(ino, kind, meta, token);
-        if to_kernel {
-            t.meta.looked_up_ino(ino);
-        }
-        attr
-    }
-
     /// Attributes of the root directory.
     pub fn root_attr(&self) -> Attr {
         self.attrs.of(Ino::ROOT, Kind::Dir, None)
-    }
-
-    /// Records that `path` now is `kind` with object `meta`, in its parent's listing too.
-    fn record(&self, path: &str, kind: Kind, meta: Option<ObjectMeta>) -> Attr {
-        self.tables.lock().record(&self.attrs, path, kind, meta)
     }
 
     /// Looks up `name` in directory `parent` for the kernel: the entry is counted until the
@@ -465,9 +536,17 @@ impl Fs {
                 Cached::Unknown => {}
             }
         }
-        let token = self.fill_started();
-        match self.probe(&path, self.known_file(&path)).await? {
-            Some((kind, meta)) => Ok(self.remember(&path, kind, meta, to_kernel, token)),
+        let (token, known_file) = {
+            let t = self.tables.lock();
+            (t.meta.fill_started(), t.meta.known_file(&path))
+        };
+        match self.prober.probe(&path, known_file).await? {
+            Some((kind, meta)) => {
+                Ok(self
+                    .tables
+                    .lock()
+                    .remember(&self.attrs, &path, kind, meta, to_kernel, token))
+            }
             None => {
                 self.tables.lock().meta.missed_since(parent, name, token);
                 Err(FsError::not_found())
@@ -499,67 +578,6 @@ impl Fs {
         }
     }
 
-    /// True when `path` was last seen as a file (or symlink, or special file).
-    fn known_file(&self, path: &str) -> bool {
-        let t = self.tables.lock();
-        let kind = t.meta.ino(path).and_then(|ino| t.meta.known_kind(ino));
-        kind.is_some_and(|k| k != Kind::Dir)
-    }
-
-    /// HEAD `key` and LIST `key/` concurrently: a directory, a file, or nothing (then one
-    /// more HEAD for another tool's `key_$folder$` directory object). A name last seen as a
-    /// file is checked with the HEAD alone first (see 9.).
-    async fn probe(
-        &self,
-        path: &str,
-        known_file: bool,
-    ) -> FsResult<Option<(Kind, Option<ObjectMeta>)>> {
-        let key = self.names.key(path);
-        // A known file's HEAD goes first, alone; its answer stands in for the concurrent one.
-        let known = if known_file {
-            match self.visible(self.store.head_object(&key).await?) {
-                Some(meta) if !list::is_dir_object(&meta) => {
-                    return Ok(Some((object_kind(&meta), Some(meta))))
-                }
-                head => Some(head),
-            }
-        } else {
-            None
-        };
-        let request = ListRequest {
-            prefix: format!("{key}/"),
-            delimiter: Some("/".to_string()),
-            start: ListStart::Beginning,
-            max_keys: 1,
-        };
-        let (head, listing) = match known {
-            Some(head) => (Ok(head), self.store.list_objects_v2(&request).await),
-            None => tokio::join!(
-                self.store.head_object(&key),
-                self.store.list_objects_v2(&request)
-            ),
-        };
-        let listing = listing?;
-        if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
-            // A `dir/` marker sorts first; its headers hold the directory's mode and owner.
-            let marker = format!("{key}/");
-            let meta = match listing.objects.first() {
-                Some(o) if o.key == marker => self.store.head_object(&marker).await?,
-                _ => None,
-            };
-            return Ok(Some((Kind::Dir, meta)));
-        }
-        match self.visible(head?) {
-            Some(meta) => Ok(Some((object_kind(&meta), Some(meta)))),
-            // Nothing under either name: perhaps another tool's `name_$folder$` directory.
-            None => {
-                let folder = format!("{key}{}", list::FOLDER_SUFFIX);
-                let head = self.store.head_object(&folder).await?;
-                Ok(head.map(|meta| (Kind::Dir, Some(meta))))
-            }
-        }
-    }
-
     /// Kind and object metadata of `ino`, from the cache while fresh, else from the store.
     async fn node(&self, ino: Ino) -> FsResult<(Kind, Option<ObjectMeta>)> {
         if ino == Ino::ROOT {
@@ -573,11 +591,13 @@ impl Fs {
             t.meta.path(ino)
         };
         let path = path.ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))?;
-        let known_file = self.known_file(&path);
-        let token = self.fill_started();
-        let probed = self.probe(&path, known_file).await?;
+        let known_file = self.tables.lock().meta.known_file(&path);
+        let token = self.tables.lock().meta.fill_started();
+        let probed = self.prober.probe(&path, known_file).await?;
         let (kind, meta) = probed.ok_or_else(FsError::not_found)?;
-        self.remember(&path, kind, meta.clone(), false, token);
+        self.tables
+            .lock()
+            .remember(&self.attrs, &path, kind, meta.clone(), false, token);
         Ok((kind, meta))
     }
 
@@ -596,95 +616,6 @@ impl Fs {
             attr.nlink += subdirs.unwrap_or(0);
         }
         Ok(attr)
-    }
-
-    /// The cached listing of `ino`, while fresh.
-    fn fresh_listing(&self, ino: Ino) -> Option<Arc<Vec<DirEntry>>> {
-        self.tables.lock().meta.fresh_listing(ino)
-    }
-
-    /// The change number an answer about to be asked for must not see passed (meta.rs, 7.).
-    fn fill_started(&self) -> ListToken {
-        self.tables.lock().meta.fill_started()
-    }
-
-    /// Records listed children (inode numbers, attributes) of a listing started at `token`
-    /// and returns them as entries.
-    fn register_children(
-        &self,
-        path: &str,
-        children: impl IntoIterator<Item = (String, Child)>,
-        token: ListToken,
-    ) -> Vec<DirEntry> {
-        let mut t = self.tables.lock();
-        // Fenced once per page: every child's directory is this one (meta.rs, 7.).
-        let fenced = t
-            .meta
-            .ino(path)
-            .is_some_and(|dir| t.meta.changed_after(dir, token));
-        let mut entries = Vec::new();
-        for (name, child) in children {
-            if let Child::File(meta) = &child {
-                if self.deferred.hides(&meta.key, &meta.etag) {
-                    continue;
-                }
-            }
-            let child_path = join(path, &name);
-            let child_ino = t.meta.ino_for(&child_path);
-            let known = t.meta.known_meta(child_ino);
-            let (kind, meta) = match child {
-                // A directory keeps the marker headers it was seen with.
-                Child::Dir => (Kind::Dir, known.filter(|m| m.key.ends_with('/')).cloned()),
-                Child::DirObject(meta) => (Kind::Dir, Some(meta)),
-                Child::File(mut meta) => {
-                    // Headers read earlier for this very version still hold.
-                    if let Some(old) =
-                        known.filter(|m| same_etag(&m.etag, &meta.etag) && m.key == meta.key)
-                    {
-                        meta.metadata.clone_from(&old.metadata);
-                    }
-                    (object_kind(&meta), Some(meta))
-                }
-            };
-            let attr = match t.writers.get(child_ino) {
-                Some(writer) => self.writers.attr(writer),
-                None => self.attrs.of(child_ino, kind, meta.as_ref()),
-            };
-            if !fenced {
-                t.meta.seen_ino(child_ino, kind, meta);
-            }
-            entries.push(DirEntry { name, attr });
-        }
-        entries
-    }
-
-    /// Caches the complete, sorted listing `entries` of `ino` (started at `token`) with the
-    /// files being written in it added; returns those added files.
-    fn cache_listing(
-        &self,
-        ino: Ino,
-        path: &str,
-        token: ListToken,
-        mut entries: Vec<DirEntry>,
-    ) -> Vec<DirEntry> {
-        let mut t = self.tables.lock();
-        // Files created here and not yet committed are not in the bucket yet, but they exist.
-        let pending: Vec<(String, Attr)> = t
-            .writers
-            .pending_in(path)
-            .into_iter()
-            .map(|(name, w)| (name, self.writers.attr(&w)))
-            .collect();
-        let mut added = Vec::new();
-        for (name, attr) in pending {
-            if let Err(i) = entries.binary_search_by(|e| e.name.as_str().cmp(&name)) {
-                let entry = DirEntry { name, attr };
-                added.push(entry.clone());
-                entries.insert(i, entry);
-            }
-        }
-        t.meta.listed(ino, token, entries);
-        added
     }
 
     /// A read served at once from the disk cache, without the runtime (see
@@ -739,7 +670,14 @@ impl Fs {
                     return Ok(bytes);
                 }
                 Err(e) if e.errno == libc::ESTALE => {
-                    self.forget_stale(ino);
+                    // The object changed: its attributes and its parent's listing (which
+                    // holds the old ETag) go, so the next lookup and open see the new version.
+                    {
+                        let mut t = self.tables.lock();
+                        if let Some(path) = t.meta.path(ino) {
+                            t.meta.stale(&path);
+                        }
+                    }
                     if followed || file.served.load(Ordering::SeqCst) || !self.follow(&file).await {
                         return Err(e);
                     }
@@ -770,15 +708,6 @@ impl Fs {
                 true
             }
             _ => false,
-        }
-    }
-
-    /// The object behind `ino` changed: drop its attributes and its parent's listing (which
-    /// holds the old ETag), so the next lookup and open see the new version.
-    fn forget_stale(&self, ino: Ino) {
-        let mut t = self.tables.lock();
-        if let Some(path) = t.meta.path(ino) {
-            t.meta.stale(&path);
         }
     }
 }

@@ -89,3 +89,15 @@ pub(super) fn check_length(name: &str) -> FsResult<()> {
     }
     Ok(())
 }
+
+/// ENAMETOOLONG or EINVAL for a name a new entry cannot have.
+pub(super) fn check_name(name: &str) -> FsResult<()> {
+    check_length(name)?;
+    if !valid_name(name) {
+        return Err(FsError::new(
+            libc::EINVAL,
+            format!("'{name}' cannot be a name"),
+        ));
+    }
+    Ok(())
+}

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures::stream::{self, TryStreamExt};
 
+use super::names::check_name;
 use super::posix::{Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::{join, object_kind, Attr, Fs, Ino, Kind};
 use crate::error::{FsError, FsResult};
@@ -26,8 +26,6 @@ use crate::store::{
 
 /// Content-Type of `dir/` markers, as s3fs writes them.
 pub const DIRECTORY_TYPE: &str = "application/x-directory";
-/// Objects copied or deleted at once when a directory is renamed.
-const TREE_CONCURRENCY: usize = 16;
 
 /// Attribute changes of one setattr.
 #[derive(Debug, Clone, Copy, Default)]
@@ -196,7 +194,10 @@ impl Fs {
         } else {
             object_kind(&new)
         };
-        Ok(self.record(&path, kind, Some(new)))
+        Ok(self
+            .tables
+            .lock()
+            .record(&self.attrs, &path, kind, Some(new)))
     }
 
     /// truncate(2) and ftruncate(2).
@@ -237,7 +238,10 @@ impl Fs {
             .await?;
         let ino = self.tables.lock().meta.ino_for(&path);
         self.attrs.wrote_dir(ino, |p| p.merge(&posix));
-        let attr = self.record(&path, Kind::Dir, Some(marker));
+        let attr = self
+            .tables
+            .lock()
+            .record(&self.attrs, &path, Kind::Dir, Some(marker));
         self.attrs.dir_changed(parent);
         // A new directory is empty: its lookups need no request until the listing expires.
         let mut t = self.tables.lock();
@@ -271,7 +275,10 @@ impl Fs {
         posix: &Posix,
     ) -> FsResult<Attr> {
         let meta = self.put_new(self.names.key(path), body, posix).await?;
-        let attr = self.record(path, kind, Some(meta));
+        let attr = self
+            .tables
+            .lock()
+            .record(&self.attrs, path, kind, Some(meta));
         self.attrs.dir_changed(parent);
         self.tables.lock().meta.looked_up(path);
         Ok(attr)
@@ -351,10 +358,11 @@ impl Fs {
         }
     }
 
-    /// unlink: DeleteObject. A file still open keeps its bytes for its handles (see write.rs,
+    /// unlink: DeleteObject. A file still open keeps its bytes for its handles (writers/mod.rs,
     /// 10.); nothing of it is uploaded any more.
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
-        self.check_writable(name)?;
+        self.check_changes_allowed()?;
+        check_name(name)?;
         let path = join(&self.path_of(parent)?, name);
         let attr = self.find(parent, name, false).await?;
         if attr.kind == Kind::Dir {
@@ -371,7 +379,7 @@ impl Fs {
             self.deferred.defer(attr.ino, key, etag, attr);
             self.tables.lock().meta.unlinked_open(&path);
         } else if open && self.writers.unlink_committing(attr.ino, &path) {
-            // A commit of it runs: the delete waits for its end and the last close (write.rs,
+            // A commit of it runs: the delete waits for its end and the last close (writers/mod.rs,
             // 13.).
         } else if open {
             self.keep_for_handles(attr.ino).await?;
@@ -392,7 +400,8 @@ impl Fs {
 
     /// rmdir: ENOTEMPTY while any key is under the prefix, else deletes the marker.
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
-        self.check_writable(name)?;
+        self.check_changes_allowed()?;
+        check_name(name)?;
         let path = join(&self.path_of(parent)?, name);
         let attr = match self.find(parent, name, false).await {
             Ok(attr) => attr,
@@ -411,7 +420,7 @@ impl Fs {
         if !self.dir_is_empty(&path, &marker).await? {
             return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
         }
-        let legacy = self.dir_object(attr.ino);
+        let legacy = self.tables.lock().meta.dir_object(attr.ino);
         self.store.delete_object(&marker).await?;
         if let Some(legacy) = legacy {
             self.store.delete_object(&legacy).await?;
@@ -420,16 +429,6 @@ impl Fs {
         self.attrs.dir_gone(attr.ino);
         self.attrs.dir_changed(parent);
         Ok(())
-    }
-
-    /// The key of the object that holds directory `ino` in another tool's format (s3fs's
-    /// legacy `name`, Hadoop's `name_$folder$`), if that is what it was last seen as (no
-    /// request: the lookup that found the directory recorded it).
-    fn dir_object(&self, ino: Ino) -> Option<String> {
-        let t = self.tables.lock();
-        let meta = t.meta.known_meta(ino)?;
-        let legacy = t.meta.known_kind(ino) == Some(Kind::Dir) && !meta.key.ends_with('/');
-        legacy.then(|| meta.key.clone())
     }
 
     async fn dir_is_empty(&self, path: &str, marker: &str) -> FsResult<bool> {
@@ -455,7 +454,8 @@ impl Fs {
         new_name: &str,
         mode: RenameMode,
     ) -> FsResult<()> {
-        self.check_writable(new_name)?;
+        self.check_changes_allowed()?;
+        check_name(new_name)?;
         if mode.exchange {
             return Err(FsError::new(
                 libc::EINVAL,
@@ -507,8 +507,15 @@ impl Fs {
                     "cannot move a directory into itself",
                 ));
             }
-            let legacy = self.dir_object(source.ino);
-            self.rename_dir(&from, &to).await?;
+            let legacy = self.tables.lock().meta.dir_object(source.ino);
+            if self.tables.lock().writers.writing_below(&from) {
+                return Err(FsError::new(
+                    libc::EBUSY,
+                    "files in the directory are open for writing",
+                ));
+            }
+            let (old, new) = (self.names.dir_prefix(&from), self.names.dir_prefix(&to));
+            self.copier.move_tree(&old, &new).await?;
             if let Some(legacy) = legacy {
                 // The old name's directory object goes too; the new name has a `dir/` form.
                 self.store.delete_object(&legacy).await?;
@@ -528,11 +535,18 @@ impl Fs {
         if replaced_open.is_some() {
             self.tables.lock().meta.unlinked_open(&to);
         }
-        self.rebind(&from, &to, &source);
+        {
+            // The moved inodes take the new paths, and cached listings follow.
+            let mut t = self.tables.lock();
+            t.meta.renamed(&from, &to, source.clone());
+            t.writers.moved(source.ino, &to);
+        }
         match moved_file {
             // Recorded under the moved inode, headers included, so listings keep them.
             Some(Some(meta)) => {
-                self.record(&to, object_kind(&meta), Some(meta));
+                self.tables
+                    .lock()
+                    .record(&self.attrs, &to, object_kind(&meta), Some(meta));
             }
             // A file open for writing answers for itself until its next commit records it.
             Some(None) => {}
@@ -546,13 +560,6 @@ impl Fs {
         self.attrs.dir_changed(parent);
         self.attrs.dir_changed(new_parent);
         Ok(())
-    }
-
-    /// After a rename: the moved inodes take the new paths, and cached listings follow.
-    fn rebind(&self, from: &str, to: &str, source: &Attr) {
-        let mut t = self.tables.lock();
-        t.meta.renamed(from, to, source.clone());
-        t.writers.moved(source.ino, to);
     }
 
     /// Copies the file to its new key and deletes the old one; returns the moved object
@@ -574,94 +581,6 @@ impl Fs {
             .move_object(meta, &self.names.key(to))
             .await
             .map(Some)
-    }
-
-    /// Copies every key under `from/` to `to/`, then deletes the originals. An empty target
-    /// directory's marker simply stays: it is the moved directory's marker now.
-    async fn rename_dir(&self, from: &str, to: &str) -> FsResult<()> {
-        if self.tables.lock().writers.writing_below(from) {
-            return Err(FsError::new(
-                libc::EBUSY,
-                "files in the directory are open for writing",
-            ));
-        }
-        let old_prefix = self.names.dir_prefix(from);
-        let new_prefix = self.names.dir_prefix(to);
-        let objects = self.list_all(&old_prefix).await?;
-        stream::iter(objects.iter().map(Ok::<_, FsError>))
-            .try_for_each_concurrent(TREE_CONCURRENCY, |o| {
-                let new_key = format!("{new_prefix}{}", &o.key[old_prefix.len()..]);
-                async move {
-                    // Copied with their headers (COPY): none need sending again.
-                    let source = CopySource {
-                        key: &o.key,
-                        etag: &o.etag,
-                        size: o.size,
-                        headers: &StandardHeaders::NONE,
-                    };
-                    self.copier.copy(source, &new_key, None).await?;
-                    Ok(())
-                }
-            })
-            .await?;
-        stream::iter(objects.iter().map(Ok::<_, FsError>))
-            .try_for_each_concurrent(TREE_CONCURRENCY, |o| async move {
-                self.store.delete_object(&o.key).await?;
-                Ok(())
-            })
-            .await?;
-        // Some servers (SeaweedFS) keep a folder for every prefix that once held keys and go on
-        // listing it: delete the old directory prefixes too, deepest first (a no-op on S3).
-        let mut dirs: Vec<&str> = objects
-            .iter()
-            .flat_map(|o| {
-                o.key[old_prefix.len()..]
-                    .match_indices('/')
-                    .map(|(i, _)| &o.key[..old_prefix.len() + i + 1])
-            })
-            .chain([old_prefix.as_str()])
-            .collect();
-        dirs.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-        dirs.dedup();
-        for dir in dirs {
-            self.store.delete_object(dir).await?;
-        }
-        if objects.is_empty() {
-            // An empty directory known only to this mount still gets its marker at the new name.
-            let options = PutOptions {
-                content_type: Some(DIRECTORY_TYPE.to_string()),
-                ..PutOptions::default()
-            };
-            self.store
-                .put_object(&new_prefix, Bytes::new(), &options)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Every object under `prefix`, no delimiter.
-    async fn list_all(&self, prefix: &str) -> FsResult<Vec<ObjectMeta>> {
-        let mut out = Vec::new();
-        let mut start = ListStart::Beginning;
-        loop {
-            let request = ListRequest {
-                prefix: prefix.to_string(),
-                delimiter: None,
-                start,
-                max_keys: super::list::PAGE_SIZE,
-            };
-            let page = self.store.list_objects_v2(&request).await?;
-            let full = page.objects.len() >= super::list::PAGE_SIZE as usize;
-            let last = page.objects.last().map(|o| o.key.clone());
-            out.extend(page.objects);
-            start = match (page.next_continuation_token, last) {
-                (Some(token), _) => ListStart::Token(token),
-                (None, Some(last)) if full => ListStart::After(last),
-                _ => break,
-            };
-        }
-        out.dedup_by(|a, b| a.key == b.key);
-        Ok(out)
     }
 
     /// Hard links cannot be expressed in S3: the error link(2) gives.

@@ -17,6 +17,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::names::check_name;
 use super::{Attr, Fs, Ino, Kind, OpenFile, OpenMode, Version, Writer};
 use crate::cache::ObjectId;
 use crate::error::{FsError, FsResult};
@@ -42,11 +43,6 @@ pub struct Opened {
 }
 
 impl Fs {
-    /// Opens file `ino`; a handle opened for writing shares the file's writer.
-    pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
-        self.open_file(ino, mode).await.map(|opened| opened.fh)
-    }
-
     /// Opens file `ino`, saying whether the kernel may keep its pages and, for a read-only
     /// open with passthrough on, the local file holding the whole object.
     pub async fn open_file(&self, ino: Ino, mode: OpenMode) -> FsResult<Opened> {
@@ -206,7 +202,6 @@ impl Fs {
         self.handles.take(fh)
     }
 
-    /// Fails mutations on a read-only mount and names the filesystem cannot hold.
     /// EROFS on a read-only mount, and once the daemon is stopping.
     pub(super) fn check_changes_allowed(&self) -> FsResult<()> {
         if self.config.read_only {
@@ -221,21 +216,10 @@ impl Fs {
         Ok(())
     }
 
-    pub(super) fn check_writable(&self, name: &str) -> FsResult<()> {
-        self.check_changes_allowed()?;
-        super::names::check_length(name)?;
-        if !super::list::valid_name(name) {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("'{name}' cannot be a name"),
-            ));
-        }
-        Ok(())
-    }
-
     /// The path of a new entry `name` in `parent`, when it can be one.
     pub(super) fn new_path(&self, parent: Ino, name: &str) -> FsResult<String> {
-        self.check_writable(name)?;
+        self.check_changes_allowed()?;
+        check_name(name)?;
         let path = super::join(&self.path_of(parent)?, name);
         // A directory's marker is one byte longer than its name's key.
         self.names.check_key_length(&path, 1)?;

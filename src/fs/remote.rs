@@ -12,8 +12,8 @@
 //! 4. When notifications stop working, the TTLs fall back to short ones (`set_ttls`), and the
 //!    kernel forgets what it holds, since it was given those entries for the long TTL.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::meta::{Elsewhere, KernelNote};
@@ -25,24 +25,53 @@ pub trait KernelCache: Send + Sync + std::fmt::Debug {
     fn invalidate(&self, notes: Vec<KernelNote>);
 }
 
+/// The kernel's side of the mount: the port to its caches and the TTL its entries get.
+#[derive(Debug)]
+pub(super) struct Kernel {
+    /// Set once the session exists.
+    port: OnceLock<Arc<dyn KernelCache>>,
+    /// The TTL of entries and attributes handed to the kernel, in nanoseconds.
+    ttl_nanos: AtomicU64,
+}
+
+impl Kernel {
+    /// Entries handed out with `ttl`, no port yet.
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self {
+            port: OnceLock::new(),
+            ttl_nanos: AtomicU64::new(nanos(ttl)),
+        }
+    }
+
+    /// Tells the kernel to forget what `notes` name (see 2.).
+    pub(super) fn tell(&self, notes: Vec<KernelNote>) {
+        if let (Some(port), false) = (self.port.get(), notes.is_empty()) {
+            port.invalidate(notes);
+        }
+    }
+}
+
+fn nanos(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Fs {
     /// Connects the kernel's caches, once the session exists.
-    pub fn attach_kernel(&self, kernel: Arc<dyn KernelCache>) {
-        let _ = self.kernel.set(kernel);
+    pub fn attach_kernel(&self, port: Arc<dyn KernelCache>) {
+        let _ = self.kernel.port.set(port);
     }
 
     /// How long the kernel may keep entries and attributes it is given now.
     pub fn ttl(&self) -> Duration {
-        Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed))
+        Duration::from_nanos(self.kernel.ttl_nanos.load(Ordering::Relaxed))
     }
 
     /// Trusts attributes and listings for `ttl` and misses for `negative_ttl` from now on;
     /// when that is shorter than before, the kernel forgets what it holds (see 4.).
     pub fn set_ttls(&self, ttl: Duration, negative_ttl: Duration) {
-        let nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        self.ttl_nanos.store(nanos, Ordering::Relaxed);
+        self.kernel.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
         let notes = self.tables.lock().meta.set_ttls(ttl, negative_ttl);
-        self.tell_kernel(notes);
+        self.kernel.tell(notes);
     }
 
     /// The object at `key` changed elsewhere: what may be out of date is forgotten, here and
@@ -57,13 +86,7 @@ impl Fs {
             return false;
         }
         tracing::debug!(key, ?change, "changed elsewhere");
-        self.tell_kernel(notes);
+        self.kernel.tell(notes);
         true
-    }
-
-    fn tell_kernel(&self, notes: Vec<KernelNote>) {
-        if let (Some(kernel), false) = (self.kernel.get(), notes.is_empty()) {
-            kernel.invalidate(notes);
-        }
     }
 }

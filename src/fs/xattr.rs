@@ -169,11 +169,13 @@ impl Fs {
         } else {
             self.names.key(&path)
         };
-        let token = self.fill_started();
+        let token = self.tables.lock().meta.fill_started();
         let meta = self.copier.with_headers(&key, meta).await?;
         if let Some(m) = &meta {
             // Remembered for the next question.
-            self.remember(&path, kind, Some(m.clone()), false, token);
+            self.tables
+                .lock()
+                .remember(&self.attrs, &path, kind, Some(m.clone()), false, token);
         }
         Ok(meta.and_then(|m| m.metadata))
     }

@@ -76,7 +76,7 @@ impl Writers {
             writer.unlinked_during_commit.swap(false, Ordering::SeqCst)
         };
         if unlinked {
-            // Unlinked meanwhile (see 13.): what is stored under the name now, this commit's
+            // Unlinked meanwhile (mod.rs, 13.): what is stored under the name now, this commit's
             // version or the one before it, stays for the handles and goes at the last close.
             if let Some((key, etag)) = st.stored.clone() {
                 self.deferred
@@ -255,7 +255,7 @@ impl Writers {
         st.excl = false;
         st.unpublished = false;
         // Not if unlinked meanwhile: the name is gone (checked under the lock the unlink
-        // takes, see 13.).
+        // takes, mod.rs 13.).
         let path = writer.path();
         let mut t = self.tables.lock();
         if !writer.unlinked.load(Ordering::SeqCst) {
@@ -272,7 +272,7 @@ impl Writers {
         }
     }
 
-    /// A rename of a file open for writing (see 11.): returns the moved object when its
+    /// A rename of a file open for writing (mod.rs, 11.): returns the moved object when its
     /// committed version was moved now and nothing is pending (`None`: the writer answers for
     /// the new name until its next commit).
     pub(in crate::fs) async fn rename(

@@ -43,7 +43,7 @@ impl Writers {
         .tracked(&self.uploads)
     }
 
-    /// A stream whose parts left commits them first (see 2.); then, like `stage`, the
+    /// A stream whose parts left commits them first (mod.rs, 2.); then, like `stage`, the
     /// content becomes a staging file holding the same bytes.
     pub(super) async fn unstream(&self, writer: &Writer, st: &mut WriteState) -> FsResult<()> {
         if let Content::Stream(upload) = &st.content {
@@ -56,7 +56,7 @@ impl Writers {
     }
 
     /// Turns the content into a staging file holding the same bytes. On failure the content
-    /// is left as it was (see 8.).
+    /// is left as it was (mod.rs, 8.).
     pub(super) async fn stage(&self, st: &mut WriteState) -> FsResult<()> {
         let file = match &st.content {
             Content::Staged(_) => return Ok(()),

@@ -47,6 +47,21 @@
 //!     reader's file (deferred.rs): the handles read that version meanwhile, without a
 //!     download. The tables lock orders the unlink against the commit's start, its end and
 //!     the recording of what it stored.
+//!
+//! Transitions of a writer's content (`Content`), each in one place:
+//! - open: `Base` (the committed object, or none) for a kept file; `Stream` for a new or
+//!   O_TRUNC one (`create`, `attach`);
+//! - write at the end of a `Base` that is empty, or of a `Stream`: `Stream` (content.rs);
+//! - any other write, a read through its own handle, a resize: `Staged` (`unstream`, `stage`);
+//! - commit: `Stream`/`Base` become `Base` of what landed; `Staged` stays (commit.rs);
+//! - a stream that fails: `Lost`, its error kept for every later write and commit.
+//!
+//! Invariants:
+//! - the registry and each writer's handle count change only under the tables lock;
+//! - a writer's state lock is the only lock held across a transfer, and nothing waits for it
+//!   while holding the tables lock;
+//! - a writer's name, headers and flags (`unlinked`, `committing`, `headers_changed`) are
+//!   outside the state lock, so renames, chmods and unlinks never wait for a transfer.
 
 mod commit;
 mod content;
@@ -152,6 +167,17 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    /// The attributes of the file: its size and times as written so far.
+    pub(super) fn attr(&self, attrs: &Attrs) -> Attr {
+        let posix = *self.posix.lock();
+        let size = self.size.load(Ordering::SeqCst);
+        let mut attr = attrs.from(self.ino, Kind::File, size, &posix, *self.modified.lock());
+        if self.unlinked.load(Ordering::SeqCst) {
+            attr.nlink = 0;
+        }
+        attr
+    }
+
     /// The file's path in the mount.
     pub(super) fn path(&self) -> String {
         self.path.lock().clone()
