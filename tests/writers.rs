@@ -6,6 +6,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{eventually, proxy, pseudo_random, sh, sha256, within, Bucket, Mount};
@@ -441,19 +442,9 @@ fn unlinking_a_file_open_for_reading_downloads_nothing_and_deletes_at_the_last_c
     let px = proxy();
     let m = Mount::new(&b.name, "wr-unlink-read", &["--endpoint-url", &px.endpoint]);
     let path = m.path.join("big.bin");
-    let mut f = fs::File::open(&path).unwrap();
-    let mut got = vec![0u8; 1 << 20];
-    f.read_exact(&mut got).unwrap();
-    // The reader's read-ahead settles first.
-    let gets_now = || px.counts().get.load(std::sync::atomic::Ordering::SeqCst);
-    let mut gets = gets_now();
-    loop {
-        std::thread::sleep(Duration::from_millis(700));
-        if gets_now() == gets {
-            break;
-        }
-        gets = gets_now();
-    }
+    let (mut f, mut got) = open_and_settle(&path, &px);
+    let gets_now = || gets_through(&px);
+    let gets = gets_now();
     let started = Instant::now();
     fs::remove_file(&path).unwrap();
     let took = started.elapsed();
@@ -478,6 +469,73 @@ fn unlinking_a_file_open_for_reading_downloads_nothing_and_deletes_at_the_last_c
         .head("big.bin")
         .is_none()));
     assert_eq!(b.get("other"), b"stays");
+}
+
+/// GETs sent through `px` so far.
+fn gets_through(px: &common::proxy::Proxy) -> u64 {
+    px.counts().get.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Opens `path` for reading and reads its first MiB; returns once the read-ahead it started
+/// has settled (no GET through `px` for 0.7 s).
+fn open_and_settle(path: &Path, px: &common::proxy::Proxy) -> (fs::File, Vec<u8>) {
+    use std::io::Read;
+
+    let mut f = fs::File::open(path).unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    f.read_exact(&mut got).unwrap();
+    let mut gets = gets_through(px);
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        if gets_through(px) == gets {
+            return (f, got);
+        }
+        gets = gets_through(px);
+    }
+}
+
+/// A rename over a file that only a reader holds sets the reader's version aside on the
+/// server instead of downloading it: the reader reads the old bytes to EOF, the name holds
+/// the new file, and the copy goes at the last close.
+#[test]
+fn renaming_over_a_file_open_for_reading_downloads_nothing() {
+    use std::io::Read;
+
+    let b = Bucket::new("wr-rename-over-read");
+    let old = pseudo_random(256 << 20, 46);
+    b.put("doc.bin", old.clone());
+    b.put("doc.tmp", "the new version");
+    let px = proxy();
+    let m = Mount::new(
+        &b.name,
+        "wr-rename-over-read",
+        &["--endpoint-url", &px.endpoint],
+    );
+    let path = m.path.join("doc.bin");
+    let (mut f, mut got) = open_and_settle(&path, &px);
+    let gets_now = || gets_through(&px);
+    let gets = gets_now();
+    fs::rename(m.path.join("doc.tmp"), &path).unwrap();
+    assert_eq!(gets_now() - gets, 0, "the rename read the replaced file");
+    assert_eq!(fs::read(&path).unwrap(), b"the new version");
+    let listed: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(listed, ["doc.bin"], "the copy set aside is not shown");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    f.read_to_end(&mut got).unwrap();
+    assert_eq!(sha256(&got), sha256(&old), "the reader read the old bytes");
+    assert_eq!(b.get("doc.bin"), b"the new version");
+    let kept: Vec<_> = b.keys().into_iter().filter(|k| k != "doc.bin").collect();
+    assert_eq!(kept.len(), 1, "one copy set aside: {kept:?}");
+    assert!(kept[0].starts_with(".bucketfs-kept-"), "{kept:?}");
+    drop(f);
+    assert!(
+        eventually(Duration::from_secs(10), || b.keys() == ["doc.bin"]),
+        "left in the bucket: {:?}",
+        b.keys()
+    );
 }
 
 /// A daemon killed between the unlink and the last close deletes what it owed at its next

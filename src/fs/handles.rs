@@ -41,6 +41,13 @@ pub struct OpenFile {
     pub(super) opener: u32,
 }
 
+impl Version {
+    /// True when `other` is the very version this one names.
+    pub(super) fn same_as(&self, other: &Version) -> bool {
+        self.object == other.object && self.size == other.size
+    }
+}
+
 impl OpenFile {
     /// A handle of `ino` that reads `version` (a writer's handle reads through its writer).
     pub(super) fn new(
@@ -109,6 +116,17 @@ impl Handles {
     /// Takes handle `fh` out of the open files (see 2.).
     pub(super) fn take(&self, fh: u64) -> Option<Arc<OpenFile>> {
         self.files.lock().remove(&fh)
+    }
+
+    /// Handles of `ino` reading version `from` read `to` from now on: the same bytes under
+    /// another key (a copy set aside for them, namespace.rs 4.).
+    pub(super) fn repoint(&self, ino: Ino, from: &ObjectId, to: Arc<ObjectId>) {
+        for file in self.files.lock().values().filter(|f| f.ino == ino) {
+            let mut version = file.version.lock();
+            if version.object.as_deref() == Some(from) {
+                version.object = Some(Arc::clone(&to));
+            }
+        }
     }
 
     /// True while a handle (reader or writer) of `ino` is open.

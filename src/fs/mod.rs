@@ -657,7 +657,7 @@ impl Fs {
         let mut followed = false;
         loop {
             let version = file.version.lock().clone();
-            let Some(object) = version.object else {
+            let Some(object) = version.object.clone() else {
                 return Ok(Bytes::new());
             };
             match self
@@ -669,6 +669,8 @@ impl Fs {
                     file.served.store(true, Ordering::SeqCst);
                     return Ok(bytes);
                 }
+                // Set aside for this handle meanwhile (namespace.rs, 4.): read it there.
+                Err(e) if e.errno == libc::ESTALE && !file.version.lock().same_as(&version) => {}
                 Err(e) if e.errno == libc::ESTALE => {
                     // The object changed: its attributes and its parent's listing (which
                     // holds the old ETag) go, so the next lookup and open see the new version.

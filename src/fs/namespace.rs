@@ -10,6 +10,12 @@
 //! 3. rmdir must not delete anything but the marker: one LIST of two keys tells an empty
 //!    directory (at most its marker) from a full one. A directory without a marker is gone
 //!    from S3 once its last key is, so rmdir of a vanished directory succeeds.
+//! 4. A rename over a file that only readers hold open must not take their bytes: S3 cannot
+//!    keep an overwritten key's old version (without bucket versioning), so the version they
+//!    read is first copied on the server to `.bucketfs-kept-<hex>` in the same directory, their
+//!    handles read it there, and it is deleted at their last close (deferred.rs, recorded
+//!    across a kill). That costs a server-side copy of the target, never a download; a file
+//!    with a writer keeps its bytes in staging instead (writers/mod.rs, 10.).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,6 +30,9 @@ use crate::store::{
     CopySource, ListRequest, ListStart, ObjectMeta, PutOptions, StandardHeaders, UserMetadata,
 };
 
+/// Names of the copies set aside for readers of a file a rename replaced (see 4.), in its
+/// directory: as NFS's `.nfsXXXX` silly renames, seen by other clients until the last close.
+pub const KEPT_PREFIX: &str = ".bucketfs-kept-";
 /// Content-Type of `dir/` markers, as s3fs writes them.
 pub const DIRECTORY_TYPE: &str = "application/x-directory";
 
@@ -489,13 +498,17 @@ impl Fs {
                 _ => {}
             }
         }
-        // A file replaced while open keeps its bytes for its handles, as if unlinked, and
-        // its writer (if any) commits no more: its old content must not land on the new file.
+        // A file replaced while open keeps its bytes for its handles, as if unlinked (set
+        // aside on the server when only readers have it, see 4.), and its writer (if any)
+        // commits no more: its old content must not land on the new file.
         let replaced_open = match &target {
             Some(t)
                 if t.kind != Kind::Dir && t.ino != source.ino && self.handles.is_open(t.ino) =>
             {
-                self.keep_for_handles(t.ino).await?;
+                let aside = self.writers.of(t.ino).is_none() && self.set_aside(t, &to).await?;
+                if !aside {
+                    self.keep_for_handles(t.ino).await?;
+                }
                 Some(t.ino)
             }
             _ => None,
@@ -560,6 +573,45 @@ impl Fs {
         self.attrs.dir_changed(parent);
         self.attrs.dir_changed(new_parent);
         Ok(())
+    }
+
+    /// Sets aside the version of `target` (at `path`) that only readers hold, before a rename
+    /// replaces it (see 4.): copied on the server next to it, read there by its handles and
+    /// deleted at their last close. False when no name for the copy fits in a key.
+    async fn set_aside(&self, target: &Attr, path: &str) -> FsResult<bool> {
+        let meta = match self.node(target.ino).await? {
+            (Kind::File, Some(meta)) => meta,
+            _ => return Ok(false),
+        };
+        let (dir, _) = super::split(path);
+        let seed = format!("{}{}{:?}", target.ino.0, meta.etag, SystemTime::now());
+        let tag = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, seed.as_bytes());
+        let aside = join(dir, &format!("{KEPT_PREFIX}{tag:016x}"));
+        if self.names.check_key_length(&aside, 0).is_err() {
+            return Ok(false);
+        }
+        let key = self.names.key(&aside);
+        // Copied whole with its headers (COPY): nothing is sent again.
+        let source = CopySource {
+            key: &meta.key,
+            etag: &meta.etag,
+            size: meta.size,
+            headers: &StandardHeaders::NONE,
+        };
+        let etag = self.copier.copy(source, &key, None).await?;
+        let read = crate::cache::ObjectId {
+            key: meta.key,
+            etag: meta.etag,
+        };
+        let kept = Arc::new(crate::cache::ObjectId {
+            key: key.clone(),
+            etag: etag.clone(),
+        });
+        // If the rename fails after this, the readers read the same bytes from the copy,
+        // which still goes at their last close.
+        self.deferred.defer(target.ino, key, etag, target.clone());
+        self.handles.repoint(target.ino, &read, kept);
+        Ok(true)
     }
 
     /// Copies the file to its new key and deletes the old one; returns the moved object
