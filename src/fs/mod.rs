@@ -591,8 +591,10 @@ impl Fs {
             t.meta.path(ino)
         };
         let path = path.ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))?;
-        let known_file = self.tables.lock().meta.known_file(&path);
-        let token = self.tables.lock().meta.fill_started();
+        let (token, known_file) = {
+            let t = self.tables.lock();
+            (t.meta.fill_started(), t.meta.known_file(&path))
+        };
         let probed = self.prober.probe(&path, known_file).await?;
         let (kind, meta) = probed.ok_or_else(FsError::not_found)?;
         self.tables

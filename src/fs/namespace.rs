@@ -506,7 +506,9 @@ impl Fs {
                 if t.kind != Kind::Dir && t.ino != source.ino && self.handles.is_open(t.ino) =>
             {
                 let aside = self.writers.of(t.ino).is_none() && self.set_aside(t, &to).await?;
-                if !aside {
+                // A writer that opened it meanwhile keeps its bytes in staging, and so stops
+                // committing over the new file.
+                if !aside || self.writers.of(t.ino).is_some() {
                     self.keep_for_handles(t.ino).await?;
                 }
                 Some(t.ino)

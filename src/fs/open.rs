@@ -12,7 +12,6 @@
 //!    through (see `fuse/passthrough.rs`), so it skips this: checking a 2 GiB file whole
 //!    costs a second of CPU.
 
-use parking_lot::Mutex;
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -93,15 +92,7 @@ impl Fs {
             None
         };
         let etag = object.as_ref().map(|o| o.etag.clone());
-        let file = OpenFile {
-            ino,
-            version: Mutex::new(Version { object, size }),
-            served: Default::default(),
-            refused: Default::default(),
-            state: Mutex::default(),
-            writer,
-            opener: mode.opener,
-        };
+        let file = OpenFile::new(ino, Version { object, size }, writer, mode.opener);
         Ok(Opened {
             fh: self.handles.add(file),
             keep_cache,

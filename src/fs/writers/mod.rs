@@ -396,20 +396,19 @@ impl Writers {
         owner: (u32, u32),
         excl: bool,
     ) -> FsResult<Arc<Writer>> {
-        let shared = {
-            let t = self.tables.lock();
-            let ino = t.meta.ino(path);
-            match ino.and_then(|ino| t.writers.get(ino)) {
-                Some(_) if excl => return Err(FsError::new(libc::EEXIST, "file exists")),
-                _ => ino.and_then(|ino| t.writers.share(ino)),
+        let (ino, shared) = {
+            let mut t = self.tables.lock();
+            let ino = t.meta.ino_for(path);
+            if excl && t.writers.get(ino).is_some() {
+                return Err(FsError::new(libc::EEXIST, "file exists"));
             }
+            (ino, t.writers.share(ino))
         };
         if let Some(writer) = shared {
             // Another handle is writing it: share that writer, emptied (O_CREAT|O_TRUNC).
             self.truncate_shared(&writer).await?;
             return Ok(writer);
         }
-        let ino = self.tables.lock().meta.ino_for(path);
         // mtime and ctime: the time of the last change (see `touched`).
         let posix = Posix {
             mtime: None,
