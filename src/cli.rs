@@ -372,6 +372,24 @@ pub fn mount_options_to_flags(list: &str) -> Result<Vec<String>, String> {
     Ok(flags)
 }
 
+/// `bucketfs takeover`: a new process takes a live mount over (docs/RESTART.md).
+#[derive(Debug, Parser)]
+#[command(name = "bucketfs takeover", version = VERSION)]
+pub struct TakeoverArgs {
+    /// The mount to take over from the daemon serving it
+    pub mountpoint: PathBuf,
+
+    /// Serve in the foreground instead of detaching once the mount is taken over
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+}
+
+/// True when argv asks for `bucketfs takeover`. (To mount a bucket named `takeover`, write
+/// it `s3://takeover`.)
+pub fn is_takeover_command(argv: &[std::ffi::OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == "takeover")
+}
+
 /// `bucketfs status`: what mounts are doing (docs/STATUS.md).
 #[derive(Debug, Parser)]
 #[command(name = "bucketfs status", version = VERSION)]

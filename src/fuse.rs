@@ -35,10 +35,13 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+pub mod handover;
 mod notes;
 mod passthrough;
+use handover::{Gate, KernelInit, Pass};
 use notes::NoteQueue;
 use passthrough::IoModes;
+pub use passthrough::IoState;
 
 use crate::error::{FsError, FsResult};
 use crate::fs::{
@@ -59,6 +62,40 @@ pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
     io: Arc<IoModes>,
+    /// Stops requests at a handover (handover.rs).
+    gate: Arc<Gate>,
+    /// What the kernel offered at INIT, for a successor (handover.rs, 2.).
+    init: Arc<parking_lot::Mutex<Option<KernelInit>>>,
+}
+
+/// The parts of a running adapter a handover uses (daemon/takeover.rs).
+#[derive(Debug, Clone)]
+pub struct AdapterPort {
+    gate: Arc<Gate>,
+    init: Arc<parking_lot::Mutex<Option<KernelInit>>>,
+    io: Arc<IoModes>,
+}
+
+impl AdapterPort {
+    /// The gate requests pass (handover.rs, 3.).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// What the kernel offered at INIT; `None` before the session started.
+    pub fn kernel_init(&self) -> Option<KernelInit> {
+        *self.init.lock()
+    }
+
+    /// The passthrough state of the open files, for a successor.
+    pub fn io_state(&self) -> IoState {
+        self.io.export()
+    }
+
+    /// Takes over a predecessor's passthrough state; `dev` is the connection.
+    pub fn adopt_io(&self, state: IoState, dev: std::os::fd::OwnedFd) {
+        self.io.adopt(state, dev);
+    }
 }
 
 /// The process of thread `tid`: FUSE requests carry the calling thread's id, and a program
@@ -231,7 +268,24 @@ impl FuseAdapter {
             fs,
             rt,
             io: Arc::default(),
+            gate: Arc::default(),
+            init: Arc::default(),
         }
+    }
+
+    /// What a handover needs of this adapter once the session owns it.
+    pub fn port(&self) -> AdapterPort {
+        AdapterPort {
+            gate: Arc::clone(&self.gate),
+            init: Arc::clone(&self.init),
+            io: Arc::clone(&self.io),
+        }
+    }
+
+    /// Counts request `op` and lets it through the gate (parked during a handover).
+    fn begin(&self, op: &'static str) -> Pass<'_> {
+        metrics::fuse_op(op);
+        self.gate.enter()
     }
 
     fn ttl(&self) -> Duration {
@@ -262,7 +316,12 @@ impl FuseAdapter {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(task(Arc::clone(&self.fs)));
+        let pass = self.gate.track();
+        let task = task(Arc::clone(&self.fs));
+        self.rt.spawn(async move {
+            task.await;
+            drop(pass);
+        });
     }
 }
 
@@ -312,13 +371,14 @@ impl Filesystem for FuseAdapter {
         if self.fs.may_pass_through() {
             self.fs.enable_passthrough(self.passthrough(config));
         }
+        *self.init.lock() = Some(KernelInit::of(config));
         let _ = config.set_max_readahead(MAX_READ);
         let _ = config.set_max_write(MAX_READ);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        metrics::fuse_op("lookup");
+        let _pass = self.begin("lookup");
         let ttl = self.ttl();
         let name = name.to_owned();
         self.spawn(|fs| async move {
@@ -331,7 +391,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        metrics::fuse_op("getattr");
+        let _pass = self.begin("getattr");
         let ttl = self.ttl();
         self.spawn(|fs| async move {
             match fs.getattr(Ino(ino.0)).await {
@@ -359,7 +419,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        metrics::fuse_op("setattr");
+        let _pass = self.begin("setattr");
         let ttl = self.ttl();
         let time = |t: TimeOrNow| match t {
             TimeOrNow::SpecificTime(t) => t,
@@ -382,7 +442,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        metrics::fuse_op("readlink");
+        let _pass = self.begin("readlink");
         self.spawn(|fs| async move {
             match fs.readlink(Ino(ino.0)).await {
                 Ok(target) => reply.data(&target),
@@ -401,7 +461,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        metrics::fuse_op("mknod");
+        let _pass = self.begin("mknod");
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         self.spawn(|fs| async move {
             let result = async {
@@ -422,7 +482,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        metrics::fuse_op("mkdir");
+        let _pass = self.begin("mkdir");
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         self.spawn(|fs| async move {
             let result = async {
@@ -435,7 +495,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        metrics::fuse_op("unlink");
+        let _pass = self.begin("unlink");
         let name = name.to_owned();
         self.spawn(|fs| async move {
             let result = async { fs.unlink(Ino(parent.0), name_str(&name)?).await }.await;
@@ -444,7 +504,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        metrics::fuse_op("rmdir");
+        let _pass = self.begin("rmdir");
         let name = name.to_owned();
         self.spawn(|fs| async move {
             let result = async { fs.rmdir(Ino(parent.0), name_str(&name)?).await }.await;
@@ -460,7 +520,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        metrics::fuse_op("symlink");
+        let _pass = self.begin("symlink");
         let (ttl, name, owner) = (self.ttl(), link_name.to_owned(), (req.uid(), req.gid()));
         let target = target.as_os_str().to_owned();
         self.spawn(|fs| async move {
@@ -483,7 +543,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        metrics::fuse_op("rename");
+        let _pass = self.begin("rename");
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let mode = RenameMode {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
@@ -501,7 +561,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        metrics::fuse_op("link");
+        let _pass = self.begin("link");
         let e = self.fs.link();
         reply.error(errno("link", e));
     }
@@ -516,7 +576,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        metrics::fuse_op("create");
+        let _pass = self.begin("create");
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
         let io = Arc::clone(&self.io);
@@ -550,7 +610,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        metrics::fuse_op("open");
+        let _pass = self.begin("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let mode = OpenMode {
             write,
@@ -588,7 +648,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        metrics::fuse_op("read");
+        let _pass = self.begin("read");
         let mut reply = Some(reply);
         let served = self
             .fs
@@ -621,7 +681,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        metrics::fuse_op("write");
+        let _pass = self.begin("write");
         let data = data.to_vec();
         self.spawn(|fs| async move {
             match fs.writers().write(fh.0, offset, &data).await {
@@ -639,7 +699,7 @@ impl Filesystem for FuseAdapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        metrics::fuse_op("flush");
+        let _pass = self.begin("flush");
         let tid = req.pid();
         self.spawn(|fs| async move {
             reply_empty(
@@ -660,7 +720,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        metrics::fuse_op("release");
+        let _pass = self.begin("release");
         // Out of the open files before any later request runs (see fs::write, 10.).
         let file = self.fs.take_handle(fh.0);
         self.io.released(fh.0);
@@ -673,7 +733,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        metrics::fuse_op("fsync");
+        let _pass = self.begin("fsync");
         self.spawn(|fs| async move { reply_empty("fsync", reply, fs.writers().fsync(fh.0).await) });
     }
 
@@ -685,13 +745,13 @@ impl Filesystem for FuseAdapter {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
-        metrics::fuse_op("fsyncdir");
+        let _pass = self.begin("fsyncdir");
         // Directory changes are in the bucket when their operation returns.
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        metrics::fuse_op("opendir");
+        let _pass = self.begin("opendir");
         self.spawn(|fs| async move {
             match fs.opendir(Ino(ino.0)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -708,7 +768,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        metrics::fuse_op("readdir");
+        let _pass = self.begin("readdir");
         self.spawn(|fs| async move {
             let filled = fill_dir(&fs, ino, fh, offset, |next, name, attr| {
                 reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), name)
@@ -729,7 +789,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        metrics::fuse_op("readdirplus");
+        let _pass = self.begin("readdirplus");
         let ttl = self.ttl();
         self.spawn(|fs| async move {
             // The kernel counts every entry of a readdirplus reply as a lookup: so do we, for
@@ -756,14 +816,14 @@ impl Filesystem for FuseAdapter {
 
     // BATCH_FORGET: fuser's default hands each node to `forget` (its node type is private).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        metrics::fuse_op("forget");
+        let _pass = self.begin("forget");
         self.fs.forget(Ino(ino.0), nlookup);
     }
 
     // Extended attributes live in the object's headers (fs/xattr.rs). With --no-xattr, ENOSYS
     // tells the kernel once for the whole mount: it stops asking, and programs get EOPNOTSUPP.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        metrics::fuse_op("getxattr");
+        let _pass = self.begin("getxattr");
         if !self.fs.config().xattr {
             return reply.error(refuse("getxattr", libc::ENOSYS));
         }
@@ -782,7 +842,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        metrics::fuse_op("listxattr");
+        let _pass = self.begin("listxattr");
         if !self.fs.config().xattr {
             return reply.error(refuse("listxattr", libc::ENOSYS));
         }
@@ -807,7 +867,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        metrics::fuse_op("setxattr");
+        let _pass = self.begin("setxattr");
         if !self.fs.config().xattr {
             return reply.error(refuse("setxattr", libc::ENOSYS));
         }
@@ -830,7 +890,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        metrics::fuse_op("removexattr");
+        let _pass = self.begin("removexattr");
         if !self.fs.config().xattr {
             return reply.error(refuse("removexattr", libc::ENOSYS));
         }
@@ -855,7 +915,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        metrics::fuse_op("fallocate");
+        let _pass = self.begin("fallocate");
         self.spawn(|fs| async move {
             let result = fs.writers().fallocate(fh.0, offset, length, mode).await;
             reply_empty("fallocate", reply, result);
@@ -873,7 +933,7 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        metrics::fuse_op("ioctl");
+        let _pass = self.begin("ioctl");
         reply.error(refuse("ioctl", libc::ENOTTY));
     }
 
@@ -885,13 +945,13 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        metrics::fuse_op("releasedir");
+        let _pass = self.begin("releasedir");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        metrics::fuse_op("statfs");
+        let _pass = self.begin("statfs");
         reply.statfs(
             STATFS_BLOCKS,
             STATFS_BLOCKS,

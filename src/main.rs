@@ -1,5 +1,5 @@
-//! The `bucketfs` command: parse, validate, mount; or `bucketfs status`, or print the
-//! completion script or the manual page.
+//! The `bucketfs` command: parse, validate, mount; or `bucketfs status`, `bucketfs takeover`,
+//! or print the completion script or the manual page.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,19 @@ fn main() -> ExitCode {
             Err(e) => e.exit(),
         };
         return bucketfs::status::client::run(&args);
+    }
+    if bucketfs::cli::is_takeover_command(&argv) {
+        let args = match bucketfs::cli::TakeoverArgs::try_parse_from(&argv[1..]) {
+            Ok(args) => args,
+            Err(e) => e.exit(),
+        };
+        return match bucketfs::daemon::take_over(&args.mountpoint, args.foreground) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bucketfs: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let args = match bucketfs::cli::parse_args(argv) {
         Ok(args) => args,

@@ -31,17 +31,57 @@ use crate::config::Config;
 use crate::mount;
 
 mod serve;
+pub mod takeover;
 
 use serve::serve;
+use takeover::{Successor, STATE_FORMAT};
 
 /// Allocations from this size up come straight from mmap and go back to the kernel when freed.
 const MMAP_THRESHOLD: i32 = 1 << 20;
 
 /// Mounts according to `config` and serves until unmounted.
 pub fn run(config: Config) -> Result<()> {
+    run_with(config, None)
+}
+
+/// Takes the mount at `mountpoint` over from the daemon serving it (daemon/takeover.rs) and
+/// serves it with this binary, in the background unless `foreground`.
+pub fn take_over(mountpoint: &Path, foreground: bool) -> Result<()> {
+    let successor = Successor::connect(mountpoint)?;
+    let offer = successor.offer().clone();
+    if offer.format != STATE_FORMAT {
+        successor.refuse("unknown state format");
+        bail!(
+            "the running daemon (bucketfs {}) keeps its state in format {}, this bucketfs reads format {STATE_FORMAT}: not taking over; it keeps serving (unmount and mount again to upgrade)",
+            offer.version,
+            offer.format
+        );
+    }
+    for (name, value) in &offer.env {
+        // No thread exists yet: nothing reads the environment meanwhile.
+        std::env::set_var(name, value);
+    }
+    let config = crate::cli::parse_args(&offer.args)
+        .map_err(|e| e.to_string())
+        .and_then(|args| args.into_config())
+        .map_err(|e| {
+            successor.refuse("options not understood");
+            anyhow!(
+                "cannot read the running daemon's options ({}): not taking over; it keeps serving",
+                e.trim()
+            )
+        });
+    let mut config = config?;
+    config.daemon.foreground = foreground;
+    run_with(config, Some(successor))
+}
+
+fn run_with(config: Config, successor: Option<Successor>) -> Result<()> {
     return_big_buffers_to_kernel();
     set_home_if_missing();
-    preflight(&config.daemon.mountpoint)?;
+    if successor.is_none() {
+        preflight(&config.daemon.mountpoint)?;
+    }
     if !config.daemon.foreground {
         // A background daemon may log nowhere: the notices go to the terminal that started it.
         for notice in &config.daemon.notices {
@@ -50,7 +90,7 @@ pub fn run(config: Config) -> Result<()> {
     }
     if config.daemon.foreground {
         init_logging(&config, true)?;
-        return serve(config, &mut None);
+        return serve(config, &mut None, successor);
     }
     let journal = stderr_is_journal();
     let mut fds = [0; 2];
@@ -70,7 +110,7 @@ pub fn run(config: Config) -> Result<()> {
             init_logging(&config, journal)?;
             std::panic::set_hook(Box::new(|info| tracing::error!("bug: {info}")));
             let mut ready = Some(std::fs::File::from(write_end));
-            if let Err(e) = serve(config, &mut ready) {
+            if let Err(e) = serve(config, &mut ready, successor) {
                 if let Some(mut pipe) = ready {
                     let _ = write!(pipe, "{e:#}");
                 }
@@ -81,6 +121,7 @@ pub fn run(config: Config) -> Result<()> {
         }
         _child => {
             drop(write_end);
+            drop(successor);
             let mut answer = String::new();
             std::fs::File::from(read_end)
                 .read_to_string(&mut answer)

@@ -17,12 +17,13 @@ use crate::cache::disk::DiskCache;
 use crate::cache::BlockCache;
 use crate::config::{Config, NotifySource, StoreConfig};
 use crate::fs::{Fs, Writes};
-use crate::fuse::{FuseAdapter, KernelNotifier};
+use crate::fuse::handover;
+use crate::fuse::{AdapterPort, FuseAdapter, KernelNotifier};
 use crate::metrics;
 use crate::mount::{self, MountSpec};
 use crate::notify::sqs::{queue_name, SqsQueue, Subscription};
 use crate::notify::{Consumer, EventQueue, Sink, Ttls};
-use crate::status::{self, MountInfo, StatusSocket};
+use crate::status::{self, MountInfo, StatusSocket, TakeoverPort};
 use crate::store::requests::RequestStats;
 use crate::store::s3::{load_shared, with_region, S3Store};
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
@@ -30,6 +31,7 @@ use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
 
 use super::notify_systemd;
+use super::takeover::{Predecessor, Successor};
 
 /// How long the start-up bucket check may take, retries included, before the mount gives up.
 const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,7 +85,12 @@ fn bucket_id(config: &Config) -> String {
 /// Checks the bucket, mounts, reports readiness, and runs until unmounted.
 /// `ready` is the start-up pipe of a background daemon: it gets "OK" and is closed once the mount
 /// is live, and stays open for the caller to report an error otherwise.
-pub(super) fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result<()> {
+/// With `successor`, the mount is taken over from the daemon serving it instead of mounted.
+pub(super) fn serve(
+    config: Config,
+    ready: &mut Option<std::fs::File>,
+    successor: Option<Successor>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_THREADS)
         .thread_name("bucketfs-io")
@@ -94,8 +101,14 @@ pub(super) fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result
         tracing::warn!("{notice}");
     }
     let (shared, store, requests) = connect(&rt, &config)?;
-    let fs = build_fs(&rt, &config, store)?;
+    // A successor settles no earlier deletes: they belong to handles still open (fs/state.rs).
+    let fs = build_fs(&rt, &config, store, successor.is_none())?;
     let adapter = FuseAdapter::new(Arc::clone(&fs), rt.handle().clone());
+    let port = adapter.port();
+    // The options a successor mounts with: ours, as we were given them.
+    let mount_args = successor
+        .as_ref()
+        .map_or_else(|| std::env::args().collect(), |s| s.offer().args.clone());
     // Signal handlers go in before the mount: a SIGTERM right after readiness must unmount, not
     // kill the process and leave a dead mount behind.
     let signals = rt.block_on(async { install_signal_handlers() })?;
@@ -106,7 +119,14 @@ pub(super) fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result
         Ok(result) => result.map_err(|e| anyhow!("{e}"))?,
         Err(_) => bail!("the notification queue did not answer within {STARTUP_CHECK_TIMEOUT:?}"),
     };
-    let (session, fuser_unmounter) = match start_session(&config, adapter, fuse_config(&config)) {
+    let started = match successor {
+        Some(successor) => {
+            resume_session(&rt, &fs, &port, adapter, fuse_config(&config), successor)
+                .map(|session| (session, None))
+        }
+        None => start_session(&config, adapter, fuse_config(&config)),
+    };
+    let (session, fuser_unmounter) = match started {
         Ok(started) => started,
         Err(e) => {
             if let Some(n) = notifications {
@@ -134,7 +154,20 @@ pub(super) fn serve(config: Config, ready: &mut Option<std::fs::File>) -> Result
         requests,
         notifications: notify_stats,
     };
-    let _status = start_status(&rt, info, &fs);
+    let predecessor = match handover::connection(&session) {
+        Ok(dev) => Some(Arc::new(Predecessor::new(
+            Arc::clone(&fs),
+            port,
+            dev,
+            rt.handle().clone(),
+            mount_args,
+        )) as Arc<dyn TakeoverPort>),
+        Err(e) => {
+            tracing::warn!("no takeover possible for this mount: {e}");
+            None
+        }
+    };
+    let _status = start_status(&rt, info, &fs, predecessor);
     if config.daemon.metrics_addr.is_some() {
         let fs = Arc::clone(&fs);
         rt.spawn(async move {
@@ -225,6 +258,7 @@ fn build_fs(
     rt: &tokio::runtime::Runtime,
     config: &Config,
     store: Arc<dyn ObjectStore>,
+    settle_owed: bool,
 ) -> Result<Arc<Fs>> {
     let up = &config.upload;
     let staging = StagingDir::new(&up.staging_dir, up.staging_limit).map_err(|e| {
@@ -259,11 +293,13 @@ fn build_fs(
     };
     let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache).with_disk(disk));
     let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
-    let owed = Arc::clone(&fs);
-    fs.tasks().spawn_on(
-        async move { owed.settle_earlier_deletes().await },
-        rt.handle(),
-    );
+    if settle_owed {
+        let owed = Arc::clone(&fs);
+        fs.tasks().spawn_on(
+            async move { owed.settle_earlier_deletes().await },
+            rt.handle(),
+        );
+    }
     Ok(fs)
 }
 
@@ -276,7 +312,9 @@ fn fuse_config(config: &Config) -> fuser::Config {
         SessionACL::Owner
     };
     fuse_config.n_threads = Some(config.daemon.fuse_threads);
-    fuse_config.clone_fd = true;
+    // One descriptor shared by every thread: requests read and unanswered at a handover stay
+    // queued on it for the successor (fuse/handover.rs, 4.).
+    fuse_config.clone_fd = false;
     fuse_config
 }
 
@@ -420,12 +458,13 @@ fn start_status(
     rt: &tokio::runtime::Runtime,
     info: MountInfo,
     fs: &Arc<Fs>,
+    takeover: Option<Arc<dyn TakeoverPort>>,
 ) -> Option<StatusSocket> {
     let uid = crate::owned_dir::euid();
     let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
     let dir = status::socket_dir(uid, runtime_dir.as_deref());
     let _context = rt.enter();
-    match StatusSocket::start(&dir, info, Arc::clone(fs)) {
+    match StatusSocket::start(&dir, info, Arc::clone(fs), takeover) {
         Ok(socket) => {
             tracing::debug!(socket = %socket.path().display(), "status socket up");
             Some(socket)
@@ -500,6 +539,51 @@ impl Notifications {
             ),
         }
     }
+}
+
+/// Takes the session over from the daemon serving the mount (daemon/takeover.rs): its state
+/// imported, the live connection resumed; once the old daemon is gone, the requests it read
+/// and never answered are queued again.
+fn resume_session(
+    rt: &tokio::runtime::Runtime,
+    fs: &Arc<Fs>,
+    port: &AdapterPort,
+    adapter: FuseAdapter,
+    fuse_config: fuser::Config,
+    successor: Successor,
+) -> Result<fuser::Session<FuseAdapter>> {
+    let started = std::time::Instant::now();
+    let taken = successor.take()?;
+    let resumed = (|| {
+        let (handles, writers) = (taken.fs.handles(), taken.fs.writers());
+        rt.block_on(fs.import(taken.fs, taken.fds))
+            .map_err(|e| anyhow!("importing the state: {e}"))?;
+        port.adopt_io(taken.io, taken.dev.try_clone()?);
+        let session = handover::resume(adapter, taken.dev, &taken.init, fuse_config)
+            .context("resuming the FUSE session")?;
+        anyhow::Ok((session, handles, writers))
+    })();
+    let (session, handles, writers) = match resumed {
+        Ok(resumed) => resumed,
+        Err(e) => {
+            successor.refuse(&format!("{e:#}"));
+            return Err(e.context("not taking over; the running daemon keeps serving"));
+        }
+    };
+    successor.done()?;
+    match handover::resend(std::os::fd::AsFd::as_fd(&session)) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!("{e}: requests the old daemon had read wait for their callers' timeouts")
+        }
+    }
+    tracing::info!(
+        handles,
+        writers,
+        "took the mount over in {:?}",
+        started.elapsed()
+    );
+    Ok(session)
 }
 
 /// Mounts and opens the FUSE session: directly as root, else through fusermount3.

@@ -22,7 +22,7 @@ use crate::store::ObjectStore;
 use crate::upload::staging::StagingDir;
 
 /// One version whose delete waits for the last close.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pending {
     /// The object's key.
     pub key: String,
@@ -132,6 +132,23 @@ impl Deferred {
             }
         }
         record.save(left);
+    }
+
+    /// Every delete owed, for a successor (fs/state.rs).
+    pub fn entries(&self) -> Vec<(Ino, Pending, Attr)> {
+        self.pending
+            .lock()
+            .iter()
+            .map(|(ino, (p, a))| (*ino, p.clone(), a.clone()))
+            .collect()
+    }
+
+    /// Takes over the deletes a predecessor owed (its record on disk says the same).
+    pub fn restore(&self, entries: Vec<(Ino, Pending, Attr)>) {
+        let mut pending = self.pending.lock();
+        for (ino, p, attr) in entries {
+            pending.insert(ino, (p, attr));
+        }
     }
 
     /// The delete of `ino`'s object waits for its last close.

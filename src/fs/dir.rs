@@ -40,6 +40,8 @@ const BEHIND: usize = 4096;
 /// The entries of an open directory (`.` and `..` not included).
 #[derive(Debug)]
 pub struct DirHandle {
+    /// The directory.
+    ino: Ino,
     listed: Mutex<Listed>,
     grew: Notify,
     /// Woken when readdir moved on and a windowed listing may go on.
@@ -85,8 +87,9 @@ impl Listed {
 }
 
 impl DirHandle {
-    fn new(cached: Arc<Vec<DirEntry>>, end: Option<FsResult<()>>) -> Self {
+    pub(super) fn new(ino: Ino, cached: Arc<Vec<DirEntry>>, end: Option<FsResult<()>>) -> Self {
         Self {
+            ino,
             listed: Mutex::new(Listed {
                 cached,
                 appended: VecDeque::new(),
@@ -133,6 +136,11 @@ impl DirHandle {
     /// True once the listing outgrew the window (it is not cached then).
     fn windowed(&self) -> bool {
         self.listed.lock().windowed
+    }
+
+    /// The directory this handle lists.
+    pub(super) fn ino(&self) -> Ino {
+        self.ino
     }
 
     fn close(&self) {
@@ -206,7 +214,7 @@ impl Fs {
     pub async fn opendir(self: &Arc<Self>, ino: Ino) -> FsResult<u64> {
         let fresh = self.tables.lock().meta.fresh_listing(ino);
         let handle = match fresh {
-            Some(entries) => Arc::new(DirHandle::new(entries, Some(Ok(())))),
+            Some(entries) => Arc::new(DirHandle::new(ino, entries, Some(Ok(())))),
             None => self.start_listing(ino).await?,
         };
         let fh = self.handles.next();
@@ -244,7 +252,7 @@ impl Fs {
     async fn start_listing(self: &Arc<Self>, ino: Ino) -> FsResult<Arc<DirHandle>> {
         let path = self.path_of(ino)?;
         let prefix = self.names.dir_prefix(&path);
-        let handle = Arc::new(DirHandle::new(Arc::default(), None));
+        let handle = Arc::new(DirHandle::new(ino, Arc::default(), None));
         let token = self.tables.lock().meta.listing_started();
         let (first_tx, first_rx) = oneshot::channel::<FsResult<()>>();
         let (fs, listing) = (Arc::clone(self), Arc::clone(&handle));

@@ -129,6 +129,19 @@ impl Handles {
         }
     }
 
+    /// Every open file with its number, and the next number to give out (fs/state.rs).
+    pub(super) fn all(&self) -> (Vec<(u64, Arc<OpenFile>)>, u64) {
+        let files = self.files.lock();
+        let all = files.iter().map(|(fh, f)| (*fh, Arc::clone(f))).collect();
+        (all, self.next_fh.load(Ordering::SeqCst))
+    }
+
+    /// Opens `file` under the number a predecessor gave it; numbers from `next` up stay new.
+    pub(super) fn restore(&self, fh: u64, file: OpenFile, next: u64) {
+        self.next_fh.fetch_max(next.max(fh + 1), Ordering::SeqCst);
+        self.files.lock().insert(fh, Arc::new(file));
+    }
+
     /// True while a handle (reader or writer) of `ino` is open.
     pub(super) fn is_open(&self, ino: Ino) -> bool {
         self.files.lock().values().any(|f| f.ino == ino)

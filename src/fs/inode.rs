@@ -21,7 +21,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 /// An inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Ino(pub u64);
 
 impl Ino {
@@ -35,6 +37,19 @@ pub fn path_hash(path: &str) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     path.bytes()
         .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// One number as a successor takes it over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InodeEntry {
+    /// The number.
+    pub ino: Ino,
+    /// Its path (none for an orphan).
+    pub path: Option<String>,
+    /// The kernel's lookup count.
+    pub lookups: u64,
+    /// An unlinked file still open.
+    pub pinned: bool,
 }
 
 /// One number: its path (none for an orphan of a rename) and the kernel's lookup count.
@@ -225,6 +240,41 @@ impl InodeTable {
             .filter(|(ino, e)| e.lookups > 0 && **ino != Ino::ROOT)
             .filter_map(|(ino, e)| e.path.clone().map(|p| (*ino, p)))
             .collect()
+    }
+
+    /// Every number with what the kernel holds of it, for a successor (fs/state.rs).
+    pub fn entries(&self) -> Vec<InodeEntry> {
+        self.by_ino
+            .iter()
+            .map(|(ino, e)| InodeEntry {
+                ino: *ino,
+                path: e.path.as_deref().map(str::to_string),
+                lookups: e.lookups,
+                pinned: e.pinned,
+            })
+            .collect()
+    }
+
+    /// Takes over a predecessor's numbers: the kernel holds them, so they must name the same
+    /// paths here.
+    pub fn restore(&mut self, entries: Vec<InodeEntry>) {
+        for e in entries {
+            if let Some(old) = self.by_ino.get(&e.ino).and_then(|old| old.path.clone()) {
+                self.by_path.remove(&old);
+            }
+            let path: Option<Arc<str>> = e.path.map(Arc::from);
+            if let Some(path) = &path {
+                self.by_path.insert(Arc::clone(path), e.ino);
+            }
+            self.by_ino.insert(
+                e.ino,
+                Entry {
+                    path,
+                    lookups: e.lookups,
+                    pinned: e.pinned,
+                },
+            );
+        }
     }
 
     /// Never true: the root is always there.

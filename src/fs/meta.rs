@@ -164,6 +164,16 @@ impl Meta {
         self.inodes.path(ino)
     }
 
+    /// The inode numbers the kernel holds, for a successor (fs/state.rs).
+    pub fn inode_entries(&self) -> Vec<super::inode::InodeEntry> {
+        self.inodes.entries()
+    }
+
+    /// Takes over a predecessor's inode numbers; what it knew of them is asked again.
+    pub fn restore_inodes(&mut self, entries: Vec<super::inode::InodeEntry>) {
+        self.inodes.restore(entries);
+    }
+
     /// The inode number of `path`, if it has one.
     pub fn ino(&self, path: &str) -> Option<Ino> {
         self.inodes.get(path)

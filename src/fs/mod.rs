@@ -45,6 +45,7 @@ mod open;
 pub mod posix;
 mod probe;
 pub mod remote;
+mod state;
 mod writers;
 pub mod xattr;
 
@@ -78,12 +79,13 @@ pub use open::Opened;
 use posix::Posix;
 use probe::Prober;
 pub use remote::KernelCache;
+pub use state::FsState;
 use writers::Writer;
 pub use writers::{OpenMode, Writers};
 pub use xattr::SetMode;
 
 /// What kind of node an inode is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// A regular file (an object).
     File,
@@ -155,7 +157,7 @@ pub struct Writes {
 }
 
 /// Attributes of one node, FUSE-free.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attr {
     /// Inode number.
     pub ino: Ino,

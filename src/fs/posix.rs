@@ -33,7 +33,7 @@ pub const S_IFSOCK: u32 = 0o140_000;
 
 /// Owner, group, mode, times and device number as stored in headers; `None` where a header
 /// is absent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Posix {
     /// Full `st_mode`, type bits included.
     pub mode: Option<u32>,

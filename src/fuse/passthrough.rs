@@ -21,9 +21,15 @@
 //!    the backing file, so every small read would wait on the cache disk, where the daemon
 //!    serves it from the page cache (warm random 4 KiB reads: docs/benchmarks.md, issue 15).
 //!    It joins passthrough handles already open, as the kernel requires.
+//! 6. A handover (handover.rs) passes the open handles' modes and the backing ids by number:
+//!    the ids live in the connection, so passthrough files stay readable. The successor
+//!    closes an inherited id with the ioctl when its last handle goes, or wraps it for fuser
+//!    when another open joins it.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
@@ -43,7 +49,56 @@ struct InodeIo {
     cached: usize,
     passthrough: usize,
     /// The backing file of the passthrough handles and the ETag it holds.
-    backing: Option<(BackingId, Option<String>)>,
+    backing: Option<(Backing, Option<String>)>,
+}
+
+/// A backing id: one this process opened (`id`), or one a predecessor opened, known by
+/// number only until an open joins it (see 6.).
+#[derive(Debug)]
+struct Backing {
+    raw: u32,
+    id: Option<BackingId>,
+    /// The connection, to close an inherited id that was never wrapped.
+    inherited: Option<Arc<OwnedFd>>,
+}
+
+impl Backing {
+    /// The id to answer an open with: an inherited one is wrapped for fuser first.
+    fn id(&mut self, reply: &ReplyOpen) -> &BackingId {
+        let raw = self.raw;
+        self.inherited = None;
+        // SAFETY: `raw` is open on this session's connection (opened by us, or by the
+        // predecessor that passed it); from now on only this BackingId closes it.
+        self.id
+            .get_or_insert_with(|| unsafe { reply.wrap_backing(raw) })
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        let Some(dev) = self.inherited.take().filter(|_| self.id.is_none()) else {
+            return;
+        };
+        // FUSE_DEV_IOC_BACKING_CLOSE: _IOW(229, 2, uint32_t).
+        const BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+        // SAFETY: the ioctl reads one u32 from the pointer, which lives across the call.
+        if unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_CLOSE, &self.raw) } < 0 {
+            tracing::debug!(
+                "closing inherited backing id {}: {}",
+                self.raw,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// The passthrough state of a mount's open files, handed to a successor (fuse/handover.rs).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct IoState {
+    /// Handle, inode, and whether it reads by passthrough.
+    handles: Vec<(u64, u64, bool)>,
+    /// Inode, backing id and the ETag of its backing file.
+    backings: Vec<(u64, u32, Option<String>)>,
 }
 
 /// The I/O modes of the open files of one mount.
@@ -78,11 +133,12 @@ impl IoModes {
         if io.passthrough > 0 {
             // The kernel takes no other mode beside passthrough handles, nor another backing
             // file: only a read of the same version can join them.
-            match &io.backing {
-                Some((id, etag)) if !write && *etag == opened.etag => {
+            match &mut io.backing {
+                Some((backing, etag)) if !write && *etag == opened.etag => {
                     io.passthrough += 1;
                     tracing::debug!(ino, fh, "opened by passthrough (backing file shared)");
                     self.track(fh, ino, Mode::Passthrough);
+                    let id = backing.id(&reply);
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
                     return None;
                 }
@@ -103,7 +159,17 @@ impl IoModes {
                 Ok(id) => {
                     io.passthrough += 1;
                     tracing::debug!(ino, fh, "opened by passthrough");
-                    let id = &io.backing.insert((id, opened.etag)).0;
+                    // Its number is kept for a successor (see 6.).
+                    let raw = id.into_raw();
+                    // SAFETY: `raw` was just opened on this connection; only this BackingId
+                    // closes it.
+                    let id = unsafe { reply.wrap_backing(raw) };
+                    let backing = Backing {
+                        raw,
+                        id: Some(id),
+                        inherited: None,
+                    };
+                    let id = io.backing.insert((backing, opened.etag)).0.id(&reply);
                     self.track(fh, ino, Mode::Passthrough);
                     // The kernel refuses a passthrough open with FOPEN_KEEP_CACHE (EINVAL).
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
@@ -156,6 +222,51 @@ impl IoModes {
         }
         if io.cached == 0 && io.passthrough == 0 {
             inodes.remove(&ino);
+        }
+    }
+
+    /// The state of the open files, for a successor.
+    pub(super) fn export(&self) -> IoState {
+        let handles = self
+            .handles
+            .lock()
+            .iter()
+            .map(|(&fh, &(ino, mode))| (fh, ino, mode == Mode::Passthrough))
+            .collect();
+        let backings = self
+            .inodes
+            .lock()
+            .iter()
+            .filter_map(|(&ino, io)| {
+                let (backing, etag) = io.backing.as_ref()?;
+                Some((ino, backing.raw, etag.clone()))
+            })
+            .collect();
+        IoState { handles, backings }
+    }
+
+    /// Takes over a predecessor's open files; `dev` closes the backing ids it opened.
+    pub(super) fn adopt(&self, state: IoState, dev: OwnedFd) {
+        let dev = Arc::new(dev);
+        let mut inodes = self.inodes.lock();
+        for (fh, ino, passthrough) in state.handles {
+            let io = inodes.entry(ino).or_default();
+            let mode = if passthrough {
+                io.passthrough += 1;
+                Mode::Passthrough
+            } else {
+                io.cached += 1;
+                Mode::Cached
+            };
+            self.track(fh, ino, mode);
+        }
+        for (ino, raw, etag) in state.backings {
+            let backing = Backing {
+                raw,
+                id: None,
+                inherited: Some(Arc::clone(&dev)),
+            };
+            inodes.entry(ino).or_default().backing = Some((backing, etag));
         }
     }
 

@@ -105,7 +105,12 @@ impl Drop for StatusSocket {
 impl StatusSocket {
     /// Binds the socket of `info.mountpoint` in `dir` (creating it, private to this user unless
     /// it is root's) and serves it on the current runtime until the process ends.
-    pub fn start(dir: &Path, info: MountInfo, fs: Arc<Fs>) -> std::io::Result<Self> {
+    pub fn start(
+        dir: &Path,
+        info: MountInfo,
+        fs: Arc<Fs>,
+        takeover: Option<Arc<dyn TakeoverPort>>,
+    ) -> std::io::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         // Made 0700 or checked as ours (owned_dir), and made private if an earlier version
         // left it 0755: the socket is bound where no other user can reach it, so the moment
@@ -137,8 +142,9 @@ impl StatusSocket {
                     }
                 };
                 let (info, fs) = (Arc::clone(&info), Arc::clone(&fs));
+                let takeover = takeover.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &info, &fs).await {
+                    if let Err(e) = answer(stream, &info, &fs, takeover).await {
                         tracing::debug!("status socket: {e}");
                     }
                 });
@@ -173,14 +179,37 @@ fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
     }
 }
 
+/// Serves `bucketfs takeover` on its connection (daemon/takeover.rs): the status socket only
+/// passes the connection on.
+pub trait TakeoverPort: Send + Sync {
+    /// Runs the handover conversation on `stream` (blocking).
+    fn serve(&self, stream: std::os::unix::net::UnixStream);
+}
+
 /// Reads one request line and answers it.
-async fn answer(stream: tokio::net::UnixStream, info: &MountInfo, fs: &Fs) -> std::io::Result<()> {
+async fn answer(
+    stream: tokio::net::UnixStream,
+    info: &MountInfo,
+    fs: &Fs,
+    takeover: Option<Arc<dyn TakeoverPort>>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, REQUEST_LIMIT));
     tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
+    if let ("takeover", Some(port)) = (line.trim(), takeover) {
+        let stream = reader
+            .into_inner()
+            .into_inner()
+            .reunite(write)
+            .map_err(|e| std::io::Error::other(format!("status socket: {e}")))?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        tokio::task::spawn_blocking(move || port.serve(stream));
+        return Ok(());
+    }
     let reply = match line.trim() {
         "status" => report(
             info,
@@ -189,7 +218,7 @@ async fn answer(stream: tokio::net::UnixStream, info: &MountInfo, fs: &Fs) -> st
             info.notifications.as_ref().map(|n| n.snapshot()),
         ),
         other => {
-            json!({ "error": format!("unknown request {other:?}; this daemon knows \"status\"") })
+            json!({ "error": format!("unknown request {other:?}; this daemon knows \"status\" and \"takeover\"") })
         }
     };
     let mut text = reply.to_string();

@@ -46,7 +46,7 @@ pub async fn counting_body<F: Future>(counter: Arc<AtomicU64>, call: F) -> F::Ou
 }
 
 /// What a HEAD or a listing says about one object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectMeta {
     /// Full key in the bucket.
     pub key: String,
@@ -68,7 +68,7 @@ pub struct ObjectMeta {
 /// Headers S3 stores with an object besides its Content-Type and user metadata. A copy that
 /// replaces the metadata (chmod, utime, rename...) drops them, and the storage class falls
 /// back to STANDARD, unless they are sent again: `CopySource::headers`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StandardHeaders {
     /// Cache-Control.
     pub cache_control: Option<String>,
@@ -111,7 +111,7 @@ pub struct PutOptions {
 }
 
 /// A part of a multipart upload, as CompleteMultipartUpload wants it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CompletedPart {
     /// Part number, from 1.
     pub number: i32,

@@ -20,6 +20,9 @@
 //!    the first part is full, so `If-None-Match` and metadata go with whichever request creates
 //!    the object.
 //! 5. A failed upload is aborted, never completed: no partial object appears under the name.
+//! 8. A handover to a successor process (daemon/takeover.rs) pauses an upload: the parts in
+//!    flight finish, and the upload id, the parts sent and the bytes not yet sent go to the
+//!    successor, which goes on where this process stopped (`pause`, `resume`).
 //! 7. Each upload counts its progress (bytes written and sent, parts done, the total once
 //!    known) in atomics that `bucketfs status` reads through an `UploadRegistry` of weak
 //!    references: a finished or dropped upload leaves the registry by itself. Bytes of a part
@@ -28,6 +31,8 @@
 
 pub mod staging;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -263,6 +268,21 @@ pub struct Upload {
     next_part: i32,
     len: u64,
     failed: Option<StoreError>,
+}
+
+/// An upload as a successor process takes it over: the parts sent, the bytes not yet sent.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UploadState {
+    key: String,
+    content_type: Option<String>,
+    upload_id: Option<String>,
+    sent: Option<UserMetadata>,
+    done: Vec<CompletedPart>,
+    next_part: i32,
+    len: u64,
+    /// The bytes not yet sent, base64.
+    buffer: String,
+    failed: Option<String>,
 }
 
 /// Handle for aborting a multipart upload after its `Upload` is gone.
@@ -570,6 +590,61 @@ impl Upload {
             size: self.len,
             metadata: self.sent.clone().unwrap_or_default(),
         })
+    }
+
+    /// Waits for the parts in flight and returns what a successor process needs to go on
+    /// with this upload (`resume`); the upload itself goes on unchanged here.
+    pub async fn pause(&mut self) -> UploadState {
+        while !self.in_flight.is_empty() {
+            self.wait_one().await;
+        }
+        self.done.sort_by_key(|p| p.number);
+        UploadState {
+            key: self.key.clone(),
+            content_type: self.content_type.clone(),
+            upload_id: self.upload_id.clone(),
+            sent: self.sent.clone(),
+            done: self.done.clone(),
+            next_part: self.next_part,
+            len: self.len,
+            buffer: BASE64.encode(&self.buffer),
+            failed: self.failed.as_ref().map(|e| e.message.clone()),
+        }
+    }
+
+    /// Goes on with an upload a predecessor paused (`pause`).
+    pub fn resume(
+        state: UploadState,
+        store: Arc<dyn ObjectStore>,
+        tuning: UploadTuning,
+        budget: WriteBudget,
+        tasks: TaskTracker,
+    ) -> Result<Self, StoreError> {
+        let buffer = BASE64
+            .decode(state.buffer.as_bytes())
+            .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("upload state: {e}")))?;
+        let mut upload = Self::new(store, state.key, tuning, budget, tasks);
+        // Its bytes are held already: taken from the budget if it has room, not waited for.
+        upload.held = u32::try_from(buffer.len())
+            .ok()
+            .filter(|n| *n > 0)
+            .and_then(|n| {
+                Arc::clone(&upload.budget.permits)
+                    .try_acquire_many_owned(n)
+                    .ok()
+            });
+        upload.content_type = state.content_type;
+        upload.upload_id = state.upload_id;
+        upload.sent = state.sent;
+        upload.done = state.done;
+        upload.next_part = state.next_part;
+        upload.len = state.len;
+        upload.buffer = buffer;
+        upload.failed = state
+            .failed
+            .map(|message| StoreError::new(StoreErrorKind::Other, message));
+        upload.progress.written.store(upload.len, Ordering::Relaxed);
+        Ok(upload)
     }
 
     /// Stops the parts in flight and returns what must be aborted on the server, if anything.

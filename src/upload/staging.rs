@@ -140,6 +140,19 @@ impl StagingDir {
         })
     }
 
+    /// A staging file a predecessor process handed over (its descriptor and length), counted
+    /// in this directory's use.
+    pub fn adopt(self: &Arc<Self>, file: File, len: u64) -> StagingFile {
+        let held = allocated(&file).unwrap_or(len);
+        self.used.fetch_add(held, Ordering::SeqCst);
+        StagingFile {
+            file: Arc::new(file),
+            dir: Arc::clone(self),
+            len: AtomicU64::new(len),
+            held: AtomicU64::new(held),
+        }
+    }
+
     fn grow(&self, by: u64) -> FsResult<()> {
         self.used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
@@ -162,6 +175,12 @@ impl StagingFile {
     /// Current length.
     pub fn len(&self) -> u64 {
         self.len.load(Ordering::SeqCst)
+    }
+
+    /// A second descriptor of the file, for a successor process (see `StagingDir::adopt`).
+    pub fn duplicate(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.file.as_fd().try_clone_to_owned()
     }
 
     /// True when empty.

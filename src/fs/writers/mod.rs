@@ -65,6 +65,9 @@
 
 mod commit;
 mod content;
+mod state;
+
+pub use state::WriterState;
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -246,6 +249,7 @@ impl Registry {
         }
     }
 
+    /// Every registered writer.
     fn all(&self) -> Vec<Arc<Writer>> {
         self.by_ino.values().cloned().collect()
     }
