@@ -634,6 +634,34 @@ impl Drop for Mount {
     }
 }
 
+/// Runs `bucketfs takeover` on `m` and checks that a new daemon serves it and the old one is
+/// gone; returns how long the command took.
+pub fn take_over(m: &Mount) -> Duration {
+    let old = m.daemon_pid().expect("a daemon serves the mount");
+    let started = Instant::now();
+    let out = Command::new(bucketfs_bin())
+        .arg("takeover")
+        .arg(&m.path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bucketfs takeover");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "takeover failed: {}
+{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&m.log).unwrap_or_default()
+    );
+    assert!(
+        wait_gone(old, Duration::from_secs(10)),
+        "the old daemon {old} did not exit"
+    );
+    let new = m.daemon_pid().expect("a new daemon serves the mount");
+    assert_ne!(new, old);
+    took
+}
+
 /// Polls `cond` every 250 ms until it holds or `limit` passes; returns whether it held.
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

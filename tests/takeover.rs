@@ -1,0 +1,290 @@
+//! `bucketfs takeover`: a live mount handed to a new process while programs use it, and a
+//! takeover refused for a state format this binary cannot read.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1 << 20;
+
+/// What one program saw: when it ran, its longest single call (or run) and the median one,
+/// and the digest of its bytes.
+struct Run {
+    span: (Instant, Instant),
+    longest: Duration,
+    median: Duration,
+    digest: String,
+}
+
+/// The longest and the median of `times`.
+fn spread(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    let longest = times.last().copied().unwrap_or_default();
+    (
+        longest,
+        times.get(times.len() / 2).copied().unwrap_or_default(),
+    )
+}
+
+/// 1 MiB chunk `i` of the written file: a fixed pattern with the chunk number in front.
+fn chunk(base: &[u8], i: u64) -> Vec<u8> {
+    let mut c = base.to_vec();
+    c[..8].copy_from_slice(&i.to_le_bytes());
+    c
+}
+
+/// Writes `chunks` MiB to `path` with write(2) calls of 1 MiB, then closes (the commit).
+fn write_file(path: std::path::PathBuf, chunks: u64) -> JoinHandle<Run> {
+    std::thread::spawn(move || {
+        let base = pseudo_random(MIB, 17);
+        let start = Instant::now();
+        let mut times = Vec::new();
+        let mut hash = Sha256::new();
+        let mut f = fs::File::create(&path).expect("create through the mount");
+        for i in 0..chunks {
+            let c = chunk(&base, i);
+            let t = Instant::now();
+            f.write_all(&c)
+                .unwrap_or_else(|e| panic!("write of chunk {i} failed: {e}"));
+            times.push(t.elapsed());
+            hash.update(&c);
+        }
+        if let Err(e) = f.sync_all() {
+            panic!("fsync (the commit) failed: {e}");
+        }
+        drop(f);
+        let (longest, median) = spread(times);
+        Run {
+            span: (start, Instant::now()),
+            longest,
+            median,
+            digest: format!("{:x}", hash.finalize()),
+        }
+    })
+}
+
+/// Reads `path` to its end in 1 MiB calls, `pace` apart, so that it outlives the takeovers.
+fn read_file(path: std::path::PathBuf, pace: Duration) -> JoinHandle<Run> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut times = Vec::new();
+        let mut hash = Sha256::new();
+        let mut f = fs::File::open(&path).expect("open through the mount");
+        let mut buf = vec![0; MIB];
+        loop {
+            let t = Instant::now();
+            let n = f
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("read failed: {e}"));
+            times.push(t.elapsed());
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            std::thread::sleep(pace);
+        }
+        let (longest, median) = spread(times);
+        Run {
+            span: (start, Instant::now()),
+            longest,
+            median,
+            digest: format!("{:x}", hash.finalize()),
+        }
+    })
+}
+
+/// Runs `script` (bash) until `stop`, checking each run's output with `check`; returns the
+/// longest run.
+fn keep_running(script: String, stop: Arc<AtomicBool>, check: fn(&str) -> bool) -> JoinHandle<Run> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut times = Vec::new();
+        let mut runs = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let t = Instant::now();
+            let out = Command::new("bash")
+                .args(["-euo", "pipefail", "-c", &script])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run bash");
+            times.push(t.elapsed());
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && check(&stdout),
+                "run {runs} of `{script}` failed: {}\n{stdout}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            runs += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(runs > 0, "`{script}` never ran");
+        let (longest, median) = spread(times);
+        Run {
+            span: (start, Instant::now()),
+            longest,
+            median,
+            digest: String::new(),
+        }
+    })
+}
+
+#[test]
+fn programs_using_the_mount_run_through_two_takeovers_in_a_row() {
+    let b = Bucket::new("takeover-live");
+    // A 1 GiB object made on the server: 128 copies of one 8 MiB part.
+    let part = pseudo_random(8 * MIB, 5);
+    b.put("part.bin", part.clone());
+    b.multipart_copy("big.bin", "part.bin", 128);
+    let mut expected = Sha256::new();
+    for _ in 0..128 {
+        expected.update(&part);
+    }
+    let expected = format!("{:x}", expected.finalize());
+    let keys: Vec<String> = (0..200).map(|i| format!("tree/d{}/f{i}", i % 20)).collect();
+    b.put_many(&keys, b"x");
+    let m = Mount::new(&b.name, "takeover-live", &[]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = write_file(m.path.join("out.bin"), 2048);
+    let reader = read_file(m.path.join("big.bin"), Duration::from_millis(12));
+    let tree = m.path.join("tree");
+    let finder = keep_running(
+        format!("find '{}' -type f | wc -l", tree.display()),
+        Arc::clone(&stop),
+        |out| out.trim() == "200",
+    );
+    let lister = keep_running(
+        format!("ls -l '{}/d0'", tree.display()),
+        Arc::clone(&stop),
+        |out| out.lines().filter(|l| l.starts_with('-')).count() == 10,
+    );
+
+    std::thread::sleep(Duration::from_secs(3));
+    let first = (Instant::now(), take_over(&m));
+    std::thread::sleep(Duration::from_secs(3));
+    let second = (Instant::now(), take_over(&m));
+
+    let written = writer.join().expect("the writer failed");
+    let read = reader.join().expect("the reader failed");
+    stop.store(true, Ordering::SeqCst);
+    let found = finder.join().expect("the find loop failed");
+    let listed = lister.join().expect("the ls loop failed");
+
+    for (name, run) in [("write", &written), ("read", &read)] {
+        for (at, _) in [&first, &second] {
+            assert!(
+                run.span.0 < *at && *at < run.span.1,
+                "the {name} did not run across both takeovers: the test proves nothing"
+            );
+        }
+    }
+    assert_eq!(read.digest, expected, "the reader got other bytes");
+    assert_eq!(b.size("out.bin"), Some(2048 * MIB as u64));
+    assert_eq!(
+        sha256(&b.get("out.bin")),
+        written.digest,
+        "the object in the bucket is not what was written"
+    );
+    assert_eq!(
+        b.multipart_uploads(),
+        0,
+        "a multipart upload was left behind"
+    );
+    eprintln!(
+        "TAKEOVER-PAUSE takeover commands {:?} and {:?}; longest (median) call or run: write {:?} ({:?}), read {:?} ({:?}), find {:?} ({:?}), ls -l {:?} ({:?})",
+        first.1,
+        second.1,
+        written.longest,
+        written.median,
+        read.longest,
+        read.median,
+        found.longest,
+        found.median,
+        listed.longest,
+        listed.median
+    );
+}
+
+/// A daemon from the future: offers a state format this binary does not know, and records
+/// what the new process answers.
+fn future_daemon(socket: std::path::PathBuf) -> JoinHandle<String> {
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).expect("bind the fake daemon's socket");
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut line = [0u8; 9];
+        stream.read_exact(&mut line).expect("request line");
+        assert_eq!(&line, b"takeover\n");
+        let offer = serde_json::json!({
+            "format": 999,
+            "version": "9.0.0",
+            "args": ["bucketfs", "bucket", "/nowhere"],
+            "env": [],
+        })
+        .to_string();
+        stream
+            .write_all(&(offer.len() as u32).to_be_bytes())
+            .unwrap();
+        stream.write_all(offer.as_bytes()).unwrap();
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).expect("an answer");
+        let mut answer = vec![0; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+}
+
+#[test]
+fn a_state_format_this_binary_cannot_read_is_refused_before_anything_stops() {
+    let mountpoint = mount_point("takeover-future");
+    let shown = fs::canonicalize(&mountpoint).unwrap();
+    // The daemon's socket: root's directory, named by the mount point (status/mod.rs, 1.).
+    let dir = std::path::Path::new("/run/bucketfs");
+    fs::create_dir_all(dir).unwrap();
+    let name = &sha256(shown.to_str().unwrap().as_bytes())[..24];
+    let socket = dir.join(format!("{name}.sock"));
+    let daemon = future_daemon(socket.clone());
+    let out = Command::new(bucketfs_bin())
+        .arg("takeover")
+        .arg(&mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&socket);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("format 999") && stderr.contains("keeps serving"),
+        "{stderr}"
+    );
+    let answer = daemon.join().expect("the fake daemon");
+    assert!(
+        answer.starts_with("refuse"),
+        "the running daemon was not told to go on: {answer}"
+    );
+}
+
+#[test]
+fn takeover_of_a_mount_nobody_serves_says_so() {
+    let mountpoint = mount_point("takeover-none");
+    let out = Command::new(bucketfs_bin())
+        .arg("takeover")
+        .arg(&mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no bucketfs daemon"), "{stderr}");
+}
