@@ -570,6 +570,9 @@ fn resume_session(
             return Err(e.context("not taking over; the running daemon keeps serving"));
         }
     };
+    // Under systemd (ExecReload=bucketfs takeover), this process becomes the service's main
+    // one before the old one exits (NotifyAccess=all in the unit).
+    notify_systemd(&format!("MAINPID={}", std::process::id()));
     successor.done()?;
     match handover::resend(std::os::fd::AsFd::as_fd(&session)) {
         Ok(()) => {}

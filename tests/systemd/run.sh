@@ -289,6 +289,16 @@ cx sh -c 'printf hello > /mnt/svc/written.txt && printf XY | dd of=/mnt/svc/writ
 [ "$(cx stat -c %a /var/cache/bucketfs)" = 700 ] || fail "CacheDirectory is not 0700"
 [ "$(cx stat -c %a /var/cache/bucketfs/staging)" = 700 ] || fail "the staging directory is not 0700"
 
+step "systemctl reload hands the mount to a new daemon; a file open across it reads on"
+old_pid="$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)"
+held="$(cx sh -c 'exec 3</mnt/svc/readme.md && systemctl reload bucketfs@mnt-svc.service && cat <&3')" ||
+  fail "systemctl reload failed: $(cx journalctl -u bucketfs@mnt-svc.service --no-pager | tail -5)"
+[ "$held" = "$content" ] || fail "a file open across the takeover read: $held"
+new_pid="$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)"
+[ "$new_pid" != "$old_pid" ] && [ "$new_pid" != 0 ] || fail "the main pid did not change: $old_pid -> $new_pid"
+[ "$(cx systemctl is-active bucketfs@mnt-svc.service)" = active ] || fail "not active after reload"
+[ "$(cx cat /mnt/svc/readme.md)" = "$content" ] || fail "after reload: wrong bytes"
+
 step "a daemon killed with SIGKILL leaves no dead mount: ExecStopPost detaches it, the restart mounts again"
 main_pid="$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)"
 [ -n "$main_pid" ] && [ "$main_pid" != 0 ] || fail "no main pid for the service"
