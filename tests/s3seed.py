@@ -4,6 +4,7 @@
 
 usage: s3seed.py ENDPOINT BUCKET KEY=TEXT [KEY=TEXT ...]   (credentials from AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY; region us-east-1)
+       s3seed.py ENDPOINT BUCKET --count-uploads   (prints the multipart uploads in progress)
 """
 import datetime
 import hashlib
@@ -19,7 +20,9 @@ def sign(key, msg):
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
-def request(endpoint, method, path, body=b""):
+def request(endpoint, method, path, body=b"", query=""):
+    """Sends one signed request; returns the status and the body. `query` is already
+    canonical (`name=value` pairs, sorted)."""
     access, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
     region, now = "us-east-1", datetime.datetime.now(datetime.timezone.utc)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
@@ -29,7 +32,7 @@ def request(endpoint, method, path, body=b""):
     headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
     signed = ";".join(sorted(headers))
     canonical = "\n".join(
-        [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload]
+        [method, path, query, *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload]
     )
     scope = f"{day}/{region}/s3/aws4_request"
     to_sign = "\n".join(
@@ -41,13 +44,18 @@ def request(endpoint, method, path, body=b""):
         f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"
     )
     del headers["host"]
-    req = urllib.request.Request(endpoint + path, data=body, method=method, headers=headers)
+    url = endpoint + path + (f"?{query}" if query else "")
+    req = urllib.request.Request(url, data=body or None, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return resp.status
+        return resp.status, resp.read()
 
 
 def main():
     endpoint, bucket, items = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3:]
+    if items == ["--count-uploads"]:
+        _, body = request(endpoint, "GET", f"/{bucket}", query="uploads=")
+        print(body.count(b"<Upload>"))
+        return
     try:
         request(endpoint, "PUT", f"/{bucket}")
     except urllib.error.HTTPError as e:

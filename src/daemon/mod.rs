@@ -30,6 +30,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::config::Config;
 use crate::mount;
 
+pub mod fdstore;
 mod serve;
 pub mod takeover;
 
@@ -39,9 +40,24 @@ use takeover::{Successor, STATE_FORMAT};
 /// Allocations from this size up come straight from mmap and go back to the kernel when freed.
 const MMAP_THRESHOLD: i32 = 1 << 20;
 
-/// Mounts according to `config` and serves until unmounted.
+/// Where a daemon's mount comes from.
+#[derive(Debug)]
+enum Source {
+    /// Mounted now.
+    Mount,
+    /// Taken over from the daemon serving it (`bucketfs takeover`).
+    Takeover(Successor),
+    /// Left in systemd's fd store by a daemon that died (daemon/fdstore.rs).
+    Restart(fdstore::Stored),
+}
+
+/// Mounts according to `config` and serves until unmounted; under systemd, resumes the mount
+/// a crashed daemon of the same service left in the fd store instead.
 pub fn run(config: Config) -> Result<()> {
-    run_with(config, None)
+    match fdstore::take_stored() {
+        Some(stored) => run_with(config, Source::Restart(stored)),
+        None => run_with(config, Source::Mount),
+    }
 }
 
 /// Takes the mount at `mountpoint` over from the daemon serving it (daemon/takeover.rs) and
@@ -73,13 +89,13 @@ pub fn take_over(mountpoint: &Path, foreground: bool) -> Result<()> {
         });
     let mut config = config?;
     config.daemon.foreground = foreground;
-    run_with(config, Some(successor))
+    run_with(config, Source::Takeover(successor))
 }
 
-fn run_with(config: Config, successor: Option<Successor>) -> Result<()> {
+fn run_with(config: Config, source: Source) -> Result<()> {
     return_big_buffers_to_kernel();
     set_home_if_missing();
-    if successor.is_none() {
+    if matches!(source, Source::Mount) {
         preflight(&config.daemon.mountpoint)?;
     }
     if !config.daemon.foreground {
@@ -90,7 +106,7 @@ fn run_with(config: Config, successor: Option<Successor>) -> Result<()> {
     }
     if config.daemon.foreground {
         init_logging(&config, true)?;
-        return serve(config, &mut None, successor);
+        return serve(config, &mut None, source);
     }
     let journal = stderr_is_journal();
     let mut fds = [0; 2];
@@ -110,7 +126,7 @@ fn run_with(config: Config, successor: Option<Successor>) -> Result<()> {
             init_logging(&config, journal)?;
             std::panic::set_hook(Box::new(|info| tracing::error!("bug: {info}")));
             let mut ready = Some(std::fs::File::from(write_end));
-            if let Err(e) = serve(config, &mut ready, successor) {
+            if let Err(e) = serve(config, &mut ready, source) {
                 if let Some(mut pipe) = ready {
                     let _ = write!(pipe, "{e:#}");
                 }
@@ -121,7 +137,7 @@ fn run_with(config: Config, successor: Option<Successor>) -> Result<()> {
         }
         _child => {
             drop(write_end);
-            drop(successor);
+            drop(source);
             let mut answer = String::new();
             std::fs::File::from(read_end)
                 .read_to_string(&mut answer)
@@ -287,6 +303,16 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
         Ok(false) => bail!("mount point {shown} is not a directory"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("mount point {shown} does not exist: create it first (mkdir -p {shown})")
+        }
+        // Under systemd the service's own earlier run left it (its fd store released after a
+        // crash that was not restarted): cleared, as `ExecStopPost=fusermount3 -uz` used to.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOTCONN)
+                && fdstore::under_systemd()
+                && mounted_fstype(mountpoint).as_deref() == Some("fuse.bucketfs") =>
+        {
+            eprintln!("bucketfs: {shown} was a dead bucketfs mount: detaching it and mounting again");
+            mount::unmount(mountpoint).with_context(|| format!("detaching the dead mount {shown}"))?;
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
             "mount point {shown} is a dead FUSE mount (Transport endpoint is not connected) left by \

@@ -16,8 +16,9 @@ use fuser::{MountOption, SessionACL};
 use crate::cache::disk::DiskCache;
 use crate::cache::BlockCache;
 use crate::config::{Config, NotifySource, StoreConfig};
-use crate::fs::{Fs, Writes};
+use crate::fs::{Fs, FsState, Writes};
 use crate::fuse::handover;
+use crate::fuse::handover::KernelInit;
 use crate::fuse::{AdapterPort, FuseAdapter, KernelNotifier};
 use crate::metrics;
 use crate::mount::{self, MountSpec};
@@ -29,9 +30,12 @@ use crate::store::s3::{load_shared, with_region, S3Store};
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
+use std::os::fd::OwnedFd;
 
+use super::fdstore::{self, CrashState, StateFile, Stored};
 use super::notify_systemd;
 use super::takeover::{Predecessor, Successor};
+use super::Source;
 
 /// How long the start-up bucket check may take, retries included, before the mount gives up.
 const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,11 +89,11 @@ fn bucket_id(config: &Config) -> String {
 /// Checks the bucket, mounts, reports readiness, and runs until unmounted.
 /// `ready` is the start-up pipe of a background daemon: it gets "OK" and is closed once the mount
 /// is live, and stays open for the caller to report an error otherwise.
-/// With `successor`, the mount is taken over from the daemon serving it instead of mounted.
+/// `source` says whether to mount, take a live mount over, or resume one after a crash.
 pub(super) fn serve(
     config: Config,
     ready: &mut Option<std::fs::File>,
-    successor: Option<Successor>,
+    source: Source,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_THREADS)
@@ -102,13 +106,14 @@ pub(super) fn serve(
     }
     let (shared, store, requests) = connect(&rt, &config)?;
     // A successor settles no earlier deletes: they belong to handles still open (fs/state.rs).
-    let fs = build_fs(&rt, &config, store, successor.is_none())?;
+    let fs = build_fs(&rt, &config, store, matches!(source, Source::Mount))?;
     let adapter = FuseAdapter::new(Arc::clone(&fs), rt.handle().clone());
     let port = adapter.port();
     // The options a successor mounts with: ours, as we were given them.
-    let mount_args = successor
-        .as_ref()
-        .map_or_else(|| std::env::args().collect(), |s| s.offer().args.clone());
+    let mount_args = match &source {
+        Source::Takeover(successor) => successor.offer().args.clone(),
+        _ => std::env::args().collect(),
+    };
     // Signal handlers go in before the mount: a SIGTERM right after readiness must unmount, not
     // kill the process and leave a dead mount behind.
     let signals = rt.block_on(async { install_signal_handlers() })?;
@@ -119,14 +124,18 @@ pub(super) fn serve(
         Ok(result) => result.map_err(|e| anyhow!("{e}"))?,
         Err(_) => bail!("the notification queue did not answer within {STARTUP_CHECK_TIMEOUT:?}"),
     };
-    let started = match successor {
-        Some(successor) => {
-            resume_session(&rt, &fs, &port, adapter, fuse_config(&config), successor)
-                .map(|session| (session, None))
+    let fuse_settings = fuse_config(&config);
+    let started = match source {
+        Source::Takeover(successor) => {
+            resume_session(&rt, &fs, &port, adapter, fuse_settings, successor)
+                .map(|(session, kept)| (session, None, kept.map(StateFile::adopt)))
         }
-        None => start_session(&config, adapter, fuse_config(&config)),
+        Source::Restart(stored) => recover_session(&rt, &fs, &port, adapter, fuse_settings, stored)
+            .map(|(session, kept)| (session, None, kept)),
+        Source::Mount => start_session(&config, adapter, fuse_settings)
+            .map(|(session, unmounter)| (session, unmounter, None)),
     };
-    let (session, fuser_unmounter) = match started {
+    let (session, fuser_unmounter, kept_state) = match started {
         Ok(started) => started,
         Err(e) => {
             if let Some(n) = notifications {
@@ -154,6 +163,9 @@ pub(super) fn serve(
         requests,
         notifications: notify_stats,
     };
+    let crash_state = handover::connection(&session)
+        .ok()
+        .and_then(|dev| keep_for_restart(&fs, &port, &dev, kept_state));
     let predecessor = match handover::connection(&session) {
         Ok(dev) => Some(Arc::new(Predecessor::new(
             Arc::clone(&fs),
@@ -161,6 +173,7 @@ pub(super) fn serve(
             dev,
             rt.handle().clone(),
             mount_args,
+            crash_state,
         )) as Arc<dyn TakeoverPort>),
         Err(e) => {
             tracing::warn!("no takeover possible for this mount: {e}");
@@ -551,9 +564,10 @@ fn resume_session(
     adapter: FuseAdapter,
     fuse_config: fuser::Config,
     successor: Successor,
-) -> Result<fuser::Session<FuseAdapter>> {
+) -> Result<(fuser::Session<FuseAdapter>, Option<OwnedFd>)> {
     let started = std::time::Instant::now();
-    let taken = successor.take()?;
+    let mut taken = successor.take()?;
+    let crash_state = taken.crash_state.take();
     let resumed = (|| {
         let (handles, writers) = (taken.fs.handles(), taken.fs.writers());
         rt.block_on(fs.import(taken.fs, taken.fds))
@@ -586,7 +600,91 @@ fn resume_session(
         "took the mount over in {:?}",
         started.elapsed()
     );
-    Ok(session)
+    Ok((session, crash_state))
+}
+
+/// Resumes the mount a crashed daemon served, from the connection and the state it left in
+/// systemd's fd store (daemon/fdstore.rs): files it had open for writing report EIO, its
+/// multipart uploads are aborted, and the requests it had read are queued again.
+fn recover_session(
+    rt: &tokio::runtime::Runtime,
+    fs: &Arc<Fs>,
+    port: &AdapterPort,
+    adapter: FuseAdapter,
+    fuse_config: fuser::Config,
+    stored: Stored,
+) -> Result<(fuser::Session<FuseAdapter>, Option<StateFile>)> {
+    let (file, state) = fdstore::read_newest(stored.states);
+    let state = state.unwrap_or_else(|why| {
+        tracing::warn!(
+            "the crashed daemon left no usable state ({why}): its open files give errors, its inodes are looked up again"
+        );
+        CrashState {
+            init: KernelInit::FALLBACK,
+            fs: FsState::empty(),
+            io: Default::default(),
+            uploads: Vec::new(),
+        }
+    });
+    let (handles, writers, uploads) = (state.fs.handles(), state.fs.writers(), state.uploads.len());
+    rt.block_on(fs.import(state.fs, Vec::new()))
+        .map_err(|e| anyhow!("importing the crashed daemon's state: {e}"))?;
+    {
+        let _context = rt.enter();
+        fs.abort_uploads(state.uploads);
+    }
+    port.adopt_io(state.io, stored.fuse.try_clone()?);
+    let session = handover::resume(adapter, stored.fuse, &state.init, fuse_config)
+        .context("resuming the FUSE session after a crash")?;
+    if let Err(e) = handover::resend(std::os::fd::AsFd::as_fd(&session)) {
+        tracing::warn!(
+            "{e}: requests the crashed daemon had read wait for their callers' timeouts"
+        );
+    }
+    tracing::warn!(
+        handles,
+        lost_writers = writers,
+        aborted_uploads = uploads,
+        "resumed the mount after the previous daemon died"
+    );
+    Ok((session, file))
+}
+
+/// Under systemd, keeps the connection and a crash state in the service's fd store
+/// (daemon/fdstore.rs); `kept` is a state file already stored (by a predecessor).
+fn keep_for_restart(
+    fs: &Arc<Fs>,
+    port: &AdapterPort,
+    dev: &OwnedFd,
+    kept: Option<StateFile>,
+) -> Option<Arc<StateFile>> {
+    if !fdstore::under_systemd() {
+        return None;
+    }
+    let file = match kept {
+        Some(file) => file,
+        None => {
+            let stored = StateFile::create().and_then(|file| {
+                fdstore::store(dev, &file)?;
+                Ok(file)
+            });
+            match stored {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::warn!("no restart after a crash for this mount: storing its descriptors failed: {e}");
+                    return None;
+                }
+            }
+        }
+    };
+    let file = Arc::new(file);
+    match fdstore::keep_current(Arc::clone(fs), port.clone(), Arc::clone(&file)) {
+        Ok(()) => Some(file),
+        Err(e) => {
+            tracing::warn!("no restart after a crash for this mount: {e}");
+            None
+        }
+    }
 }
 
 /// Mounts and opens the FUSE session: directly as root, else through fusermount3.

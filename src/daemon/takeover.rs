@@ -42,6 +42,8 @@ use crate::fuse::handover::KernelInit;
 use crate::fuse::{AdapterPort, IoState};
 use crate::status::{self, TakeoverPort};
 
+use super::fdstore::StateFile;
+
 /// The version of the state a daemon hands over; a successor reads only its own (see 2.).
 pub const STATE_FORMAT: u32 = 1;
 
@@ -80,6 +82,9 @@ struct Snapshot {
     init: KernelInit,
     fs: FsState,
     io: IoState,
+    /// The index among the descriptors after the state of the crash-state file kept in
+    /// systemd's fd store (daemon/fdstore.rs, 4.).
+    crash_state: Option<usize>,
 }
 
 /// What the new daemon receives.
@@ -95,6 +100,8 @@ pub struct Taken {
     pub dev: OwnedFd,
     /// The descriptors `fs` refers to by index (staging files).
     pub fds: Vec<OwnedFd>,
+    /// The crash-state file the old daemon kept in systemd's fd store.
+    pub crash_state: Option<OwnedFd>,
 }
 
 /// True for an environment name handed to a successor (see 3.).
@@ -204,6 +211,8 @@ pub struct Predecessor {
     rt: tokio::runtime::Handle,
     /// The command line this mount was made with (a successor's own is `takeover ...`).
     args: Vec<String>,
+    /// The state kept for a restart after a crash, passed on (daemon/fdstore.rs, 4.).
+    crash_state: Option<Arc<StateFile>>,
 }
 
 impl Predecessor {
@@ -214,6 +223,7 @@ impl Predecessor {
         dev: OwnedFd,
         rt: tokio::runtime::Handle,
         args: Vec<String>,
+        crash_state: Option<Arc<StateFile>>,
     ) -> Self {
         Self {
             fs,
@@ -221,6 +231,7 @@ impl Predecessor {
             dev,
             rt,
             args,
+            crash_state,
         }
     }
 
@@ -253,6 +264,13 @@ impl Predecessor {
             })
             .map_err(|_| anyhow!("uploads' parts in flight took over {ANSWER_TIMEOUT:?}"))?
             .map_err(|e| anyhow!("{e}"))?;
+        let crash_state = match &self.crash_state {
+            Some(file) => {
+                fds.push(file.duplicate()?);
+                Some(fds.len() - 1)
+            }
+            None => None,
+        };
         if fds.len() + 2 > MAX_FDS {
             bail!("{} staging files: more than one message carries", fds.len());
         }
@@ -262,6 +280,7 @@ impl Predecessor {
             init,
             fs,
             io: self.port.io_state(),
+            crash_state,
         };
         let state = memfd_with(&serde_json::to_vec(&snapshot)?)?;
         let mut all = vec![self.dev.as_raw_fd(), state.as_raw_fd()];
@@ -363,12 +382,18 @@ impl Successor {
                 snapshot.format
             );
         }
+        let mut fds: Vec<OwnedFd> = fds.collect();
+        let crash_state = snapshot
+            .crash_state
+            .filter(|i| *i + 1 == fds.len())
+            .and_then(|_| fds.pop());
         Ok(Taken {
             init: snapshot.init,
             fs: snapshot.fs,
             io: snapshot.io,
             dev,
-            fds: fds.collect(),
+            fds,
+            crash_state,
         })
     }
 

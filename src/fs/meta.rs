@@ -164,6 +164,16 @@ impl Meta {
         self.inodes.path(ino)
     }
 
+    /// Known inode numbers.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// The number of the last directory change.
+    pub fn change_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The inode numbers the kernel holds, for a successor (fs/state.rs).
     pub fn inode_entries(&self) -> Vec<super::inode::InodeEntry> {
         self.inodes.entries()

@@ -13,6 +13,10 @@
 //! 4. Deletes owed at a last close pass too; the successor does not settle the record on disk
 //!    at start, since the handles it names are still open.
 //! 5. Export changes nothing: a successor that refuses leaves this process serving as before.
+//! 6. For a crash (daemon/fdstore.rs) the state is taken without waiting (`snapshot_now`),
+//!    every few hundred milliseconds when it changed: files open for writing are handed over
+//!    as lost (their bytes lived in the dead process), and the multipart uploads under way are
+//!    listed for the successor to abort.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -26,6 +30,7 @@ use super::writers::WriterState;
 use super::{Attr, Fs, Ino};
 use crate::cache::ObjectId;
 use crate::error::FsResult;
+use crate::upload::PendingAbort;
 
 /// One open file handle, as handed over.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -54,6 +59,18 @@ pub struct FsState {
 }
 
 impl FsState {
+    /// A state with nothing in it: what a daemon serves when its predecessor's is unreadable.
+    pub fn empty() -> Self {
+        Self {
+            inodes: Vec::new(),
+            next_fh: 1,
+            files: Vec::new(),
+            dirs: Vec::new(),
+            writers: Vec::new(),
+            deferred: Vec::new(),
+        }
+    }
+
     /// Open file and directory handles.
     pub fn handles(&self) -> usize {
         self.files.len() + self.dirs.len()
@@ -71,6 +88,51 @@ impl Fs {
     /// parts in flight.
     pub async fn export(&self, fds: &mut Vec<OwnedFd>) -> FsResult<FsState> {
         let writers = self.writers.export(fds).await?;
+        Ok(self.state_with(writers))
+    }
+
+    /// This mount's state as a daemon started after a crash of this one finds it (see 6.):
+    /// files open for writing lost. Never waits for a writer.
+    pub fn snapshot_now(&self) -> FsState {
+        self.state_with(self.writers.export_lost())
+    }
+
+    /// A number that changes when the state `snapshot_now` gives does (inode numbers, handles,
+    /// writers, directory changes); lookup counts alone do not change it.
+    pub fn fingerprint(&self) -> u64 {
+        let (inodes, seq) = {
+            let t = self.tables.lock();
+            (t.meta.inode_count() as u64, t.meta.change_seq())
+        };
+        let (open, next_fh) = self.handles.all();
+        let parts = [
+            inodes,
+            seq,
+            open.len() as u64,
+            next_fh,
+            self.dirs.lock().len() as u64,
+            self.deferred.entries().len() as u64,
+        ];
+        parts.iter().fold(0u64, |h, p| {
+            h.rotate_left(13) ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        })
+    }
+
+    /// The multipart uploads under way (a daemon started after a crash aborts them).
+    pub fn multipart_uploads(&self) -> Vec<PendingAbort> {
+        self.writers.multipart_uploads()
+    }
+
+    /// Aborts, in the background, the multipart uploads a crashed predecessor left.
+    pub fn abort_uploads(&self, uploads: Vec<PendingAbort>) {
+        for pending in uploads {
+            let store = Arc::clone(&self.store);
+            self.tasks()
+                .spawn(crate::upload::abort_with_retries(store, pending));
+        }
+    }
+
+    fn state_with(&self, writers: Vec<WriterState>) -> FsState {
         let inodes = self.tables.lock().meta.inode_entries();
         let (open, next_fh) = self.handles.all();
         let files = open
@@ -94,14 +156,14 @@ impl Fs {
             .iter()
             .map(|(fh, handle)| (*fh, handle.ino()))
             .collect();
-        Ok(FsState {
+        FsState {
             inodes,
             next_fh,
             files,
             dirs,
             writers,
             deferred: self.deferred.entries(),
-        })
+        }
     }
 
     /// Takes over a predecessor's state; `fds` are the descriptors it passed, by index.

@@ -57,6 +57,15 @@ pub struct KernelInit {
 }
 
 impl KernelInit {
+    /// What a daemon resumes with when its predecessor's record is lost (a crash before the
+    /// first state was written): a protocol every kernel since 5.x speaks, no optional flag.
+    pub const FALLBACK: Self = Self {
+        major: 7,
+        minor: 31,
+        max_readahead: 128 << 10,
+        flags: 0,
+    };
+
     /// What `config` says the kernel offered.
     pub(super) fn of(config: &mut KernelConfig) -> Self {
         let version = config.kernel_abi();

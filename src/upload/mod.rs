@@ -138,6 +138,8 @@ pub struct Progress {
     parts: AtomicU64,
     /// The object's size once the upload is finishing (`UNKNOWN` before).
     total: AtomicU64,
+    /// The multipart upload under way, for a successor to abort after a crash.
+    multipart: Mutex<Option<String>>,
 }
 
 /// See `Progress::sent`.
@@ -177,6 +179,7 @@ impl Progress {
             sent: Mutex::new(Sending::default()),
             parts: AtomicU64::new(0),
             total: AtomicU64::new(UNKNOWN),
+            multipart: Mutex::new(None),
         }
     }
 
@@ -236,6 +239,22 @@ impl UploadRegistry {
             .collect()
     }
 
+    /// The multipart uploads under way: what a daemon started after a crash of this one
+    /// aborts (daemon/fdstore.rs).
+    pub fn multipart_uploads(&self) -> Vec<PendingAbort> {
+        let live = self.live.lock();
+        live.iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|p| {
+                let upload_id = p.multipart.lock().clone()?;
+                Some(PendingAbort {
+                    key: p.key.lock().clone(),
+                    upload_id,
+                })
+            })
+            .collect()
+    }
+
     fn add(&self, progress: &Arc<Progress>) {
         let mut live = self.live.lock();
         // Dead entries go now and then, so the list stays as long as the uploads alive.
@@ -286,7 +305,7 @@ pub struct UploadState {
 }
 
 /// Handle for aborting a multipart upload after its `Upload` is gone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PendingAbort {
     /// The key the upload was for.
     pub key: String,
@@ -505,6 +524,7 @@ impl Upload {
                 .store
                 .create_multipart_upload(&self.key, metadata, self.content_type.as_deref(), true)
                 .await?;
+            *self.progress.multipart.lock() = Some(id.clone());
             self.upload_id = Some(id);
             self.sent = Some(metadata.clone());
         }
@@ -585,6 +605,7 @@ impl Upload {
             .complete_multipart_upload(&self.key, &id, &self.done, if_none_match)
             .await?;
         self.upload_id = None;
+        *self.progress.multipart.lock() = None;
         Ok(Uploaded {
             etag,
             size: self.len,
@@ -634,6 +655,7 @@ impl Upload {
                     .ok()
             });
         upload.content_type = state.content_type;
+        *upload.progress.multipart.lock() = state.upload_id.clone();
         upload.upload_id = state.upload_id;
         upload.sent = state.sent;
         upload.done = state.done;
@@ -652,6 +674,7 @@ impl Upload {
         self.in_flight.abort_all();
         self.buffer = Vec::new();
         self.held = None;
+        *self.progress.multipart.lock() = None;
         self.upload_id.take().map(|upload_id| PendingAbort {
             key: self.key.clone(),
             upload_id,

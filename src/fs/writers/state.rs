@@ -106,6 +106,48 @@ impl Writers {
         Ok(states)
     }
 
+    /// Every writer as a daemon started after a crash of this one finds it: its bytes lost
+    /// (they live in this process), so its next write or commit fails with EIO and nothing is
+    /// published under its name. Never waits: taken while requests run.
+    pub(in crate::fs) fn export_lost(&self) -> Vec<WriterState> {
+        let writers = self.tables.lock().writers.all();
+        writers
+            .into_iter()
+            .map(|w| {
+                let stored = w.state.try_lock().ok().and_then(|st| st.stored.clone());
+                WriterState {
+                    ino: w.ino,
+                    path: w.path(),
+                    size: w.size.load(Ordering::SeqCst),
+                    posix: *w.posix.lock(),
+                    handles: w.handles.load(Ordering::SeqCst),
+                    modified: *w.modified.lock(),
+                    extra: w.extra.lock().clone(),
+                    unlinked: w.unlinked.load(Ordering::SeqCst),
+                    held: w.held.load(Ordering::SeqCst),
+                    headers_changed: false,
+                    unlinked_during_commit: false,
+                    content: ContentState::Lost,
+                    stored,
+                    dirty: false,
+                    excl: false,
+                    failed: Some((
+                        libc::EIO,
+                        "the daemon was killed before this file was committed: what was written since its last commit is lost".into(),
+                    )),
+                    content_type: None,
+                    unpublished: false,
+                    reported: true,
+                }
+            })
+            .collect()
+    }
+
+    /// The multipart uploads under way, for a successor to abort after a crash.
+    pub(in crate::fs) fn multipart_uploads(&self) -> Vec<crate::upload::PendingAbort> {
+        self.uploads.multipart_uploads()
+    }
+
     /// Registers the writers a predecessor handed over; `fds` holds the descriptors their
     /// staging files refer to (taken by index).
     pub(in crate::fs) fn import(
