@@ -413,7 +413,11 @@ fn the_region_of_a_bucket_elsewhere_is_found_and_a_wrong_one_corrected() {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let m = Mount { path, log };
+        let m = Mount {
+            path,
+            log,
+            source: "far".into(),
+        };
         let text = fs::read_to_string(&m.log).unwrap();
         assert!(text.contains(says), "{name}: {text}");
         assert_eq!(fs::read(m.path.join("hello.txt")).unwrap(), b"from far");

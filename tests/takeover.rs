@@ -138,6 +138,36 @@ fn keep_running(script: String, stop: Arc<AtomicBool>, check: fn(&str) -> bool) 
     })
 }
 
+/// Seconds since midnight of a log line's timestamp (`2026-12-03T06:30:28.443703Z ...`).
+fn log_time(line: &str) -> Option<f64> {
+    let clock = line.split_once('T')?.1.split('Z').next()?;
+    let mut parts = clock.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// How long requests waited at each takeover, from the daemons' own log lines: from the old
+/// daemon closing its gate to the new one serving.
+fn pauses(log: &std::path::Path) -> Vec<Duration> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let mut closed = None;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.contains("takeover asked: stopping requests") {
+            closed = log_time(line);
+        } else if line.contains("took the mount over in") {
+            if let (Some(from), Some(to)) = (closed.take(), log_time(line)) {
+                out.push(Duration::from_secs_f64((to - from).max(0.0)));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn programs_using_the_mount_run_through_two_takeovers_in_a_row() {
     let b = Bucket::new("takeover-live");
@@ -200,8 +230,12 @@ fn programs_using_the_mount_run_through_two_takeovers_in_a_row() {
         0,
         "a multipart upload was left behind"
     );
+    let paused = pauses(&m.log);
+    assert_eq!(paused.len(), 2, "two takeovers in the log");
     eprintln!(
-        "TAKEOVER-PAUSE takeover commands {:?} and {:?}; longest (median) call or run: write {:?} ({:?}), read {:?} ({:?}), find {:?} ({:?}), ls -l {:?} ({:?})",
+        "TAKEOVER-PAUSE requests held {:?} and {:?}; takeover commands {:?} and {:?}; longest (median) call or run: write {:?} ({:?}), read {:?} ({:?}), find {:?} ({:?}), ls -l {:?} ({:?})",
+        paused[0],
+        paused[1],
         first.1,
         second.1,
         written.longest,
@@ -287,4 +321,203 @@ fn takeover_of_a_mount_nobody_serves_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no bucketfs daemon"), "{stderr}");
+}
+
+/// Stands in for systemd's notification socket: collects what a daemon stores (`FDSTORE=1`).
+struct FdStore {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+    stored: Vec<(String, std::os::fd::OwnedFd)>,
+}
+
+impl FdStore {
+    fn new() -> Self {
+        let path = run_dir().join("notify.sock");
+        let _ = fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Self {
+            socket,
+            path,
+            stored: Vec::new(),
+        }
+    }
+
+    /// Receives notifications until `names` are all stored.
+    fn wait_for(&mut self, names: &[&str]) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+        while !names
+            .iter()
+            .all(|n| self.stored.iter().any(|(name, _)| name == n))
+        {
+            let mut buf = [0u8; 4096];
+            let mut space = nix::cmsg_space!([RawFd; 8]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .expect("a notification from the daemon");
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    fds.extend(received);
+                }
+            }
+            let len = msg.bytes;
+            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+            if let Some(name) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .filter(|_| text.contains("FDSTORE=1"))
+            {
+                for fd in fds {
+                    // SAFETY: received just now; owned by nobody else.
+                    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                    self.stored.push((name.to_string(), fd));
+                }
+            }
+        }
+    }
+
+    fn fd(&self, name: &str) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.stored
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, fd)| fd.as_raw_fd())
+            .expect("stored")
+    }
+}
+
+/// What systemd does at a restart, made ready before the crash: a process holding the stored
+/// descriptors as 3 and 4 that, once told, starts the daemon with `LISTEN_*` set. (Forked now:
+/// a process forked after the crash from one holding files of the mount would wait in exec,
+/// flushing them, for the very daemon it is to start.)
+fn restarter(m: &Mount, store: &FdStore, log: &std::path::Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let (fuse, state) = (store.fd("fuse"), store.fd("state"));
+    let cmd = bucketfs_command(
+        &m.source,
+        &m.path,
+        &[
+            "--log-file",
+            log.to_str().unwrap(),
+            "--log-level",
+            "bucketfs=debug,info",
+        ],
+    );
+    let mut restart = Command::new("sh");
+    restart
+        .arg("-c")
+        .arg("read -r go && LISTEN_PID=$$ exec \"$@\"")
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "fuse:state")
+        .env("NOTIFY_SOCKET", &store.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only dup2 between fork and exec.
+    unsafe {
+        restart.pre_exec(move || {
+            if libc::dup2(fuse, 3) < 0 || libc::dup2(state, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    restart.spawn().expect("spawn the restarter")
+}
+
+#[test]
+fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
+    let b = Bucket::new("takeover-crash");
+    let data = pseudo_random(4 * MIB, 9);
+    b.put("read.bin", data.clone());
+    let mut store = FdStore::new();
+    let notify = store.path.to_str().unwrap().to_string();
+    let path = mount_point("takeover-crash");
+    let m = Mount::with_env(&b.name, path, &[], &[("NOTIFY_SOCKET", notify.as_str())]);
+    store.wait_for(&["fuse", "state"]);
+    let log = m.log.with_extension("restart.log");
+    let mut restart = restarter(&m, &store, &log);
+
+    // Before the crash: a file committed, a reader half way, a writer with a multipart
+    // upload under way (20 MiB: parts of 8 MiB left).
+    fs::write(m.path.join("committed.txt"), b"kept").unwrap();
+    let mut reader = fs::File::open(m.path.join("read.bin")).unwrap();
+    let mut first = vec![0; 2 * MIB];
+    reader.read_exact(&mut first).unwrap();
+    let mut writer = fs::File::create(m.path.join("cut.bin")).unwrap();
+    let chunk = pseudo_random(MIB, 4);
+    for _ in 0..20 {
+        writer.write_all(&chunk).unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || b.multipart_uploads() == 1),
+        "the writer's multipart upload did not start"
+    );
+    // Let the state be written (every 100 ms when it changed).
+    std::thread::sleep(Duration::from_millis(500));
+    let old = m.daemon_pid().expect("daemon");
+    // SAFETY: a signal to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
+    assert!(wait_gone(old, Duration::from_secs(10)));
+
+    let go = restart
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(b"go\n"));
+    assert!(matches!(go, Some(Ok(()))), "the restarter is gone");
+    let out = restart.wait_with_output().unwrap();
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the restarted daemon failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("resumed the mount after the previous daemon died"),
+        "{text}"
+    );
+    assert!(m.daemon_pid().is_some_and(|p| p != old));
+    drop(store);
+
+    // The reader reads on, the same bytes; the writer's next call fails with EIO; what was
+    // committed is there; nothing half-written is; the upload is aborted.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    first.extend(rest);
+    assert!(first == data, "the reader got other bytes after the crash");
+    let err = writer
+        .write_all(&chunk)
+        .and_then(|()| writer.sync_all())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(writer);
+    assert_eq!(fs::read(m.path.join("committed.txt")).unwrap(), b"kept");
+    assert!(
+        !m.path.join("cut.bin").exists(),
+        "a half-written file is shown"
+    );
+    assert_eq!(
+        b.size("cut.bin"),
+        None,
+        "a half-written object was published"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || b.multipart_uploads() == 0),
+        "the crashed daemon's multipart upload was not aborted"
+    );
+    fs::write(m.path.join("after.txt"), b"works").unwrap();
+    assert_eq!(b.get("after.txt"), b"works");
 }

@@ -98,7 +98,8 @@ impl Fs {
     }
 
     /// A number that changes when the state `snapshot_now` gives does (inode numbers, handles,
-    /// writers, directory changes); lookup counts alone do not change it.
+    /// writers, directory changes, multipart uploads begun or ended); lookup counts alone do
+    /// not change it.
     pub fn fingerprint(&self) -> u64 {
         let (inodes, seq) = {
             let t = self.tables.lock();
@@ -112,6 +113,10 @@ impl Fs {
             next_fh,
             self.dirs.lock().len() as u64,
             self.deferred.entries().len() as u64,
+            // Multipart uploads begin without any other change (the first part filled).
+            self.multipart_uploads()
+                .iter()
+                .fold(0, |h, u| h ^ super::inode::path_hash(&u.upload_id)),
         ];
         parts.iter().fold(0u64, |h, p| {
             h.rotate_left(13) ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)

@@ -566,6 +566,8 @@ pub fn sh(script: &str) -> String {
 pub struct Mount {
     pub path: PathBuf,
     pub log: PathBuf,
+    /// What was mounted (`bucket[:prefix]`).
+    pub source: String,
 }
 
 impl Mount {
@@ -600,7 +602,11 @@ impl Mount {
             "bucketfs returned 0 but {} is not mounted",
             path.display()
         );
-        Self { path, log }
+        Self {
+            path,
+            log,
+            source: source.to_string(),
+        }
     }
 
     pub fn daemon_pid(&self) -> Option<u32> {

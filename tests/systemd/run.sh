@@ -306,11 +306,14 @@ cx sh -c 'rm -rf /tmp/src && mkdir -p /tmp/src && for i in $(seq 1 500); do echo
 # Under way at the kill: cp -r of 500 small files, a 200 MiB write in 1 MiB writes, and a
 # reader of a file opened before. The writer's calls after the crash must fail (EIO); nobody
 # may see ENOTCONN.
+echo "   main pid $main_pid; bucketfs processes: $(cx sh -c 'for p in /proc/[0-9]*; do tr "\0" " " < "$p/cmdline" | grep -q "^bucketfs\|bin/bucketfs" && echo -n "${p#/proc/} "; done')"
 cx sh -c "exec 3</mnt/svc/readme.md
   (cp -r /tmp/src /mnt/svc/copy 2>/tmp/cp.err; echo \$? > /tmp/cp.rc) &
-  (exec 4>/mnt/svc/big.bin && for i in \$(seq 1 200); do head -c 1048576 /dev/zero >&4 || exit 5; sleep 0.05; done; exec 4>&-) 2>/tmp/big.err; echo \$? > /tmp/big.rc &
-  sleep 1.5; kill -KILL $main_pid; wait; cat <&3 > /tmp/held.out" ||
-  fail "the programs could not be run"
+  ( (exec 4>/mnt/svc/big.bin && for i in \$(seq 1 200); do head -c 1048576 /dev/zero >&4 || exit 5; sleep 0.05; done; exec 4>&-) 2>/tmp/big.err; echo \$? > /tmp/big.rc) &
+  sleep 1.5; kill -KILL $main_pid; wait; cat <&3 > /tmp/held.out 2>&1; true" ||
+  fail "the programs did not finish: cp: $(cx cat /tmp/cp.err) write: $(cx cat /tmp/big.err)
+$(cx journalctl -u bucketfs@mnt-svc.service --no-pager | tail -15)
+$(cx sh -c 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(grep State "$p/status") $(tr "\0" " " < "$p/cmdline")"; done' | grep -i bucketfs)"
 new_main() { p="$(cx systemctl show -p MainPID --value bucketfs@mnt-svc.service)"; [ "$p" != "$main_pid" ] && [ "$p" != 0 ] &&
   [ "$(cx systemctl is-active bucketfs@mnt-svc.service)" = active ]; }
 until_ok 30 new_main || fail "after SIGKILL the service did not come back: $(cx journalctl -u bucketfs@mnt-svc.service --no-pager | tail -5)"
