@@ -5,6 +5,7 @@
 usage: s3seed.py ENDPOINT BUCKET KEY=TEXT [KEY=TEXT ...]   (credentials from AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY; region us-east-1)
        s3seed.py ENDPOINT BUCKET --count-uploads   (prints the multipart uploads in progress)
+       s3seed.py ENDPOINT BUCKET --exists KEY   (prints "exists" or "none")
 """
 import datetime
 import hashlib
@@ -52,6 +53,16 @@ def request(endpoint, method, path, body=b"", query=""):
 
 def main():
     endpoint, bucket, items = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3:]
+    if len(items) == 2 and items[0] == "--exists":
+        # Whether one object exists (HEAD).
+        try:
+            status, _ = request(endpoint, "HEAD", f"/{bucket}/{items[1]}")
+            print("exists" if status == 200 else "none")
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise
+            print("none")
+        return
     if items == ["--count-uploads"]:
         _, body = request(endpoint, "GET", f"/{bucket}", query="uploads=")
         print(body.count(b"<Upload>"))

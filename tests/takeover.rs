@@ -360,7 +360,8 @@ impl FdStore {
                 self.socket.as_raw_fd(),
                 &mut iov,
                 Some(&mut space),
-                MsgFlags::empty(),
+                // Close-on-exec: a process this test forks must never hold the connection.
+                MsgFlags::MSG_CMSG_CLOEXEC,
             )
             .expect("a notification from the daemon");
             let mut fds = Vec::new();

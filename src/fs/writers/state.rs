@@ -54,6 +54,33 @@ pub struct WriterState {
     reported: bool,
 }
 
+/// `w` as handed over, with `content`; `st` is its state when its lock was taken.
+fn state_of(w: &Writer, content: ContentState, st: Option<&WriteState>) -> WriterState {
+    WriterState {
+        ino: w.ino,
+        path: w.path(),
+        size: w.size.load(Ordering::SeqCst),
+        posix: *w.posix.lock(),
+        handles: w.handles.load(Ordering::SeqCst),
+        modified: *w.modified.lock(),
+        extra: w.extra.lock().clone(),
+        unlinked: w.unlinked.load(Ordering::SeqCst),
+        held: w.held.load(Ordering::SeqCst),
+        headers_changed: w.headers_changed.load(Ordering::SeqCst),
+        unlinked_during_commit: w.unlinked_during_commit.load(Ordering::SeqCst),
+        content,
+        stored: st.and_then(|st| st.stored.clone()),
+        dirty: st.is_some_and(|st| st.dirty),
+        excl: st.is_some_and(|st| st.excl),
+        failed: st
+            .and_then(|st| st.failed.as_ref())
+            .map(|e| (e.errno, e.message.clone())),
+        content_type: st.and_then(|st| st.content_type.clone()),
+        unpublished: st.is_some_and(|st| st.unpublished),
+        reported: st.is_some_and(|st| st.reported),
+    }
+}
+
 fn handover_error(what: &str, e: impl std::fmt::Display) -> FsError {
     FsError::new(libc::EIO, format!("handover: {what}: {e}"))
 }
@@ -81,27 +108,7 @@ impl Writers {
                 }
                 Content::Lost => ContentState::Lost,
             };
-            states.push(WriterState {
-                ino: w.ino,
-                path: w.path(),
-                size: w.size.load(Ordering::SeqCst),
-                posix: *w.posix.lock(),
-                handles: w.handles.load(Ordering::SeqCst),
-                modified: *w.modified.lock(),
-                extra: w.extra.lock().clone(),
-                unlinked: w.unlinked.load(Ordering::SeqCst),
-                held: w.held.load(Ordering::SeqCst),
-                headers_changed: w.headers_changed.load(Ordering::SeqCst),
-                unlinked_during_commit: w.unlinked_during_commit.load(Ordering::SeqCst),
-                content,
-                stored: st.stored.clone(),
-                dirty: st.dirty,
-                excl: st.excl,
-                failed: st.failed.as_ref().map(|e| (e.errno, e.message.clone())),
-                content_type: st.content_type.clone(),
-                unpublished: st.unpublished,
-                reported: st.reported,
-            });
+            states.push(state_of(&w, content, Some(&st)));
         }
         Ok(states)
     }
@@ -114,21 +121,10 @@ impl Writers {
         writers
             .into_iter()
             .map(|w| {
-                let stored = w.state.try_lock().ok().and_then(|st| st.stored.clone());
+                let st = w.state.try_lock().ok();
                 WriterState {
-                    ino: w.ino,
-                    path: w.path(),
-                    size: w.size.load(Ordering::SeqCst),
-                    posix: *w.posix.lock(),
-                    handles: w.handles.load(Ordering::SeqCst),
-                    modified: *w.modified.lock(),
-                    extra: w.extra.lock().clone(),
-                    unlinked: w.unlinked.load(Ordering::SeqCst),
-                    held: w.held.load(Ordering::SeqCst),
                     headers_changed: false,
                     unlinked_during_commit: false,
-                    content: ContentState::Lost,
-                    stored,
                     dirty: false,
                     excl: false,
                     failed: Some((
@@ -138,6 +134,7 @@ impl Writers {
                     content_type: None,
                     unpublished: false,
                     reported: true,
+                    ..state_of(&w, ContentState::Lost, st.as_deref())
                 }
             })
             .collect()
