@@ -163,10 +163,12 @@ pub(super) fn serve(
         requests,
         notifications: notify_stats,
     };
-    let crash_state = handover::connection(&session)
+    let dev = handover::connection(&session);
+    let crash_state = dev
+        .as_ref()
         .ok()
-        .and_then(|dev| keep_for_restart(&fs, &port, &dev, kept_state));
-    let predecessor = match handover::connection(&session) {
+        .and_then(|dev| keep_for_restart(&fs, &port, dev, kept_state));
+    let predecessor = match dev {
         Ok(dev) => Some(Arc::new(Predecessor::new(
             Arc::clone(&fs),
             port,
@@ -588,12 +590,7 @@ fn resume_session(
     // one before the old one exits (NotifyAccess=all in the unit).
     notify_systemd(&format!("MAINPID={}", std::process::id()));
     successor.done()?;
-    match handover::resend(std::os::fd::AsFd::as_fd(&session)) {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::warn!("{e}: requests the old daemon had read wait for their callers' timeouts")
-        }
-    }
+    resend_unanswered(&session);
     tracing::info!(
         handles,
         writers,
@@ -601,6 +598,15 @@ fn resume_session(
         started.elapsed()
     );
     Ok((session, crash_state))
+}
+
+/// Queues again the requests the daemon before this one read and never answered.
+fn resend_unanswered(session: &fuser::Session<FuseAdapter>) {
+    if let Err(e) = handover::resend(std::os::fd::AsFd::as_fd(session)) {
+        tracing::warn!(
+            "{e}: requests the previous daemon had read wait for their callers' timeouts"
+        );
+    }
 }
 
 /// Resumes the mount a crashed daemon served, from the connection and the state it left in
@@ -636,11 +642,7 @@ fn recover_session(
     port.adopt_io(state.io, stored.fuse.try_clone()?);
     let session = handover::resume(adapter, stored.fuse, &state.init, fuse_config)
         .context("resuming the FUSE session after a crash")?;
-    if let Err(e) = handover::resend(std::os::fd::AsFd::as_fd(&session)) {
-        tracing::warn!(
-            "{e}: requests the crashed daemon had read wait for their callers' timeouts"
-        );
-    }
+    resend_unanswered(&session);
     tracing::warn!(
         handles,
         lost_writers = writers,

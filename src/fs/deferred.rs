@@ -143,6 +143,16 @@ impl Deferred {
             .collect()
     }
 
+    /// Number of deletes owed.
+    pub fn len(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// True when no delete is owed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Takes over the deletes a predecessor owed (its record on disk says the same).
     pub fn restore(&self, entries: Vec<(Ino, Pending, Attr)>) {
         let mut pending = self.pending.lock();

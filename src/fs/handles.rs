@@ -136,6 +136,12 @@ impl Handles {
         (all, self.next_fh.load(Ordering::SeqCst))
     }
 
+    /// How many files are open, and the next number to give out (no copy of the table).
+    pub(super) fn counts(&self) -> (usize, u64) {
+        let files = self.files.lock();
+        (files.len(), self.next_fh.load(Ordering::SeqCst))
+    }
+
     /// Opens `file` under the number a predecessor gave it; numbers from `next` up stay new.
     pub(super) fn restore(&self, fh: u64, file: OpenFile, next: u64) {
         self.next_fh.fetch_max(next.max(fh + 1), Ordering::SeqCst);

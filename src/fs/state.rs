@@ -105,14 +105,14 @@ impl Fs {
             let t = self.tables.lock();
             (t.meta.inode_count() as u64, t.meta.change_seq())
         };
-        let (open, next_fh) = self.handles.all();
+        let (open, next_fh) = self.handles.counts();
         let parts = [
             inodes,
             seq,
-            open.len() as u64,
+            open as u64,
             next_fh,
             self.dirs.lock().len() as u64,
-            self.deferred.entries().len() as u64,
+            self.deferred.len() as u64,
             // Multipart uploads begin without any other change (the first part filled).
             self.multipart_uploads()
                 .iter()
