@@ -467,6 +467,25 @@ fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
         eventually(Duration::from_secs(20), || b.multipart_uploads() == 1),
         "the writer's multipart upload did not start"
     );
+    // And a program that opened its file once and writes it slowly, as `dd` from a pipe does
+    // (one open, one close at the end; a shell's `exec 4>f; cmd >&4` would close a copy of
+    // the descriptor in the opener after every command, and each such close commits).
+    let slow = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "for i in $(seq 1 400); do head -c 1048576 /dev/zero || exit; sleep 0.02; done |
+               dd of=\"$1\" bs=1M iflag=fullblock status=none || exit 5",
+        )
+        .arg("sh")
+        .arg(m.path.join("loop.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || b.multipart_uploads() == 2),
+        "the slow writer's multipart upload did not start"
+    );
     // Let the state be written (every 100 ms when it changed).
     std::thread::sleep(Duration::from_millis(500));
     let old = m.daemon_pid().expect("daemon");
@@ -514,6 +533,22 @@ fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
         b.size("cut.bin"),
         None,
         "a half-written object was published"
+    );
+    let slow = slow.wait_with_output().unwrap();
+    assert_eq!(
+        slow.status.code(),
+        Some(5),
+        "the slow writer went on after the crash"
+    );
+    assert!(
+        String::from_utf8_lossy(&slow.stderr).contains("Input/output error"),
+        "{}",
+        String::from_utf8_lossy(&slow.stderr)
+    );
+    assert_eq!(
+        b.size("loop.bin"),
+        None,
+        "the slow writer's half-written object was published"
     );
     assert!(
         eventually(Duration::from_secs(20), || b.multipart_uploads() == 0),

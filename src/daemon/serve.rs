@@ -635,6 +635,7 @@ fn recover_session(
     let (handles, writers, uploads) = (state.fs.handles(), state.fs.writers(), state.uploads.len());
     rt.block_on(fs.import(state.fs, Vec::new()))
         .map_err(|e| anyhow!("importing the crashed daemon's state: {e}"))?;
+    fs.skip_unrecorded_handles();
     {
         let _context = rt.enter();
         fs.abort_uploads(state.uploads);

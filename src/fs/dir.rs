@@ -228,7 +228,7 @@ impl Fs {
             .lock()
             .get(&fh)
             .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))
+            .ok_or_else(|| self.handles.unknown(fh, "directory"))
     }
 
     /// Closes a directory handle.

@@ -4,6 +4,10 @@
 //! 1. File and directory handles share one number space, so a number names one handle.
 //! 2. A release takes its handle out at once, before the rest of it runs, so an unlink that
 //!    follows a close does not count the file as still open.
+//! 3. After a crash, the kernel may hold numbers the dead daemon gave out after its last saved
+//!    state (fs/state.rs, 6.). They are never given out again (numbering goes on far above
+//!    them), and a request naming one fails with EIO, as for a file whose writer was lost,
+//!    rather than EBADF, which would blame the program.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -73,13 +77,20 @@ impl OpenFile {
 pub(super) struct Handles {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
+    /// Numbers a crashed predecessor may have given out unrecorded (see 3.), as ranges.
+    lost: Mutex<Vec<(u64, u64)>>,
 }
+
+/// How many numbers a daemon resumed after a crash skips (see 3.): more than any daemon
+/// opens between two saves of its state.
+const CRASH_GAP: u64 = 1 << 32;
 
 impl Default for Handles {
     fn default() -> Self {
         Self {
             files: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            lost: Mutex::default(),
         }
     }
 }
@@ -102,7 +113,24 @@ impl Handles {
             .lock()
             .get(&fh)
             .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
+            .ok_or_else(|| self.unknown(fh, "file"))
+    }
+
+    /// The error for a handle number nobody holds (see 3.).
+    pub(super) fn unknown(&self, fh: u64, what: &str) -> FsError {
+        if self
+            .lost
+            .lock()
+            .iter()
+            .any(|&(from, to)| (from..to).contains(&fh))
+        {
+            FsError::new(
+                libc::EIO,
+                format!("{what} opened just before the daemon was killed: its state was lost"),
+            )
+        } else {
+            FsError::new(libc::EBADF, format!("unknown {what} handle"))
+        }
     }
 
     /// The writer of handle `fh`; EBADF for a handle not open for writing.
@@ -146,6 +174,27 @@ impl Handles {
     pub(super) fn restore(&self, fh: u64, file: OpenFile, next: u64) {
         self.next_fh.fetch_max(next.max(fh + 1), Ordering::SeqCst);
         self.files.lock().insert(fh, Arc::new(file));
+    }
+
+    /// Goes on with a predecessor's numbering: `next` and up are new, `lost` are ranges it
+    /// may have given out unrecorded (see 3.).
+    pub(super) fn continue_from(&self, next: u64, lost: Vec<(u64, u64)>) {
+        self.next_fh.fetch_max(next, Ordering::SeqCst);
+        self.lost.lock().extend(lost);
+    }
+
+    /// After a crash: the numbers from the last saved one on may be held by the kernel
+    /// without a record; they are skipped and answered with EIO (see 3.).
+    pub(super) fn skip_unrecorded(&self) {
+        let from = self.next_fh.fetch_add(CRASH_GAP, Ordering::SeqCst);
+        self.lost
+            .lock()
+            .push((from, from.saturating_add(CRASH_GAP)));
+    }
+
+    /// The ranges `skip_unrecorded` left, for a successor.
+    pub(super) fn lost(&self) -> Vec<(u64, u64)> {
+        self.lost.lock().clone()
     }
 
     /// True while a handle (reader or writer) of `ino` is open.

@@ -51,6 +51,9 @@ struct FileState {
 pub struct FsState {
     inodes: Vec<InodeEntry>,
     next_fh: u64,
+    /// Handle numbers a crashed daemon may have given out unrecorded (handles.rs, 3.).
+    #[serde(default)]
+    lost_fh: Vec<(u64, u64)>,
     files: Vec<FileState>,
     /// Open directory handles and their inodes.
     dirs: Vec<(u64, Ino)>,
@@ -64,6 +67,7 @@ impl FsState {
         Self {
             inodes: Vec::new(),
             next_fh: 1,
+            lost_fh: Vec::new(),
             files: Vec::new(),
             dirs: Vec::new(),
             writers: Vec::new(),
@@ -123,6 +127,12 @@ impl Fs {
         })
     }
 
+    /// After importing a crashed daemon's state: handle numbers it may have given out after
+    /// its last save are never reused, and answer EIO (handles.rs, 3.).
+    pub fn skip_unrecorded_handles(&self) {
+        self.handles.skip_unrecorded();
+    }
+
     /// The multipart uploads under way (a daemon started after a crash aborts them).
     pub fn multipart_uploads(&self) -> Vec<PendingAbort> {
         self.writers.multipart_uploads()
@@ -164,6 +174,7 @@ impl Fs {
         FsState {
             inodes,
             next_fh,
+            lost_fh: self.handles.lost(),
             files,
             dirs,
             writers,
@@ -175,6 +186,7 @@ impl Fs {
     pub async fn import(self: &Arc<Self>, state: FsState, fds: Vec<OwnedFd>) -> FsResult<()> {
         let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         self.tables.lock().meta.restore_inodes(state.inodes);
+        self.handles.continue_from(state.next_fh, state.lost_fh);
         self.writers.import(state.writers, &mut fds)?;
         for f in state.files {
             let writer = if f.writer {

@@ -550,3 +550,47 @@ async fn an_answer_read_before_an_event_is_not_cached_after_it() {
 }
 
 mod writers;
+
+#[tokio::test]
+async fn after_a_crash_handles_opened_since_the_last_saved_state_fail_with_eio_and_are_never_reused(
+) {
+    let store = Arc::new(MemoryStore::new());
+    store.put("f", "hello");
+    let dead = fs_over(&store, "");
+    let f = dead.lookup(Ino::ROOT, "f").await.unwrap();
+    let saved = open(&dead, f.ino, READ).await.unwrap();
+    let state = dead.snapshot_now();
+    // Opened after the last save: the kernel holds this number, the state does not.
+    let unrecorded = open(&dead, f.ino, READ).await.unwrap();
+    let dir = dead.opendir(Ino::ROOT).await.unwrap();
+
+    let fs = fs_over(&store, "");
+    fs.import(state, Vec::new()).await.unwrap();
+    fs.skip_unrecorded_handles();
+    assert_eq!(&fs.read(f.ino, saved, 0, 5).await.unwrap()[..], b"hello");
+    assert_eq!(
+        fs.read(f.ino, unrecorded, 0, 5).await.unwrap_err().errno,
+        libc::EIO
+    );
+    assert_eq!(fs.dir_handle(dir).unwrap_err().errno, libc::EIO);
+    let fresh = open(&fs, f.ino, READ).await.unwrap();
+    assert!(fresh > dir, "a number the dead daemon gave out was reused");
+    assert_eq!(&fs.read(f.ino, fresh, 0, 5).await.unwrap()[..], b"hello");
+    // A number nobody ever gave out is still EBADF.
+    assert_eq!(
+        fs.read(f.ino, fresh + 1, 0, 1).await.unwrap_err().errno,
+        libc::EBADF
+    );
+
+    // A takeover after that passes the lost numbers on.
+    let mut fds = Vec::new();
+    let next = fs_over(&store, "");
+    next.import(fs.export(&mut fds).await.unwrap(), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        next.read(f.ino, unrecorded, 0, 5).await.unwrap_err().errno,
+        libc::EIO
+    );
+    assert_eq!(&next.read(f.ino, fresh, 0, 5).await.unwrap()[..], b"hello");
+}
