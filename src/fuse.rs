@@ -283,9 +283,9 @@ impl FuseAdapter {
     }
 
     /// Counts request `op` and lets it through the gate (parked during a handover).
-    fn begin(&self, op: &'static str) -> Pass<'_> {
+    fn begin(&self, op: &'static str, req: &Request) -> Pass<'_> {
         metrics::fuse_op(op);
-        self.gate.enter()
+        self.gate.enter(req.unique().0)
     }
 
     fn ttl(&self) -> Duration {
@@ -312,11 +312,11 @@ impl FuseAdapter {
         true
     }
 
-    fn spawn<F>(&self, task: impl FnOnce(Arc<Fs>) -> F)
+    fn spawn<F>(&self, request: &Pass<'_>, task: impl FnOnce(Arc<Fs>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let pass = self.gate.track();
+        let pass = self.gate.track(request);
         let task = task(Arc::clone(&self.fs));
         self.rt.spawn(async move {
             task.await;
@@ -377,11 +377,11 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _pass = self.begin("lookup");
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _pass = self.begin("lookup", req);
         let ttl = self.ttl();
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async { fs.lookup(Ino(parent.0), name_str(&name)?).await }.await;
             match result {
                 Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
@@ -390,10 +390,10 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _pass = self.begin("getattr");
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _pass = self.begin("getattr", req);
         let ttl = self.ttl();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             match fs.getattr(Ino(ino.0)).await {
                 Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
                 Err(e) => reply.error(errno("getattr", e)),
@@ -403,7 +403,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -419,7 +419,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _pass = self.begin("setattr");
+        let _pass = self.begin("setattr", req);
         let ttl = self.ttl();
         let time = |t: TimeOrNow| match t {
             TimeOrNow::SpecificTime(t) => t,
@@ -433,7 +433,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
             atime: atime.map(time),
         };
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             match fs.setattr(Ino(ino.0), change).await {
                 Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
                 Err(e) => reply.error(errno("setattr", e)),
@@ -441,9 +441,9 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _pass = self.begin("readlink");
-        self.spawn(|fs| async move {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _pass = self.begin("readlink", req);
+        self.spawn(&_pass, |fs| async move {
             match fs.readlink(Ino(ino.0)).await {
                 Ok(target) => reply.data(&target),
                 Err(e) => reply.error(errno("readlink", e)),
@@ -461,9 +461,9 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _pass = self.begin("mknod");
+        let _pass = self.begin("mknod", req);
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async {
                 fs.mknod(Ino(parent.0), name_str(&name)?, mode & !umask, rdev, owner)
                     .await
@@ -482,9 +482,9 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _pass = self.begin("mkdir");
+        let _pass = self.begin("mkdir", req);
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async {
                 fs.mkdir(Ino(parent.0), name_str(&name)?, mode & !umask, owner)
                     .await
@@ -494,19 +494,19 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _pass = self.begin("unlink");
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.begin("unlink", req);
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async { fs.unlink(Ino(parent.0), name_str(&name)?).await }.await;
             reply_empty("unlink", reply, result);
         });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _pass = self.begin("rmdir");
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.begin("rmdir", req);
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async { fs.rmdir(Ino(parent.0), name_str(&name)?).await }.await;
             reply_empty("rmdir", reply, result);
         });
@@ -520,10 +520,10 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _pass = self.begin("symlink");
+        let _pass = self.begin("symlink", req);
         let (ttl, name, owner) = (self.ttl(), link_name.to_owned(), (req.uid(), req.gid()));
         let target = target.as_os_str().to_owned();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async {
                 let (name, target) = (name_str(&name)?, name_str(&target)?);
                 fs.symlink(Ino(parent.0), name, target, owner).await
@@ -535,7 +535,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -543,13 +543,13 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.begin("rename");
+        let _pass = self.begin("rename", req);
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let mode = RenameMode {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async {
                 let (name, newname) = (name_str(&name)?, name_str(&newname)?);
                 fs.rename(Ino(parent.0), name, Ino(newparent.0), newname, mode)
@@ -560,8 +560,8 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        let _pass = self.begin("link");
+    fn link(&self, req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        let _pass = self.begin("link", req);
         let e = self.fs.link();
         reply.error(errno("link", e));
     }
@@ -576,7 +576,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _pass = self.begin("create");
+        let _pass = self.begin("create", req);
         let (ttl, name, owner) = (self.ttl(), name.to_owned(), (req.uid(), req.gid()));
         let excl = flags & libc::O_EXCL != 0;
         let io = Arc::clone(&self.io);
@@ -586,7 +586,7 @@ impl Filesystem for FuseAdapter {
             opener: process_of(req.pid()),
             direct: flags & libc::O_DIRECT != 0,
         };
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async {
                 let name = name_str(&name)?;
                 fs.create(Ino(parent.0), name, mode & !umask, owner, excl, open)
@@ -610,7 +610,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _pass = self.begin("open");
+        let _pass = self.begin("open", req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let mode = OpenMode {
             write,
@@ -623,7 +623,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let io = Arc::clone(&self.io);
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             match fs.open_file(Ino(ino.0), mode).await {
                 Ok(opened) => {
                     if let Some(refused) = io.reply_open(&fs, ino.0, opened, mode, reply) {
@@ -639,7 +639,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -648,7 +648,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _pass = self.begin("read");
+        let _pass = self.begin("read", req);
         let mut reply = Some(reply);
         let served = self
             .fs
@@ -661,7 +661,7 @@ impl Filesystem for FuseAdapter {
         let Some(reply) = reply.filter(|_| !served) else {
             return;
         };
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             match fs.read(Ino(ino.0), fh.0, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),
                 Err(e) => reply.error(errno("read", e)),
@@ -671,7 +671,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -681,9 +681,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _pass = self.begin("write");
+        let _pass = self.begin("write", req);
         let data = data.to_vec();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             match fs.writers().write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno("write", e)),
@@ -699,9 +699,9 @@ impl Filesystem for FuseAdapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.begin("flush");
+        let _pass = self.begin("flush", req);
         let tid = req.pid();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             reply_empty(
                 "flush",
                 reply,
@@ -712,7 +712,7 @@ impl Filesystem for FuseAdapter {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -720,11 +720,11 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.begin("release");
+        let _pass = self.begin("release", req);
         // Out of the open files before any later request runs (see fs::write, 10.).
         let file = self.fs.take_handle(fh.0);
         self.io.released(fh.0);
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             if let Some(file) = file {
                 fs.writers().released(file).await;
             }
@@ -732,27 +732,29 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        let _pass = self.begin("fsync");
-        self.spawn(|fs| async move { reply_empty("fsync", reply, fs.writers().fsync(fh.0).await) });
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        let _pass = self.begin("fsync", req);
+        self.spawn(&_pass, |fs| async move {
+            reply_empty("fsync", reply, fs.writers().fsync(fh.0).await)
+        });
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _ds: bool,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.begin("fsyncdir");
+        let _pass = self.begin("fsyncdir", req);
         // Directory changes are in the bucket when their operation returns.
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _pass = self.begin("opendir");
-        self.spawn(|fs| async move {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _pass = self.begin("opendir", req);
+        self.spawn(&_pass, |fs| async move {
             match fs.opendir(Ino(ino.0)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("opendir", e)),
@@ -762,14 +764,14 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _pass = self.begin("readdir");
-        self.spawn(|fs| async move {
+        let _pass = self.begin("readdir", req);
+        self.spawn(&_pass, |fs| async move {
             let filled = fill_dir(&fs, ino, fh, offset, |next, name, attr| {
                 reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), name)
             })
@@ -783,15 +785,15 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _pass = self.begin("readdirplus");
+        let _pass = self.begin("readdirplus", req);
         let ttl = self.ttl();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             // The kernel counts every entry of a readdirplus reply as a lookup: so do we, for
             // the entries that fit, before the reply goes out.
             let mut sent = Vec::new();
@@ -815,15 +817,15 @@ impl Filesystem for FuseAdapter {
     }
 
     // BATCH_FORGET: fuser's default hands each node to `forget` (its node type is private).
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _pass = self.begin("forget");
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        let _pass = self.begin("forget", req);
         self.fs.forget(Ino(ino.0), nlookup);
     }
 
     // Extended attributes live in the object's headers (fs/xattr.rs). With --no-xattr, ENOSYS
     // tells the kernel once for the whole mount: it stops asking, and programs get EOPNOTSUPP.
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _pass = self.begin("getxattr");
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _pass = self.begin("getxattr", req);
         if !self.fs.config().xattr {
             return reply.error(refuse("getxattr", libc::ENOSYS));
         }
@@ -835,18 +837,18 @@ impl Filesystem for FuseAdapter {
             }
         }
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async { fs.getxattr(Ino(ino.0), xattr_name(&name)?).await }.await;
             reply_xattr("getxattr", reply, size, result);
         });
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _pass = self.begin("listxattr");
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _pass = self.begin("listxattr", req);
         if !self.fs.config().xattr {
             return reply.error(refuse("listxattr", libc::ENOSYS));
         }
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = fs.listxattr(Ino(ino.0)).await.map(|names| {
                 names
                     .into_iter()
@@ -859,7 +861,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -867,7 +869,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.begin("setxattr");
+        let _pass = self.begin("setxattr", req);
         if !self.fs.config().xattr {
             return reply.error(refuse("setxattr", libc::ENOSYS));
         }
@@ -879,7 +881,7 @@ impl Filesystem for FuseAdapter {
         } else {
             SetMode::Any
         };
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async {
                 fs.change_xattr(Ino(ino.0), xattr_name(&name)?, Some(&value), mode)
                     .await
@@ -889,13 +891,13 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _pass = self.begin("removexattr");
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.begin("removexattr", req);
         if !self.fs.config().xattr {
             return reply.error(refuse("removexattr", libc::ENOSYS));
         }
         let name = name.to_owned();
-        self.spawn(|fs| async move {
+        self.spawn(&_pass, |fs| async move {
             let result = async {
                 fs.change_xattr(Ino(ino.0), xattr_name(&name)?, None, SetMode::Any)
                     .await
@@ -907,7 +909,7 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -915,8 +917,8 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.begin("fallocate");
-        self.spawn(|fs| async move {
+        let _pass = self.begin("fallocate", req);
+        self.spawn(&_pass, |fs| async move {
             let result = fs.writers().fallocate(fh.0, offset, length, mode).await;
             reply_empty("fallocate", reply, result);
         });
@@ -924,7 +926,7 @@ impl Filesystem for FuseAdapter {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
@@ -933,25 +935,25 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let _pass = self.begin("ioctl");
+        let _pass = self.begin("ioctl", req);
         reply.error(refuse("ioctl", libc::ENOTTY));
     }
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.begin("releasedir");
+        let _pass = self.begin("releasedir", req);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _pass = self.begin("statfs");
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _pass = self.begin("statfs", req);
         reply.statfs(
             STATFS_BLOCKS,
             STATFS_BLOCKS,

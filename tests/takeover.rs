@@ -331,8 +331,8 @@ struct FdStore {
 }
 
 impl FdStore {
-    fn new() -> Self {
-        let path = run_dir().join("notify.sock");
+    fn new(name: &str) -> Self {
+        let path = run_dir().join(format!("{name}.notify.sock"));
         let _ = fs::remove_file(&path);
         let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         socket
@@ -400,19 +400,24 @@ impl FdStore {
 /// descriptors as 3 and 4 that, once told, starts the daemon with `LISTEN_*` set. (Forked now:
 /// a process forked after the crash from one holding files of the mount would wait in exec,
 /// flushing them, for the very daemon it is to start.)
-fn restarter(m: &Mount, store: &FdStore, log: &std::path::Path) -> std::process::Child {
+fn restarter(
+    m: &Mount,
+    store: &FdStore,
+    log: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let (fuse, state) = (store.fd("fuse"), store.fd("state"));
-    let cmd = bucketfs_command(
-        &m.source,
-        &m.path,
-        &[
-            "--log-file",
-            log.to_str().unwrap(),
-            "--log-level",
-            "bucketfs=debug,info",
-        ],
-    );
+    let mut args = vec![
+        "--log-file",
+        log.to_str().unwrap(),
+        "--log-level",
+        "bucketfs=debug,info",
+    ];
+    args.extend(extra);
+    let mut cmd = bucketfs_command(&m.source, &m.path, &args);
+    cmd.envs(env.iter().copied());
     let mut restart = Command::new("sh");
     restart
         .arg("-c")
@@ -444,13 +449,13 @@ fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
     let b = Bucket::new("takeover-crash");
     let data = pseudo_random(4 * MIB, 9);
     b.put("read.bin", data.clone());
-    let mut store = FdStore::new();
+    let mut store = FdStore::new("crash");
     let notify = store.path.to_str().unwrap().to_string();
     let path = mount_point("takeover-crash");
     let m = Mount::with_env(&b.name, path, &[], &[("NOTIFY_SOCKET", notify.as_str())]);
     store.wait_for(&["fuse", "state"]);
     let log = m.log.with_extension("restart.log");
-    let mut restart = restarter(&m, &store, &log);
+    let restart = restarter(&m, &store, &log, &[], &[]);
 
     // Before the crash: a file committed, a reader half way, a writer with a multipart
     // upload under way (20 MiB: parts of 8 MiB left).
@@ -493,22 +498,7 @@ fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
     assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
     assert!(wait_gone(old, Duration::from_secs(10)));
 
-    let go = restart
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(b"go\n"));
-    assert!(matches!(go, Some(Ok(()))), "the restarter is gone");
-    let out = restart.wait_with_output().unwrap();
-    let text = fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "the restarted daemon failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("resumed the mount after the previous daemon died"),
-        "{text}"
-    );
+    restart_now(restart, &log);
     assert!(m.daemon_pid().is_some_and(|p| p != old));
     drop(store);
 
@@ -556,4 +546,77 @@ fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
     );
     fs::write(m.path.join("after.txt"), b"works").unwrap();
     assert_eq!(b.get("after.txt"), b"works");
+}
+
+/// Sends "go" to a restarter and waits for the daemon it starts to have resumed the mount.
+fn restart_now(mut restart: std::process::Child, log: &std::path::Path) -> String {
+    let go = restart
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(b"go\n"));
+    assert!(matches!(go, Some(Ok(()))), "the restarter is gone");
+    let out = restart.wait_with_output().unwrap();
+    let text = fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the restarted daemon failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("resumed the mount after the previous daemon died"),
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn on_a_kernel_that_cannot_resend_the_requests_a_killed_daemon_had_read_fail_with_eio() {
+    let b = Bucket::new("takeover-noresend");
+    let data = pseudo_random(4 * MIB, 5);
+    b.put("slow.bin", data.clone());
+    let p = proxy();
+    let mut store = FdStore::new("noresend");
+    let notify = store.path.to_str().unwrap().to_string();
+    let through = ["--endpoint-url", p.endpoint.as_str()];
+    let path = mount_point("takeover-noresend");
+    let m = Mount::with_env(
+        &b.name,
+        path,
+        &through,
+        &[("NOTIFY_SOCKET", notify.as_str())],
+    );
+    store.wait_for(&["fuse", "state"]);
+    let log = m.log.with_extension("restart.log");
+    // BUCKETFS_NO_RESEND: the restarted daemon acts as on a kernel before 6.9.
+    let restart = restarter(&m, &store, &log, &through, &[("BUCKETFS_NO_RESEND", "1")]);
+
+    // A lookup the daemon is serving when it dies: the server does not answer. (A read is
+    // a poor probe: the kernel asks again after a failed read-ahead.)
+    let probe = m.path.join("not-yet-known.txt");
+    p.stall();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::metadata(&probe).map(drop).map_err(|e| e.raw_os_error()));
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        rx.try_recv().is_err(),
+        "the lookup did not wait for the server"
+    );
+    let old = m.daemon_pid().expect("daemon");
+    // SAFETY: a signal to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
+    assert!(wait_gone(old, Duration::from_secs(10)));
+    p.resume();
+    let text = restart_now(restart, &log);
+    drop(store);
+
+    // The lookup the dead daemon had taken fails instead of waiting for ever; the mount
+    // serves.
+    let result = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the lookup the dead daemon had taken was never answered");
+    assert_eq!(result, Err(Some(libc::EIO)), "{text}");
+    assert!(text.contains("fail with EIO"), "{text}");
+    assert!(fs::read(m.path.join("slow.bin")).unwrap() == data);
 }

@@ -13,7 +13,8 @@
 //!    crash in the middle of a write leaves the other slot whole, and the newest whole slot
 //!    is the one read. A change in the last moments before a crash may be missing: an inode
 //!    number the successor does not know makes the kernel look its name up again (numbers
-//!    are hashes of paths, so it gets the same one), an unknown handle fails with EBADF.
+//!    are hashes of paths, so it gets the same one), a handle opened since fails with EIO
+//!    (fs/handles.rs, 3.).
 //! 3. Files open for writing are recorded as lost (their bytes die with the process): their
 //!    next write or close fails with EIO and nothing is published under their names; the
 //!    multipart uploads under way are recorded, and the successor aborts them.
@@ -21,6 +22,10 @@
 //!    holds two.
 //! 5. The descriptors systemd passes are made close-on-exec and the variables naming them are
 //!    removed, before any thread exists.
+//! 6. For kernels that cannot resend, the numbers of the requests read and not answered are
+//!    recorded too, every `EVERY` when they changed, in a small record of their own after the
+//!    two slots (they change with every request, the filesystem's state does not): the
+//!    successor fails them with EIO (fuse/handover.rs, 6.).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -31,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 use crate::fs::{Fs, FsState};
-use crate::fuse::handover::KernelInit;
+use crate::fuse::handover::{KernelInit, Unanswered};
 use crate::fuse::{AdapterPort, IoState};
 use crate::upload::PendingAbort;
 
@@ -138,6 +143,12 @@ fn notify_with_fds(state: &str, fds: &[RawFd]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where the record of unanswered requests starts (see 6.), and its magic number.
+const UNANSWERED_AT: u64 = 2 * SLOT;
+const UNANSWERED_MAGIC: u32 = 0x6266_7375;
+/// Its header: magic, length, CRC of the body.
+const UNANSWERED_HEADER: usize = 4 + 8 + 4;
+
 /// The memfd the crash state is written to (see 2.).
 #[derive(Debug)]
 pub struct StateFile {
@@ -195,6 +206,42 @@ impl StateFile {
         self.file.write_all_at(&header, at)?;
         *slot = next;
         Ok(())
+    }
+
+    /// Records the requests read and not answered (see 6.).
+    pub fn write_unanswered(&self, left: &Unanswered) -> std::io::Result<()> {
+        let body = serde_json::to_vec(left).map_err(std::io::Error::other)?;
+        let mut header = Vec::with_capacity(UNANSWERED_HEADER);
+        header.extend_from_slice(&UNANSWERED_MAGIC.to_le_bytes());
+        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        // Cleared first: a record torn by a crash is never read as whole.
+        self.file
+            .write_all_at(&[0; UNANSWERED_HEADER], UNANSWERED_AT)?;
+        self.file
+            .write_all_at(&body, UNANSWERED_AT + UNANSWERED_HEADER as u64)?;
+        self.file.write_all_at(&header, UNANSWERED_AT)
+    }
+
+    /// The requests the daemon that wrote this file left unanswered; `None` when there is no
+    /// whole record (see 6.).
+    pub fn unanswered(&self) -> Option<Unanswered> {
+        let mut header = [0u8; UNANSWERED_HEADER];
+        self.file.read_exact_at(&mut header, UNANSWERED_AT).ok()?;
+        let magic = u32::from_le_bytes(header[0..4].try_into().ok()?);
+        let len = u64::from_le_bytes(header[4..12].try_into().ok()?);
+        let crc = u32::from_le_bytes(header[12..16].try_into().ok()?);
+        if magic != UNANSWERED_MAGIC || len > SLOT {
+            return None;
+        }
+        let mut body = vec![0; usize::try_from(len).ok()?];
+        self.file
+            .read_exact_at(&mut body, UNANSWERED_AT + UNANSWERED_HEADER as u64)
+            .ok()?;
+        if crc32fast::hash(&body) != crc {
+            return None;
+        }
+        serde_json::from_slice(&body).ok()
     }
 
     /// The newest whole slot: its clock and body. An error names why none is usable.
@@ -289,12 +336,24 @@ pub fn keep_current(fs: Arc<Fs>, port: AdapterPort, file: Arc<StateFile>) -> std
         .name("bucketfs-state".into())
         .spawn(move || {
             let mut last = None;
+            let mut last_left = None;
             let mut warned = false;
             loop {
                 std::thread::sleep(EVERY);
                 let Some(init) = port.kernel_init() else {
                     continue;
                 };
+                let left = port.gate().unanswered();
+                if last_left.as_ref() != Some(&left) {
+                    match file.write_unanswered(&left) {
+                        Ok(()) => last_left = Some(left),
+                        Err(e) if !warned => {
+                            tracing::warn!("cannot record the requests under way for a restart after a crash: {e}");
+                            warned = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
                 let now = fs.fingerprint();
                 if last == Some(now) {
                     continue;
@@ -339,5 +398,22 @@ mod tests {
         let other = (1 - at / SLOT) * SLOT + HEADER as u64;
         file.file.write_all_at(b"XX", other).unwrap();
         assert!(file.newest().is_err());
+    }
+
+    #[test]
+    fn the_unanswered_requests_are_read_back_and_a_torn_record_is_not() {
+        let file = StateFile::create().unwrap();
+        assert_eq!(file.unanswered(), None);
+        let left = Unanswered {
+            ids: vec![8, 12],
+            highest: 14,
+        };
+        file.write_unanswered(&left).unwrap();
+        file.write(b"{}").unwrap();
+        assert_eq!(file.unanswered(), Some(left));
+        file.file
+            .write_all_at(b"X", UNANSWERED_AT + UNANSWERED_HEADER as u64)
+            .unwrap();
+        assert_eq!(file.unanswered(), None);
     }
 }

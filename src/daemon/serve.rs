@@ -18,7 +18,7 @@ use crate::cache::BlockCache;
 use crate::config::{Config, NotifySource, StoreConfig};
 use crate::fs::{Fs, FsState, Writes};
 use crate::fuse::handover;
-use crate::fuse::handover::KernelInit;
+use crate::fuse::handover::{KernelInit, Unanswered};
 use crate::fuse::{AdapterPort, FuseAdapter, KernelNotifier};
 use crate::metrics;
 use crate::mount::{self, MountSpec};
@@ -590,7 +590,7 @@ fn resume_session(
     // one before the old one exits (NotifyAccess=all in the unit).
     notify_systemd(&format!("MAINPID={}", std::process::id()));
     successor.done()?;
-    resend_unanswered(&session);
+    resend_unanswered(&session, &taken.unanswered, false);
     tracing::info!(
         handles,
         writers,
@@ -600,11 +600,25 @@ fn resume_session(
     Ok((session, crash_state))
 }
 
-/// Queues again the requests the daemon before this one read and never answered.
-fn resend_unanswered(session: &fuser::Session<FuseAdapter>) {
-    if let Err(e) = handover::resend(std::os::fd::AsFd::as_fd(session)) {
+/// Queues again the requests the daemon before this one read and never answered; where the
+/// kernel cannot (before Linux 6.9), fails them with EIO (`left`: the ones it recorded, and
+/// after a crash the numbers just above: fuse/handover.rs, 6.).
+fn resend_unanswered(session: &fuser::Session<FuseAdapter>, left: &Unanswered, crashed: bool) {
+    let dev = std::os::fd::AsFd::as_fd(session);
+    // BUCKETFS_NO_RESEND acts as a kernel without FUSE_NOTIFY_RESEND (docs/RESTART.md).
+    let resent = if std::env::var_os("BUCKETFS_NO_RESEND").is_some() {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "resending turned off (BUCKETFS_NO_RESEND)",
+        ))
+    } else {
+        handover::resend(dev)
+    };
+    if let Err(e) = resent {
+        let failed = handover::fail(dev, left, crashed);
         tracing::warn!(
-            "{e}: requests the previous daemon had read wait for their callers' timeouts"
+            failed,
+            "{e}: the requests the previous daemon had read and not answered fail with EIO"
         );
     }
 }
@@ -621,6 +635,10 @@ fn recover_session(
     stored: Stored,
 ) -> Result<(fuser::Session<FuseAdapter>, Option<StateFile>)> {
     let (file, state) = fdstore::read_newest(stored.states);
+    let left = file
+        .as_ref()
+        .and_then(StateFile::unanswered)
+        .unwrap_or_default();
     let state = state.unwrap_or_else(|why| {
         tracing::warn!(
             "the crashed daemon left no usable state ({why}): its open files give errors, its inodes are looked up again"
@@ -643,7 +661,7 @@ fn recover_session(
     port.adopt_io(state.io, stored.fuse.try_clone()?);
     let session = handover::resume(adapter, stored.fuse, &state.init, fuse_config)
         .context("resuming the FUSE session after a crash")?;
-    resend_unanswered(&session);
+    resend_unanswered(&session, &left, true);
     tracing::warn!(
         handles,
         lost_writers = writers,

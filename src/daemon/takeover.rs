@@ -38,7 +38,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::fs::{Fs, FsState};
-use crate::fuse::handover::KernelInit;
+use crate::fuse::handover::{KernelInit, Unanswered};
 use crate::fuse::{AdapterPort, IoState};
 use crate::status::{self, TakeoverPort};
 
@@ -85,6 +85,9 @@ struct Snapshot {
     /// The index among the descriptors after the state of the crash-state file kept in
     /// systemd's fd store (daemon/fdstore.rs, 4.).
     crash_state: Option<usize>,
+    /// The requests parked at the gate (fuse/handover.rs, 6.).
+    #[serde(default)]
+    unanswered: Unanswered,
 }
 
 /// What the new daemon receives.
@@ -102,6 +105,8 @@ pub struct Taken {
     pub fds: Vec<OwnedFd>,
     /// The crash-state file the old daemon kept in systemd's fd store.
     pub crash_state: Option<OwnedFd>,
+    /// The requests the old daemon parked: failed with EIO where the kernel cannot resend.
+    pub unanswered: Unanswered,
 }
 
 /// True for an environment name handed to a successor (see 3.).
@@ -281,6 +286,7 @@ impl Predecessor {
             fs,
             io: self.port.io_state(),
             crash_state,
+            unanswered: self.port.gate().unanswered(),
         };
         let state = memfd_with(&serde_json::to_vec(&snapshot)?)?;
         let mut all = vec![self.dev.as_raw_fd(), state.as_raw_fd()];
@@ -394,6 +400,7 @@ impl Successor {
             dev,
             fds,
             crash_state,
+            unanswered: snapshot.unanswered,
         })
     }
 

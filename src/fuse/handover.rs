@@ -24,6 +24,14 @@
 //!    fails the requests read through it with ECONNABORTED.
 //! 5. A FORGET has no answer and is not resent: one parked at the handover is lost, so the new
 //!    process holds that inode's number a little longer (memory, never a wrong answer).
+//! 6. Kernels before 6.9 cannot resend; there the new process fails the requests the old one
+//!    left unanswered with EIO instead of leaving their callers waiting (`fail`). The kernel
+//!    matches an answer by the request's number (`unique`) among the requests read and not
+//!    answered, and ignores one it does not know (ENOENT), so answering a number is safe
+//!    whether or not it is still open. The gate records the numbers under way (parked ones
+//!    too) and the highest seen (`Unanswered`); after a crash the record is up to 100 ms old
+//!    (daemon/fdstore.rs), so the numbers just above the highest are answered too, before
+//!    the new session reads any request. Numbers count up by 2 per request on a connection.
 
 use parking_lot::{Condvar, Mutex};
 use std::io::{self, IoSlice};
@@ -154,7 +162,23 @@ pub fn connection(session: &Session<FuseAdapter>) -> io::Result<OwnedFd> {
 struct GateState {
     closed: bool,
     in_flight: usize,
+    /// The numbers of the requests read and not answered, with how many holders each has
+    /// (the callback and the task it spawned); see 6.
+    unanswered: std::collections::HashMap<u64, u32>,
+    highest: u64,
 }
+
+/// The requests a daemon read and had not answered (see 6.).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unanswered {
+    pub ids: Vec<u64>,
+    /// The highest request number seen.
+    pub highest: u64,
+}
+
+/// How many request numbers above the highest recorded `fail` answers after a crash (see
+/// 6.): more requests than a daemon reads between two records (100 ms).
+const CRASH_SWEEP: u64 = 1 << 17;
 
 /// Lets requests through, or parks them at a handover (see 3.).
 #[derive(Debug, Default)]
@@ -167,38 +191,57 @@ pub struct Gate {
 #[derive(Debug)]
 pub struct Pass<'a> {
     gate: &'a Gate,
+    unique: u64,
 }
 
 /// A spawned task's share of a request under way.
 #[derive(Debug)]
 pub struct OwnedPass {
     gate: std::sync::Arc<Gate>,
+    unique: u64,
 }
 
 impl Gate {
-    /// Waits while the gate is closed, then counts one request under way.
-    pub fn enter(&self) -> Pass<'_> {
+    /// Waits while the gate is closed, then counts request `unique` under way (recorded as
+    /// unanswered while it waits too: see 6.).
+    pub fn enter(&self, unique: u64) -> Pass<'_> {
         let mut state = self.state.lock();
+        state.record(unique);
         while state.closed {
             self.changed.wait(&mut state);
         }
         state.in_flight += 1;
-        Pass { gate: self }
+        Pass { gate: self, unique }
     }
 
-    /// Counts the task a request spawned (its request is under way: no wait).
-    pub fn track(self: &std::sync::Arc<Self>) -> OwnedPass {
-        self.state.lock().in_flight += 1;
+    /// Counts the task request `pass` spawned (its request is under way: no wait).
+    pub fn track(self: &std::sync::Arc<Self>, pass: &Pass<'_>) -> OwnedPass {
+        let mut state = self.state.lock();
+        state.in_flight += 1;
+        state.record(pass.unique);
         OwnedPass {
             gate: std::sync::Arc::clone(self),
+            unique: pass.unique,
         }
     }
 
-    fn leave(&self) {
+    fn leave(&self, unique: u64) {
         let mut state = self.state.lock();
         state.in_flight -= 1;
+        state.forget(unique);
         if state.in_flight == 0 {
             self.changed.notify_all();
+        }
+    }
+
+    /// The requests read and not answered now (see 6.).
+    pub fn unanswered(&self) -> Unanswered {
+        let state = self.state.lock();
+        let mut ids: Vec<u64> = state.unanswered.keys().copied().collect();
+        ids.sort_unstable();
+        Unanswered {
+            ids,
+            highest: state.highest,
         }
     }
 
@@ -225,16 +268,53 @@ impl Gate {
     }
 }
 
+impl GateState {
+    fn record(&mut self, unique: u64) {
+        *self.unanswered.entry(unique).or_default() += 1;
+        self.highest = self.highest.max(unique);
+    }
+
+    fn forget(&mut self, unique: u64) {
+        if let std::collections::hash_map::Entry::Occupied(mut held) = self.unanswered.entry(unique)
+        {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+    }
+}
+
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        self.gate.leave();
+        self.gate.leave(self.unique);
     }
 }
 
 impl Drop for OwnedPass {
     fn drop(&mut self) {
-        self.gate.leave();
+        self.gate.leave(self.unique);
     }
+}
+
+/// Answers with EIO the requests `left` names, and after a crash (`crashed`) the numbers
+/// just above its highest, on a connection no session reads yet (see 6.). Returns how many
+/// answers the kernel took.
+pub fn fail(dev: BorrowedFd<'_>, left: &Unanswered, crashed: bool) -> usize {
+    let above = if crashed { CRASH_SWEEP / 2 } else { 0 };
+    left.ids
+        .iter()
+        .copied()
+        .chain((1..=above).map(|i| left.highest.saturating_add(2 * i)))
+        .filter(|&unique| unique != 0)
+        .filter(|&unique| {
+            let mut answer = Vec::with_capacity(16);
+            answer.extend_from_slice(&16u32.to_ne_bytes());
+            answer.extend_from_slice(&(-libc::EIO).to_ne_bytes());
+            answer.extend_from_slice(&unique.to_ne_bytes());
+            nix::sys::uio::writev(dev, &[IoSlice::new(&answer)]).is_ok()
+        })
+        .count()
 }
 
 #[cfg(test)]
@@ -245,9 +325,11 @@ mod tests {
     #[test]
     fn closing_waits_for_requests_under_way_and_parks_new_ones() {
         let gate = Arc::new(Gate::default());
-        let pass = gate.enter();
-        let task = gate.track();
+        let pass = gate.enter(2);
+        let task = gate.track(&pass);
         drop(pass);
+        // Answered only when the task it spawned is done.
+        assert_eq!(gate.unanswered().ids, vec![2]);
         let closer = {
             let gate = Arc::clone(&gate);
             std::thread::spawn(move || gate.close(Duration::from_secs(5)))
@@ -258,23 +340,27 @@ mod tests {
         assert!(closer.join().unwrap_or(false));
         let parked = {
             let gate = Arc::clone(&gate);
-            std::thread::spawn(move || drop(gate.enter()))
+            std::thread::spawn(move || drop(gate.enter(4)))
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(
             !parked.is_finished(),
             "a request went through a closed gate"
         );
+        // A parked request was read and is not answered.
+        let left = gate.unanswered();
+        assert_eq!((left.ids, left.highest), (vec![4], 4));
         gate.open();
         assert!(parked.join().is_ok());
+        assert!(gate.unanswered().ids.is_empty());
     }
 
     #[test]
     fn a_close_that_times_out_opens_the_gate_again() {
         let gate = Gate::default();
-        let _pass = gate.enter();
+        let _pass = gate.enter(2);
         assert!(!gate.close(Duration::from_millis(20)));
-        let _another = gate.enter();
+        let _another = gate.enter(4);
     }
 
     #[test]
