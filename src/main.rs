@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         return bucketfs::status::client::run(&args);
     }
     if bucketfs::cli::is_takeover_command(&argv) {
+        bucketfs::daemon::close_inherited();
         let args = match bucketfs::cli::TakeoverArgs::try_parse_from(&argv[1..]) {
             Ok(args) => args,
             Err(e) => e.exit(),
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    bucketfs::daemon::close_inherited();
     let config = match args.into_config() {
         Ok(config) => config,
         Err(msg) => {

@@ -323,6 +323,39 @@ fn takeover_of_a_mount_nobody_serves_says_so() {
     assert!(stderr.contains("no bucketfs daemon"), "{stderr}");
 }
 
+#[test]
+fn a_daemon_started_from_a_shell_holding_a_file_of_the_mount_does_not_keep_it() {
+    let b = Bucket::new("takeover-inherit");
+    b.put("held.txt", "held");
+    let m = Mount::new(&b.name, "takeover-inherit", &[]);
+    let old = m.daemon_pid().expect("daemon");
+    // The shell holds the file as descriptor 7 (not close-on-exec) when it runs the command.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec 7<\"$2/held.txt\" && exec \"$1\" takeover \"$2\"")
+        .arg("sh")
+        .arg(bucketfs_bin())
+        .arg(&m.path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_gone(old, Duration::from_secs(10)));
+    let new = m.daemon_pid().expect("a new daemon");
+    let held: Vec<_> = fs::read_dir(format!("/proc/{new}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(&m.path))
+        .collect();
+    assert!(held.is_empty(), "the new daemon holds {held:?}");
+    assert_eq!(fs::read_to_string(m.path.join("held.txt")).unwrap(), "held");
+}
+
 /// Stands in for systemd's notification socket: collects what a daemon stores (`FDSTORE=1`).
 struct FdStore {
     socket: std::os::unix::net::UnixDatagram,

@@ -11,10 +11,12 @@
 //! 2. The state is a memfd rewritten whenever the filesystem's state changed (checked every
 //!    `EVERY`), in two slots used in turn, each with its length, a CRC and a clock reading: a
 //!    crash in the middle of a write leaves the other slot whole, and the newest whole slot
-//!    is the one read. A change in the last moments before a crash may be missing: an inode
-//!    number the successor does not know makes the kernel look its name up again (numbers
-//!    are hashes of paths, so it gets the same one), a handle opened since fails with EIO
-//!    (fs/handles.rs, 3.).
+//!    is the one read. Writing a big state takes a while: the next one waits nine times as
+//!    long as the last took, so it costs at most a tenth of one core (one that takes 50 ms
+//!    is written at most every half second). A change in the last moments before a crash may
+//!    be missing: an inode number the successor does not know makes the kernel look its name
+//!    up again (numbers are hashes of paths, so it gets the same one), a handle opened since
+//!    fails with EIO (fs/handles.rs, 3.).
 //! 3. Files open for writing are recorded as lost (their bytes die with the process): their
 //!    next write or close fails with EIO and nothing is published under their names; the
 //!    multipart uploads under way are recorded, and the successor aborts them.
@@ -26,6 +28,9 @@
 //!    recorded too, every `EVERY` when they changed, in a small record of their own after the
 //!    two slots (they change with every request, the filesystem's state does not): the
 //!    successor fails them with EIO (fuse/handover.rs, 6.).
+//! 7. A daemon closes the descriptors it inherited (but systemd's) before anything else: one
+//!    started from a shell holding a file of its own mount (`exec 7<f; bucketfs takeover`)
+//!    would otherwise hold that file, and keep the mount busy, for its whole life.
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -112,6 +117,27 @@ pub fn take_stored() -> Option<Stored> {
         fuse: fuse?,
         states,
     })
+}
+
+/// Closes every descriptor this process inherited above stderr, except those systemd passed
+/// (see 7.). Call it first, before anything is opened.
+pub fn close_inherited() {
+    let passed = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .filter(|pid| *pid == std::process::id())
+        .and_then(|_| std::env::var("LISTEN_FDS").ok()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    // SAFETY: close_range only closes descriptors; none from `3 + passed` on belongs to
+    // anything in this process yet (no thread, no file opened).
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32.saturating_add(passed),
+            u32::MAX,
+            0u32,
+        );
+    }
 }
 
 /// True when systemd waits for notifications: a store may exist.
@@ -337,6 +363,7 @@ pub fn keep_current(fs: Arc<Fs>, port: AdapterPort, file: Arc<StateFile>) -> std
         .spawn(move || {
             let mut last = None;
             let mut last_left = None;
+            let mut not_before = std::time::Instant::now();
             let mut warned = false;
             loop {
                 std::thread::sleep(EVERY);
@@ -355,9 +382,10 @@ pub fn keep_current(fs: Arc<Fs>, port: AdapterPort, file: Arc<StateFile>) -> std
                     }
                 }
                 let now = fs.fingerprint();
-                if last == Some(now) {
+                if last == Some(now) || std::time::Instant::now() < not_before {
                     continue;
                 }
+                let started = std::time::Instant::now();
                 let state = CrashState {
                     init,
                     fs: fs.snapshot_now(),
@@ -367,6 +395,9 @@ pub fn keep_current(fs: Arc<Fs>, port: AdapterPort, file: Arc<StateFile>) -> std
                 let written = serde_json::to_vec(&state)
                     .map_err(std::io::Error::other)
                     .and_then(|body| file.write(&body));
+                // A big state (a million inodes) is written less often: at most a tenth of
+                // this thread's time goes to it (see 2.).
+                not_before = std::time::Instant::now() + started.elapsed() * 9;
                 match written {
                     Ok(()) => last = Some(now),
                     Err(e) if !warned => {

@@ -51,6 +51,12 @@ enum Source {
     Restart(fdstore::Stored),
 }
 
+/// Closes the descriptors a daemon inherited, but those systemd passed (fdstore.rs, 7.);
+/// first thing in `main`, before anything is opened.
+pub fn close_inherited() {
+    fdstore::close_inherited();
+}
+
 /// Mounts according to `config` and serves until unmounted; under systemd, resumes the mount
 /// a crashed daemon of the same service left in the fd store instead.
 pub fn run(config: Config) -> Result<()> {

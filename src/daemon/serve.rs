@@ -475,9 +475,7 @@ fn start_status(
     fs: &Arc<Fs>,
     takeover: Option<Arc<dyn TakeoverPort>>,
 ) -> Option<StatusSocket> {
-    let uid = crate::owned_dir::euid();
-    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
-    let dir = status::socket_dir(uid, runtime_dir.as_deref());
+    let dir = status::own_socket_dir();
     let _context = rt.enter();
     match StatusSocket::start(&dir, info, Arc::clone(fs), takeover) {
         Ok(socket) => {

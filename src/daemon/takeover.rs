@@ -326,9 +326,7 @@ pub struct Successor {
 impl Successor {
     /// Asks the daemon serving `mountpoint` to hand it over; returns its offer.
     pub fn connect(mountpoint: &Path) -> Result<Self> {
-        let uid = crate::owned_dir::euid();
-        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from);
-        let dir = status::socket_dir(uid, runtime_dir.as_deref());
+        let dir = status::own_socket_dir();
         let shown = status::mount_path(mountpoint);
         let path = status::socket_path(&dir, &shown);
         let mut stream = UnixStream::connect(&path).with_context(|| {

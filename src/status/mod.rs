@@ -50,6 +50,12 @@ pub fn socket_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The directory of this process's status sockets (its effective user's).
+pub fn own_socket_dir() -> PathBuf {
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    socket_dir(crate::owned_dir::euid(), runtime_dir.as_deref())
+}
+
 /// The status socket of the mount at `mountpoint` (as /proc/mounts shows it) in `dir`.
 pub fn socket_path(dir: &Path, mountpoint: &Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
