@@ -223,6 +223,43 @@ fn a_thousand_shell_redirects_cost_a_put_each_and_never_an_empty_object() {
 }
 
 #[test]
+fn redirects_that_outlive_the_default_ttl_list_their_directory_again_instead_of_asking_per_name() {
+    let b = Bucket::new("redirects-ttl");
+    let p = proxy();
+    // The default 5 s TTL, and a loop slowed to take several times as long: each time the
+    // directory's listing has expired, the next new name lists it again (one LIST) instead
+    // of a HEAD and a LIST for that name and every one after it.
+    let m = Mount::new(&b.name, "redirects-ttl", &["--endpoint-url", &p.endpoint]);
+    fs::create_dir(m.path.join("d")).unwrap();
+    let c = p.counts();
+    let before = (c.put.load(Ordering::SeqCst), c.total());
+    let asked = (c.head.load(Ordering::SeqCst), c.list.load(Ordering::SeqCst));
+    let started = std::time::Instant::now();
+    sh(&format!(
+        "cd '{}' && i=0; while [ $i -lt 1000 ]; do printf %s \"$i\" > f$i; i=$((i+1)); \
+           [ $((i % 50)) -ne 0 ] || sleep 1; done",
+        m.path.join("d").display()
+    ));
+    let took = started.elapsed();
+    let puts = c.put.load(Ordering::SeqCst) - before.0;
+    let others = c.total() - before.1 - puts;
+    eprintln!(
+        "1000 redirects over {took:?} at the default TTL: {puts} PUTs, {others} other requests \
+         ({} HEAD, {} LIST)",
+        c.head.load(Ordering::SeqCst) - asked.0,
+        c.list.load(Ordering::SeqCst) - asked.1
+    );
+    assert!(
+        took > Duration::from_secs(15),
+        "the loop did not outlive the TTL"
+    );
+    assert!(puts <= 1000, "{puts} PUTs for 1000 redirects");
+    assert!(others <= 20, "{others} requests besides the PUTs");
+    assert_eq!(b.keys_under("d/f").len(), 1000);
+    assert_eq!(b.get("d/f999"), b"999");
+}
+
+#[test]
 fn a_reader_reads_the_committed_version_while_a_200_mib_commit_runs() {
     let b = Bucket::new("read-during-commit");
     let old = pseudo_random(1 << 20, 24);

@@ -17,6 +17,12 @@
 //!    answered by HEAD/LIST). A readdir that goes back past what was let go (rewinddir)
 //!    lists the directory again from the start. Files written here and not committed yet
 //!    are not added to a windowed listing (lookups still find them).
+//! 6. A lookup of a name an expired, complete listing does not hold (a new file about to be
+//!    created: `tar x`, a shell loop of redirects) lists the directory again, once, instead
+//!    of a HEAD and a LIST per name (`refresh_listing`): lookups in that directory meanwhile
+//!    wait for the same listing, and every name after it is answered from memory until the
+//!    TTL runs out again. Only for directories of at most `REFRESHED` entries; a bigger one
+//!    costs more to list than the names it answers.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -25,13 +31,16 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::list::{stream_children, Pace};
+use super::list::{no_pace, stream_children, Pace};
 use super::{DirEntry, Fs, Ino};
 use crate::error::{FsError, FsResult};
 
 /// Entries a running listing may hold in one handle: past it, the directory is served page
 /// by page (5.). About 100 bytes an entry, so ~6 MiB per handle of a huge directory.
 pub const WINDOW: usize = 64 << 10;
+
+/// The most entries an expired listing may hold to be listed again for a lookup (6.).
+pub const REFRESHED: usize = 10_000;
 
 /// Entries kept behind the furthest position readdir asked for: the kernel asks again from
 /// the first entry that did not fit in a reply, never further back (unless rewound).
@@ -248,6 +257,69 @@ impl Fs {
         Ok(handle)
     }
 
+    /// Lists `dir` again, whole, for a lookup of a name its expired listing did not hold;
+    /// callers at the same time share one listing (6.). True when a fresh listing of `dir` is
+    /// cached now.
+    pub(super) async fn refresh_listing(&self, dir: Ino) -> bool {
+        let one = Arc::clone(self.refreshing.lock().entry(dir).or_default());
+        let fresh = {
+            let _turn = one.lock().await;
+            self.tables.lock().meta.fresh_listing(dir).is_some() || self.list_whole(dir).await
+        };
+        let mut refreshing = self.refreshing.lock();
+        // Ours and the map's: nobody else waits for this directory.
+        if Arc::strong_count(&one) == 2 {
+            refreshing.remove(&dir);
+        }
+        fresh
+    }
+
+    /// Lists `dir` to the end into the listing cache, here rather than in a task (no handle
+    /// reads it); gives up past `WINDOW` entries. True when the listing was cached.
+    async fn list_whole(&self, dir: Ino) -> bool {
+        let Ok(path) = self.path_of(dir) else {
+            return false;
+        };
+        let prefix = self.names.dir_prefix(&path);
+        let token = self.tables.lock().meta.listing_started();
+        let (mut all, mut gone) = (Vec::new(), false);
+        let result = stream_children(
+            self.store.as_ref(),
+            &prefix,
+            |m| self.headers_unknown(m),
+            |batch, exists| {
+                if !exists && dir != Ino::ROOT {
+                    gone = true;
+                    return false;
+                }
+                all.extend(self.tables.lock().register_children(
+                    &self.attrs,
+                    &self.deferred,
+                    &path,
+                    batch,
+                    token,
+                ));
+                all.len() <= WINDOW
+            },
+            no_pace,
+        )
+        .await;
+        if result.is_err() || gone || all.len() > WINDOW {
+            return false;
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut t = self.tables.lock();
+        t.cache_listing(&self.attrs, dir, &path, token, all);
+        t.meta.fresh_listing(dir).is_some()
+    }
+
+    /// True unless the headers of this very version of an object are known already (a
+    /// listing does not HEAD an empty object again for them).
+    fn headers_unknown(&self, m: &crate::store::ObjectMeta) -> bool {
+        let path = m.key.strip_prefix(&self.config.prefix);
+        !path.is_some_and(|path| self.tables.lock().meta.headers_known(path, &m.etag))
+    }
+
     /// Starts listing `ino` into a new handle; returns it once the first page is in.
     async fn start_listing(self: &Arc<Self>, ino: Ino) -> FsResult<Arc<DirHandle>> {
         let path = self.path_of(ino)?;
@@ -260,10 +332,7 @@ impl Fs {
             let mut first = Some(first_tx);
             let mut gone = false;
             // Headers already read for this very version are not asked again.
-            let unknown = |m: &crate::store::ObjectMeta| {
-                let path = m.key.strip_prefix(&fs.config.prefix);
-                !path.is_some_and(|path| fs.tables.lock().meta.headers_known(path, &m.etag))
-            };
+            let unknown = |m: &crate::store::ObjectMeta| fs.headers_unknown(m);
             let room = Arc::clone(&listing);
             let pace = move || -> Pace {
                 let room = Arc::clone(&room);

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use super::inode::{Ino, InodeTable};
+use super::probe::Known;
 use super::{join, split, Attr, DirEntry, Kind};
 use crate::store::ObjectMeta;
 
@@ -212,10 +213,16 @@ impl Meta {
         self.nodes.get(&ino).and_then(|n| n.meta.as_ref())
     }
 
-    /// True when `path` was last seen as a file (or symlink, or special file).
-    pub fn known_file(&self, path: &str) -> bool {
-        let kind = self.ino(path).and_then(|ino| self.known_kind(ino));
-        kind.is_some_and(|k| k != Kind::Dir)
+    /// What `path` was last seen as, however long ago (for the probe, probe.rs).
+    pub(super) fn known(&self, path: &str) -> Known {
+        let Some(ino) = self.ino(path) else {
+            return Known::Nothing;
+        };
+        match self.known_kind(ino) {
+            None => Known::Nothing,
+            Some(Kind::Dir) => Known::Dir(self.known_meta(ino).cloned().map(Box::new)),
+            Some(_) => Known::File,
+        }
     }
 
     /// The key of the object that holds directory `ino` in another tool's format (s3fs's
@@ -238,6 +245,13 @@ impl Meta {
             .get(&dir)
             .filter(|l| l.expires > Instant::now())
             .map(|l| Arc::clone(&l.entries))
+    }
+
+    /// True when `dir` has a complete listing of at most `max` entries that expired.
+    pub fn stale_listing(&self, dir: Ino, max: usize) -> bool {
+        self.listings
+            .peek(&dir)
+            .is_some_and(|l| l.expires <= Instant::now() && l.entries.len() <= max)
     }
 
     /// What memory says about `name` in `parent`.

@@ -331,6 +331,8 @@ pub struct Fs {
     /// The files open for writing.
     writers: Writers,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    /// Directories listed again for lookups, one listing each at a time (dir.rs, 6.).
+    refreshing: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
     /// Open files.
     handles: Arc<Handles>,
     /// Set at shutdown: no new changes are accepted.
@@ -454,6 +456,7 @@ impl Fs {
             tables,
             writers,
             dirs: Mutex::default(),
+            refreshing: Mutex::default(),
             handles,
             stopping: Default::default(),
             kernel,
@@ -516,33 +519,44 @@ impl Fs {
         let parent_path = self.path_of(parent)?;
         let path = join(&parent_path, name);
         self.names.check_key_length(&path, 0)?;
-        {
-            let mut t = self.tables.lock();
-            let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(ino));
-            let cached = match writer {
-                Some(writer) => Cached::Entry(self.writers.attr(writer)),
-                None => t.meta.cached_child(parent, name),
-            };
-            match cached {
-                Cached::Entry(mut attr) => {
-                    if attr.kind == Kind::Dir {
-                        self.attrs.overlay(&mut attr);
-                        attr.nlink += t.meta.subdirs(attr.ino).unwrap_or(0);
+        let mut refreshed = false;
+        loop {
+            let stale = {
+                let mut t = self.tables.lock();
+                let writer = t.meta.ino(&path).and_then(|ino| t.writers.get(ino));
+                let cached = match writer {
+                    Some(writer) => Cached::Entry(self.writers.attr(writer)),
+                    None => t.meta.cached_child(parent, name),
+                };
+                match cached {
+                    Cached::Entry(mut attr) => {
+                        if attr.kind == Kind::Dir {
+                            self.attrs.overlay(&mut attr);
+                            attr.nlink += t.meta.subdirs(attr.ino).unwrap_or(0);
+                        }
+                        if to_kernel {
+                            attr.ino = t.meta.looked_up(&path);
+                        }
+                        return Ok(attr);
                     }
-                    if to_kernel {
-                        attr.ino = t.meta.looked_up(&path);
-                    }
-                    return Ok(attr);
+                    Cached::Missing => return Err(FsError::not_found()),
+                    Cached::Unknown => {}
                 }
-                Cached::Missing => return Err(FsError::not_found()),
-                Cached::Unknown => {}
+                // An expired complete listing: list the directory again rather than ask
+                // about this one name (dir.rs, 6.).
+                !refreshed && t.meta.stale_listing(parent, dir::REFRESHED)
+            };
+            if stale && self.refresh_listing(parent).await {
+                refreshed = true;
+                continue;
             }
+            break;
         }
-        let (token, known_file) = {
+        let (token, known) = {
             let t = self.tables.lock();
-            (t.meta.fill_started(), t.meta.known_file(&path))
+            (t.meta.fill_started(), t.meta.known(&path))
         };
-        match self.prober.probe(&path, known_file).await? {
+        match self.prober.probe(&path, known).await? {
             Some((kind, meta)) => {
                 Ok(self
                     .tables
@@ -593,11 +607,11 @@ impl Fs {
             t.meta.path(ino)
         };
         let path = path.ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))?;
-        let (token, known_file) = {
+        let (token, known) = {
             let t = self.tables.lock();
-            (t.meta.fill_started(), t.meta.known_file(&path))
+            (t.meta.fill_started(), t.meta.known(&path))
         };
-        let probed = self.prober.probe(&path, known_file).await?;
+        let probed = self.prober.probe(&path, known).await?;
         let (kind, meta) = probed.ok_or_else(FsError::not_found)?;
         self.tables
             .lock()

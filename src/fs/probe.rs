@@ -7,6 +7,10 @@
 //! 2. A name last seen as a file is checked with the HEAD alone first: only if it is gone is
 //!    the LIST sent, to find a directory of that name.
 //! 3. A version whose delete waits for a last close (deferred.rs) is not there.
+//! 4. A name last seen as a directory is checked with the LIST alone first, and its `dir/`
+//!    marker is not HEADed again while the listing shows the same version of it: one request
+//!    each time the kernel checks a directory again after the TTL (a path walk does, for
+//!    every directory on the way). Only an empty listing sends the HEADs.
 
 use std::sync::Arc;
 
@@ -15,6 +19,15 @@ use super::names::Names;
 use super::{list, object_kind, Kind};
 use crate::error::FsResult;
 use crate::store::{ListRequest, ListStart, ObjectMeta, ObjectStore};
+
+/// What a name was last seen as, so the probe asks the likely question first.
+#[derive(Debug, Clone)]
+pub(super) enum Known {
+    Nothing,
+    File,
+    /// A directory, with its `dir/` marker as last seen (none for a directory of keys only).
+    Dir(Option<Box<ObjectMeta>>),
+}
 
 /// Asks the store what names are.
 #[derive(Debug)]
@@ -45,16 +58,16 @@ impl Prober {
     pub(super) async fn probe(
         &self,
         path: &str,
-        known_file: bool,
+        known: Known,
     ) -> FsResult<Option<(Kind, Option<ObjectMeta>)>> {
         let key = self.names.key(path);
         // A known file's HEAD goes first, alone; its answer stands in for the concurrent one.
-        let known = if known_file {
+        let head_first = if let Known::File = known {
             match self.visible(self.store.head_object(&key).await?) {
                 Some(meta) if !list::is_dir_object(&meta) => {
                     return Ok(Some((object_kind(&meta), Some(meta))))
                 }
-                head => Some(head),
+                head => Some(Ok(head)),
             }
         } else {
             None
@@ -65,9 +78,19 @@ impl Prober {
             start: ListStart::Beginning,
             max_keys: 1,
         };
-        let (head, listing) = match known {
-            Some(head) => (Ok(head), self.store.list_objects_v2(&request).await),
-            None => tokio::join!(
+        let (head, listing) = match (head_first, &known) {
+            (Some(head), _) => (head, self.store.list_objects_v2(&request).await),
+            // A known directory's LIST goes first, alone (see 4.).
+            (None, Known::Dir(_)) => {
+                let listing = self.store.list_objects_v2(&request).await?;
+                let head = if listing.objects.is_empty() && listing.common_prefixes.is_empty() {
+                    self.store.head_object(&key).await
+                } else {
+                    Ok(None)
+                };
+                (head, Ok(listing))
+            }
+            (None, _) => tokio::join!(
                 self.store.head_object(&key),
                 self.store.list_objects_v2(&request)
             ),
@@ -76,8 +99,15 @@ impl Prober {
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
             // A `dir/` marker sorts first; its headers hold the directory's mode and owner.
             let marker = format!("{key}/");
-            let meta = match listing.objects.first() {
-                Some(o) if o.key == marker => self.store.head_object(&marker).await?,
+            let meta = match (listing.objects.first(), known) {
+                (Some(o), Known::Dir(Some(seen)))
+                    if o.key == marker
+                        && seen.metadata.is_some()
+                        && super::same_etag(&seen.etag, &o.etag) =>
+                {
+                    Some(*seen)
+                }
+                (Some(o), _) if o.key == marker => self.store.head_object(&marker).await?,
                 _ => None,
             };
             return Ok(Some((Kind::Dir, meta)));

@@ -594,3 +594,35 @@ async fn after_a_crash_handles_opened_since_the_last_saved_state_fail_with_eio_a
     );
     assert_eq!(&next.read(f.ino, fresh, 0, 5).await.unwrap()[..], b"hello");
 }
+
+#[tokio::test]
+async fn lookups_of_new_names_in_an_expired_listing_list_the_directory_once() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("d/a", "a");
+    let fs = fs_with(store.clone(), Duration::from_millis(100), writes());
+    let d = fs.lookup(Ino::ROOT, "d").await.unwrap();
+    let fh = fs.opendir(d.ino).await.unwrap();
+    assert_eq!(readdir_all(&fs, fh).await.unwrap().len(), 1);
+    fs.releasedir(fh);
+    // Another writer adds a file; the listing expires.
+    store.put("d/b", "b");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (heads, lists) = (
+        store.counts.head.load(Ordering::Relaxed),
+        store.counts.list.load(Ordering::Relaxed),
+    );
+    let names: Vec<String> = (0..20).map(|i| format!("new{i}")).collect();
+    let misses = futures::future::join_all(names.iter().map(|n| fs.lookup(d.ino, n))).await;
+    assert!(misses
+        .iter()
+        .all(|r| r.as_ref().unwrap_err().errno == libc::ENOENT));
+    assert_eq!(fs.lookup(d.ino, "b").await.unwrap().size, 1);
+    assert_eq!(
+        (
+            store.counts.head.load(Ordering::Relaxed) - heads,
+            store.counts.list.load(Ordering::Relaxed) - lists
+        ),
+        (0, 1),
+        "20 new names and a changed one: one listing of the directory, no HEAD"
+    );
+}
