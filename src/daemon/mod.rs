@@ -299,6 +299,12 @@ fn init_logging(config: &Config, foreground: bool) -> Result<()> {
     Ok(())
 }
 
+/// The error a look at a mount point whose daemon died gives: ENOTCONN, or ECONNABORTED for
+/// a look the kernel had queued while the daemon was dying.
+fn dead_mount(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+}
+
 /// Checks that need no network, with messages that name the fix.
 pub fn preflight(mountpoint: &Path) -> Result<()> {
     let shown = mountpoint.display();
@@ -313,14 +319,14 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
         // Under systemd the service's own earlier run left it (its fd store released after a
         // crash that was not restarted): cleared, as `ExecStopPost=fusermount3 -uz` used to.
         Err(e)
-            if e.raw_os_error() == Some(libc::ENOTCONN)
+            if dead_mount(&e)
                 && fdstore::under_systemd()
                 && mounted_fstype(mountpoint).as_deref() == Some("fuse.bucketfs") =>
         {
             eprintln!("bucketfs: {shown} was a dead bucketfs mount: detaching it and mounting again");
             mount::unmount(mountpoint).with_context(|| format!("detaching the dead mount {shown}"))?;
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+        Err(e) if dead_mount(&e) => bail!(
             "mount point {shown} is a dead FUSE mount (Transport endpoint is not connected) left by \
              a daemon that stopped: clean it with `fusermount3 -u {shown}`, then mount again"
         ),

@@ -240,7 +240,7 @@ impl Predecessor {
         }
     }
 
-    fn hand_over(&self, stream: &UnixStream) -> Result<()> {
+    fn hand_over(&self, stream: &UnixStream, socket: &Path) -> Result<()> {
         stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         let offer = Offer {
             format: STATE_FORMAT,
@@ -301,14 +301,17 @@ impl Predecessor {
             writers,
             "handed the mount over to the new process; exiting without unmounting"
         );
+        // The successor binds its status socket once this process is gone: the path must be
+        // free by then (a socket file left behind would look live while this one exits).
+        let _ = std::fs::remove_file(socket);
         // Nothing is dropped: no upload aborted, nothing unmounted (see the module's 4.).
         std::process::exit(0);
     }
 }
 
 impl TakeoverPort for Predecessor {
-    fn serve(&self, stream: UnixStream) {
-        if let Err(e) = self.hand_over(&stream) {
+    fn serve(&self, stream: UnixStream, socket: &Path) {
+        if let Err(e) = self.hand_over(&stream, socket) {
             tracing::warn!("takeover not done ({e:#}); this daemon goes on serving");
             let _ = send_frame(&stream, format!("error: {e:#}").as_bytes(), &[]);
         }

@@ -136,6 +136,7 @@ impl StatusSocket {
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let info = Arc::new(info);
+        let socket = Arc::new(path.clone());
         tokio::spawn(async move {
             loop {
                 let stream = match listener.accept().await {
@@ -148,9 +149,9 @@ impl StatusSocket {
                     }
                 };
                 let (info, fs) = (Arc::clone(&info), Arc::clone(&fs));
-                let takeover = takeover.clone();
+                let (takeover, socket) = (takeover.clone(), Arc::clone(&socket));
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &info, &fs, takeover).await {
+                    if let Err(e) = answer(stream, &info, &fs, takeover, &socket).await {
                         tracing::debug!("status socket: {e}");
                     }
                 });
@@ -188,8 +189,10 @@ fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
 /// Serves `bucketfs takeover` on its connection (daemon/takeover.rs): the status socket only
 /// passes the connection on.
 pub trait TakeoverPort: Send + Sync {
-    /// Runs the handover conversation on `stream` (blocking).
-    fn serve(&self, stream: std::os::unix::net::UnixStream);
+    /// Runs the handover conversation on `stream` (blocking), which came in on the status
+    /// socket at `socket` (a daemon that hands over removes it before it exits, so its
+    /// successor binds its own at once).
+    fn serve(&self, stream: std::os::unix::net::UnixStream, socket: &Path);
 }
 
 /// Reads one request line and answers it.
@@ -198,6 +201,7 @@ async fn answer(
     info: &MountInfo,
     fs: &Fs,
     takeover: Option<Arc<dyn TakeoverPort>>,
+    socket: &Path,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -213,7 +217,8 @@ async fn answer(
             .map_err(|e| std::io::Error::other(format!("status socket: {e}")))?;
         let stream = stream.into_std()?;
         stream.set_nonblocking(false)?;
-        tokio::task::spawn_blocking(move || port.serve(stream));
+        let socket = socket.to_path_buf();
+        tokio::task::spawn_blocking(move || port.serve(stream, &socket));
         return Ok(());
     }
     let reply = match line.trim() {

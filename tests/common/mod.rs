@@ -665,6 +665,9 @@ pub fn take_over(m: &Mount) -> Duration {
     );
     let new = m.daemon_pid().expect("a new daemon serves the mount");
     assert_ne!(new, old);
+    // The new daemon answers on the status socket (the next takeover goes through it).
+    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+    assert!(!log.contains("no status socket"), "{log}");
     took
 }
 
