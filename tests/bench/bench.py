@@ -390,6 +390,7 @@ class Bench:
             ("rm-r", "s", False, "write", self.rm_r),
             ("cp-out", "s", False, "read", self.cp_out),
             ("redirects", "s", False, "write", self.redirects),
+            ("creates-default-ttl", "s", False, "write", self.creates_default_ttl),
             ("meta-rss", "%", False, "read", self.meta_rss),
         ]
         return table
@@ -609,6 +610,24 @@ class Bench:
         wait_for_objects(self.server, prefix + "f", n, n * REDIRECT_SIZE, s["timeout"])
         return dict(value=time.monotonic() - start, bytes=n * REDIRECT_SIZE)
 
+    def creates_default_ttl(self, m, r):
+        """The files of `redirects`, written at the default metadata TTL by a loop paced to
+        outlive it (a 1 s pause every 50 files): what new names cost once the directory's
+        listing has expired (the requests besides the PUTs are the figure to read)."""
+        if m is None:
+            raise NotApplicable("a raw client keeps no metadata")
+        s = self.scale
+        prefix = f"ttl-{r}/"
+        n = s["redirects"]
+        start = time.monotonic()
+        script = (f'x=$(head -c {REDIRECT_SIZE} /dev/zero | tr "\\0" x); mkdir {m.path}/ttl-{r} '
+                  f'&& cd {m.path}/ttl-{r} && i=0; while [ $i -lt {n} ]; do '
+                  f'printf %s "$x" > f$i || exit 1; i=$((i+1)); '
+                  f'[ $((i % 50)) -ne 0 ] || sleep 1; done')
+        run_cmd(["sh", "-c", script], s["timeout"])
+        wait_for_objects(self.server, prefix + "f", n, n * REDIRECT_SIZE, s["timeout"])
+        return dict(value=time.monotonic() - start, bytes=n * REDIRECT_SIZE)
+
     def meta_rss(self, m, r):
         """Growth of the daemon's peak RSS from walking a second tree after the kernel dropped
         the first (`find` and `ls -lR` of each; caches dropped between): metadata memory follows
@@ -781,7 +800,9 @@ def report(bench, table, systems, command, started):
         f"bucket; `ls -l` of {', '.join(str(n) for n in s['ls'])} entries; `cp -r` of "
         f"{s['small']} files of 4-64 KiB in 10 directories; redirects: {s['redirects']} "
         f"`printf %s \"$x\" > f$i` of 4 KiB in a new directory, timed until every object is "
-        f"stored (raw: the same PUTs one at a time); meta-rss: growth of the daemon's peak RSS "
+        f"stored (raw: the same PUTs one at a time); creates-default-ttl: the same files at "
+        f"the default metadata TTL with a 1 s pause every 50, so the loop outlives the TTL "
+        f"(read its requests besides the PUTs); meta-rss: growth of the daemon's peak RSS "
         f"from `find` + `ls -lR` of a second tree of {s['tree_dirs']} x {s['tree_files']} "
         f"objects after the same over a first tree and dropping caches; median of {s['runs']} "
         f"cold run(s), each on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches`.",
