@@ -216,9 +216,6 @@ impl StateFile {
         let mut slot = self.slot.lock();
         let next = 1 - *slot;
         let at = next * SLOT;
-        // A torn header must not pass for a whole one: clear it before the body changes.
-        self.file.write_all_at(&[0; HEADER], at)?;
-        self.file.write_all_at(body, at + HEADER as u64)?;
         let clock = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -229,9 +226,17 @@ impl StateFile {
         header.extend_from_slice(&clock.to_le_bytes());
         header.extend_from_slice(&(body.len() as u64).to_le_bytes());
         header.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        self.file.write_all_at(&header, at)?;
+        self.write_record(at, &header, body)?;
         *slot = next;
         Ok(())
+    }
+
+    /// Writes `body` after a header of `header.len()` bytes at `at`, the header last and
+    /// cleared first: a record torn by a crash never passes for a whole one.
+    fn write_record(&self, at: u64, header: &[u8], body: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(&vec![0; header.len()], at)?;
+        self.file.write_all_at(body, at + header.len() as u64)?;
+        self.file.write_all_at(header, at)
     }
 
     /// Records the requests read and not answered (see 6.).
@@ -241,12 +246,7 @@ impl StateFile {
         header.extend_from_slice(&UNANSWERED_MAGIC.to_le_bytes());
         header.extend_from_slice(&(body.len() as u64).to_le_bytes());
         header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        // Cleared first: a record torn by a crash is never read as whole.
-        self.file
-            .write_all_at(&[0; UNANSWERED_HEADER], UNANSWERED_AT)?;
-        self.file
-            .write_all_at(&body, UNANSWERED_AT + UNANSWERED_HEADER as u64)?;
-        self.file.write_all_at(&header, UNANSWERED_AT)
+        self.write_record(UNANSWERED_AT, &header, &body)
     }
 
     /// The requests the daemon that wrote this file left unanswered; `None` when there is no

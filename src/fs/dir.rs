@@ -31,7 +31,8 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::list::{no_pace, stream_children, Pace};
+use super::list::{no_pace, stream_children, Child, Pace};
+use super::meta::ListToken;
 use super::{DirEntry, Fs, Ino};
 use crate::error::{FsError, FsResult};
 
@@ -288,17 +289,11 @@ impl Fs {
             &prefix,
             |m| self.headers_unknown(m),
             |batch, exists| {
-                if !exists && dir != Ino::ROOT {
+                let Some(entries) = self.listed_page(dir, &path, batch, exists, token) else {
                     gone = true;
                     return false;
-                }
-                all.extend(self.tables.lock().register_children(
-                    &self.attrs,
-                    &self.deferred,
-                    &path,
-                    batch,
-                    token,
-                ));
+                };
+                all.extend(entries);
                 all.len() <= WINDOW
             },
             no_pace,
@@ -307,10 +302,43 @@ impl Fs {
         if result.is_err() || gone || all.len() > WINDOW {
             return false;
         }
+        self.cache_whole(dir, &path, token, all);
+        self.tables.lock().meta.fresh_listing(dir).is_some()
+    }
+
+    /// A page of `dir`'s listing, registered: its entries, or `None` when no key is left
+    /// under the prefix (the directory is gone).
+    fn listed_page(
+        &self,
+        dir: Ino,
+        path: &str,
+        batch: Vec<(String, Child)>,
+        exists: bool,
+        token: ListToken,
+    ) -> Option<Vec<DirEntry>> {
+        if !exists && dir != Ino::ROOT {
+            return None;
+        }
+        Some(
+            self.tables
+                .lock()
+                .register_children(&self.attrs, &self.deferred, path, batch, token),
+        )
+    }
+
+    /// Caches `all`, the complete listing of `dir` that started at `token`, sorted; returns
+    /// what the cache added to it (files written here and not committed yet).
+    fn cache_whole(
+        &self,
+        dir: Ino,
+        path: &str,
+        token: ListToken,
+        mut all: Vec<DirEntry>,
+    ) -> Vec<DirEntry> {
         all.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut t = self.tables.lock();
-        t.cache_listing(&self.attrs, dir, &path, token, all);
-        t.meta.fresh_listing(dir).is_some()
+        self.tables
+            .lock()
+            .cache_listing(&self.attrs, dir, path, token, all)
     }
 
     /// True unless the headers of this very version of an object are known already (a
@@ -343,18 +371,10 @@ impl Fs {
                 &prefix,
                 unknown,
                 |batch, exists| {
-                    if !exists && ino != Ino::ROOT {
-                        // No key under the prefix any more: the directory is gone.
+                    let Some(entries) = fs.listed_page(ino, &path, batch, exists, token) else {
                         gone = true;
                         return false;
-                    }
-                    let entries = fs.tables.lock().register_children(
-                        &fs.attrs,
-                        &fs.deferred,
-                        &path,
-                        batch,
-                        token,
-                    );
+                    };
                     listing.append(entries);
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
@@ -374,12 +394,7 @@ impl Fs {
                         all.push(entry.clone());
                         false
                     });
-                    all.sort_by(|a, b| a.name.cmp(&b.name));
-                    let added = fs
-                        .tables
-                        .lock()
-                        .cache_listing(&fs.attrs, ino, &path, token, all);
-                    listing.append(added);
+                    listing.append(fs.cache_whole(ino, &path, token, all));
                     Ok(())
                 }
                 Err(e) => Err(FsError::from(e)),

@@ -138,12 +138,8 @@ pub fn resume(
 /// Asks the kernel to queue again every request read and not answered on this connection
 /// (see 3.); `Unsupported` on kernels before 6.9.
 pub fn resend(dev: BorrowedFd<'_>) -> io::Result<()> {
-    // A notification: a fuse_out_header with unique 0 and the code in `error`.
-    let mut header = Vec::with_capacity(16);
-    header.extend_from_slice(&16u32.to_ne_bytes());
-    header.extend_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
-    header.extend_from_slice(&0u64.to_ne_bytes());
-    match nix::sys::uio::writev(dev, &[IoSlice::new(&header)]) {
+    // A notification: unique 0 and the code in `error`.
+    match nix::sys::uio::writev(dev, &[IoSlice::new(&out_header(FUSE_NOTIFY_RESEND, 0))]) {
         Ok(_) => Ok(()),
         Err(nix::errno::Errno::EINVAL) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -308,13 +304,20 @@ pub fn fail(dev: BorrowedFd<'_>, left: &Unanswered, crashed: bool) -> usize {
         .chain((1..=above).map(|i| left.highest.saturating_add(2 * i)))
         .filter(|&unique| unique != 0)
         .filter(|&unique| {
-            let mut answer = Vec::with_capacity(16);
-            answer.extend_from_slice(&16u32.to_ne_bytes());
-            answer.extend_from_slice(&(-libc::EIO).to_ne_bytes());
-            answer.extend_from_slice(&unique.to_ne_bytes());
+            let answer = out_header(-libc::EIO, unique);
             nix::sys::uio::writev(dev, &[IoSlice::new(&answer)]).is_ok()
         })
         .count()
+}
+
+/// A `fuse_out_header` with nothing after it: an error answer to request `unique`, or a
+/// notification (`unique` 0, its code in `error`).
+fn out_header(error: i32, unique: u64) -> [u8; 16] {
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&16u32.to_ne_bytes());
+    header[4..8].copy_from_slice(&error.to_ne_bytes());
+    header[8..].copy_from_slice(&unique.to_ne_bytes());
+    header
 }
 
 #[cfg(test)]
