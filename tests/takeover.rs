@@ -653,3 +653,94 @@ fn on_a_kernel_that_cannot_resend_the_requests_a_killed_daemon_had_read_fail_wit
     assert!(text.contains("fail with EIO"), "{text}");
     assert!(fs::read(m.path.join("slow.bin")).unwrap() == data);
 }
+
+/// `cp -r` of many small files cut by a crash: every file cp closed without an error is in
+/// the bucket whole, the one(s) it was writing fail (EIO) and are neither in the bucket nor
+/// shown by the mount with other bytes.
+#[test]
+fn a_copy_of_small_files_cut_by_a_crash_leaves_each_file_whole_or_absent() {
+    let b = Bucket::new("takeover-cp");
+    let src = run_dir().join("takeover-cp-src");
+    let _ = fs::remove_dir_all(&src);
+    fs::create_dir_all(&src).unwrap();
+    for i in 1..=500 {
+        fs::write(src.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let mut store = FdStore::new("cp");
+    let notify = store.path.to_str().unwrap().to_string();
+    let path = mount_point("takeover-cp");
+    let m = Mount::with_env(&b.name, path, &[], &[("NOTIFY_SOCKET", notify.as_str())]);
+    store.wait_for(&["fuse", "state"]);
+    let log = m.log.with_extension("restart.log");
+    let restart = restarter(&m, &store, &log, &[], &[]);
+
+    let cp = Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(m.path.join("copy"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || b.keys_under("copy/").len()
+            >= 150),
+        "the copy did not get going"
+    );
+    let old = m.daemon_pid().expect("daemon");
+    // SAFETY: a signal to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
+    assert!(wait_gone(old, Duration::from_secs(10)));
+    restart_now(restart, &log);
+    drop(store);
+    let cp = cp.wait_with_output().unwrap();
+    let errors = String::from_utf8_lossy(&cp.stderr).into_owned();
+    assert!(!errors.contains("Transport endpoint"), "{errors}");
+    assert!(!errors.contains("Bad file descriptor"), "{errors}");
+
+    // What cp reported failing, by name.
+    let failed: Vec<String> = (1..=500)
+        .map(|i| format!("f{i}"))
+        .filter(|f| errors.contains(&format!("/{f}'")))
+        .collect();
+    let keys = b.keys_under("copy/");
+    for i in 1..=500 {
+        let name = format!("f{i}");
+        let want = format!("file {i}\n");
+        let key = format!("copy/{name}");
+        if keys.contains(&key) {
+            assert_eq!(
+                b.get(&key),
+                want.as_bytes(),
+                "{key} in the bucket ({errors})"
+            );
+        } else {
+            assert!(
+                failed.contains(&name) || !cp.status.success(),
+                "{key} missing though cp reported no error for it: {errors}"
+            );
+        }
+        match fs::read(m.path.join("copy").join(&name)) {
+            Ok(bytes) => assert_eq!(
+                bytes,
+                want.as_bytes(),
+                "{name} read through the mount (failed: {failed:?}; {errors})"
+            ),
+            Err(e) => assert!(
+                !keys.contains(&key),
+                "{name} is in the bucket but the mount says {e}"
+            ),
+        }
+    }
+    let shown: Vec<String> = fs::read_dir(m.path.join("copy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &shown {
+        assert!(
+            keys.contains(&format!("copy/{name}")),
+            "{name} is listed by the mount but not in the bucket (failed: {failed:?}; {errors})"
+        );
+    }
+    eprintln!("cp: {errors}; {} keys", keys.len());
+}

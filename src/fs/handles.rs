@@ -6,8 +6,9 @@
 //!    follows a close does not count the file as still open.
 //! 3. After a crash, the kernel may hold numbers the dead daemon gave out after its last saved
 //!    state (fs/state.rs, 6.). They are never given out again (numbering goes on far above
-//!    them), and a request naming one fails with EIO, as for a file whose writer was lost,
-//!    rather than EBADF, which would blame the program.
+//!    them), and a request naming one fails with EIO, as one naming a handle of a file the
+//!    dead daemon had open for writing does (its bytes died with it), rather than EBADF,
+//!    which would blame the program.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -126,7 +127,9 @@ impl Handles {
         {
             FsError::new(
                 libc::EIO,
-                format!("{what} opened just before the daemon was killed: its state was lost"),
+                format!(
+                    "{what} open when the daemon was killed: what it had not committed is lost"
+                ),
             )
         } else {
             FsError::new(libc::EBADF, format!("unknown {what} handle"))
@@ -192,7 +195,13 @@ impl Handles {
             .push((from, from.saturating_add(CRASH_GAP)));
     }
 
-    /// The ranges `skip_unrecorded` left, for a successor.
+    /// After a crash: handle `fh` of a lost writer fails with EIO from now on (see 3.).
+    pub(super) fn lose(&self, fh: u64) {
+        self.files.lock().remove(&fh);
+        self.lost.lock().push((fh, fh.saturating_add(1)));
+    }
+
+    /// The ranges `skip_unrecorded` and `lose` left, for a successor.
     pub(super) fn lost(&self) -> Vec<(u64, u64)> {
         self.lost.lock().clone()
     }

@@ -17,6 +17,11 @@
 //!    every few hundred milliseconds when it changed: files open for writing are handed over
 //!    as lost (their bytes lived in the dead process), and the multipart uploads under way are
 //!    listed for the successor to abort.
+//! 7. That state is a little behind the crash: a file open for writing when it was saved may
+//!    have been committed and closed since, or its handle may be one the state never recorded.
+//!    So a crashed writer stands for nothing in the successor (writers/state.rs, `import`):
+//!    the file is what the bucket holds, and the writer's recorded handles answer EIO like
+//!    the unrecorded ones (handles.rs, 3.).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -187,8 +192,13 @@ impl Fs {
         let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         self.tables.lock().meta.restore_inodes(state.inodes);
         self.handles.continue_from(state.next_fh, state.lost_fh);
-        self.writers.import(state.writers, &mut fds)?;
+        let crashed = self.writers.import(state.writers, &mut fds)?;
         for f in state.files {
+            if f.writer && crashed.iter().any(|c| c.ino == f.ino) {
+                // A crashed writer's handle (see 7.): EIO from now on, if the kernel holds it.
+                self.handles.lose(f.fh);
+                continue;
+            }
             let writer = if f.writer {
                 self.writers.of(f.ino)
             } else {
@@ -203,6 +213,11 @@ impl Fs {
             self.handles.restore(f.fh, file, state.next_fh);
         }
         self.deferred.restore(state.deferred);
+        for c in crashed {
+            if c.unlinked && !self.handles.is_open(c.ino) {
+                self.tables.lock().meta.orphan_closed(c.ino);
+            }
+        }
         let listings = state.dirs.into_iter().map(|(fh, ino)| async move {
             if let Err(e) = self.relist(ino, fh).await {
                 let failed = Arc::new(DirHandle::new(ino, Arc::default(), Some(Err(e))));

@@ -52,6 +52,17 @@ pub struct WriterState {
     content_type: Option<String>,
     unpublished: bool,
     reported: bool,
+    /// Taken for a crash (`export_lost`): the successor does not register it (see `import`).
+    #[serde(default)]
+    crashed: bool,
+}
+
+/// A writer of a crashed predecessor, as `Writers::import` leaves it to its handles.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::fs) struct Crashed {
+    pub(in crate::fs) ino: Ino,
+    /// Its file was unlinked while open: the inode number was pinned for it.
+    pub(in crate::fs) unlinked: bool,
 }
 
 /// `w` as handed over, with `content`; `st` is its state when its lock was taken.
@@ -78,6 +89,7 @@ fn state_of(w: &Writer, content: ContentState, st: Option<&WriteState>) -> Write
         content_type: st.and_then(|st| st.content_type.clone()),
         unpublished: st.is_some_and(|st| st.unpublished),
         reported: st.is_some_and(|st| st.reported),
+        crashed: false,
     }
 }
 
@@ -115,7 +127,8 @@ impl Writers {
 
     /// Every writer as a daemon started after a crash of this one finds it: its bytes lost
     /// (they live in this process), so its next write or commit fails with EIO and nothing is
-    /// published under its name. Never waits: taken while requests run.
+    /// published under its name. Never waits: taken while requests run, and so possibly a
+    /// little behind the crash (see `import`).
     pub(in crate::fs) fn export_lost(&self) -> Vec<WriterState> {
         let writers = self.tables.lock().writers.all();
         writers
@@ -134,6 +147,7 @@ impl Writers {
                     content_type: None,
                     unpublished: false,
                     reported: true,
+                    crashed: true,
                     ..state_of(&w, ContentState::Lost, st.as_deref())
                 }
             })
@@ -147,12 +161,26 @@ impl Writers {
 
     /// Registers the writers a predecessor handed over; `fds` holds the descriptors their
     /// staging files refer to (taken by index).
+    ///
+    /// A crashed predecessor's writers are not registered, only returned: its state was saved
+    /// a little before it died, and a file written then may have been committed and closed
+    /// since (or never had its handle recorded). Registered, such a writer would stand for
+    /// the file until the remount, with a stale size or as a name no object has. Instead the
+    /// file is what the bucket holds, and only the writer's own handles fail (fs/state.rs).
     pub(in crate::fs) fn import(
         &self,
         states: Vec<WriterState>,
         fds: &mut [Option<OwnedFd>],
-    ) -> FsResult<()> {
+    ) -> FsResult<Vec<Crashed>> {
+        let mut crashed = Vec::new();
         for s in states {
+            if s.crashed {
+                crashed.push(Crashed {
+                    ino: s.ino,
+                    unlinked: s.unlinked || s.held,
+                });
+                continue;
+            }
             let content = match s.content {
                 ContentState::Base(meta) => Content::Base(meta),
                 ContentState::Stream(upload) => {
@@ -204,6 +232,6 @@ impl Writers {
             });
             self.tables.lock().writers.insert(writer);
         }
-        Ok(())
+        Ok(crashed)
     }
 }
