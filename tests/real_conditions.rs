@@ -354,3 +354,44 @@ fn a_server_stalled_during_sigterm_then_revived_leaves_no_multipart_upload() {
         );
     }
 }
+
+/// `find` over a tree of many small directories: one flat listing of the tree (a LIST per
+/// 1,000 keys) instead of a delimited listing per directory; and `du` and `ls -R` see the same.
+#[test]
+fn find_over_many_small_directories_lists_the_tree_flat() {
+    let b = Bucket::new("walk-flat");
+    let mut keys = Vec::new();
+    for a in 0..10 {
+        for d in 0..20 {
+            for f in 0..15 {
+                keys.push(format!("t/a{a}/d{d:02}/f{f:02}"));
+            }
+        }
+    }
+    b.put_many(&keys, b"x");
+    let p = proxy();
+    let m = Mount::new(&b.name, "walk-flat", &["--endpoint-url", &p.endpoint]);
+    let c = p.counts();
+    let before = (c.list.load(Ordering::SeqCst), c.total());
+    let found = common::sh(&format!(
+        "cd '{}' && find . -type f",
+        m.path.join("t").display()
+    ));
+    let lists = c.list.load(Ordering::SeqCst) - before.0;
+    let all = c.total() - before.1;
+    eprintln!("find over 3,000 keys in 211 directories: {lists} LISTs, {all} requests in all");
+    let mut found: Vec<&str> = found.lines().collect();
+    found.sort_unstable();
+    let want: Vec<String> = keys.iter().map(|k| format!("./{}", &k[2..])).collect();
+    assert_eq!(found, want);
+    // Delimited, one per directory: 212. Flat: 3 pages, plus the directories opened before
+    // the walk reached them.
+    assert!(lists <= 20, "{lists} LISTs");
+    assert!(all <= 25, "{all} requests");
+    // Directories too: every one, and nothing else.
+    let dirs = common::sh(&format!(
+        "cd '{}' && find . -type d | wc -l",
+        m.path.join("t").display()
+    ));
+    assert_eq!(dirs.trim(), "211");
+}

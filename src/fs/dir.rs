@@ -219,14 +219,22 @@ impl DirHandle {
 }
 
 impl Fs {
-    /// Opens directory `ino`: from the listing cache while fresh, else returns once the first
-    /// page of a new listing is in and lets the rest arrive while readdir runs.
+    /// Opens directory `ino`: from the listing cache while fresh (or once a walk of its parent
+    /// filled it, walk.rs), else returns once the first page of a new listing is in and lets
+    /// the rest arrive while readdir runs.
     pub async fn opendir(self: &Arc<Self>, ino: Ino) -> FsResult<u64> {
-        let fresh = self.tables.lock().meta.fresh_listing(ino);
+        let mut fresh = self.tables.lock().meta.fresh_listing(ino);
+        if fresh.is_none() {
+            // A step of a recursive walk is served from one flat listing (walk.rs).
+            let path = self.path_of(ino)?;
+            self.maybe_walk(ino, &path);
+            fresh = self.walked_listing(ino, &path).await;
+        }
         let handle = match fresh {
             Some(entries) => Arc::new(DirHandle::new(ino, entries, Some(Ok(())))),
             None => self.start_listing(ino).await?,
         };
+        self.opened_dir(ino);
         let fh = self.handles.next();
         self.dirs.lock().insert(fh, handle);
         Ok(fh)
@@ -308,7 +316,7 @@ impl Fs {
 
     /// A page of `dir`'s listing, registered: its entries, or `None` when no key is left
     /// under the prefix (the directory is gone).
-    fn listed_page(
+    pub(super) fn listed_page(
         &self,
         dir: Ino,
         path: &str,
@@ -328,7 +336,7 @@ impl Fs {
 
     /// Caches `all`, the complete listing of `dir` that started at `token`, sorted; returns
     /// what the cache added to it (files written here and not committed yet).
-    fn cache_whole(
+    pub(super) fn cache_whole(
         &self,
         dir: Ino,
         path: &str,
@@ -343,7 +351,7 @@ impl Fs {
 
     /// True unless the headers of this very version of an object are known already (a
     /// listing does not HEAD an empty object again for them).
-    fn headers_unknown(&self, m: &crate::store::ObjectMeta) -> bool {
+    pub(super) fn headers_unknown(&self, m: &crate::store::ObjectMeta) -> bool {
         let path = m.key.strip_prefix(&self.config.prefix);
         !path.is_some_and(|path| self.tables.lock().meta.headers_known(path, &m.etag))
     }

@@ -217,7 +217,7 @@ pub async fn stream_children(
 
 /// HEADs the empty files of `batch` whose headers are unknown (see 5.). A HEAD that fails
 /// leaves the entry as listed: the listing itself does not fail for it.
-async fn read_headers(
+pub(super) async fn read_headers(
     store: &dyn ObjectStore,
     batch: &mut [(String, Child)],
     unknown: &impl Fn(&ObjectMeta) -> bool,

@@ -46,6 +46,7 @@ pub mod posix;
 mod probe;
 pub mod remote;
 mod state;
+mod walk;
 mod writers;
 pub mod xattr;
 
@@ -333,6 +334,8 @@ pub struct Fs {
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     /// Directories listed again for lookups, one listing each at a time (dir.rs, 6.).
     refreshing: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
+    /// Subtrees being listed flat for a recursive walk (walk.rs).
+    walks: Mutex<Vec<Arc<walk::Walk>>>,
     /// Open files.
     handles: Arc<Handles>,
     /// Set at shutdown: no new changes are accepted.
@@ -457,6 +460,7 @@ impl Fs {
             writers,
             dirs: Mutex::default(),
             refreshing: Mutex::default(),
+            walks: Mutex::default(),
             handles,
             stopping: Default::default(),
             kernel,

@@ -696,3 +696,86 @@ async fn lookups_of_new_names_in_an_expired_listing_list_the_directory_once() {
         "20 new names and a changed one: one listing of the directory, no HEAD"
     );
 }
+
+/// What `find` does: a directory read whole, then each subdirectory looked up and opened, in
+/// order, depth first. Returns the files seen.
+async fn find(fs: &Arc<Fs>, root: Ino) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut stack = vec![(root, String::new())];
+    while let Some((ino, path)) = stack.pop() {
+        let fh = fs.opendir(ino).await.unwrap();
+        let entries = readdir_all(fs, fh).await.unwrap();
+        fs.releasedir(fh);
+        let mut dirs = Vec::new();
+        for e in entries {
+            let child = join(&path, &e.name);
+            if e.attr.kind == Kind::Dir {
+                let found = fs.lookup(ino, &e.name).await.unwrap();
+                dirs.push((found.ino, child));
+            } else {
+                files.push(child);
+            }
+        }
+        stack.extend(dirs.into_iter().rev());
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_walk_lists_the_tree_flat_not_one_directory_at_a_time() {
+    // 20,000 files in 400 directories (20 x 20), as in the issue.
+    let store = Arc::new(MemoryStore::new());
+    let mut want = Vec::new();
+    for a in 0..20 {
+        for b in 0..20 {
+            for f in 0..50 {
+                let key = format!("top/d{a:02}/e{b:02}/f{f:02}");
+                store.put(&key, "x");
+                want.push(key);
+            }
+        }
+    }
+    store.put("top/d00/", "");
+    let fs = fs_with(store.clone(), Duration::from_secs(60), writes());
+    let top = fs.lookup(Ino::ROOT, "top").await.unwrap().ino;
+    let lists = store.counts.list.load(Ordering::Relaxed);
+    let mut files = find(&fs, top).await;
+    files.sort();
+    let want: Vec<String> = want
+        .iter()
+        .map(|k| k.strip_prefix("top/").unwrap().to_string())
+        .collect();
+    assert_eq!(files, want);
+    let lists = store.counts.list.load(Ordering::Relaxed) - lists;
+    // A delimited listing per directory would be 421; the flat walk is 20 pages, plus the
+    // directories it had not reached when opened.
+    eprintln!("find: {lists} LISTs");
+    assert!(lists <= 40, "{lists} LISTs for 421 directories");
+    assert_eq!(
+        store.counts.head.load(Ordering::Relaxed),
+        1,
+        "only the lookup of top"
+    );
+}
+
+#[tokio::test]
+async fn an_ls_of_one_subdirectory_costs_at_most_a_page_more() {
+    let store = Arc::new(MemoryStore::new());
+    for a in 0..10 {
+        for f in 0..3000 {
+            store.put(&format!("d{a}/f{f:04}"), "x");
+        }
+    }
+    let fs = fs_with(store.clone(), Duration::from_secs(60), writes());
+    let root = fs.opendir(Ino::ROOT).await.unwrap();
+    assert_eq!(readdir_all(&fs, root).await.unwrap().len(), 10);
+    fs.releasedir(root);
+    let lists = store.counts.list.load(Ordering::Relaxed);
+    let d3 = fs.lookup(Ino::ROOT, "d3").await.unwrap().ino;
+    let fh = fs.opendir(d3).await.unwrap();
+    assert_eq!(readdir_all(&fs, fh).await.unwrap().len(), 3000);
+    fs.releasedir(fh);
+    // Its own 3 pages, and the walk's first guess.
+    let lists = store.counts.list.load(Ordering::Relaxed) - lists;
+    assert!(lists <= 5, "{lists} LISTs");
+}
