@@ -157,8 +157,10 @@ struct Progress {
     ahead: usize,
     /// Keys the walk may list ahead (4.).
     budget: usize,
-    /// Opendirs waiting for the walk.
-    waiting: usize,
+    /// Pages asked for (the next one is asked for while one is cached).
+    fetched: u64,
+    /// The page an opendir waits for: the walk asks for it whatever its budget.
+    wanted: u64,
 }
 
 /// One running walk.
@@ -207,6 +209,15 @@ impl Walk {
     }
 }
 
+/// Ends its walk when dropped.
+struct Ended(Arc<Walk>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 impl Fs {
     /// Starts a walk of `ino`'s parent when opening `ino` looks like a step of a recursive
     /// walk (1.).
@@ -238,11 +249,11 @@ impl Fs {
         self.walks.lock().push(Arc::clone(&walk));
         let fs = Arc::clone(self);
         tokio::spawn(async move {
-            let root = walk.root.clone();
-            if let Err(e) = fs.run_walk(&walk).await {
-                tracing::debug!(root, "walk stopped: {e}");
+            // Ended however the task ends (a panic included): nobody waits for it then.
+            let walk = Ended(walk);
+            if let Err(e) = fs.run_walk(&walk.0).await {
+                tracing::debug!(root = walk.0.root, "walk stopped: {e}");
             }
-            walk.end();
         });
     }
 
@@ -260,8 +271,11 @@ impl Fs {
             .find(|w| w.below(path).is_some())
             .cloned()?;
         let rel = walk.below(path)?.to_string();
-        let start = walk.progress.lock().pages;
-        walk.progress.lock().waiting += 1;
+        let start = {
+            let mut p = walk.progress.lock();
+            p.wanted = p.wanted.max(p.pages + 1);
+            p.pages
+        };
         walk.room.notify_waiters();
         let found = loop {
             let moved = walk.moved.notified();
@@ -278,7 +292,6 @@ impl Fs {
             }
             moved.await;
         };
-        walk.progress.lock().waiting -= 1;
         found
     }
 
@@ -299,25 +312,24 @@ impl Fs {
     async fn run_walk(&self, walk: &Walk) -> Result<(), crate::store::StoreError> {
         let prefix = self.names.dir_prefix(&walk.root);
         let token = self.tables.lock().meta.listing_started();
+        let request = |start| ListRequest {
+            prefix: prefix.clone(),
+            delimiter: None,
+            start,
+            max_keys: PAGE_SIZE,
+        };
         let mut tree = Tree::default();
-        let mut start = ListStart::Beginning;
         let mut last_key: Option<String> = None;
+        walk.progress.lock().fetched = 1;
+        let mut page = self
+            .store
+            .list_objects_v2(&request(ListStart::Beginning))
+            .await?;
         loop {
-            if !self.walk_room(walk).await {
-                tracing::debug!(root = walk.root, "walk stopped: nobody read what it listed");
-                return Ok(());
-            }
-            let request = ListRequest {
-                prefix: prefix.clone(),
-                delimiter: None,
-                start,
-                max_keys: PAGE_SIZE,
-            };
-            let page = self.store.list_objects_v2(&request).await?;
             let full = page.objects.len() >= PAGE_SIZE as usize;
             walk.progress.lock().ahead += page.objects.len();
             let mut done = Vec::new();
-            for object in page.objects {
+            for object in std::mem::take(&mut page.objects) {
                 // The follow-up request of list.rs, 4. repeats the page's last key.
                 if last_key.as_ref().is_some_and(|k| object.key <= *k) {
                     continue;
@@ -337,7 +349,7 @@ impl Fs {
                 self.cache_walked(walk, token, done).await;
                 return Ok(());
             }
-            let next = match page.next_continuation_token {
+            let next = match page.next_continuation_token.take() {
                 Some(token) => Some(ListStart::Token(token)),
                 None if full => last_key.clone().map(ListStart::After),
                 None => None,
@@ -347,20 +359,34 @@ impl Fs {
                 done.extend(tree.finish().into_iter().filter(|(rel, _)| !rel.is_empty()));
                 walk.progress.lock().last = String::from("\u{10ffff}");
             }
-            self.cache_walked(walk, token, done).await;
-            walk.progress.lock().pages += 1;
-            walk.moved.notify_waiters();
-            // Those woken run before the next page is asked for (a store that answers at
-            // once would otherwise never let them).
-            tokio::task::yield_now().await;
-            match next {
-                Some(next) => start = next,
+            // The next page is asked for while this one's directories are cached (their
+            // empty objects HEADed): the walk goes at the pace of its LISTs.
+            let cached = async {
+                self.cache_walked(walk, token, done).await;
+                walk.progress.lock().pages += 1;
+                walk.moved.notify_waiters();
+                // Those woken run before the next page is asked for (a store that answers
+                // at once would otherwise never let them).
+                tokio::task::yield_now().await;
+            };
+            let fetched = async {
+                let next = next?;
+                if !self.walk_room(walk).await {
+                    tracing::debug!(root = walk.root, "walk stopped: nobody read what it listed");
+                    return None;
+                }
+                walk.progress.lock().fetched += 1;
+                Some(self.store.list_objects_v2(&request(next)).await)
+            };
+            match futures::join!(cached, fetched).1 {
+                Some(next) => page = next?,
                 None => return Ok(()),
             }
         }
     }
 
-    /// Waits while the walk is `budget` keys ahead and nobody waits for it (4.); false
+    /// Waits while the walk is `budget` keys ahead and no opendir waits for a page not asked
+    /// for yet (4.); false
     /// for a walk nobody took from for a TTL.
     async fn walk_room(&self, walk: &Walk) -> bool {
         let idle = self.config.metadata_ttl.max(Duration::from_secs(1));
@@ -370,7 +396,7 @@ impl Fs {
             room.as_mut().enable();
             {
                 let p = walk.progress.lock();
-                if p.waiting > 0 || p.ahead < p.budget {
+                if p.wanted > p.fetched || p.ahead < p.budget {
                     return true;
                 }
             }

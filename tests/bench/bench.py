@@ -44,11 +44,14 @@ MiB, GiB = 1 << 20, 1 << 30
 SCALES = {
     "full": dict(big=2 * GiB, big4=2 * GiB, rand_seconds=30, write=2 * GiB, write4=GiB,
                  ls=[1000, 10000, 100000], small=2000, redirects=1000, tree_dirs=50,
-                 tree_files=1000, runs=3, timeout=900),
+                 tree_files=1000, find_keys=1_000_000, runs=3, timeout=900),
     "quick": dict(big=256 * MiB, big4=128 * MiB, rand_seconds=5, write=256 * MiB, write4=64 * MiB,
                   ls=[1000, 10000], small=200, redirects=200, tree_dirs=5, tree_files=200,
-                  runs=1, timeout=240),
+                  find_keys=10_000, runs=1, timeout=240),
 }
+
+# Files in each directory of the find-* tree (1,000,000 keys: 10,000 directories).
+FIND_PER_DIR = 100
 
 # Shell-redirect creates write this many bytes each: a typical small config or log file.
 REDIRECT_SIZE = 4096
@@ -392,6 +395,7 @@ class Bench:
             ("redirects", "s", False, "write", self.redirects),
             ("creates-default-ttl", "s", False, "write", self.creates_default_ttl),
             ("meta-rss", "%", False, "read", self.meta_rss),
+            (f"find-{self.find_label()}", "s", False, "read", self.find_tree),
         ]
         return table
 
@@ -424,6 +428,12 @@ class Bench:
         for i in range(s["redirects"]):
             with open(os.path.join(self.redirect_src, f"f{i}"), "wb") as f:
                 f.write(b"x" * REDIRECT_SIZE)
+        # The find tree is kept by the server's data directory between runs: seeded once.
+        if (f"find-{self.find_label()}" in names
+                and raw(server, "count", "find/", timeout=3600)["ops"] != s["find_keys"]):
+            raw(server, "put-many", "--count", str(s["find_keys"]), "--per-dir", str(FIND_PER_DIR),
+                "--min", "0", "--max", "64", "--concurrency", "64", "find/",
+                timeout=24 * 3600)
         if "meta-rss" in names:
             for tree in (1, 2):
                 for d in range(s["tree_dirs"]):
@@ -627,6 +637,26 @@ class Bench:
         run_cmd(["sh", "-c", script], s["timeout"])
         wait_for_objects(self.server, prefix + "f", n, n * REDIRECT_SIZE, s["timeout"])
         return dict(value=time.monotonic() - start, bytes=n * REDIRECT_SIZE)
+
+    def find_label(self):
+        n = self.scale["find_keys"]
+        return f"{n // 1_000_000}m" if n >= 1_000_000 else f"{n // 1000}k"
+
+    def find_tree(self, m, r):
+        """`find -type f | wc -l` over `find_keys` keys, 100 in each directory of a two-level
+        tree, on a fresh mount; raw: a flat ListObjectsV2 walk of the same prefix (the target:
+        within 1.3x of it)."""
+        n = self.scale["find_keys"]
+        timeout = self.scale["timeout"]
+        if m is None:
+            out = raw(self.read_server, "list", "--flat", "find/", timeout=timeout)
+            if out["entries"] != n:
+                raise RuntimeError(f"listed {out['entries']} of {n}")
+            return dict(value=out["seconds"])
+        seconds, out = run_cmd(["sh", "-c", f"find {m.path}/find -type f | wc -l"], timeout)
+        if int(out.strip() or 0) != n:
+            raise RuntimeError(f"find saw {out.strip()} of {n} files")
+        return dict(value=seconds)
 
     def meta_rss(self, m, r):
         """Growth of the daemon's peak RSS from walking a second tree after the kernel dropped

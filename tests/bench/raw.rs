@@ -75,8 +75,12 @@ enum Command {
     Ttfb { key: String },
     /// Time to open PATH and read its first 4 KiB (through a mount)
     TtfbFile { path: PathBuf },
-    /// Every page of ListObjectsV2 with delimiter `/` under PREFIX
-    List { prefix: String },
+    /// Every page of ListObjectsV2 with delimiter `/` under PREFIX (--flat: no delimiter)
+    List {
+        #[arg(long)]
+        flat: bool,
+        prefix: String,
+    },
     /// Server-side copy of SOURCE to DEST: one CopyObject, or with --part-size UploadPartCopy
     /// parts, --concurrency at a time (how the rename threshold was chosen)
     Copy {
@@ -87,10 +91,13 @@ enum Command {
         source: String,
         dest: String,
     },
-    /// COUNT generated objects PREFIX00000.. of sizes in MIN..=MAX
+    /// COUNT generated objects PREFIX00000.. of sizes in MIN..=MAX; with --per-dir N, N in
+    /// each directory of a two-level tree (PREFIX000/00/f000..., 100 directories a level)
     PutMany {
         #[arg(long)]
         count: usize,
+        #[arg(long)]
+        per_dir: Option<usize>,
         #[arg(long, value_parser = parse_size)]
         min: u64,
         #[arg(long, value_parser = parse_size)]
@@ -238,7 +245,7 @@ async fn main() -> Result<()> {
         Command::RandRead { bs, seconds, key } => rand_read(store, &key, bs, seconds).await?,
         Command::Ttfb { key } => ttfb(store, &key).await?,
         Command::TtfbFile { .. } => unreachable!("handled above"),
-        Command::List { prefix } => list(store, &prefix).await?,
+        Command::List { flat, prefix } => list(store, &prefix, flat).await?,
         Command::Copy {
             part_size,
             concurrency,
@@ -247,11 +254,12 @@ async fn main() -> Result<()> {
         } => copy(store, &source, &dest, part_size, concurrency).await?,
         Command::PutMany {
             count,
+            per_dir,
             min,
             max,
             concurrency,
             prefix,
-        } => put_many(store, &prefix, count, min, max, concurrency).await?,
+        } => put_many(store, &prefix, (count, per_dir), (min, max), concurrency).await?,
         Command::PutDir {
             concurrency,
             dir,
@@ -552,9 +560,9 @@ async fn copy(
     })
 }
 
-async fn list(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Report> {
+async fn list(store: Arc<dyn ObjectStore>, prefix: &str, flat: bool) -> Result<Report> {
     let start = Instant::now();
-    let pages = list_all(&store, prefix, Some("/")).await?;
+    let pages = list_all(&store, prefix, (!flat).then_some("/")).await?;
     let entries: usize = pages
         .iter()
         .map(|page| page.objects.len() + page.common_prefixes.len())
@@ -604,20 +612,28 @@ async fn objects_under(
 async fn put_many(
     store: Arc<dyn ObjectStore>,
     prefix: &str,
-    count: usize,
-    min: u64,
-    max: u64,
+    (count, per_dir): (usize, Option<usize>),
+    (min, max): (u64, u64),
     concurrency: usize,
 ) -> Result<Report> {
+    let key = |i: usize| match per_dir {
+        Some(n) => {
+            let dir = i / n.max(1);
+            format!(
+                "{prefix}{:03}/{:02}/f{:03}",
+                dir / 100,
+                dir % 100,
+                i % n.max(1)
+            )
+        }
+        None => format!("{prefix}{i:06}"),
+    };
     let payload = Payload::new(max as usize);
     let mut state: u64 = 0x1234_5678_9abc_def1;
     let bodies: Vec<(String, Bytes)> = (0..count)
         .map(|i| {
             let len = min + xorshift(&mut state) % (max - min + 1);
-            (
-                format!("{prefix}{i:06}"),
-                payload.body(len as usize, i as u64),
-            )
+            (key(i), payload.body(len as usize, i as u64))
         })
         .collect();
     let start = Instant::now();
