@@ -359,8 +359,8 @@ impl Fs {
                 done.extend(tree.finish().into_iter().filter(|(rel, _)| !rel.is_empty()));
                 walk.progress.lock().last = String::from("\u{10ffff}");
             }
-            // The next page is asked for while this one's directories are cached (their
-            // empty objects HEADed): the walk goes at the pace of its LISTs.
+            // (Asking for the next page while this one is cached was measured slower: 50 s
+            // against 45 s for find-1m, the daemon's CPU taken from the server's.)
             let cached = async {
                 self.cache_walked(walk, token, done).await;
                 walk.progress.lock().pages += 1;
@@ -378,7 +378,8 @@ impl Fs {
                 walk.progress.lock().fetched += 1;
                 Some(self.store.list_objects_v2(&request(next)).await)
             };
-            match futures::join!(cached, fetched).1 {
+            cached.await;
+            match fetched.await {
                 Some(next) => page = next?,
                 None => return Ok(()),
             }
