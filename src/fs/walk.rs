@@ -358,9 +358,8 @@ impl Fs {
                 done.extend(tree.finish().into_iter().filter(|(rel, _)| !rel.is_empty()));
                 walk.progress.lock().last = String::from("\u{10ffff}");
             }
-            // (Asking for the next page while this one is cached was measured slower: 50 s
-            // against 45 s for find-1m, the daemon's CPU taken from the server's. So was
-            // going on by one page per waiting opendir: 56 s.)
+            // (Asking for the next page while this one is cached did not measure faster on
+            // find-1m here, where the daemon and the server share two cores: docs/benchmarks.md.)
             let cached = async {
                 self.cache_walked(walk, token, done).await;
                 walk.progress.lock().pages += 1;
