@@ -477,17 +477,33 @@ fn restarter(
     restart.spawn().expect("spawn the restarter")
 }
 
+/// A mount whose daemon stores its descriptors in a stand-in for systemd's fd store, mounted
+/// with `extra`; and the log file a restarted daemon writes.
+fn crash_mount(bucket: &str, name: &str, extra: &[&str]) -> (Mount, FdStore, std::path::PathBuf) {
+    let mut store = FdStore::new(name);
+    let notify = store.path.to_str().unwrap().to_string();
+    let path = mount_point(&format!("takeover-{name}"));
+    let m = Mount::with_env(bucket, path, extra, &[("NOTIFY_SOCKET", notify.as_str())]);
+    store.wait_for(&["fuse", "state"]);
+    let log = m.log.with_extension("restart.log");
+    (m, store, log)
+}
+
+/// Kills the mount's daemon with SIGKILL and waits until it is gone; returns its pid.
+fn kill_daemon(m: &Mount) -> u32 {
+    let old = m.daemon_pid().expect("daemon");
+    // SAFETY: a signal to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
+    assert!(wait_gone(old, Duration::from_secs(10)));
+    old
+}
+
 #[test]
 fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
     let b = Bucket::new("takeover-crash");
     let data = pseudo_random(4 * MIB, 9);
     b.put("read.bin", data.clone());
-    let mut store = FdStore::new("crash");
-    let notify = store.path.to_str().unwrap().to_string();
-    let path = mount_point("takeover-crash");
-    let m = Mount::with_env(&b.name, path, &[], &[("NOTIFY_SOCKET", notify.as_str())]);
-    store.wait_for(&["fuse", "state"]);
-    let log = m.log.with_extension("restart.log");
+    let (m, store, log) = crash_mount(&b.name, "crash", &[]);
     let restart = restarter(&m, &store, &log, &[], &[]);
 
     // Before the crash: a file committed, a reader half way, a writer with a multipart
@@ -526,10 +542,7 @@ fn a_killed_daemon_is_resumed_from_what_it_kept_in_the_fd_store() {
     );
     // Let the state be written (every 100 ms when it changed).
     std::thread::sleep(Duration::from_millis(500));
-    let old = m.daemon_pid().expect("daemon");
-    // SAFETY: a signal to the daemon this test started.
-    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
-    assert!(wait_gone(old, Duration::from_secs(10)));
+    let old = kill_daemon(&m);
 
     restart_now(restart, &log);
     assert!(m.daemon_pid().is_some_and(|p| p != old));
@@ -608,18 +621,8 @@ fn on_a_kernel_that_cannot_resend_the_requests_a_killed_daemon_had_read_fail_wit
     let data = pseudo_random(4 * MIB, 5);
     b.put("slow.bin", data.clone());
     let p = proxy();
-    let mut store = FdStore::new("noresend");
-    let notify = store.path.to_str().unwrap().to_string();
     let through = ["--endpoint-url", p.endpoint.as_str()];
-    let path = mount_point("takeover-noresend");
-    let m = Mount::with_env(
-        &b.name,
-        path,
-        &through,
-        &[("NOTIFY_SOCKET", notify.as_str())],
-    );
-    store.wait_for(&["fuse", "state"]);
-    let log = m.log.with_extension("restart.log");
+    let (m, store, log) = crash_mount(&b.name, "noresend", &through);
     // BUCKETFS_NO_RESEND: the restarted daemon acts as on a kernel before 6.9.
     let restart = restarter(&m, &store, &log, &through, &[("BUCKETFS_NO_RESEND", "1")]);
 
@@ -636,10 +639,7 @@ fn on_a_kernel_that_cannot_resend_the_requests_a_killed_daemon_had_read_fail_wit
         rx.try_recv().is_err(),
         "the lookup did not wait for the server"
     );
-    let old = m.daemon_pid().expect("daemon");
-    // SAFETY: a signal to the daemon this test started.
-    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
-    assert!(wait_gone(old, Duration::from_secs(10)));
+    kill_daemon(&m);
     p.resume();
     let text = restart_now(restart, &log);
     drop(store);
@@ -666,12 +666,7 @@ fn a_copy_of_small_files_cut_by_a_crash_leaves_each_file_whole_or_absent() {
     for i in 1..=500 {
         fs::write(src.join(format!("f{i}")), format!("file {i}\n")).unwrap();
     }
-    let mut store = FdStore::new("cp");
-    let notify = store.path.to_str().unwrap().to_string();
-    let path = mount_point("takeover-cp");
-    let m = Mount::with_env(&b.name, path, &[], &[("NOTIFY_SOCKET", notify.as_str())]);
-    store.wait_for(&["fuse", "state"]);
-    let log = m.log.with_extension("restart.log");
+    let (m, store, log) = crash_mount(&b.name, "cp", &[]);
     let restart = restarter(&m, &store, &log, &[], &[]);
 
     let cp = Command::new("cp")
@@ -687,10 +682,7 @@ fn a_copy_of_small_files_cut_by_a_crash_leaves_each_file_whole_or_absent() {
             >= 150),
         "the copy did not get going"
     );
-    let old = m.daemon_pid().expect("daemon");
-    // SAFETY: a signal to the daemon this test started.
-    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
-    assert!(wait_gone(old, Duration::from_secs(10)));
+    kill_daemon(&m);
     restart_now(restart, &log);
     drop(store);
     let cp = cp.wait_with_output().unwrap();

@@ -208,6 +208,23 @@ impl Walk {
     }
 }
 
+/// An opendir waiting for a walk, counted until dropped (also if the wait is abandoned).
+struct Waiting<'w>(&'w Walk);
+
+impl<'w> Waiting<'w> {
+    fn new(walk: &'w Walk) -> Self {
+        walk.progress.lock().waiting += 1;
+        walk.room.notify_waiters();
+        Self(walk)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.progress.lock().waiting -= 1;
+    }
+}
+
 /// Ends its walk when dropped.
 struct Ended(Arc<Walk>);
 
@@ -270,12 +287,8 @@ impl Fs {
             .find(|w| w.below(path).is_some())
             .cloned()?;
         let rel = walk.below(path)?.to_string();
-        let start = {
-            let mut p = walk.progress.lock();
-            p.waiting += 1;
-            p.pages
-        };
-        walk.room.notify_waiters();
+        let waiting = Waiting::new(&walk);
+        let start = waiting.0.progress.lock().pages;
         let found = loop {
             let moved = walk.moved.notified();
             tokio::pin!(moved);
@@ -291,7 +304,7 @@ impl Fs {
             }
             moved.await;
         };
-        walk.progress.lock().waiting -= 1;
+        drop(waiting);
         found
     }
 
@@ -325,9 +338,10 @@ impl Fs {
             .list_objects_v2(&request(ListStart::Beginning))
             .await?;
         loop {
-            let full = page.objects.len() >= PAGE_SIZE as usize;
-            walk.progress.lock().ahead += page.objects.len();
+            let listed = page.objects.len();
+            let full = listed >= PAGE_SIZE as usize;
             let mut done = Vec::new();
+            let mut last_rel = None;
             for object in std::mem::take(&mut page.objects) {
                 // The follow-up request of list.rs, 4. repeats the page's last key.
                 if last_key.as_ref().is_some_and(|k| object.key <= *k) {
@@ -338,7 +352,14 @@ impl Fs {
                     continue;
                 };
                 done.extend(tree.add(&rel, object));
-                walk.progress.lock().last = rel;
+                last_rel = Some(rel);
+            }
+            {
+                let mut p = walk.progress.lock();
+                p.ahead += listed;
+                if let Some(rel) = last_rel {
+                    p.last = rel;
+                }
             }
             if tree.too_big() {
                 tracing::debug!(
@@ -358,29 +379,21 @@ impl Fs {
                 done.extend(tree.finish().into_iter().filter(|(rel, _)| !rel.is_empty()));
                 walk.progress.lock().last = String::from("\u{10ffff}");
             }
-            // (Asking for the next page while this one is cached did not measure faster on
-            // find-1m here, where the daemon and the server share two cores: docs/benchmarks.md.)
-            let cached = async {
-                self.cache_walked(walk, token, done).await;
-                walk.progress.lock().pages += 1;
-                walk.moved.notify_waiters();
-                // Those woken run before the next page is asked for (a store that answers
-                // at once would otherwise never let them).
-                tokio::task::yield_now().await;
+            self.cache_walked(walk, token, done).await;
+            walk.progress.lock().pages += 1;
+            walk.moved.notify_waiters();
+            // Those woken run before the next page is asked for (a store that answers at once
+            // would otherwise never let them). Asking for the next page while this one is
+            // cached did not measure faster on find-1m here (docs/benchmarks.md).
+            tokio::task::yield_now().await;
+            let Some(next) = next else {
+                return Ok(());
             };
-            let fetched = async {
-                let next = next?;
-                if !self.walk_room(walk).await {
-                    tracing::debug!(root = walk.root, "walk stopped: nobody read what it listed");
-                    return None;
-                }
-                Some(self.store.list_objects_v2(&request(next)).await)
-            };
-            cached.await;
-            match fetched.await {
-                Some(next) => page = next?,
-                None => return Ok(()),
+            if !self.walk_room(walk).await {
+                tracing::debug!(root = walk.root, "walk stopped: nobody read what it listed");
+                return Ok(());
             }
+            page = self.store.list_objects_v2(&request(next)).await?;
         }
     }
 
@@ -408,11 +421,10 @@ impl Fs {
     async fn cache_walked(&self, walk: &Walk, token: super::meta::ListToken, done: Vec<Completed>) {
         // Their empty objects' headers are read in one go (list.rs, 5.).
         let mut batch: Vec<(String, Child)> = Vec::new();
-        let mut bounds = Vec::with_capacity(done.len());
+        let mut dirs = Vec::with_capacity(done.len());
         for (rel, children) in done {
-            let from = batch.len();
+            dirs.push((rel, children.len()));
             batch.extend(children);
-            bounds.push((rel, from, batch.len()));
         }
         read_headers(self.store.as_ref(), &mut batch, &|m| {
             self.headers_unknown(m)
@@ -420,8 +432,8 @@ impl Fs {
         .await;
         let mut rest = batch.into_iter();
         let mut filled = Vec::new();
-        for (rel, from, to) in bounds {
-            let children: Vec<(String, Child)> = rest.by_ref().take(to - from).collect();
+        for (rel, len) in dirs {
+            let children: Vec<(String, Child)> = rest.by_ref().take(len).collect();
             let path = join(&walk.root, &rel);
             let ino = {
                 let mut t = self.tables.lock();
