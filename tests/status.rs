@@ -431,3 +431,86 @@ fn a_metrics_address_in_use_fails_the_mount_with_a_clear_message() {
     );
     assert!(!is_mounted(&path));
 }
+
+/// `ls -l` asks every entry for its SELinux label and its ACL. A file without them answers
+/// EOPNOTSUPP (ENODATA for other names), which `ls` takes as "this filesystem has none" and
+/// stops asking: a few questions for the whole listing, not two per entry. A label or ACL
+/// that was set still reads back.
+#[test]
+fn ls_l_asks_for_labels_and_acls_once_not_per_entry() {
+    let b = Bucket::new("status-ls-xattr");
+    let keys: Vec<String> = (0..500).map(|i| format!("many/f{i:03}")).collect();
+    b.put_many(&keys, b"x");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(
+        &b.name,
+        "status-ls-xattr",
+        &["-o", &format!("metrics_addr={addr}")],
+    );
+    let getxattrs = || -> f64 {
+        samples(&scrape(&addr), "bucketfs_fuse_operations_total")
+            .iter()
+            .filter(|(l, _)| label(l, "op") == "getxattr")
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let before = getxattrs();
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.path.join("many"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(lines, 501, "a total line and 500 entries");
+    let asked = getxattrs() - before;
+    assert!(
+        (1.0..=6.0).contains(&asked),
+        "ls -l of 500 entries sent {asked} getxattr requests (two per entry: 1,000)"
+    );
+
+    // What is set reads back; what is not: EOPNOTSUPP for these families, ENODATA for others.
+    let f = m.path.join("many/f000");
+    let script = r#"import errno, os, struct, sys
+f = sys.argv[1]
+for name, code in [("system.posix_acl_access", errno.EOPNOTSUPP),
+                   ("security.selinux", errno.EOPNOTSUPP), ("user.none", errno.ENODATA)]:
+    try:
+        os.getxattr(f, name)
+        raise SystemExit(name + " answered")
+    except OSError as e:
+        assert e.errno == code, (name, e)
+# user::rw- user:1000:rw- group::r-- mask::rw- other::r--
+acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in
+    [(1, 6, 0xFFFFFFFF), (2, 6, 1000), (4, 4, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)])
+os.setxattr(f, "system.posix_acl_access", acl)
+os.setxattr(f, "security.bucketfs-test", b"label")
+assert os.getxattr(f, "system.posix_acl_access") == acl
+assert os.getxattr(f, "security.bucketfs-test") == b"label"
+assert sorted(os.listxattr(f)) == ["security.bucketfs-test", "system.posix_acl_access"], os.listxattr(f)
+os.removexattr(f, "security.bucketfs-test")
+try:
+    os.getxattr(f, "security.bucketfs-test")
+    raise SystemExit("removed label answered")
+except OSError as e:
+    assert e.errno == errno.EOPNOTSUPP, e
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

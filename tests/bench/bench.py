@@ -244,10 +244,11 @@ class Mount:
     """A fresh mount of one system on one server; the daemon runs in the foreground as our
     child so that its PID, peak RSS and CPU time are known."""
 
-    def __init__(self, system, server, workdir, warm=False, keep_cache=False):
+    def __init__(self, system, server, workdir, warm=False, keep_cache=False, no_xattr=False):
         """`warm`: each system with its disk cache on (bucketfs --disk-cache, s3fs use_cache;
         rclone's cache modes are the systems themselves). `keep_cache`: over the cache
-        directory a previous mount left (a remount)."""
+        directory a previous mount left (a remount). `no_xattr`: extended attributes off
+        (bucketfs --no-xattr, s3fs noxattr; rclone serves none anyway)."""
         self.system, self.server, self.workdir, self.warm = system, server, workdir, warm
         self.path = os.path.join(workdir, "mnt")
         self.cache = os.path.join(workdir, "cache")
@@ -263,6 +264,8 @@ class Mount:
             if warm:
                 cmd += ["--disk-cache", os.path.join(self.cache, "disk"),
                         "--disk-cache-size", str(8 * GiB)]
+            if no_xattr:
+                cmd.append("--no-xattr")
             cmd += BUCKETFS_OPTIONS
         elif system == "s3fs":
             passwd = os.path.join(workdir, "s3fs.passwd")
@@ -271,6 +274,8 @@ class Mount:
             options = f"url={server.endpoint},use_path_request_style,passwd_file={passwd}"
             if warm:
                 options += f",use_cache={self.cache}"
+            if no_xattr:
+                options += ",noxattr"
             cmd = ["s3fs", BUCKET, self.path, "-f", "-o", options]
         else:
             mode = system.split("-", 1)[1]
@@ -388,6 +393,9 @@ class Bench:
         for n in s["ls"]:
             table.append((f"ls-{n // 1000}k", "s", False, "read",
                           lambda m, r, n=n: self.ls(m, n)))
+        n = max(s["ls"])
+        table.append((f"ls-{n // 1000}k-xattr", "x", False, "read",
+                      lambda m, r, n=n: self.ls_xattr(m, n)))
         table += [
             ("cp-in", "s", False, "write", self.cp_in),
             ("rm-r", "s", False, "write", self.rm_r),
@@ -410,7 +418,7 @@ class Bench:
         if "seq-read-4" in names:
             raw(server, "put", "--size", str(s["big4"]), *[f"big4/{i}.bin" for i in range(4)])
         for n in s["ls"]:
-            if f"ls-{n // 1000}k" not in names:
+            if not names & {f"ls-{n // 1000}k", f"ls-{n // 1000}k-xattr"}:
                 continue
             raw(server, "put-many", "--count", str(n), "--min", "0", "--max", "1024",
                 "--concurrency", "64", f"ls/{n // 1000}k/f")
@@ -556,6 +564,19 @@ class Bench:
         if lines != n:
             raise RuntimeError(f"ls -l showed {lines} of {n} entries")
         return dict(value=seconds)
+
+    def ls_xattr(self, m, n):
+        """`ls -l` of the ls tree of `n` entries at default options, as a ratio to the same on
+        a fresh mount with extended attributes off: what `ls -l`'s per-entry label and ACL
+        questions cost (issue 27's target: 1.2x). Both mounts' requests are counted."""
+        if m is None:
+            raise NotApplicable("a raw client serves no extended attributes")
+        on = self.ls(m, n)["value"]
+        with Mount(m.system, m.server, m.workdir + "-noxattr", no_xattr=True) as plain:
+            drop_caches()
+            off = self.ls(plain, n)["value"]
+        log(f"ls-xattr: {on:.3f} s with xattrs, {off:.3f} s without")
+        return dict(value=on / off, xattr_s=on, no_xattr_s=off)
 
     def cp_in(self, m, r):
         s = self.scale
@@ -798,6 +819,8 @@ def fmt(value, unit, runs=None):
         return f"{value:.1f} ms"
     if unit == "s":
         return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+    if unit == "x":
+        return f"{value:.2f}x"
     return f"{value:,.0f} {unit}"
 
 
@@ -825,7 +848,10 @@ def report(bench, table, systems, command, started):
         f"{human(s['big'])} object for {s['rand_seconds']} s (fio, psync, one job); "
         f"sequential write of {human(s['write'])} and 4 concurrent writes of "
         f"{human(s['write4'])} with fsync at the end, counted until the objects are in the "
-        f"bucket; `ls -l` of {', '.join(str(n) for n in s['ls'])} entries; `cp -r` of "
+        f"bucket; `ls -l` of {', '.join(str(n) for n in s['ls'])} entries; "
+        f"ls-{max(s['ls']) // 1000}k-xattr: `ls -l` of the largest at default options over "
+        f"the same on a fresh mount with xattrs off (`--no-xattr`, s3fs `noxattr`; rclone "
+        f"serves none: the same mount twice); `cp -r` of "
         f"{s['small']} files of 4-64 KiB in 10 directories; redirects: {s['redirects']} "
         f"`printf %s \"$x\" > f$i` of 4 KiB in a new directory, timed until every object is "
         f"stored (raw: the same PUTs one at a time); creates-default-ttl: the same files at "
@@ -857,7 +883,7 @@ def report(bench, table, systems, command, started):
                   "|---|" + "---:|" * (1 + len(peers))]
         for name, unit, higher, _, _ in table:
             ours = median_of(res[name]["bucketfs"], "value")
-            if unit == "%":  # a growth, not a speed: see the absolute figures
+            if unit in ("%", "x"):  # a growth or a ratio, not a speed: see the absolute figures
                 ours = None
             cells = []
             for other in ["raw"] + peers:
