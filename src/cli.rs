@@ -9,7 +9,7 @@
 //! 3. No option takes a secret: credentials come only from the AWS chain, never from argv where
 //!    `ps` would show them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -232,17 +232,22 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, hide = true)]
     pub cache_dir_limit: Option<u64>,
 
-    /// Keep blocks read from S3 on disk in this directory too, across remounts and reboots
-    /// (off by default); mounts of the same bucket may share it
-    #[arg(long, value_name = "DIR")]
+    /// Keep blocks read from S3 on disk in this directory, across remounts and reboots
+    /// (default: /var/cache/bucketfs for root, else ~/.cache/bucketfs); mounts may share it
+    #[arg(long, value_name = "DIR", conflicts_with = "no_disk_cache")]
     pub disk_cache: Option<PathBuf>,
 
-    /// Disk space the disk cache may use (least recently used objects leave first)
-    #[arg(long, value_parser = parse_size, default_value = "10GiB", requires = "disk_cache")]
-    pub disk_cache_size: u64,
+    /// Keep no blocks on disk: every read the memory cache misses is a GET
+    #[arg(long)]
+    pub no_disk_cache: bool,
+
+    /// Disk space the disk cache may use, least recently used objects leaving first (default:
+    /// a quarter of the free space of its filesystem at mount, at most 10GiB)
+    #[arg(long, value_parser = parse_size, conflicts_with = "no_disk_cache")]
+    pub disk_cache_size: Option<u64>,
 
     /// Read files that are whole in the disk cache through the daemon, not by FUSE passthrough
-    #[arg(long, requires = "disk_cache")]
+    #[arg(long)]
     pub no_passthrough: bool,
 
     /// Stay in the foreground instead of detaching once mounted
@@ -338,6 +343,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "cache-dir-limit",
     "disk-cache",
     "disk-cache-size",
+    "no-disk-cache",
     "no-passthrough",
     "foreground",
     "log-level",
@@ -799,16 +805,30 @@ impl Args {
         let absolute = |flag: &str, dir: PathBuf| {
             std::path::absolute(&dir).map_err(|e| format!("{flag} {}: {e}", dir.display()))
         };
+        let disk_dir = match self.disk_cache {
+            _ if self.no_disk_cache => None,
+            Some(dir) => Some((absolute("--disk-cache", dir)?, false)),
+            // Plaintext of customer-encrypted objects is kept on disk only when asked for.
+            None if self.sse_c_key_file.is_some() => None,
+            None => default_disk_cache_dir(
+                euid,
+                std::env::var_os("XDG_CACHE_HOME"),
+                std::env::var_os("HOME"),
+            )
+            .map(|dir| (dir, true)),
+        };
         let cache = CacheConfig {
             budget: self.cache_size - self.cache_size / 2,
-            disk: match self.disk_cache {
-                Some(dir) => Some(DiskCacheConfig {
-                    dir: absolute("--disk-cache", dir)?,
-                    size: self.disk_cache_size,
-                    passthrough: !self.no_passthrough,
-                }),
-                None => None,
-            },
+            disk: disk_dir.map(|(dir, by_default)| DiskCacheConfig {
+                size: self
+                    .disk_cache_size
+                    .unwrap_or_else(|| default_disk_cache_size(free_space_at(&dir))),
+                dir,
+                // Passthrough makes a writer's open of a file being read fail (ETXTBSY): only
+                // for a directory asked for, never by default (SEMANTICS.md).
+                passthrough: !self.no_passthrough && !by_default,
+                by_default,
+            }),
             ..CacheConfig::default()
         };
         let upload = UploadConfig {
@@ -884,6 +904,41 @@ mod tests;
 /// Where staging files go unless `--staging-dir` says: root's in a directory only root can
 /// write (never world-writable /var/tmp, where another user could make it first); another
 /// user's in /var/tmp, checked at mount to be that user's own (owned_dir).
+/// The disk cache's directory when none is given: /var/cache/bucketfs for root, the user's
+/// cache directory (`$XDG_CACHE_HOME/bucketfs`, else `$HOME/.cache/bucketfs`) for others; none
+/// for a user without a home (the disk tier is then off).
+pub fn default_disk_cache_dir(
+    euid: u32,
+    xdg_cache_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    if euid == 0 {
+        return Some(PathBuf::from("/var/cache/bucketfs"));
+    }
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    match xdg_cache_home.and_then(absolute) {
+        Some(dir) => Some(dir.join("bucketfs")),
+        None => home.and_then(absolute).map(|h| h.join(".cache/bucketfs")),
+    }
+}
+
+/// The most the disk cache uses by default.
+pub const DISK_CACHE_CAP: u64 = 10 << 30;
+
+/// The disk cache's bound when none is given: a quarter of the `free` bytes of its
+/// filesystem, at most `DISK_CACHE_CAP` (an unknown free space: the cap).
+pub fn default_disk_cache_size(free: Option<u64>) -> u64 {
+    free.map_or(DISK_CACHE_CAP, |f| (f / 4).min(DISK_CACHE_CAP))
+}
+
+/// Bytes an unprivileged user may still write on the filesystem of `dir`, or of its nearest
+/// existing ancestor when it does not exist yet.
+fn free_space_at(dir: &Path) -> Option<u64> {
+    let existing = dir.ancestors().find(|d| d.exists())?;
+    let stat = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
+}
+
 pub fn default_staging_dir(euid: u32) -> PathBuf {
     if euid == 0 {
         PathBuf::from("/var/cache/bucketfs/staging")

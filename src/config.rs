@@ -293,6 +293,9 @@ pub struct DiskCacheConfig {
     pub size: u64,
     /// Let the kernel read whole cached files directly (FUSE passthrough) where it can.
     pub passthrough: bool,
+    /// The default directory, not one given with `--disk-cache`: when it cannot be used the
+    /// mount goes on without a disk tier (a warning) instead of failing.
+    pub by_default: bool,
 }
 
 /// 1 MiB blocks: large enough that a GET's fixed cost (a round trip, a request's CPU) is small

@@ -209,6 +209,76 @@ fn the_disk_cache_stays_within_its_size() {
     assert!(used >= 32 * MIB as u64, "the cache was used: {used} bytes");
 }
 
+/// 4 KiB reads of `data` through `f` at `n` offsets drawn from `seed`, each checked.
+fn random_reads(f: &fs::File, data: &[u8], n: usize, seed: u64) {
+    let mut x = seed;
+    let mut buf = [0u8; 4096];
+    for _ in 0..n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let at = ((x >> 11) % (data.len() as u64 - 4096)) as usize;
+        f.read_exact_at(&mut buf, at as u64).unwrap();
+        assert!(buf[..] == data[at..at + 4096], "bytes at {at}");
+    }
+}
+
+/// A reader that stays random gets its object fetched whole into the disk tier in the
+/// background, after which its reads cost no GET; an object over half the tier keeps its
+/// ranged reads.
+#[test]
+fn random_reads_fill_the_disk_tier_with_the_whole_object() {
+    let b = Bucket::new("dc-fill");
+    let small = pseudo_random(24 * MIB + 123, 61);
+    let big = pseudo_random(48 * MIB, 62);
+    b.put("small.bin", small.clone());
+    b.put("big.bin", big.clone());
+    let dir = cache_dir("fill");
+    let p = proxy();
+    let args = [
+        "--disk-cache",
+        dir.to_str().unwrap(),
+        "--disk-cache-size",
+        "64MiB",
+        "--endpoint-url",
+        &p.endpoint,
+    ];
+    let m = Mount::new(&b.name, "dc-fill", &args);
+
+    let f = fs::File::open(m.path.join("small.bin")).unwrap();
+    random_reads(&f, &small, 8, 1);
+    assert!(
+        eventually(Duration::from_secs(30), || disk_usage(&dir)
+            >= small.len() as u64),
+        "small.bin was not fetched whole into the disk cache: {} bytes there",
+        disk_usage(&dir)
+    );
+    let fill_gets = gets(&p);
+    // 8 reads, then 3 runs of 8 MiB and the last 123 bytes' run.
+    assert!(fill_gets <= 8 + 4, "{fill_gets} GETs to fill 24 MiB");
+    random_reads(&f, &small, 300, 2);
+    assert_eq!(
+        gets(&p),
+        fill_gets,
+        "random reads of an object on disk cost no GET"
+    );
+
+    let f = fs::File::open(m.path.join("big.bin")).unwrap();
+    random_reads(&f, &big, 8, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = gets(&p);
+    random_reads(&f, &big, 20, 4);
+    assert!(
+        gets(&p) - before >= 10,
+        "48 MiB is over half of a 64 MiB tier: it keeps its ranged reads"
+    );
+    assert!(
+        disk_usage(&dir) < (small.len() + 8 * MIB) as u64,
+        "big.bin was not fetched whole: {} bytes on disk",
+        disk_usage(&dir)
+    );
+}
+
 #[test]
 fn two_mounts_share_one_cache_directory() {
     let b = Bucket::new("dc-shared");
@@ -450,7 +520,12 @@ fn a_full_cache_disk_never_fails_a_read() {
     let m = Mount::new(
         &b.name,
         "dc-full",
-        &["--disk-cache", disk.0.to_str().unwrap()],
+        &[
+            "--disk-cache",
+            disk.0.to_str().unwrap(),
+            "--disk-cache-size",
+            "10GiB",
+        ],
     );
     for round in 0..2 {
         assert!(read_all(&m.path.join("f.bin")) == data, "round {round}");

@@ -138,8 +138,14 @@ fn a_customer_key_encrypts_every_object_and_only_it_reads_them() {
         assert!(refused.is_err(), "{key} was readable without the key");
     }
     assert!(b.keys().iter().all(|k| k != "renamed-from.txt"));
-    // A new mount with the key reads them all back.
-    let m = Mount::new(&b.name, "ssec-again", &["--sse-c-key-file", key_arg]);
+    // A new mount with the key reads them all back (keeping them in a disk cache it asks for).
+    let cache = run_dir().join("ssec-disk-cache");
+    let cache_arg = cache.to_str().unwrap();
+    let m = Mount::new(
+        &b.name,
+        "ssec-again",
+        &["--sse-c-key-file", key_arg, "--disk-cache", cache_arg],
+    );
     assert_eq!(fs::read(m.path.join("small.txt")).unwrap(), small);
     assert_eq!(
         sha256(&fs::read(m.path.join("big.bin")).unwrap()),
@@ -155,6 +161,16 @@ fn a_customer_key_encrypts_every_object_and_only_it_reads_them() {
     names.sort();
     assert_eq!(names, ["big.bin", "moved.txt", "small.txt"]);
     assert!(fs::read(bare.path.join("big.bin")).is_err());
+    // Nor through the disk cache the keyed mount filled: its blocks are keyed by the key too.
+    let shared = Mount::new(&b.name, "ssec-shared", &["--disk-cache", cache_arg]);
+    // Listed first, as above: the listing's attributes spare the failing HEAD.
+    assert_eq!(fs::read_dir(&shared.path).unwrap().count(), 3);
+    for key in ["small.txt", "big.bin", "moved.txt"] {
+        assert!(
+            fs::read(shared.path.join(key)).is_err(),
+            "{key} read from the disk cache without the key"
+        );
+    }
 }
 
 #[test]

@@ -194,6 +194,11 @@ impl DiskCache {
         })
     }
 
+    /// Bytes the cache may hold.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// True when whole cached files may be handed to the kernel (FUSE passthrough).
     pub fn passthrough(&self) -> bool {
         self.passthrough

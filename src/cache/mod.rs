@@ -25,10 +25,15 @@
 //!    of its run that are missing there; what it GETs is written to disk in the background, so
 //!    a reader never waits on the cache's writes. A random read of blocks on disk goes through
 //!    the blocks (memory then disk) instead of its own small GET.
+//! 8. A reader that stays random on an object that fits the disk tier gets the whole object
+//!    fetched into it in the background (`fill.rs`), at the rate and memory of one sequential
+//!    reader; its later reads come from disk as the blocks land.
 
 pub mod disk;
+mod fill;
 
 use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +46,7 @@ use crate::config::CacheConfig;
 use crate::error::{FsError, FsResult};
 use crate::store::ObjectStore;
 use disk::DiskCache;
+use fill::{Fill, FILL_AFTER};
 
 /// One version of one object: what every cached block belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,6 +112,8 @@ pub struct BlockCache {
     get_blocks: u64,
     blocks: Mutex<LruCache<BlockKey, Slot>>,
     disk: Option<Arc<DiskCache>>,
+    /// Objects being fetched whole into the disk tier (`fill.rs`).
+    filling: Arc<Mutex<HashSet<Arc<ObjectId>>>>,
     /// Block reads that found their block cached or in flight.
     hits: AtomicU64,
     /// Block reads that started a fetch.
@@ -120,6 +128,8 @@ pub struct ReadState {
     next_offset: u64,
     window: u64,
     prefetched_until: u64,
+    /// Random reads in a row.
+    random: u32,
 }
 
 impl BlockCache {
@@ -141,6 +151,7 @@ impl BlockCache {
                 NonZeroUsize::new(capacity).expect("capacity >= 4"),
             )),
             disk: None,
+            filling: Arc::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -256,6 +267,9 @@ impl BlockCache {
         let first = offset / self.block_size;
         let last = (end - 1) / self.block_size;
         let sequential = self.plan_readahead(object, size, state, offset..end);
+        if !sequential {
+            self.maybe_fill(object, size, state);
+        }
         if !sequential
             && !self.cached(object, first..=last)
             && !self.on_disk(object, size, first..last + 1).await
@@ -373,8 +387,10 @@ impl BlockCache {
                 s.window = 0;
                 s.prefetched_until = 0;
                 s.next_offset = end;
+                s.random = s.random.saturating_add(1);
                 return false;
             }
+            s.random = 0;
             if end.div_ceil(self.block_size) > s.next_offset.div_ceil(self.block_size)
                 || s.window == 0
             {
@@ -398,6 +414,38 @@ impl BlockCache {
         };
         self.prefetch(object, size, ahead);
         true
+    }
+
+    /// Starts fetching `object` whole into the disk tier when its reader has just made its
+    /// `FILL_AFTER`th random read in a row and it fits (`fill.rs`), unless a fill of it is
+    /// under way.
+    fn maybe_fill(&self, object: &Arc<ObjectId>, size: u64, state: &Mutex<ReadState>) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        if state.lock().random != FILL_AFTER || !Fill::fits(disk, size, self.block_size) {
+            return;
+        }
+        if !self.filling.lock().insert(Arc::clone(object)) {
+            return;
+        }
+        let fill = Fill {
+            store: Arc::clone(&self.store),
+            disk: Arc::clone(disk),
+            object: Arc::clone(object),
+            size,
+            block_size: self.block_size,
+            get_blocks: self.get_blocks,
+            parallel: (self.max_readahead_blocks / self.get_blocks).max(1) as usize,
+        };
+        let (filling, object) = (Arc::clone(&self.filling), Arc::clone(object));
+        tokio::spawn(async move {
+            tracing::debug!(key = %object.key, size, "disk cache: fetching a randomly read object whole");
+            if let Err(e) = fill.run().await {
+                tracing::debug!(key = %object.key, "disk cache: fill stopped: {}", e.message);
+            }
+            filling.lock().remove(&object);
+        });
     }
 
     /// Starts one GET per run of up to `get_blocks` consecutive blocks of `blocks` that are

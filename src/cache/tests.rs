@@ -210,6 +210,7 @@ async fn random_reads_of_blocks_on_disk_are_served_at_once_without_gets() {
         dir: dir.path().to_path_buf(),
         size: 1 << 30,
         passthrough: false,
+        by_default: false,
     };
     let disk = Arc::new(DiskCache::open(&config, "test", BLOCK).unwrap());
     let cache = Arc::new(

@@ -160,8 +160,8 @@ fn cache_dir_is_a_deprecated_spelling_of_staging_dir() {
         old.daemon.notices
     );
     assert!(
-        old.cache.disk.is_none(),
-        "the old flag never turns the disk cache on"
+        old.cache.disk.as_ref().is_none_or(|d| d.by_default),
+        "the old flag never names the disk cache"
     );
     let both = parse(&[
         "b",
@@ -179,8 +179,26 @@ fn cache_dir_is_a_deprecated_spelling_of_staging_dir() {
 
 #[test]
 fn disk_cache_options() {
-    let off = parse(&["b", "/m"]).unwrap().into_config().unwrap();
-    assert!(off.cache.disk.is_none(), "off by default");
+    // On by default, in the user's cache directory, sized from free space.
+    let default = parse(&["b", "/m"]).unwrap().into_config().unwrap();
+    let disk = default.cache.disk.expect("on by default");
+    assert!(disk.by_default);
+    assert!(
+        !disk.passthrough,
+        "no passthrough (ETXTBSY for writers) by default"
+    );
+    assert!(
+        disk.size > 0 && disk.size <= DISK_CACHE_CAP,
+        "{}",
+        disk.size
+    );
+    let off = parse(&["b", "/m", "-o", "no_disk_cache"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert!(off.cache.disk.is_none(), "--no-disk-cache turns it off");
+    assert!(parse(&["b", "/m", "--no-disk-cache", "--disk-cache", "/c"]).is_err());
+    assert!(parse(&["b", "/m", "--no-disk-cache", "--disk-cache-size", "1GiB"]).is_err());
     let on = parse(&[
         "b",
         "/m",
@@ -193,25 +211,41 @@ fn disk_cache_options() {
     let disk = on.cache.disk.unwrap();
     assert_eq!(disk.dir, std::path::Path::new("/var/cache/b"));
     assert_eq!(disk.size, 64 << 20);
-    assert!(disk.passthrough);
+    assert!(disk.passthrough && !disk.by_default);
     let plain = parse(&["b", "/m", "--disk-cache", "/c", "--no-passthrough"])
         .unwrap()
         .into_config()
         .unwrap();
     assert!(!plain.cache.disk.unwrap().passthrough);
+    // A size alone sizes the default directory.
+    let sized = parse(&["b", "/m", "--disk-cache-size", "1GiB"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(sized.cache.disk.unwrap().size, 1 << 30);
+}
+
+#[test]
+fn the_default_disk_cache_is_the_users_cache_directory_sized_from_free_space() {
+    let os = |s: &str| Some(std::ffi::OsString::from(s));
     assert_eq!(
-        parse(&["b", "/m", "--disk-cache", "/c"])
-            .unwrap()
-            .into_config()
-            .unwrap()
-            .cache
-            .disk
-            .unwrap()
-            .size,
-        10 << 30
+        default_disk_cache_dir(0, os("/x"), os("/root")),
+        Some("/var/cache/bucketfs".into())
     );
-    // A size without a directory means nothing: refused rather than ignored.
-    assert!(parse(&["b", "/m", "--disk-cache-size", "1GiB"]).is_err());
+    assert_eq!(
+        default_disk_cache_dir(1000, os("/home/u/.xdg"), os("/home/u")),
+        Some("/home/u/.xdg/bucketfs".into())
+    );
+    assert_eq!(
+        default_disk_cache_dir(1000, os("relative"), os("/home/u")),
+        Some("/home/u/.cache/bucketfs".into()),
+        "a relative XDG_CACHE_HOME is ignored, as the spec says"
+    );
+    assert_eq!(default_disk_cache_dir(1000, None, None), None);
+    assert_eq!(default_disk_cache_dir(1000, None, os("")), None);
+    assert_eq!(default_disk_cache_size(Some(8 << 30)), 2 << 30);
+    assert_eq!(default_disk_cache_size(Some(1 << 40)), DISK_CACHE_CAP);
+    assert_eq!(default_disk_cache_size(None), DISK_CACHE_CAP);
 }
 
 #[test]

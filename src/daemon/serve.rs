@@ -86,6 +86,20 @@ fn bucket_id(config: &Config) -> String {
     )
 }
 
+/// What the disk cache keys this mount's blocks by: the endpoint and bucket and, for an SSE-C
+/// mount, a digest of its key (not the key, not its MD5), so that a mount without that key
+/// never reads what a mount with it cached.
+fn disk_namespace(config: &Config) -> String {
+    let mut namespace = bucket_id(config);
+    if let Some(key) = &config.store.headers.customer_key {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("bucketfs sse-c\0{}", key.md5_b64));
+        namespace.push_str("\0sse-c:");
+        namespace.extend(digest.iter().map(|b| format!("{b:02x}")));
+    }
+    namespace
+}
+
 /// Checks the bucket, mounts, reports readiness, and runs until unmounted.
 /// `ready` is the start-up pipe of a background daemon: it gets "OK" and is closed once the mount
 /// is live, and stays open for the caller to report an error otherwise.
@@ -290,20 +304,31 @@ fn build_fs(
         owed_record: Some(format!("{}\0{}", bucket_id(config), config.fs.prefix)),
     };
     let disk = match &config.cache.disk {
-        Some(disk) => {
-            let opened =
-                DiskCache::open(disk, &bucket_id(config), config.cache.block_size).map_err(|e| {
-                    anyhow!("cannot use the disk cache: {e} (give a directory of your own with --disk-cache)")
-                })?;
-            tracing::info!(
-                dir = %disk.dir.display(),
-                size = disk.size,
-                "disk cache on"
-            );
-            let opened = Arc::new(opened);
-            opened.trim_in_background();
-            Some(opened)
-        }
+        Some(disk) => match DiskCache::open(disk, &disk_namespace(config), config.cache.block_size)
+        {
+            Ok(opened) => {
+                tracing::info!(
+                    dir = %disk.dir.display(),
+                    size = disk.size,
+                    "disk cache on"
+                );
+                let opened = Arc::new(opened);
+                opened.trim_in_background();
+                Some(opened)
+            }
+            Err(e) if disk.by_default => {
+                tracing::warn!(
+                    "disk cache off: {e} (give a directory of your own with --disk-cache, or \
+                     --no-disk-cache to silence this)"
+                );
+                None
+            }
+            Err(e) => {
+                return Err(anyhow!(
+                "cannot use the disk cache: {e} (give a directory of your own with --disk-cache)"
+            ))
+            }
+        },
         None => None,
     };
     let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache).with_disk(disk));

@@ -8,6 +8,7 @@ fn cache(dir: &Path, size: u64) -> DiskCache {
         dir: dir.to_path_buf(),
         size,
         passthrough: true,
+        by_default: false,
     };
     DiskCache::open(&config, "test\0bucket", BLOCK).unwrap()
 }
