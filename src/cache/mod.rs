@@ -33,7 +33,6 @@ pub mod disk;
 mod fill;
 
 use parking_lot::Mutex;
-use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,7 +45,7 @@ use crate::config::CacheConfig;
 use crate::error::{FsError, FsResult};
 use crate::store::ObjectStore;
 use disk::DiskCache;
-use fill::{Fill, FILL_AFTER};
+use fill::{Fill, Fills, FILL_AFTER};
 
 /// One version of one object: what every cached block belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -113,7 +112,7 @@ pub struct BlockCache {
     blocks: Mutex<LruCache<BlockKey, Slot>>,
     disk: Option<Arc<DiskCache>>,
     /// Objects being fetched whole into the disk tier (`fill.rs`).
-    filling: Arc<Mutex<HashSet<Arc<ObjectId>>>>,
+    fills: Arc<Fills>,
     /// Block reads that found their block cached or in flight.
     hits: AtomicU64,
     /// Block reads that started a fetch.
@@ -151,7 +150,9 @@ impl BlockCache {
                 NonZeroUsize::new(capacity).expect("capacity >= 4"),
             )),
             disk: None,
-            filling: Arc::default(),
+            fills: Arc::new(Fills::new(
+                (max_readahead_blocks / get_blocks.max(1)).max(1) as usize,
+            )),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -416,17 +417,17 @@ impl BlockCache {
         true
     }
 
-    /// Starts fetching `object` whole into the disk tier when its reader has just made its
-    /// `FILL_AFTER`th random read in a row and it fits (`fill.rs`), unless a fill of it is
-    /// under way.
+    /// Starts fetching `object` whole into the disk tier once its reader has made
+    /// `FILL_AFTER` random reads in a row, when it fits and no fill of it runs or ended
+    /// (`fill.rs`).
     fn maybe_fill(&self, object: &Arc<ObjectId>, size: u64, state: &Mutex<ReadState>) {
         let Some(disk) = &self.disk else {
             return;
         };
-        if state.lock().random != FILL_AFTER || !Fill::fits(disk, size, self.block_size) {
-            return;
-        }
-        if !self.filling.lock().insert(Arc::clone(object)) {
+        if state.lock().random < FILL_AFTER
+            || !Fill::fits(disk, size, self.block_size)
+            || !self.fills.claim(object)
+        {
             return;
         }
         let fill = Fill {
@@ -436,16 +437,8 @@ impl BlockCache {
             size,
             block_size: self.block_size,
             get_blocks: self.get_blocks,
-            parallel: (self.max_readahead_blocks / self.get_blocks).max(1) as usize,
         };
-        let (filling, object) = (Arc::clone(&self.filling), Arc::clone(object));
-        tokio::spawn(async move {
-            tracing::debug!(key = %object.key, size, "disk cache: fetching a randomly read object whole");
-            if let Err(e) = fill.run().await {
-                tracing::debug!(key = %object.key, "disk cache: fill stopped: {}", e.message);
-            }
-            filling.lock().remove(&object);
-        });
+        tokio::spawn(Arc::clone(&self.fills).run(fill));
     }
 
     /// Starts one GET per run of up to `get_blocks` consecutive blocks of `blocks` that are

@@ -263,7 +263,8 @@ class Mount:
                    os.path.join(self.cache, "staging"), "--log-level", "warn"]
             # The disk cache is on by default; a cold run gets an empty one of the default
             # size (a warm one 8 GiB), never what an earlier run left in the default directory.
-            cmd += ["--disk-cache", os.path.join(self.cache, "disk")]
+            if "--no-disk-cache" not in BUCKETFS_OPTIONS:
+                cmd += ["--disk-cache", os.path.join(self.cache, "disk")]
             if warm:
                 cmd += ["--disk-cache-size", str(8 * GiB)]
             if no_xattr:
