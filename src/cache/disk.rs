@@ -37,6 +37,13 @@
 //!    not writable by group or others, not a symlink), so no other user can plant a name
 //!    below them; files are opened with `O_NOFOLLOW` all the same. Shared between mounts of
 //!    one user only.
+//! 8. Blocks fetched for a reader are written behind it, so the blocks waiting for the disk are
+//!    memory: when readers outrun the disk (four streams on loopback), that backlog grew to
+//!    700 MiB of resident memory. It is bounded (`BACKLOG`): a fetch whose blocks would pass
+//!    it waits for the disk to catch up (`Backlog::reserve`), as the kernel throttles a writer
+//!    of dirty pages; readers slow to the disk's speed only when the disk is the slower one,
+//!    and everything read is still kept. A paused cache (a full disk) writes nothing and so
+//!    never holds a reader.
 
 use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
@@ -81,6 +88,12 @@ const OPEN_FILES: usize = 128;
 /// How long a failed write (a full disk) stops inserts before they are tried again.
 const WRITE_PAUSE: Duration = Duration::from_secs(30);
 
+/// Bytes of fetched blocks that may wait to be written to disk (see 8.).
+pub const BACKLOG: u64 = 64 << 20;
+
+/// The backlog is counted in these.
+const BACKLOG_UNIT: u64 = 64 << 10;
+
 /// A sums file's mtime is moved on a hit at most this often: recency needs no more precision.
 const TOUCH_EVERY: Duration = Duration::from_secs(10);
 
@@ -98,6 +111,25 @@ pub struct DiskCache {
     insert: Mutex<()>,
     /// Set once a write failed with "no space" or similar, until `paused_until`.
     warned: AtomicBool,
+    /// Room for blocks waiting to be written, in `BACKLOG_UNIT`s (see 8.).
+    backlog: Arc<tokio::sync::Semaphore>,
+}
+
+/// A claim on the write backlog (see 8.), given back when dropped.
+pub type Backlog = tokio::sync::OwnedSemaphorePermit;
+
+impl DiskCache {
+    /// Claims room for `bytes` waiting to be written, waiting while the backlog is full (see
+    /// 8.); more than the whole backlog claims all of it.
+    pub async fn reserve_backlog(&self, bytes: u64) -> Option<Backlog> {
+        let units = bytes
+            .div_ceil(BACKLOG_UNIT)
+            .clamp(1, BACKLOG / BACKLOG_UNIT);
+        Arc::clone(&self.backlog)
+            .acquire_many_owned(u32::try_from(units).ok()?)
+            .await
+            .ok()
+    }
 }
 
 #[derive(Debug)]
@@ -191,6 +223,9 @@ impl DiskCache {
             }),
             insert: Mutex::new(()),
             warned: AtomicBool::new(false),
+            backlog: Arc::new(tokio::sync::Semaphore::new(
+                (BACKLOG / BACKLOG_UNIT) as usize,
+            )),
         })
     }
 

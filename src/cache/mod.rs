@@ -667,16 +667,21 @@ async fn fetch_through_disk(
         .get_object_pieces(&object.key, &object.etag, range, block_size)
         .await
         .map_err(FsError::from)?;
-    let written = got.clone();
-    tokio::task::spawn_blocking(move || {
-        for (i, block) in written.iter().enumerate() {
-            let index = first + i as u64;
-            // A short block (the object shrank) is never kept: the read reports it.
-            if block.len() as u64 == block_len(size, block_size, index) {
-                disk.write_block(&object, size, index, block);
+    // Written behind the reader, within the backlog (disk.rs, 8.).
+    let bytes = got.iter().map(|b| b.len() as u64).sum();
+    if let Some(claim) = disk.reserve_backlog(bytes).await {
+        let written = got.clone();
+        tokio::task::spawn_blocking(move || {
+            let _claim = claim;
+            for (i, block) in written.iter().enumerate() {
+                let index = first + i as u64;
+                // A short block (the object shrank) is never kept: the read reports it.
+                if block.len() as u64 == block_len(size, block_size, index) {
+                    disk.write_block(&object, size, index, block);
+                }
             }
-        }
-    });
+        });
+    }
     for (i, block) in got.into_iter().enumerate() {
         if let Some(slot) = found.get_mut(lo + i) {
             *slot = Some(block);

@@ -296,3 +296,31 @@ fn a_directory_found_over_a_lowered_bound_is_trimmed_without_an_insert() {
         .read_block(&object("k15", "\"1\""), BLOCK, 0)
         .is_some());
 }
+
+#[tokio::test]
+async fn the_write_backlog_is_bounded_and_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = cache(dir.path(), 1 << 30);
+    let half = disk
+        .reserve_backlog(BACKLOG / 2)
+        .await
+        .expect("within the bound");
+    let rest = disk
+        .reserve_backlog(BACKLOG / 2)
+        .await
+        .expect("up to the bound");
+    let more = disk.reserve_backlog(1);
+    tokio::pin!(more);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(50), &mut more).await;
+    assert!(
+        waited.is_err(),
+        "past the bound, a fetch waits for the disk"
+    );
+    drop(half);
+    assert!(more.await.is_some(), "and goes on once writes are done");
+    drop(rest);
+    assert!(
+        disk.reserve_backlog(10 * BACKLOG).await.is_some(),
+        "more than the backlog takes all of it"
+    );
+}
