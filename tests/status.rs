@@ -245,6 +245,16 @@ fn another_user_cannot_read_the_status_socket() {
     drop(f);
 }
 
+/// A loopback address with a port free for `--metrics-addr`.
+fn free_metrics_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// The body of `GET http://addr/metrics`.
 fn scrape(addr: &str) -> String {
     use std::io::Read;
@@ -307,12 +317,7 @@ fn metrics_count_the_requests_the_server_saw() {
     let b = Bucket::new("status-metrics");
     b.put("old.txt", b"there before");
     let p = proxy();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_metrics_addr();
     let m = Mount::new(
         &b.name,
         "status-metrics",
@@ -441,12 +446,7 @@ fn ls_l_asks_for_labels_and_acls_once_not_per_entry() {
     let b = Bucket::new("status-ls-xattr");
     let keys: Vec<String> = (0..500).map(|i| format!("many/f{i:03}")).collect();
     b.put_many(&keys, b"x");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_metrics_addr();
     let m = Mount::new(
         &b.name,
         "status-ls-xattr",

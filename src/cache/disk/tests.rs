@@ -4,11 +4,15 @@ use super::*;
 const BLOCK: u64 = 4 * CHUNK;
 
 fn cache(dir: &Path, size: u64) -> DiskCache {
+    cache_of(dir, size, false)
+}
+
+fn cache_of(dir: &Path, size: u64, by_default: bool) -> DiskCache {
     let config = DiskCacheConfig {
         dir: dir.to_path_buf(),
         size,
         passthrough: true,
-        by_default: false,
+        by_default,
     };
     DiskCache::open(&config, "test\0bucket", BLOCK).unwrap()
 }
@@ -323,4 +327,14 @@ async fn the_write_backlog_is_bounded_and_given_back() {
         disk.reserve_backlog(10 * BACKLOG).await.is_some(),
         "more than the backlog takes all of it"
     );
+
+    // The default directory never holds a reader: past the bound, nothing is written.
+    let default = cache_of(dir.path(), 1 << 30, true);
+    let all = default
+        .reserve_backlog(BACKLOG)
+        .await
+        .expect("within the bound");
+    assert!(default.reserve_backlog(1).await.is_none(), "not written");
+    drop(all);
+    assert!(default.reserve_backlog(1).await.is_some());
 }
