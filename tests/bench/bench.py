@@ -250,7 +250,7 @@ class Mount:
         """`warm`: each system with its disk cache on (bucketfs --disk-cache, s3fs use_cache;
         rclone's cache modes are the systems themselves). `keep_cache`: over the cache
         directory a previous mount left (a remount). `no_xattr`: extended attributes off
-        (bucketfs --no-xattr, s3fs noxattr; rclone serves none anyway)."""
+        (bucketfs --no-xattr; s3fs without use_xattr and rclone serve none anyway)."""
         self.system, self.server, self.workdir, self.warm = system, server, workdir, warm
         self.path = os.path.join(workdir, "mnt")
         self.cache = os.path.join(workdir, "cache")
@@ -280,8 +280,6 @@ class Mount:
             options = f"url={server.endpoint},use_path_request_style,passwd_file={passwd}"
             if warm:
                 options += f",use_cache={self.cache}"
-            if no_xattr:
-                options += ",noxattr"
             cmd = ["s3fs", BUCKET, self.path, "-f", "-o", options]
         else:
             mode = system.split("-", 1)[1]
@@ -879,8 +877,8 @@ def report(bench, table, systems, command, started):
         f"{human(s['write4'])} with fsync at the end, counted until the objects are in the "
         f"bucket; `ls -l` of {', '.join(str(n) for n in s['ls'])} entries; "
         f"ls-{max(s['ls']) // 1000}k-xattr: `ls -l` of the largest at default options over "
-        f"the same on a fresh mount with xattrs off (`--no-xattr`, s3fs `noxattr`; rclone "
-        f"serves none: the same mount twice); `cp -r` of "
+        f"the same on a fresh mount with xattrs off (`--no-xattr`; s3fs without `use_xattr` "
+        f"and rclone serve none: the same mount twice); `cp -r` of "
         f"{s['small']} files of 4-64 KiB in 10 directories; redirects: {s['redirects']} "
         f"`printf %s \"$x\" > f$i` of 4 KiB in a new directory, timed until every object is "
         f"stored (raw: the same PUTs one at a time); creates-default-ttl: the same files at "
