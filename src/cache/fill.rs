@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 use super::disk::DiskCache;
-use super::{block_len, ObjectId};
+use super::{write_blocks, ObjectId};
 use crate::error::{FsError, FsResult};
 use crate::store::ObjectStore;
 
@@ -154,12 +154,7 @@ impl Fill {
             .map_err(FsError::from)?;
         let (disk, object) = (Arc::clone(&self.disk), Arc::clone(&self.object));
         let kept = tokio::task::spawn_blocking(move || {
-            for (index, block) in run.clone().zip(&got) {
-                // A short block (the object shrank) is never kept: a read reports it.
-                if block.len() as u64 == block_len(size, bs, index) {
-                    disk.write_block(&object, size, index, block);
-                }
-            }
+            write_blocks(&disk, &object, (size, bs), run.start, &got);
             disk.present(&object, size, run)
         });
         match kept.await {

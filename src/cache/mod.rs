@@ -636,6 +636,22 @@ fn shrunk(object: &ObjectId, got: u64, expected: u64) -> FsError {
     )
 }
 
+/// Writes `blocks`, block `first` of `object` (of `size` bytes, in blocks of `block_size`) on,
+/// to `disk`; a short block (the object shrank) is never kept: a read reports it. Blocking.
+fn write_blocks(
+    disk: &DiskCache,
+    object: &ObjectId,
+    (size, block_size): (u64, u64),
+    first: u64,
+    blocks: &[Bytes],
+) {
+    for (index, block) in (first..).zip(blocks) {
+        if block.len() as u64 == block_len(size, block_size, index) {
+            disk.write_block(object, size, index, block);
+        }
+    }
+}
+
 /// The blocks `blocks` of `object`: those intact on disk from there, the span of the others
 /// with one GET, which is then written to disk in the background.
 async fn fetch_through_disk(
@@ -673,13 +689,7 @@ async fn fetch_through_disk(
         let written = got.clone();
         tokio::task::spawn_blocking(move || {
             let _claim = claim;
-            for (i, block) in written.iter().enumerate() {
-                let index = first + i as u64;
-                // A short block (the object shrank) is never kept: the read reports it.
-                if block.len() as u64 == block_len(size, block_size, index) {
-                    disk.write_block(&object, size, index, block);
-                }
-            }
+            write_blocks(&disk, &object, (size, block_size), first, &written);
         });
     }
     for (i, block) in got.into_iter().enumerate() {
