@@ -15,9 +15,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{
-    CacheConfig, Checksum, Config, DaemonConfig, DiskCacheConfig, FsConfig, NetworkConfig,
-    NotifyConfig, NotifySource, StoreConfig, UploadConfig, DEFAULT_METADATA_TTL,
-    DEFAULT_STAGING_LIMIT, NOTIFIED_METADATA_TTL,
+    CacheConfig, Checksum, Config, DaemonConfig, DiskCacheConfig, FsConfig, MetadataCacheConfig,
+    NetworkConfig, NotifyConfig, NotifySource, StoreConfig, UploadConfig,
+    DEFAULT_METADATA_CACHE_SIZE, DEFAULT_METADATA_TTL, DEFAULT_STAGING_LIMIT,
+    NOTIFIED_METADATA_TTL,
 };
 use crate::store::headers::{CustomerKey, RequestHeaders, Sse, STORAGE_CLASSES};
 use crate::upload::{reach, MAX_OBJECT_SIZE, MAX_PART_SIZE};
@@ -250,6 +251,17 @@ pub struct Args {
     #[arg(long)]
     pub no_passthrough: bool,
 
+    /// Keep directory listings in this directory across remounts: after a remount, lookups and
+    /// readdir answer from it at once while each directory is listed again in the background
+    /// (stale-while-revalidate, docs/SEMANTICS.md); mounts may share it
+    #[arg(long, value_name = "DIR")]
+    pub metadata_cache: Option<PathBuf>,
+
+    /// Disk space the saved listings may use, those written longest ago leaving first
+    /// (default: 512MiB)
+    #[arg(long, value_parser = parse_size, requires = "metadata_cache")]
+    pub metadata_cache_size: Option<u64>,
+
     /// Stay in the foreground instead of detaching once mounted
     #[arg(short = 'f', long)]
     pub foreground: bool,
@@ -345,6 +357,8 @@ const FLAG_OPTIONS: &[&str] = &[
     "disk-cache-size",
     "no-disk-cache",
     "no-passthrough",
+    "metadata-cache",
+    "metadata-cache-size",
     "foreground",
     "log-level",
     "log-file",
@@ -829,6 +843,15 @@ impl Args {
                 passthrough: !self.no_passthrough && !by_default,
                 by_default,
             }),
+            metadata: match self.metadata_cache {
+                Some(dir) => Some(MetadataCacheConfig {
+                    dir: absolute("--metadata-cache", dir)?,
+                    size: self
+                        .metadata_cache_size
+                        .unwrap_or(DEFAULT_METADATA_CACHE_SIZE),
+                }),
+                None => None,
+            },
             ..CacheConfig::default()
         };
         let upload = UploadConfig {

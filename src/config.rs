@@ -282,7 +282,22 @@ pub struct CacheConfig {
     pub readahead_get_size: u64,
     /// The disk tier under the memory cache (`--disk-cache`), off when None.
     pub disk: Option<DiskCacheConfig>,
+    /// Listings kept on disk across remounts (`--metadata-cache`), off when None.
+    pub metadata: Option<MetadataCacheConfig>,
 }
+
+/// Where the metadata snapshot lives and how large it may grow (fs/snapshot.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataCacheConfig {
+    /// The directory (mounts that name the same one share it).
+    pub dir: PathBuf,
+    /// Bytes all saved listings may use together.
+    pub size: u64,
+}
+
+/// 512 MiB of saved listings: about 2.5 million entries (~200 bytes each, the name, version
+/// and headers as JSON), a bucket's worth for most workloads, a small part of most disks.
+pub const DEFAULT_METADATA_CACHE_SIZE: u64 = 512 << 20;
 
 /// Where the disk cache lives and how large it may grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +330,7 @@ impl Default for CacheConfig {
             max_readahead: 64 << 20,
             readahead_get_size: DEFAULT_READAHEAD_GET_SIZE,
             disk: None,
+            metadata: None,
         }
     }
 }

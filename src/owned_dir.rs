@@ -219,6 +219,28 @@ impl OwnedDir {
         Ok(())
     }
 
+    /// Writes `bytes` to a new file `name` (mode 0600, `O_EXCL | O_NOFOLLOW`), without waiting
+    /// for the disk: for files whose readers check them (fs/snapshot.rs).
+    pub fn write_new_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(&self.fd, name, flags, Mode::S_IRUSR | Mode::S_IWUSR)?;
+        File::from(fd).write_all(bytes)
+    }
+
+    /// Renames `from` to `to`, both in this directory, replacing `to`.
+    pub fn rename_file(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(nix::fcntl::renameat(&self.fd, from, &self.fd, to)?)
+    }
+
+    /// The size of file `name` in this directory, not following a symlink.
+    pub fn file_size(&self, name: &str) -> io::Result<u64> {
+        let stat =
+            nix::sys::stat::fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        Ok(u64::try_from(stat.st_size).unwrap_or(0))
+    }
+
     /// The bytes of file `name` in this directory (`None`: there is none), not following a
     /// symlink.
     pub fn read_file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {

@@ -17,6 +17,7 @@ fn setup(budget_blocks: u64, data: &[u8]) -> (Arc<MemoryStore>, Arc<BlockCache>,
         max_readahead: 8 * BLOCK,
         readahead_get_size: 4 * BLOCK,
         disk: None,
+        metadata: None,
     };
     let dyn_store: Arc<dyn ObjectStore> = store.clone();
     let cache = Arc::new(BlockCache::new(dyn_store, &config));

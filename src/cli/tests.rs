@@ -178,6 +178,35 @@ fn cache_dir_is_a_deprecated_spelling_of_staging_dir() {
 }
 
 #[test]
+fn metadata_cache_options() {
+    let default = parse(&["b", "/m"]).unwrap().into_config().unwrap();
+    assert!(default.cache.metadata.is_none(), "off by default");
+    let on = parse(&["b", "/m", "-o", "metadata_cache=/var/cache/m"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    let meta = on.cache.metadata.unwrap();
+    assert_eq!(meta.dir, std::path::Path::new("/var/cache/m"));
+    assert_eq!(meta.size, 512 << 20);
+    let sized = parse(&[
+        "b",
+        "/m",
+        "--metadata-cache",
+        "/c",
+        "--metadata-cache-size",
+        "1GiB",
+    ])
+    .unwrap()
+    .into_config()
+    .unwrap();
+    assert_eq!(sized.cache.metadata.unwrap().size, 1 << 30);
+    assert!(
+        parse(&["b", "/m", "--metadata-cache-size", "1GiB"]).is_err(),
+        "a size without a directory"
+    );
+}
+
+#[test]
 fn disk_cache_options() {
     // On by default, in the user's cache directory, sized from free space.
     let default = parse(&["b", "/m"]).unwrap().into_config().unwrap();

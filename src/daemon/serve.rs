@@ -16,6 +16,7 @@ use fuser::{MountOption, SessionACL};
 use crate::cache::disk::DiskCache;
 use crate::cache::BlockCache;
 use crate::config::{Config, NotifySource, StoreConfig};
+use crate::fs::snapshot::Snapshots;
 use crate::fs::{Fs, FsState, Writes};
 use crate::fuse::handover;
 use crate::fuse::handover::{KernelInit, Unanswered};
@@ -159,9 +160,12 @@ pub(super) fn serve(
         }
     };
     let stop_notifications = tokio_util::sync::CancellationToken::new();
+    // Notifications and the snapshot's revalidation tell the kernel what changed.
+    let kernel = (notifications.is_some() || config.cache.metadata.is_some())
+        && attach_kernel(&fs, &session);
     let notify_stats = notifications
         .as_ref()
-        .map(|n| consume_notifications(&rt, &config, n, &fs, &session, stop_notifications.clone()));
+        .map(|n| consume_notifications(&rt, &config, n, &fs, kernel, stop_notifications.clone()));
     let info = MountInfo {
         mountpoint: status::mount_path(&config.daemon.mountpoint),
         source: config.daemon.fs_name.clone(),
@@ -209,6 +213,7 @@ pub(super) fn serve(
     }
     report_ready(&config, ready);
     let tasks = fs.tasks().clone();
+    let saved = Arc::clone(&fs);
     let path = config.daemon.mountpoint.clone();
     rt.spawn(stop_on_signal(signals, fs, fuser_unmounter, path));
     // Within the runtime's context: writers dropped with the session abort their uploads on
@@ -222,6 +227,8 @@ pub(super) fn serve(
         rt.block_on(n.close());
     }
     wait_for_aborts(&rt, &tasks);
+    // What the last second changed (fs/remount.rs, 4.).
+    saved.flush_snapshot();
     tracing::info!("unmounted; exiting");
     rt.shutdown_timeout(Duration::from_secs(5));
     result.context("FUSE session ended with an error")
@@ -333,6 +340,15 @@ fn build_fs(
     };
     let cache = Arc::new(BlockCache::new(Arc::clone(&store), &config.cache).with_disk(disk));
     let fs = Arc::new(Fs::new(store, cache, config.fs.clone(), writes));
+    if let Some(meta) = &config.cache.metadata {
+        let namespace = format!("{}\0{}", disk_namespace(config), config.fs.prefix);
+        let snaps = Snapshots::open(meta, &namespace).map_err(|e| {
+            anyhow!("cannot use the metadata cache: {e} (give a directory of your own with --metadata-cache)")
+        })?;
+        tracing::info!(dir = %meta.dir.display(), size = meta.size, "metadata snapshot on");
+        let _context = rt.enter();
+        fs.keep_snapshot(snaps);
+    }
     if settle_owed {
         let owed = Arc::clone(&fs);
         fs.tasks().spawn_on(
@@ -358,29 +374,40 @@ fn fuse_config(config: &Config) -> fuser::Config {
     fuse_config
 }
 
-/// Starts the consumer of the notification queue, with the kernel's caches invalidated through
-/// `session`; returns its counters.
+/// Starts the thread that tells the kernel's caches what changed (through `session`); false
+/// when it cannot start (logged).
+fn attach_kernel(fs: &Arc<Fs>, session: &fuser::Session<FuseAdapter>) -> bool {
+    match KernelNotifier::start(session.notifier()) {
+        Ok(kernel) => {
+            fs.attach_kernel(Arc::new(kernel));
+            true
+        }
+        Err(e) => {
+            tracing::warn!("cannot start the kernel invalidation thread: {e}");
+            false
+        }
+    }
+}
+
+/// Starts the consumer of the notification queue, the kernel's caches invalidated when
+/// `kernel` (the invalidation thread runs); returns its counters.
 fn consume_notifications(
     rt: &tokio::runtime::Runtime,
     config: &Config,
     n: &Notifications,
     fs: &Arc<Fs>,
-    session: &fuser::Session<FuseAdapter>,
+    kernel: bool,
     stop: tokio_util::sync::CancellationToken,
 ) -> Arc<crate::notify::NotifyStats> {
-    let pushed = match KernelNotifier::start(session.notifier()) {
-        Ok(kernel) => {
-            fs.attach_kernel(Arc::new(kernel));
-            (config.fs.metadata_ttl, config.fs.negative_ttl)
-        }
-        Err(e) => {
-            // Events still reach the mount's caches, but not the kernel's: entries it was
-            // given must expire by the TTL used without notifications.
-            let (ttl, negative) = config.notify.fallback_ttls;
-            tracing::warn!("cannot start the kernel invalidation thread: {e}; metadata trusted for {ttl:?}, as without notifications");
-            fs.set_ttls(ttl, negative);
-            (ttl, negative)
-        }
+    let pushed = if kernel {
+        (config.fs.metadata_ttl, config.fs.negative_ttl)
+    } else {
+        // Events still reach the mount's caches, but not the kernel's: entries it was
+        // given must expire by the TTL used without notifications.
+        let (ttl, negative) = config.notify.fallback_ttls;
+        tracing::warn!("metadata trusted for {ttl:?}, as without notifications, since the kernel cannot be told of changes");
+        fs.set_ttls(ttl, negative);
+        (ttl, negative)
     };
     let consumer = Consumer::new(
         Arc::clone(&n.queue),

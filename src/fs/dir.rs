@@ -224,6 +224,10 @@ impl Fs {
     /// the rest arrive while readdir runs.
     pub async fn opendir(self: &Arc<Self>, ino: Ino) -> FsResult<u64> {
         let mut fresh = self.tables.lock().meta.fresh_listing(ino);
+        if fresh.is_none() && self.load_saved(ino).await {
+            // Answered from the snapshot after a remount (remount.rs).
+            fresh = self.tables.lock().meta.fresh_listing(ino);
+        }
         if fresh.is_none() {
             // A step of a recursive walk is served from one flat listing (walk.rs).
             let path = self.path_of(ino)?;
@@ -285,7 +289,7 @@ impl Fs {
 
     /// Lists `dir` to the end into the listing cache, here rather than in a task (no handle
     /// reads it); gives up past `WINDOW` entries. True when the listing was cached.
-    async fn list_whole(&self, dir: Ino) -> bool {
+    pub(super) async fn list_whole(&self, dir: Ino) -> bool {
         let Ok(path) = self.path_of(dir) else {
             return false;
         };
@@ -346,7 +350,7 @@ impl Fs {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         self.tables
             .lock()
-            .cache_listing(&self.attrs, dir, path, token, all)
+            .cache_listing(&self.attrs, dir, path, token, all, None)
     }
 
     /// True unless the headers of this very version of an object are known already (a

@@ -31,15 +31,21 @@
 //!    sent (`fill_started`), and what it answers is not stored (`seen_since`, `missed_since`)
 //!    if the name's directory changed meanwhile (an S3 event, a change of this mount): an
 //!    answer read before an event must not undo the event for a whole (notified) TTL.
+//! 8. With a metadata snapshot (snapshot.rs), every directory whose listing was cached or
+//!    changed is marked dirty (`take_dirty` hands them to the writer), and one whose listing
+//!    went because it is out of date (`stale`, `removed`, `renamed`) is marked gone, so its
+//!    saved file goes too. A listing dropped only to save memory (LRU, FORGET) stays saved:
+//!    it was right when read, and a remount revalidates what it loads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lru::LruCache;
 
 use super::inode::{Ino, InodeTable};
 use super::probe::Known;
+use super::snapshot::{SavedEntry, SavedListing, SavedObject};
 use super::{join, split, Attr, DirEntry, Kind};
 use crate::store::ObjectMeta;
 
@@ -64,6 +70,26 @@ struct NodeState {
 struct Listing {
     entries: Arc<Vec<DirEntry>>,
     expires: Instant,
+    /// When it was read from S3 (for the snapshot).
+    listed_at: SystemTime,
+}
+
+/// What the snapshot writer must do for a directory (see 8.).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dirty {
+    /// Save its listing, if one is cached.
+    Listing,
+    /// Its saved listing is out of date: save the cached one, or delete the file.
+    Gone,
+}
+
+/// What the snapshot writer does for one directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotWork {
+    /// Save this listing in place of the one saved.
+    Save(SavedListing),
+    /// Delete the listing saved for this path.
+    Remove(String),
 }
 
 /// What memory says about a name in a directory.
@@ -139,6 +165,8 @@ pub struct Meta {
     /// The newest change number dropped from `changed`.
     changed_floor: u64,
     seq: u64,
+    /// Directories the snapshot writer must visit, by path; `None` without a snapshot (8.).
+    dirty: Option<HashMap<Arc<str>, Dirty>>,
 }
 
 impl Meta {
@@ -155,7 +183,13 @@ impl Meta {
             changed: LruCache::unbounded(),
             changed_floor: 0,
             seq: 0,
+            dirty: None,
         }
+    }
+
+    /// Marks directories for the snapshot writer from now on (see 8.).
+    pub fn keep_snapshot(&mut self) {
+        self.dirty.get_or_insert_with(HashMap::new);
     }
 
     // ---- questions ----
@@ -339,7 +373,11 @@ impl Meta {
         if parent.is_some_and(|dir| self.changed_after(dir, token)) {
             return false;
         }
+        let headers = meta.as_ref().is_some_and(|m| m.metadata.is_some());
         self.seen_ino(ino, kind, meta);
+        if let Some(dir) = parent.filter(|dir| headers && self.listings.contains(dir)) {
+            self.mark(dir, Dirty::Listing);
+        }
         true
     }
 
@@ -367,6 +405,32 @@ impl Meta {
     /// The complete, sorted listing of `dir` that started at `token`; cached unless the
     /// directory changed meanwhile (see 2.). Returns whether it was cached.
     pub fn listed(&mut self, dir: Ino, token: ListToken, entries: Vec<DirEntry>) -> bool {
+        let cached = self.cache_listed(dir, token, entries, SystemTime::now());
+        if cached {
+            self.mark(dir, Dirty::Listing);
+        }
+        cached
+    }
+
+    /// `listed`, for a listing read from the snapshot, which was read from S3 at `listed_at`
+    /// (it is not saved again).
+    pub fn listed_from_snapshot(
+        &mut self,
+        dir: Ino,
+        token: ListToken,
+        entries: Vec<DirEntry>,
+        listed_at: SystemTime,
+    ) -> bool {
+        self.cache_listed(dir, token, entries, listed_at)
+    }
+
+    fn cache_listed(
+        &mut self,
+        dir: Ino,
+        token: ListToken,
+        entries: Vec<DirEntry>,
+        listed_at: SystemTime,
+    ) -> bool {
         if self.changed_after(dir, token) {
             return false;
         }
@@ -390,6 +454,7 @@ impl Meta {
             Listing {
                 entries: Arc::new(entries),
                 expires,
+                listed_at,
             },
         );
         // The listing answers for every name in it now.
@@ -428,6 +493,7 @@ impl Meta {
         if let Some(ino) = self.inodes.get(path) {
             self.nodes.remove(&ino);
             self.drop_listing(ino);
+            self.mark(ino, Dirty::Gone);
         }
         self.name_gone(path);
     }
@@ -458,8 +524,20 @@ impl Meta {
     /// `from` was renamed to `to`, which shows `attr` now: the moved inodes keep their numbers.
     pub fn renamed(&mut self, from: &str, to: &str, attr: Attr) {
         for ino in self.inodes.rename(from, to) {
-            self.nodes.remove(&ino);
+            let dir = self.nodes.remove(&ino).is_none_or(|n| n.kind == Kind::Dir);
             self.drop_listing(ino);
+            // Saved under its old path (and the new one may hold an older tree's).
+            if let Some(path) = self
+                .inodes
+                .path(ino)
+                .filter(|_| dir && self.dirty.is_some())
+            {
+                let old = path.strip_prefix(to).map(|rest| format!("{from}{rest}"));
+                self.mark_path(path, Dirty::Gone);
+                if let Some(old) = old {
+                    self.mark_path(old.into(), Dirty::Gone);
+                }
+            }
         }
         self.name_gone(from);
         self.entry_changed(to, attr);
@@ -482,6 +560,7 @@ impl Meta {
         let (parent_path, name) = split(path);
         if let Some(parent) = self.inodes.get(parent_path) {
             self.drop_listing(parent);
+            self.mark(parent, Dirty::Gone);
             self.misses.pop(&(parent, name.to_string()));
             self.bump(parent);
         }
@@ -694,6 +773,9 @@ impl Meta {
     fn set_entry(&mut self, parent: Ino, name: &str, attr: Option<Attr>) {
         self.misses.pop(&(parent, name.to_string()));
         self.bump(parent);
+        if self.listings.contains(&parent) {
+            self.mark(parent, Dirty::Listing);
+        }
         let Some(listing) = self.listings.peek_mut(&parent) else {
             return;
         };
@@ -717,6 +799,67 @@ impl Meta {
             (Err(_), None) => {}
         }
         self.listed_entries = self.listed_entries + entries.len() - before;
+    }
+
+    /// Marks directory `dir` for the snapshot writer (see 8.).
+    fn mark(&mut self, dir: Ino, dirty: Dirty) {
+        if self.dirty.is_some() {
+            if let Some(path) = self.inodes.path(dir) {
+                self.mark_path(path, dirty);
+            }
+        }
+    }
+
+    fn mark_path(&mut self, path: Arc<str>, dirty: Dirty) {
+        if let Some(marks) = &mut self.dirty {
+            let mark = marks.entry(path).or_insert(dirty);
+            if dirty == Dirty::Gone {
+                *mark = Dirty::Gone;
+            }
+        }
+    }
+
+    /// What the snapshot writer must do now (see 8.): the listings of the directories marked
+    /// since the last call, each entry with what is known of its object (its headers, when a
+    /// HEAD read them), keys relative to `dir_prefix(path)`. A listing that cannot be saved
+    /// whole (a file not committed yet, a key outside its directory) is not saved.
+    pub fn take_dirty(&mut self, dir_prefix: impl Fn(&str) -> String) -> Vec<SnapshotWork> {
+        let Some(marks) = self.dirty.as_mut().map(std::mem::take) else {
+            return Vec::new();
+        };
+        let mut work = Vec::new();
+        for (path, dirty) in marks {
+            let listing = self
+                .inodes
+                .get(&path)
+                .and_then(|ino| self.listings.peek(&ino));
+            let saved = listing.and_then(|l| self.saved_listing(&path, l, &dir_prefix(&path)));
+            match (saved, dirty) {
+                (Some(saved), _) => work.push(SnapshotWork::Save(saved)),
+                (None, Dirty::Gone) => work.push(SnapshotWork::Remove(path.to_string())),
+                (None, Dirty::Listing) => {}
+            }
+        }
+        work
+    }
+
+    fn saved_listing(&self, path: &str, listing: &Listing, prefix: &str) -> Option<SavedListing> {
+        let mut entries = Vec::with_capacity(listing.entries.len());
+        for entry in listing.entries.iter() {
+            let ino = self.inodes.get(&join(path, &entry.name))?;
+            let node = self.nodes.get(&ino)?;
+            let object = match &node.meta {
+                Some(meta) => Some(SavedObject::of(meta, prefix)?),
+                None if node.kind == Kind::Dir => None,
+                None => return None,
+            };
+            entries.push(SavedEntry {
+                name: entry.name.clone(),
+                kind: node.kind.type_bits(),
+                object,
+            });
+        }
+        Some(SavedListing::new(path, listing.listed_at, entries))
     }
 
     /// Directory `dir` changed: listings of it that started before now are incomplete.

@@ -45,6 +45,8 @@ mod open;
 pub mod posix;
 mod probe;
 pub mod remote;
+mod remount;
+pub mod snapshot;
 mod state;
 mod walk;
 mod writers;
@@ -292,6 +294,7 @@ impl Tables {
         path: &str,
         token: ListToken,
         mut entries: Vec<DirEntry>,
+        saved_at: Option<std::time::SystemTime>,
     ) -> Vec<DirEntry> {
         // Files created here and not yet committed are not in the bucket yet, but they exist.
         let pending: Vec<(String, Attr)> = self
@@ -308,7 +311,12 @@ impl Tables {
                 entries.insert(i, entry);
             }
         }
-        self.meta.listed(ino, token, entries);
+        match saved_at {
+            Some(listed_at) => self
+                .meta
+                .listed_from_snapshot(ino, token, entries, listed_at),
+            None => self.meta.listed(ino, token, entries),
+        };
         added
     }
 }
@@ -348,6 +356,8 @@ pub struct Fs {
     passthrough: std::sync::atomic::AtomicBool,
     /// Deletes of unlinked files that wait for their last close.
     deferred: Arc<deferred::Deferred>,
+    /// The metadata snapshot, when kept (remount.rs).
+    saved: std::sync::OnceLock<remount::Saved>,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -467,6 +477,7 @@ impl Fs {
             opened: Mutex::new(lru::LruCache::new(open::VERSIONS_KEPT)),
             passthrough: Default::default(),
             deferred,
+            saved: std::sync::OnceLock::new(),
         }
     }
 
@@ -523,7 +534,7 @@ impl Fs {
         let parent_path = self.path_of(parent)?;
         let path = join(&parent_path, name);
         self.names.check_key_length(&path, 0)?;
-        let mut refreshed = false;
+        let (mut refreshed, mut loaded) = (false, false);
         loop {
             let stale = {
                 let mut t = self.tables.lock();
@@ -550,6 +561,13 @@ impl Fs {
                 // about this one name (dir.rs, 6.).
                 !refreshed && t.meta.stale_listing(parent, dir::REFRESHED)
             };
+            // After a remount, the directory's saved listing answers (remount.rs).
+            if !loaded {
+                loaded = true;
+                if self.load_saved(parent).await {
+                    continue;
+                }
+            }
             if stale && self.refresh_listing(parent).await {
                 refreshed = true;
                 continue;

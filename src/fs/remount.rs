@@ -1,0 +1,307 @@
+//! Listings answered from the metadata snapshot after a remount (snapshot.rs keeps the files),
+//! and their revalidation: stale-while-revalidate, once per directory and mount.
+//!
+//! Non-obvious problems:
+//! 1. The first lookup or opendir of a directory without a listing in memory reads its saved
+//!    listing (`load_saved`), once per directory and mount: the listing is served at once, as
+//!    fresh for the metadata TTL, and the directory is queued to be listed again from S3. A
+//!    directory whose listing expired later in the mount is listed from S3 as usual: the
+//!    snapshot only spares the first listing of each directory.
+//! 2. Revalidation is the listing a lookup's refresh sends (dir.rs, 6.): one LIST series per
+//!    directory, at most `REVALIDATIONS` at once, in the background. The headers a HEAD read
+//!    for a version are loaded with the listing, so the listing does not HEAD an empty object
+//!    again unless its version changed. What the new listing shows differently (a name gone,
+//!    new, or another version) is told to the kernel as an S3 event would be (remote.rs), since
+//!    the kernel was given the saved entries for its TTL.
+//! 3. A saved listing is loaded fenced like a listing page (meta.rs, 7.): a change made while
+//!    the file was read keeps it out.
+//! 4. The writer takes the directories marked dirty (meta.rs, 8.) every `FLUSH_EVERY`, and once
+//!    more when the session ends; one lock orders the writes, so an older listing never lands
+//!    after a newer one.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::list::{valid_name, Child};
+use super::meta::{KernelNote, SnapshotWork};
+use super::snapshot::{Snapshots, FLUSH_EVERY};
+use super::{DirEntry, Fs, Ino, Kind};
+
+/// Directories listed again at once after they were answered from the snapshot (2.): enough
+/// to keep up with a `find` on a fast link, few enough to leave the link to the reads.
+const REVALIDATIONS: usize = 8;
+
+/// A directory answered from the snapshot, and the entries it was answered with.
+type Revalidation = (Ino, Arc<Vec<DirEntry>>);
+
+/// The snapshot as this mount uses it.
+#[derive(Debug)]
+pub(super) struct Saved {
+    snaps: Arc<Snapshots>,
+    /// Directories whose saved listing was looked for, by a hash of their path (1.).
+    tried: Mutex<HashSet<u64>>,
+    /// Directories to list again (2.).
+    revalidate: mpsc::UnboundedSender<Revalidation>,
+    /// Orders the writes (4.).
+    writing: Mutex<()>,
+}
+
+fn path_hash(path: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Fs {
+    /// Serves and keeps listings through `snaps` from now on; the writer and the revalidation
+    /// run as tasks on the current runtime.
+    pub fn keep_snapshot(self: &Arc<Self>, snaps: Snapshots) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let saved = Saved {
+            snaps: Arc::new(snaps),
+            tried: Mutex::default(),
+            revalidate: tx,
+            writing: Mutex::default(),
+        };
+        if self.saved.set(saved).is_err() {
+            return;
+        }
+        self.tables.lock().meta.keep_snapshot();
+        tokio::spawn(revalidate_loop(Arc::downgrade(self), rx));
+        tokio::spawn(write_loop(Arc::downgrade(self)));
+    }
+
+    /// Answers directory `dir` from its saved listing, if this mount did not look for it yet
+    /// and there is a good one (1., 3.); true when a listing of it is cached now.
+    pub(super) async fn load_saved(&self, dir: Ino) -> bool {
+        let Some(saved) = self.saved.get() else {
+            return false;
+        };
+        let Ok(path) = self.path_of(dir) else {
+            return false;
+        };
+        if !saved.tried.lock().insert(path_hash(&path)) {
+            return false;
+        }
+        let token = self.tables.lock().meta.listing_started();
+        let snaps = Arc::clone(&saved.snaps);
+        let wanted = path.to_string();
+        let Ok(Some(listing)) = tokio::task::spawn_blocking(move || snaps.load(&wanted)).await
+        else {
+            return false;
+        };
+        let prefix = self.names.dir_prefix(&path);
+        let children: Vec<(String, Child)> = listing
+            .entries
+            .iter()
+            .filter(|e| valid_name(&e.name))
+            .filter_map(|e| {
+                let meta = e.object.as_ref().map(|o| o.to_meta(&prefix));
+                let child = match (e.kind()?, meta) {
+                    (Kind::Dir, None) => Child::Dir,
+                    (Kind::Dir, Some(meta)) => Child::DirObject(meta),
+                    (_, Some(meta)) => Child::File(meta),
+                    (_, None) => return None,
+                };
+                Some((e.name.clone(), child))
+            })
+            .collect();
+        let listed_at = listing.listed_at();
+        let entries = {
+            let mut t = self.tables.lock();
+            let mut entries =
+                t.register_children(&self.attrs, &self.deferred, &path, children, token);
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            t.cache_listing(&self.attrs, dir, &path, token, entries, Some(listed_at));
+            t.meta.fresh_listing(dir)
+        };
+        let Some(entries) = entries else {
+            return false;
+        };
+        tracing::debug!(path = %path, entries = entries.len(), "listing answered from the snapshot");
+        let _ = saved.revalidate.send((dir, entries));
+        true
+    }
+
+    /// Lists `dir` again after it was answered with `old` from the snapshot, and tells the
+    /// kernel what differs (2.).
+    async fn revalidate(&self, dir: Ino, old: Arc<Vec<DirEntry>>) {
+        if !self.list_whole(dir).await {
+            return;
+        }
+        let Some(new) = self.tables.lock().meta.fresh_listing(dir) else {
+            return;
+        };
+        let notes = differences(dir, &old, &new);
+        if !notes.is_empty() {
+            tracing::debug!(
+                changes = notes.len(),
+                "a listing answered from the snapshot changed"
+            );
+        }
+        self.kernel.tell(notes);
+    }
+
+    /// Writes what changed since the last call (4.); blocking file I/O.
+    pub fn flush_snapshot(&self) {
+        let Some(saved) = self.saved.get() else {
+            return;
+        };
+        let _turn = saved.writing.lock();
+        let work = self
+            .tables
+            .lock()
+            .meta
+            .take_dirty(|path| self.names.dir_prefix(path));
+        for item in work {
+            match item {
+                SnapshotWork::Save(listing) => {
+                    if let Err(e) = saved.snaps.save(listing) {
+                        tracing::debug!("metadata snapshot not written: {e}");
+                    }
+                }
+                SnapshotWork::Remove(path) => saved.snaps.remove(&path),
+            }
+        }
+    }
+}
+
+/// What the kernel must forget of `dir`'s entries, given `old` and now `new` (both sorted).
+fn differences(dir: Ino, old: &[DirEntry], new: &[DirEntry]) -> Vec<KernelNote> {
+    let entry = |name: &str, deleted: Option<Ino>| KernelNote::Entry {
+        parent: dir,
+        name: name.to_string(),
+        deleted,
+    };
+    let mut notes = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let order = match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) => a.name.cmp(&b.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let gone = &old[i];
+                notes.push(entry(&gone.name, Some(gone.attr.ino)));
+                notes.push(KernelNote::Inode(gone.attr.ino));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                // The kernel may hold "no such name" for it.
+                notes.push(entry(&new[j].name, None));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (a, b) = (&old[i].attr, &new[j].attr);
+                if a.kind != b.kind {
+                    notes.push(entry(&new[j].name, None));
+                }
+                let same = a.kind == b.kind
+                    && a.size == b.size
+                    && a.mtime == b.mtime
+                    && (a.perm, a.uid, a.gid, a.rdev) == (b.perm, b.uid, b.gid, b.rdev);
+                if !same {
+                    notes.push(KernelNote::Inode(a.ino));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    if !notes.is_empty() {
+        notes.push(KernelNote::Inode(dir));
+    }
+    notes
+}
+
+/// Lists again, `REVALIDATIONS` at a time, the directories answered from the snapshot (2.).
+async fn revalidate_loop(fs: Weak<Fs>, mut queue: mpsc::UnboundedReceiver<Revalidation>) {
+    let limit = Arc::new(Semaphore::new(REVALIDATIONS));
+    while let Some((dir, old)) = queue.recv().await {
+        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+            return;
+        };
+        let Some(fs) = fs.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            fs.revalidate(dir, old).await;
+        });
+    }
+}
+
+/// Writes the dirty listings every `FLUSH_EVERY` (4.).
+async fn write_loop(fs: Weak<Fs>) {
+    let mut every = tokio::time::interval(FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(strong) = fs.upgrade() else {
+            return;
+        };
+        if tokio::task::spawn_blocking(move || strong.flush_snapshot())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::Attr;
+    use std::time::{Duration, SystemTime};
+
+    fn entry(name: &str, ino: u64, size: u64) -> DirEntry {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        DirEntry {
+            name: name.to_string(),
+            attr: Attr {
+                ino: Ino(ino),
+                kind: Kind::File,
+                size,
+                mtime: t,
+                atime: t,
+                ctime: t,
+                rdev: 0,
+                perm: 0o644,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn what_changed_since_the_snapshot_is_told_and_nothing_else() {
+        let dir = Ino(9);
+        let old = vec![entry("a", 2, 1), entry("b", 3, 1), entry("c", 4, 1)];
+        assert!(differences(dir, &old, &old).is_empty());
+        let new = vec![entry("a", 2, 1), entry("c", 4, 7), entry("d", 5, 1)];
+        let notes = differences(dir, &old, &new);
+        let note = |name: &str, deleted: Option<u64>| KernelNote::Entry {
+            parent: dir,
+            name: name.to_string(),
+            deleted: deleted.map(Ino),
+        };
+        assert_eq!(
+            notes,
+            vec![
+                note("b", Some(3)),
+                KernelNote::Inode(Ino(3)),
+                KernelNote::Inode(Ino(4)),
+                note("d", None),
+                KernelNote::Inode(dir),
+            ]
+        );
+    }
+}
