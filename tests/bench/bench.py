@@ -246,12 +246,16 @@ class Mount:
     """A fresh mount of one system on one server; the daemon runs in the foreground as our
     child so that its PID, peak RSS and CPU time are known."""
 
-    def __init__(self, system, server, workdir, warm=False, keep_cache=False, no_xattr=False):
+    def __init__(self, system, server, workdir, warm=False, keep_cache=False, no_xattr=False,
+                 metadata=False):
         """`warm`: each system with its disk cache on (bucketfs --disk-cache, s3fs use_cache;
         rclone's cache modes are the systems themselves). `keep_cache`: over the cache
         directory a previous mount left (a remount). `no_xattr`: extended attributes off
-        (bucketfs --no-xattr; s3fs without use_xattr and rclone serve none anyway)."""
+        (bucketfs --no-xattr; s3fs without use_xattr and rclone serve none anyway).
+        `metadata`: what the system keeps of listings across remounts (bucketfs
+        --metadata-cache; s3fs and rclone keep none)."""
         self.system, self.server, self.workdir, self.warm = system, server, workdir, warm
+        self.metadata = metadata
         self.path = os.path.join(workdir, "mnt")
         self.cache = os.path.join(workdir, "cache")
         os.makedirs(self.path, exist_ok=True)
@@ -272,6 +276,8 @@ class Mount:
                 shutil.rmtree(DEFAULT_DISK_CACHE, ignore_errors=True)
             if no_xattr:
                 cmd.append("--no-xattr")
+            if metadata:
+                cmd += ["--metadata-cache", os.path.join(self.cache, "meta")]
             cmd += BUCKETFS_OPTIONS
         elif system == "s3fs":
             passwd = os.path.join(workdir, "s3fs.passwd")
@@ -305,7 +311,8 @@ class Mount:
     def remount(self):
         """The same system mounted again over the cache this mount leaves behind."""
         self.close(keep_cache=True)
-        return Mount(self.system, self.server, self.workdir, self.warm, keep_cache=True)
+        return Mount(self.system, self.server, self.workdir, self.warm, keep_cache=True,
+                     metadata=self.metadata)
 
     def close(self, keep_cache=False):
         if mounted(self.path):
@@ -409,6 +416,7 @@ class Bench:
             ("creates-default-ttl", "s", False, "write", self.creates_default_ttl),
             ("meta-rss", "%", False, "read", self.meta_rss),
             (f"find-{self.find_label()}", "s", False, "read", self.find_tree),
+            (f"remount-find-{self.find_label()}", "s", False, "read", self.remount_find),
         ]
         return table
 
@@ -443,7 +451,7 @@ class Bench:
         for i in range(s["redirects"]):
             with open(os.path.join(self.redirect_src, f"f{i}"), "wb") as f:
                 f.write(b"x" * REDIRECT_SIZE)
-        if f"find-{self.find_label()}" in names:
+        if names & {f"find-{self.find_label()}", f"remount-find-{self.find_label()}"}:
             raw(server, "put-many", "--count", str(s["find_keys"]), "--per-dir", str(FIND_PER_DIR),
                 "--min", "0", "--max", "64", "--concurrency", "64", "find/",
                 timeout=24 * 3600)
@@ -701,6 +709,27 @@ class Bench:
             raise RuntimeError(f"find saw {out.strip()} of {n} files")
         return dict(value=seconds)
 
+    def remount_find(self, m, r):
+        """The find-* walk after a remount: a first walk on a fresh mount, then the system
+        mounted again over what it keeps (bucketfs --metadata-cache), the machine's caches
+        dropped, and the walk timed again; its requests are recorded apart. raw: the flat
+        walk, as for find-*."""
+        if m is None:
+            return self.find_tree(None, r)
+        cold = self.find_tree(m, r)
+        m2 = m.remount()
+        m.__dict__.update(m2.__dict__)  # the caller's guard now holds the new mount
+        drop_caches()
+        before = m.server.requests()
+        result = self.find_tree(m, r)
+        # The revalidation runs behind the walk: its requests count once they are done.
+        time.sleep(5)
+        after = m.server.requests()
+        result["cold_seconds"] = cold["value"]
+        result["remount_requests"] = {k: after.get(k, 0) - before.get(k, 0) for k in after
+                                      if after.get(k, 0) != before.get(k, 0)}
+        return result
+
     def meta_rss(self, m, r):
         """Growth of the daemon's peak RSS from walking a second tree after the kernel dropped
         the first (`find` and `ls -lR` of each; caches dropped between): metadata memory follows
@@ -734,7 +763,8 @@ class Bench:
             result = func(None, run)
             result["rss_kib"], result["cpu"] = RAW_USAGE
         else:
-            with Mount(system, server, workdir, warm=name.endswith("-warm")) as m:
+            with Mount(system, server, workdir, warm=name.endswith("-warm"),
+                       metadata=name.startswith("remount-")) as m:
                 drop_caches()
                 before = server.requests()
                 result = func(m, run)
@@ -885,7 +915,9 @@ def report(bench, table, systems, command, started):
         f"the default metadata TTL with a 1 s pause every 50, so the loop outlives the TTL "
         f"(read its requests besides the PUTs); meta-rss: growth of the daemon's peak RSS "
         f"from `find` + `ls -lR` of a second tree of {s['tree_dirs']} x {s['tree_files']} "
-        f"objects after the same over a first tree and dropping caches; median of {s['runs']} "
+        f"objects after the same over a first tree and dropping caches; "
+        f"remount-find-{bench.find_label()}: find-{bench.find_label()} again after a remount "
+        f"over what the system keeps (bucketfs `--metadata-cache`), caches dropped; median of {s['runs']} "
         f"cold run(s), each on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches`.",
         f"- Warm workloads (`-warm`): each system with its disk cache (bucketfs `--disk-cache`, "
         f"s3fs `use_cache`, rclone `--vfs-cache-mode`), the {human(s['big'])} object first read "
