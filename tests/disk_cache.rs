@@ -673,6 +673,9 @@ fn a_remount_answers_from_the_metadata_snapshot_and_revalidates_it() {
     b.delete("t/d01/f00");
     b.put("t/d01/new", b"n");
     b.put("t/d02/f00", b"changed");
+    for f in 0..25 {
+        b.delete(&format!("t/d03/f{f:02}"));
+    }
     let m = Mount::new(&b.name, "meta-snap", &args);
     let ls = |dir: &str| sh(&format!("ls '{}'", m.path.join(dir).display()));
     let _ = ls("t/d01");
@@ -684,6 +687,23 @@ fn a_remount_answers_from_the_metadata_snapshot_and_revalidates_it() {
     assert!(eventually(Duration::from_secs(20), || {
         fs::metadata(m.path.join("t/d02/f00")).is_ok_and(|md| md.len() == 7)
     }));
+    // A directory emptied elsewhere: answered once from its saved listing, then as a mount
+    // without a snapshot shows it (gone, or empty where the server keeps the folder).
+    let fresh = Mount::new(&b.name, "meta-snap-fresh", &args[..2]);
+    let now = |m: &Mount| {
+        sh(&format!(
+            "ls '{}' 2>/dev/null || echo gone",
+            m.path.join("t/d03").display()
+        ))
+    };
+    let want = now(&fresh);
+    assert!(!want.contains("f00"), "{want}");
+    let _ = now(&m);
+    assert!(
+        eventually(Duration::from_secs(20), || now(&m) == want),
+        "t/d03 shows {:?}, a fresh mount {want:?}",
+        now(&m)
+    );
     drop(m);
 
     // Every saved file damaged: dropped, never served, one warning.
@@ -696,7 +716,7 @@ fn a_remount_answers_from_the_metadata_snapshot_and_revalidates_it() {
     let m = Mount::new(&b.name, "meta-snap", &args);
     let mut want: Vec<String> = first
         .into_iter()
-        .filter(|f| f != "./d01/f00")
+        .filter(|f| f != "./d01/f00" && !f.starts_with("./d03/"))
         .chain(["./d01/new".to_string()])
         .collect();
     want.sort_unstable();

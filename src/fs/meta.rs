@@ -498,6 +498,12 @@ impl Meta {
         self.name_gone(path);
     }
 
+    /// The cached listing of `dir` is not to be trusted (a saved one that could not be
+    /// revalidated): it goes, and the next lookup in `dir` asks the store.
+    pub fn unlisted(&mut self, dir: Ino) {
+        self.drop_listing(dir);
+    }
+
     /// Subdirectories of `dir` while its listing is cached (for its link count).
     pub fn subdirs(&self, dir: Ino) -> Option<u32> {
         let listing = self.listings.peek(&dir)?;

@@ -18,6 +18,9 @@
 //! 4. The writer takes the directories marked dirty (meta.rs, 8.) every `FLUSH_EVERY`, and once
 //!    more when the session ends; one lock orders the writes, so an older listing never lands
 //!    after a newer one.
+//! 5. A revalidation that yields no listing (the directory is gone, has grown past what is
+//!    cached, the LIST failed, or this mount changed it meanwhile) drops the saved answer and
+//!    every entry it gave the kernel: the next lookup asks S3.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -130,13 +133,28 @@ impl Fs {
     /// Lists `dir` again after it was answered with `old` from the snapshot, and tells the
     /// kernel what differs (2.).
     async fn revalidate(&self, dir: Ino, old: Arc<Vec<DirEntry>>) {
-        if !self.list_whole(dir).await {
-            return;
-        }
-        let Some(new) = self.tables.lock().meta.fresh_listing(dir) else {
-            return;
+        let new = match self.list_whole(dir).await {
+            true => self.tables.lock().meta.fresh_listing(dir),
+            false => None,
         };
-        let notes = differences(dir, &old, &new);
+        let notes = match new {
+            Some(new) => differences(dir, &old, &new),
+            None => {
+                // Gone, too big to cache, failed, or changed meanwhile: the saved answer is
+                // not trusted a moment longer (5.).
+                self.tables.lock().meta.unlisted(dir);
+                let mut notes: Vec<KernelNote> = old
+                    .iter()
+                    .map(|e| KernelNote::Entry {
+                        parent: dir,
+                        name: e.name.clone(),
+                        deleted: None,
+                    })
+                    .collect();
+                notes.push(KernelNote::Inode(dir));
+                notes
+            }
+        };
         if !notes.is_empty() {
             tracing::debug!(
                 changes = notes.len(),
