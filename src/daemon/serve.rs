@@ -139,6 +139,9 @@ pub(super) fn serve(
         Ok(result) => result.map_err(|e| anyhow!("{e}"))?,
         Err(_) => bail!("the notification queue did not answer within {STARTUP_CHECK_TIMEOUT:?}"),
     };
+    if let Some((queue, retention)) = notifications.as_ref().and_then(|n| n.kept.as_ref()) {
+        fs.watch_queue(queue, *retention);
+    }
     let fuse_settings = fuse_config(&config);
     let started = match source {
         Source::Takeover(successor) => {
@@ -229,6 +232,7 @@ pub(super) fn serve(
     wait_for_aborts(&rt, &tasks);
     // What the last second changed (fs/remount.rs, 4.).
     saved.flush_snapshot();
+    saved.queue_kept();
     tracing::info!("unmounted; exiting");
     rt.shutdown_timeout(Duration::from_secs(5));
     result.context("FUSE session ended with an error")
@@ -551,6 +555,9 @@ const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Notifications {
     queue: Arc<dyn EventQueue>,
     subscription: Option<Subscription>,
+    /// A queue that outlives the mount (`--notify-queue`) and how long it keeps messages:
+    /// what proves saved listings after a remount (fs/remount.rs, 6.).
+    kept: Option<(String, Duration)>,
 }
 
 impl Notifications {
@@ -559,10 +566,21 @@ impl Notifications {
     async fn open(shared: &aws_config::SdkConfig, config: &Config) -> Result<Option<Self>, String> {
         match &config.notify.source {
             NotifySource::Off => Ok(None),
-            NotifySource::Queue(url) => Ok(Some(Self {
-                queue: Arc::new(SqsQueue::open(shared, url).await?),
-                subscription: None,
-            })),
+            NotifySource::Queue(url) => {
+                let queue = SqsQueue::open(shared, url).await?;
+                let kept = match queue.retention().await {
+                    Ok(retention) => Some((url.clone(), retention)),
+                    Err(e) => {
+                        tracing::debug!("{e}");
+                        None
+                    }
+                };
+                Ok(Some(Self {
+                    queue: Arc::new(queue),
+                    subscription: None,
+                    kept,
+                }))
+            }
             NotifySource::Topic(topic) => {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|h| h.trim().to_string())
@@ -583,6 +601,7 @@ impl Notifications {
                 Ok(Some(Self {
                     queue: Arc::new(subscription.queue().clone()),
                     subscription: Some(subscription),
+                    kept: None,
                 }))
             }
         }

@@ -35,7 +35,9 @@
 //!    changed is marked dirty (`take_dirty` hands them to the writer), and one whose listing
 //!    went because it is out of date (`stale`, `removed`, `renamed`) is marked gone, so its
 //!    saved file goes too. A listing dropped only to save memory (LRU, FORGET) stays saved:
-//!    it was right when read, and a remount revalidates what it loads.
+//!    it was right when read, and a remount revalidates what it loads. A change elsewhere
+//!    marks gone the saved listings of its directory and ancestors not in memory
+//!    (`changed_unlisted`): nothing judged them, and a later mount must not trust them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -822,6 +824,36 @@ impl Meta {
             if dirty == Dirty::Gone {
                 *mark = Dirty::Gone;
             }
+        }
+    }
+
+    /// True when the saved listing of `path` is marked out of date (see 8.): it must not be
+    /// loaded.
+    pub fn marked_gone(&self, path: &str) -> bool {
+        self.dirty
+            .as_ref()
+            .is_some_and(|marks| marks.get(path) == Some(&Dirty::Gone))
+    }
+
+    /// `path` changed elsewhere: the saved listings of its directory and their ancestors that
+    /// are not in memory (and so not judged by `changed_elsewhere`) are out of date (see 8.).
+    pub fn changed_unlisted(&mut self, path: &str) {
+        if self.dirty.is_none() {
+            return;
+        }
+        let mut dir = split(path).0;
+        loop {
+            let listed = self
+                .inodes
+                .get(dir)
+                .is_some_and(|ino| self.listings.contains(&ino));
+            if !listed {
+                self.mark_path(Arc::from(dir), Dirty::Gone);
+            }
+            if dir.is_empty() {
+                break;
+            }
+            dir = split(dir).0;
         }
     }
 

@@ -81,7 +81,11 @@ impl Fs {
         let Some(path) = self.names.path_of_key(key) else {
             return false;
         };
-        let notes = self.tables.lock().meta.changed_elsewhere(&path, change);
+        let notes = {
+            let mut t = self.tables.lock();
+            t.meta.changed_unlisted(&path);
+            t.meta.changed_elsewhere(&path, change)
+        };
         if notes.is_empty() {
             return false;
         }

@@ -21,17 +21,23 @@
 //! 5. A revalidation that yields no listing (the directory is gone, has grown past what is
 //!    cached, the LIST failed, or this mount changed it meanwhile) drops the saved answer and
 //!    every entry it gave the kernel: the next lookup asks S3.
+//! 6. With a queue that outlives the mount (snapshot.rs, 6.), a saved listing read from S3
+//!    since the queue began to watch is trusted without a revalidation: every change made
+//!    since is an event the queue holds (applied as the consumer reads the backlog, telling
+//!    the kernel) or one an earlier mount applied (its listing then saved again or deleted).
+//!    A saved listing an event marked gone is never loaded.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::list::{valid_name, Child};
 use super::meta::{KernelNote, SnapshotWork};
-use super::snapshot::{Snapshots, FLUSH_EVERY};
+use super::snapshot::{epoch_ms, Snapshots, Watch, FLUSH_EVERY};
 use super::{DirEntry, Fs, Ino, Kind};
 
 /// Directories listed again at once after they were answered from the snapshot (2.): enough
@@ -51,7 +57,15 @@ pub(super) struct Saved {
     revalidate: mpsc::UnboundedSender<Revalidation>,
     /// Orders the writes (4.).
     writing: Mutex<()>,
+    /// Saved listings read from S3 since this are proven by the queue (6.).
+    proven_since: Mutex<Option<SystemTime>>,
+    /// The queue's record, written again at a clean unmount (6.).
+    watch: Mutex<Option<Watch>>,
 }
+
+/// What a queue's retention must still cover after the mount was down, for the backlog to
+/// be read before messages expire (6.).
+const RETENTION_MARGIN: Duration = Duration::from_secs(3600);
 
 fn path_hash(path: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -69,6 +83,8 @@ impl Fs {
             tried: Mutex::default(),
             revalidate: tx,
             writing: Mutex::default(),
+            proven_since: Mutex::default(),
+            watch: Mutex::default(),
         };
         if self.saved.set(saved).is_err() {
             return;
@@ -90,7 +106,13 @@ impl Fs {
         if !saved.tried.lock().insert(path_hash(&path)) {
             return false;
         }
-        let token = self.tables.lock().meta.listing_started();
+        let token = {
+            let t = self.tables.lock();
+            if t.meta.marked_gone(&path) {
+                return false;
+            }
+            t.meta.listing_started()
+        };
         let snaps = Arc::clone(&saved.snaps);
         let wanted = path.to_string();
         let Ok(Some(listing)) = tokio::task::spawn_blocking(move || snaps.load(&wanted)).await
@@ -125,9 +147,68 @@ impl Fs {
         let Some(entries) = entries else {
             return false;
         };
-        tracing::debug!(path = %path, entries = entries.len(), "listing answered from the snapshot");
-        let _ = saved.revalidate.send((dir, entries));
+        let proven = saved
+            .proven_since
+            .lock()
+            .is_some_and(|since| listed_at >= since);
+        tracing::debug!(path = %path, entries = entries.len(), proven, "listing answered from the snapshot");
+        if !proven {
+            let _ = saved.revalidate.send((dir, entries));
+        }
         true
+    }
+
+    /// The notification queue `url`, whose messages live for `retention`, watches the bucket
+    /// from now on (6.): saved listings it proves are trusted without a revalidation.
+    pub fn watch_queue(&self, url: &str, retention: Duration) {
+        let Some(saved) = self.saved.get() else {
+            return;
+        };
+        let now = SystemTime::now();
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let since = match saved.snaps.load_watch() {
+            Some(w) if w.queue == url => w.kept_ms.and_then(|kept| {
+                let down = now.duration_since(at(kept)).unwrap_or_default();
+                (down + RETENTION_MARGIN < retention).then_some(w.since_ms)
+            }),
+            _ => None,
+        }
+        .unwrap_or_else(|| epoch_ms(now));
+        let watch = Watch::new(url, since);
+        if let Err(e) = saved.snaps.save_watch(watch.clone()) {
+            // Unrecorded, a later mount could trust what this one changed: prove nothing.
+            tracing::warn!("metadata snapshot: cannot record the notification queue ({e}); saved listings are revalidated");
+            saved.snaps.remove_watch();
+            return;
+        }
+        tracing::info!(
+            proven_since = epoch_ms(at(since)),
+            "saved listings read since the queue began to watch are trusted"
+        );
+        *saved.proven_since.lock() = Some(at(since));
+        *saved.watch.lock() = Some(watch);
+    }
+
+    /// At a clean unmount, once the last listings are written: the queue keeps the events
+    /// from now on (6.).
+    pub fn queue_kept(&self) {
+        let Some(saved) = self.saved.get() else {
+            return;
+        };
+        if let Some(mut watch) = saved.watch.lock().take() {
+            // A successor that took the mount over wrote its own record: it is its to keep.
+            let on_disk = saved.snaps.load_watch();
+            let ours = on_disk.is_some_and(|w| {
+                (&w.queue, w.since_ms, w.kept_ms) == (&watch.queue, watch.since_ms, None)
+            });
+            if !ours {
+                return;
+            }
+            watch.kept_ms = Some(epoch_ms(SystemTime::now()));
+            if let Err(e) = saved.snaps.save_watch(watch) {
+                tracing::debug!("metadata snapshot: the queue's record not written: {e}");
+            }
+        }
     }
 
     /// Lists `dir` again after it was answered with `old` from the snapshot, and tells the
@@ -277,7 +358,6 @@ async fn write_loop(fs: Weak<Fs>) {
 mod tests {
     use super::*;
     use crate::fs::Attr;
-    use std::time::{Duration, SystemTime};
 
     fn entry(name: &str, ino: u64, size: u64) -> DirEntry {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1);

@@ -27,6 +27,12 @@
 //!    not writable by group or others, not a symlink); files are written under fresh names
 //!    (`O_EXCL | O_NOFOLLOW`) and renamed over, opened with `O_NOFOLLOW`. Nothing a bucket
 //!    holds names a file here: names are digests.
+//! 6. With a queue that outlives the mount (`--notify-queue`), a `Watch` record says since
+//!    when that queue has held every event of the bucket this mount did not apply: written at
+//!    mount without `kept_ms`, and with it at a clean unmount. The next mount trusts saved
+//!    listings read since then without listing them again (fs/remount.rs, 6.), if it uses the
+//!    same queue and the queue's retention covers the time it was down; a crash (no `kept_ms`)
+//!    proves nothing.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -158,13 +164,10 @@ pub struct SavedListing {
 impl SavedListing {
     /// A listing of `path` read at `listed_at`.
     pub fn new(path: &str, listed_at: SystemTime, entries: Vec<SavedEntry>) -> Self {
-        let listed_at_ms = listed_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Self {
             ns: String::new(),
             path: path.to_string(),
-            listed_at_ms,
+            listed_at_ms: epoch_ms(listed_at),
             entries,
         }
     }
@@ -173,6 +176,64 @@ impl SavedListing {
     pub fn listed_at(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(self.listed_at_ms)
     }
+}
+
+/// `MAGIC`, the CRC-32 of `value`'s JSON, then the JSON.
+fn seal(value: &impl serde::Serialize) -> io::Result<Vec<u8>> {
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + body.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// The JSON `seal` wrapped, once its magic and checksum hold.
+fn unseal(bytes: &[u8]) -> Result<&[u8], Rejected> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or(Rejected::Magic)?;
+    if rest.len() < 4 {
+        return Err(Rejected::Checksum);
+    }
+    let (sum, body) = rest.split_at(4);
+    if u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]) != crc32fast::hash(body) {
+        return Err(Rejected::Checksum);
+    }
+    Ok(body)
+}
+
+/// Which notification queue watched the bucket for the saved listings (6.).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Watch {
+    /// The namespace it belongs to.
+    ns: String,
+    /// The queue's URL.
+    pub queue: String,
+    /// Since when the queue holds every event of the bucket not yet applied here, in
+    /// milliseconds since the epoch.
+    pub since_ms: u64,
+    /// When a clean unmount left the queue to keep the events, in milliseconds since the
+    /// epoch; `None` while mounted (a crash leaves it so).
+    pub kept_ms: Option<u64>,
+}
+
+impl Watch {
+    /// `queue` watching since `since_ms`, mounted now.
+    pub fn new(queue: &str, since_ms: u64) -> Self {
+        Self {
+            ns: String::new(),
+            queue: queue.to_string(),
+            since_ms,
+            kept_ms: None,
+        }
+    }
+}
+
+/// Milliseconds since the epoch of `t`.
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why a file was not served (2.).
@@ -271,17 +332,8 @@ impl Snapshots {
     }
 
     fn decode(&self, bytes: &[u8], path: &str) -> Result<SavedListing, Rejected> {
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or(Rejected::Magic)?;
-        if rest.len() < 4 {
-            return Err(Rejected::Checksum);
-        }
-        let (sum, body) = rest.split_at(4);
-        if u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]) != crc32fast::hash(body) {
-            return Err(Rejected::Checksum);
-        }
-        let listing: SavedListing = serde_json::from_slice(body).map_err(Rejected::Body)?;
+        let listing: SavedListing =
+            serde_json::from_slice(unseal(bytes)?).map_err(Rejected::Body)?;
         if listing.ns != self.ns || listing.path != path {
             return Err(Rejected::Foreign);
         }
@@ -291,20 +343,45 @@ impl Snapshots {
     /// Saves `listing` in place of the one saved for its directory (3., 4., 5.).
     pub fn save(&self, mut listing: SavedListing) -> io::Result<()> {
         listing.ns.clone_from(&self.ns);
-        let body = serde_json::to_vec(&listing).map_err(io::Error::other)?;
-        let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + body.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
         let name = self.file_name(&listing.path);
+        self.replace(&name, &seal(&listing)?)
+    }
+
+    /// The record of the queue that watched this mount's bucket (6.), if a good one is here.
+    pub fn load_watch(&self) -> Option<Watch> {
+        let bytes = self.dir.read_file(&self.watch_name()).ok()??;
+        let watch: Watch = serde_json::from_slice(unseal(&bytes).ok()?).ok()?;
+        (watch.ns == self.ns).then_some(watch)
+    }
+
+    /// Records which queue watches this mount's bucket, since when, and whether it was kept
+    /// at a clean unmount (6.).
+    pub fn save_watch(&self, mut watch: Watch) -> io::Result<()> {
+        watch.ns.clone_from(&self.ns);
+        self.replace(&self.watch_name(), &seal(&watch)?)
+    }
+
+    /// Deletes the queue's record.
+    pub fn remove_watch(&self) {
+        let _ = self.dir.remove_file(&self.watch_name());
+    }
+
+    fn watch_name(&self) -> String {
+        let digest = Sha256::digest(format!("{}\0watch", self.ns));
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}.watch")
+    }
+
+    /// Writes `bytes` as file `name`, in place of the one there (4., 5.).
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let temp = format!(
             ".{name}.{}.{}",
             std::process::id(),
             self.next_temp.fetch_add(1, Ordering::Relaxed)
         );
-        let old = self.dir.file_size(&name).unwrap_or(0);
-        self.dir.write_new_file(&temp, &bytes)?;
-        if let Err(e) = self.dir.rename_file(&temp, &name) {
+        let old = self.dir.file_size(name).unwrap_or(0);
+        self.dir.write_new_file(&temp, bytes)?;
+        if let Err(e) = self.dir.rename_file(&temp, name) {
             let _ = self.dir.remove_file(&temp);
             return Err(e);
         }
@@ -467,6 +544,27 @@ mod tests {
         assert_eq!(snaps.load("d"), None);
         assert_eq!(snaps.rejected(), good.len() as u64 + 3);
         assert!(snaps.load("e").is_some());
+    }
+
+    #[test]
+    fn the_queue_record_is_the_mounts_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(&config(tmp.path(), 1 << 30), "ns").unwrap();
+        assert_eq!(snaps.load_watch(), None);
+        let mut watch = Watch::new("http://q", 42);
+        snaps.save_watch(watch.clone()).unwrap();
+        let loaded = snaps.load_watch().unwrap();
+        assert_eq!(
+            (loaded.queue.as_str(), loaded.since_ms, loaded.kept_ms),
+            ("http://q", 42, None)
+        );
+        watch.kept_ms = Some(50);
+        snaps.save_watch(watch).unwrap();
+        assert_eq!(snaps.load_watch().unwrap().kept_ms, Some(50));
+        let other = Snapshots::open(&config(tmp.path(), 1 << 30), "other").unwrap();
+        assert_eq!(other.load_watch(), None, "another mount's record");
+        snaps.remove_watch();
+        assert_eq!(snaps.load_watch(), None);
     }
 
     #[test]

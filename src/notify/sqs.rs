@@ -68,6 +68,23 @@ impl SqsQueue {
         Ok(queue)
     }
 
+    /// How long the queue keeps a message (its MessageRetentionPeriod).
+    pub async fn retention(&self) -> Result<std::time::Duration, String> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .send()
+            .await
+            .map_err(|e| describe(&format!("cannot read the retention of {}", self.url), &e))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::MessageRetentionPeriod))
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("notification queue {} says no retention", self.url))
+    }
+
     /// The queue's ARN (GetQueueAttributes, which also proves it exists and may be read).
     async fn arn(&self) -> Result<String, String> {
         let out = self
