@@ -35,7 +35,8 @@
 //!    changed is marked dirty (`take_dirty` hands them to the writer), and one whose listing
 //!    went because it is out of date (`stale`, `removed`, `renamed`) is marked gone, so its
 //!    saved file goes too. A listing dropped only to save memory (LRU, FORGET) stays saved:
-//!    it was right when read, and a remount revalidates what it loads. A change elsewhere
+//!    it was right when read, and a remount revalidates what it loads; but one dropped
+//!    while marked dirty (changed since it was saved) has its saved file deleted. A change elsewhere
 //!    marks gone the saved listings of its directory and ancestors not in memory
 //!    (`changed_unlisted`): nothing judged them, and a later mount must not trust them.
 
@@ -407,7 +408,7 @@ impl Meta {
     /// The complete, sorted listing of `dir` that started at `token`; cached unless the
     /// directory changed meanwhile (see 2.). Returns whether it was cached.
     pub fn listed(&mut self, dir: Ino, token: ListToken, entries: Vec<DirEntry>) -> bool {
-        let cached = self.cache_listed(dir, token, entries, SystemTime::now());
+        let cached = self.listed_from_snapshot(dir, token, entries, SystemTime::now());
         if cached {
             self.mark(dir, Dirty::Listing);
         }
@@ -415,18 +416,8 @@ impl Meta {
     }
 
     /// `listed`, for a listing read from the snapshot, which was read from S3 at `listed_at`
-    /// (it is not saved again).
+    /// (it is not marked to be saved again).
     pub fn listed_from_snapshot(
-        &mut self,
-        dir: Ino,
-        token: ListToken,
-        entries: Vec<DirEntry>,
-        listed_at: SystemTime,
-    ) -> bool {
-        self.cache_listed(dir, token, entries, listed_at)
-    }
-
-    fn cache_listed(
         &mut self,
         dir: Ino,
         token: ListToken,
@@ -493,9 +484,11 @@ impl Meta {
     /// `path` is gone (unlink, rmdir, a failed file's end).
     pub fn removed(&mut self, path: &str) {
         if let Some(ino) = self.inodes.get(path) {
-            self.nodes.remove(&ino);
+            let dir = self.nodes.remove(&ino).is_some_and(|n| n.kind == Kind::Dir);
             self.drop_listing(ino);
-            self.mark(ino, Dirty::Gone);
+            if dir {
+                self.mark(ino, Dirty::Gone);
+            }
         }
         self.name_gone(path);
     }
@@ -532,7 +525,7 @@ impl Meta {
     /// `from` was renamed to `to`, which shows `attr` now: the moved inodes keep their numbers.
     pub fn renamed(&mut self, from: &str, to: &str, attr: Attr) {
         for ino in self.inodes.rename(from, to) {
-            let dir = self.nodes.remove(&ino).is_none_or(|n| n.kind == Kind::Dir);
+            let dir = self.nodes.remove(&ino).is_some_and(|n| n.kind == Kind::Dir);
             self.drop_listing(ino);
             // Saved under its old path (and the new one may hold an older tree's).
             if let Some(path) = self
@@ -765,6 +758,14 @@ impl Meta {
         let Some(path) = self.inodes.path(dir) else {
             return;
         };
+        // Changed since it was last saved, and now it cannot be: the saved one goes (8.).
+        let unsaved = self
+            .dirty
+            .as_ref()
+            .is_some_and(|marks| marks.get(&path) == Some(&Dirty::Listing));
+        if unsaved {
+            self.mark_path(Arc::clone(&path), Dirty::Gone);
+        }
         for entry in listing.entries.iter() {
             let kept = keep
                 .binary_search_by(|e| e.name.as_str().cmp(&entry.name))

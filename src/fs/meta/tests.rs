@@ -278,3 +278,76 @@ fn shorter_ttls_expire_what_was_cached_and_name_what_the_kernel_holds() {
     assert!(m.fresh_listing(d).is_none(), "expired by the new rule");
     assert!(m.fresh_node(a).is_none());
 }
+
+/// The directories whose saved listing must be written or deleted, by path.
+fn work(m: &mut Meta) -> Vec<(String, Option<Vec<String>>)> {
+    let mut work: Vec<_> = m
+        .take_dirty(|path| format!("{path}/"))
+        .into_iter()
+        .map(|w| match w {
+            SnapshotWork::Save(l) => (
+                l.path,
+                Some(l.entries.into_iter().map(|e| e.name).collect()),
+            ),
+            SnapshotWork::Remove(path) => (path, None),
+        })
+        .collect();
+    work.sort();
+    work
+}
+
+#[test]
+fn the_snapshot_writer_is_told_what_changed_and_what_went() {
+    let mut m = Meta::new(TTL, TTL);
+    m.keep_snapshot();
+    let d = m.ino_for("d");
+    let token = m.listing_started();
+    let listed: Vec<DirEntry> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let path = format!("d/{n}");
+            let ino = m.seen(&path, Kind::File, Some(object(&path, "e")));
+            DirEntry {
+                name: n.to_string(),
+                attr: attr(ino),
+            }
+        })
+        .collect();
+    assert!(m.listed(d, token, listed));
+    let names = |n: &[&str]| Some(n.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(work(&mut m), vec![("d".to_string(), names(&["a", "b"]))]);
+    assert_eq!(work(&mut m), vec![], "taken once");
+    // This mount's own change: saved again, with it.
+    let ino = m.ino_for("d/c");
+    m.created("d/c", Kind::File, Some(object("d/c", "e")), attr(ino));
+    assert_eq!(
+        work(&mut m),
+        vec![("d".to_string(), names(&["a", "b", "c"]))]
+    );
+    // A file not committed yet cannot be saved: the directory is not saved then.
+    let ino = m.ino_for("d/pending");
+    m.entry_changed("d/pending", attr(ino));
+    assert_eq!(work(&mut m), vec![]);
+    m.removed("d/pending");
+    assert_eq!(
+        work(&mut m),
+        vec![("d".to_string(), names(&["a", "b", "c"]))]
+    );
+    // Changed and dropped before the writer came: the saved one goes.
+    m.removed("d/c");
+    m.forget(d, 0);
+    m.unlisted(d);
+    assert_eq!(work(&mut m), vec![("d".to_string(), None)]);
+    // Changed elsewhere, below a directory whose listing is not in memory: gone too, up to
+    // the root.
+    m.changed_unlisted("x/y/z");
+    assert!(m.marked_gone("x/y") && m.marked_gone("x") && m.marked_gone(""));
+    assert_eq!(
+        work(&mut m),
+        vec![
+            ("".to_string(), None),
+            ("x".to_string(), None),
+            ("x/y".to_string(), None)
+        ]
+    );
+}
