@@ -33,11 +33,12 @@
 //!    `MAX_DELAY` after the directory was: the walk runs from disk, and the answers it got are
 //!    checked right after it (or while it runs, if it runs longer).
 
-use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -49,6 +50,14 @@ use super::{DirEntry, Fs, Ino, Kind};
 /// Directories listed again at once after they were answered from the snapshot (2.): enough
 /// to keep up with a `find` on a fast link, few enough to leave the link to the reads.
 const REVALIDATIONS: usize = 8;
+
+/// Directories remembered as looked up in the snapshot (1.): about 50 bytes each, so at most
+/// ~50 MiB. One forgotten may be answered from its saved listing again (written by this mount's
+/// own listing of it, and revalidated again).
+const TRIED: NonZeroUsize = match NonZeroUsize::new(1 << 20) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
 
 /// Revalidation waits until no directory was answered from the snapshot for this long (7.).
 const QUIET: Duration = Duration::from_millis(250);
@@ -65,7 +74,7 @@ type Revalidation = (Ino, Arc<Vec<DirEntry>>, Instant);
 pub(super) struct Saved {
     snaps: Arc<Snapshots>,
     /// Directories whose saved listing was looked for, by a hash of their path (1.).
-    tried: Mutex<HashSet<u64>>,
+    tried: Mutex<LruCache<u64, ()>>,
     /// Directories to list again (2.).
     revalidate: mpsc::UnboundedSender<Revalidation>,
     /// Orders the writes (4.).
@@ -95,7 +104,7 @@ impl Fs {
         let (tx, rx) = mpsc::unbounded_channel();
         let saved = Saved {
             snaps: Arc::new(snaps),
-            tried: Mutex::default(),
+            tried: Mutex::new(LruCache::new(TRIED)),
             revalidate: tx,
             writing: Mutex::default(),
             proven_since: Mutex::default(),
@@ -119,7 +128,7 @@ impl Fs {
         let Ok(path) = self.path_of(dir) else {
             return false;
         };
-        if !saved.tried.lock().insert(path_hash(&path)) {
+        if saved.tried.lock().put(path_hash(&path), ()).is_some() {
             return false;
         }
         let token = {
