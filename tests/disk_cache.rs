@@ -592,6 +592,22 @@ fn find_tree(m: &Mount) -> Vec<String> {
     found
 }
 
+/// What `bucketfs status --json` says of `m`'s metadata snapshot.
+fn snapshot_status(m: &Mount) -> serde_json::Value {
+    let out = std::process::Command::new(bucketfs_bin())
+        .args(["status", "--json"])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["snapshot"].clone()
+}
+
 /// Waits until the proxy has seen no request for a second; returns the requests counted.
 fn quiet(p: &proxy::Proxy) -> u64 {
     let mut last = u64::MAX;
@@ -667,6 +683,11 @@ fn a_remount_answers_from_the_metadata_snapshot_and_revalidates_it() {
         second_cost * 10 <= first_cost,
         "{second_cost} requests after a remount, {first_cost} cold"
     );
+    let status = snapshot_status(&m);
+    assert!(status["served"].as_u64().unwrap() >= 41, "{status}");
+    assert_eq!(status["served"], status["revalidated"], "{status}");
+    assert_eq!(status["changed"], 0, "{status}");
+    assert_eq!(status["rejected"], 0, "{status}");
     drop(m);
 
     // Changed while unmounted.
@@ -727,4 +748,8 @@ fn a_remount_answers_from_the_metadata_snapshot_and_revalidates_it() {
         1,
         "one warning:\n{log}"
     );
+    let status = snapshot_status(&m);
+    // Read lazily: those the walk looked for before it listed the rest from S3.
+    assert!(status["rejected"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["served"], 0, "{status}");
 }

@@ -508,6 +508,14 @@ fn a_kept_queue_proves_the_saved_listings_across_a_remount() {
     );
     let log = log_of(&m);
     assert!(log.contains("are trusted"), "{}", tail(&log));
+    let out = Command::new(bucketfs_bin())
+        .args(["status", "--json"])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let proven = v["snapshot"]["proven"].as_u64().unwrap_or(0);
+    assert!(proven >= 17, "{v}");
 
     // A crash proves nothing: every saved listing is listed again.
     let pid = m.daemon_pid().expect("daemon pid");

@@ -64,6 +64,23 @@ pub struct Activity {
     pub cache: CacheActivity,
     /// The metadata held.
     pub meta: MetaStats,
+    /// The metadata snapshot, when kept (`--metadata-cache`).
+    pub snapshot: Option<SnapshotActivity>,
+}
+
+/// What the metadata snapshot did since the mount (fs/remount.rs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotActivity {
+    /// Directories answered from their saved listing.
+    pub served: u64,
+    /// Of those, the ones a kept notification queue proved (not listed again).
+    pub proven: u64,
+    /// Directories listed again after they were answered so.
+    pub revalidated: u64,
+    /// Of those, the ones whose listing differed from the saved one (or could not be had).
+    pub changed: u64,
+    /// Saved files dropped as damaged or foreign.
+    pub rejected: u64,
 }
 
 /// The failed commits of one mount.
@@ -111,6 +128,7 @@ impl Fs {
             last_failure,
             cache: self.cache.activity(),
             meta,
+            snapshot: self.snapshot_activity(),
         }
     }
 }

@@ -66,7 +66,7 @@ use crate::error::{FsError, FsResult};
 use crate::store::{ObjectMeta, ObjectStore};
 use crate::upload::staging::StagingDir;
 use crate::upload::{UploadTuning, WriteBudget};
-pub use activity::{Activity, Failure, PendingFile, UploadActivity};
+pub use activity::{Activity, Failure, PendingFile, SnapshotActivity, UploadActivity};
 use attrs::Attrs;
 use copy::Copier;
 pub use dir::DirHandle;

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::list::{valid_name, Child};
 use super::meta::{KernelNote, SnapshotWork};
 use super::snapshot::{epoch_ms, Snapshots, Watch, FLUSH_EVERY};
-use super::{DirEntry, Fs, Ino, Kind};
+use super::{DirEntry, Fs, Ino, Kind, SnapshotActivity};
 
 /// Directories listed again at once after they were answered from the snapshot (2.): enough
 /// to keep up with a `find` on a fast link, few enough to leave the link to the reads.
@@ -85,6 +85,8 @@ pub(super) struct Saved {
     watch: Mutex<Option<Watch>>,
     /// When a directory was last answered from the snapshot (7.).
     last_load: Mutex<Instant>,
+    /// What it did, for `bucketfs status`.
+    counts: Mutex<SnapshotActivity>,
 }
 
 /// What a queue's retention must still cover after the mount was down, for the backlog to
@@ -110,6 +112,7 @@ impl Fs {
             proven_since: Mutex::default(),
             watch: Mutex::default(),
             last_load: Mutex::new(Instant::now()),
+            counts: Mutex::default(),
         };
         if self.saved.set(saved).is_err() {
             return;
@@ -179,6 +182,11 @@ impl Fs {
         tracing::debug!(path = %path, entries = entries.len(), proven, "listing answered from the snapshot");
         let now = Instant::now();
         *saved.last_load.lock() = now;
+        {
+            let mut counts = saved.counts.lock();
+            counts.served += 1;
+            counts.proven += u64::from(proven);
+        }
         if !proven {
             let _ = saved.revalidate.send((dir, entries, now));
         }
@@ -269,7 +277,20 @@ impl Fs {
                 "a listing answered from the snapshot changed"
             );
         }
+        if let Some(saved) = self.saved.get() {
+            let mut counts = saved.counts.lock();
+            counts.revalidated += 1;
+            counts.changed += u64::from(!notes.is_empty());
+        }
         self.kernel.tell(notes);
+    }
+
+    /// What the snapshot did since the mount; `None` without one.
+    pub(super) fn snapshot_activity(&self) -> Option<SnapshotActivity> {
+        let saved = self.saved.get()?;
+        let mut counts = *saved.counts.lock();
+        counts.rejected = saved.snaps.rejected();
+        Some(counts)
     }
 
     /// Writes what changed since the last call (4.); blocking file I/O.

@@ -276,6 +276,17 @@ fn header(a: &Value) -> Vec<String> {
         ),
         requests_line(&a["s3"]),
     ];
+    let s = &a["snapshot"];
+    if s.is_object() {
+        lines.push(format!(
+            "  metadata snapshot: {} directories answered from it ({} proven by the queue), {} listed again ({} changed), {} files dropped",
+            num(s, "served"),
+            num(s, "proven"),
+            num(s, "revalidated"),
+            num(s, "changed"),
+            num(s, "rejected")
+        ));
+    }
     let n = &a["notifications"];
     if n.is_object() {
         let lag = n["last_lag_seconds"]

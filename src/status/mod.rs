@@ -305,6 +305,13 @@ pub fn report(
             "listed_entries": a.meta.listed_entries,
             "misses": a.meta.misses,
         },
+        "snapshot": a.snapshot.map(|s| json!({
+            "served": s.served,
+            "proven": s.proven,
+            "revalidated": s.revalidated,
+            "changed": s.changed,
+            "rejected": s.rejected,
+        })),
         "s3": {
             "requests": requests,
             "retries": s3.retries,
