@@ -284,6 +284,14 @@ impl Meta {
             .map(|l| Arc::clone(&l.entries))
     }
 
+    /// The cached listing of `dir`, if it was read from S3 at `since` or later.
+    pub fn listing_since(&self, dir: Ino, since: SystemTime) -> Option<Arc<Vec<DirEntry>>> {
+        self.listings
+            .peek(&dir)
+            .filter(|l| l.listed_at >= since)
+            .map(|l| Arc::clone(&l.entries))
+    }
+
     /// True when `dir` has a complete listing of at most `max` entries that expired.
     pub fn stale_listing(&self, dir: Ino, max: usize) -> bool {
         self.listings

@@ -249,8 +249,11 @@ impl Fs {
     /// Lists `dir` again after it was answered with `old` from the snapshot, and tells the
     /// kernel what differs (2.).
     async fn revalidate(&self, dir: Ino, old: Arc<Vec<DirEntry>>) {
+        let start = SystemTime::now();
+        // Cached only if the listing that replaced the saved one is this one (the saved one,
+        // changed by this mount meanwhile, may still be there: the listing was fenced).
         let new = match self.list_whole(dir).await {
-            true => self.tables.lock().meta.fresh_listing(dir),
+            true => self.tables.lock().meta.listing_since(dir, start),
             false => None,
         };
         let notes = match new {

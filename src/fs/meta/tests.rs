@@ -351,3 +351,29 @@ fn the_snapshot_writer_is_told_what_changed_and_what_went() {
         ]
     );
 }
+
+#[test]
+fn a_listing_read_before_a_time_is_not_one_read_since() {
+    let mut m = Meta::new(TTL, TTL);
+    let d = m.ino_for("d");
+    let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let token = m.listing_started();
+    let saved = entries(&mut m, "d", &["a"]);
+    assert!(m.listed_from_snapshot(d, token, saved, long_ago));
+    let start = SystemTime::now();
+    assert!(
+        m.listing_since(d, start).is_none(),
+        "the saved listing is older"
+    );
+    // A revalidation fenced by this mount's own change leaves the saved one in place.
+    let token = m.listing_started();
+    let ino = m.ino_for("d/new");
+    m.created("d/new", Kind::File, None, attr(ino));
+    let listed = entries(&mut m, "d", &["a", "b"]);
+    assert!(!m.listed(d, token, listed));
+    assert!(m.listing_since(d, start).is_none(), "still not revalidated");
+    let token = m.listing_started();
+    let listed = entries(&mut m, "d", &["a", "b", "new"]);
+    assert!(m.listed(d, token, listed));
+    assert_eq!(m.listing_since(d, start).map(|l| l.len()), Some(3));
+}
