@@ -26,7 +26,7 @@
 //!    token is taken before its first page, so a change made meanwhile keeps the directory
 //!    out of the cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 use super::dir::WINDOW;
 use super::list::{read_headers, valid_name, Child, FOLDER_SUFFIX, PAGE_SIZE};
-use super::{join, split, Fs, Ino, Kind};
+use super::{join, split, DirEntry, Fs, Ino, Kind};
 use crate::store::{ListRequest, ListStart, ObjectMeta};
 
 /// Walks running at once, at most: each holds a task and its open directories.
@@ -172,7 +172,14 @@ pub struct Walk {
     moved: Notify,
     /// A directory was opened from the walk, or someone waits: the walk may go on.
     room: Notify,
+    /// A revalidation of directories answered from the snapshot (remount.rs, 8.): those not
+    /// revalidated yet, by path. None for a walk of opendirs.
+    pub(super) revalidating: Option<Mutex<Revalidating>>,
 }
+
+/// Directories a flat listing revalidates, by path: their inode and the saved entries they
+/// were answered with.
+pub(super) type Revalidating = HashMap<String, (Ino, Arc<Vec<DirEntry>>)>;
 
 impl Walk {
     fn new(root: String) -> Self {
@@ -184,6 +191,16 @@ impl Walk {
             }),
             moved: Notify::new(),
             room: Notify::new(),
+            revalidating: None,
+        }
+    }
+
+    /// A flat listing of `root` that revalidates the directories of `dirs` below it (remount.rs,
+    /// 8.): unpaced, and not offered to opendirs.
+    pub(super) fn revalidation(root: String, dirs: Revalidating) -> Self {
+        Self {
+            revalidating: Some(Mutex::new(dirs)),
+            ..Self::new(root)
         }
     }
 
@@ -322,7 +339,7 @@ impl Fs {
     }
 
     /// Lists the walk's root flat, page by page, caching each directory as it completes.
-    async fn run_walk(&self, walk: &Walk) -> Result<(), crate::store::StoreError> {
+    pub(super) async fn run_walk(&self, walk: &Walk) -> Result<(), crate::store::StoreError> {
         let prefix = self.names.dir_prefix(&walk.root);
         let token = self.tables.lock().meta.listing_started();
         let request = |start| ListRequest {
@@ -375,8 +392,14 @@ impl Fs {
                 None => None,
             };
             if next.is_none() {
-                // The root's own listing is fresh already (it started the walk).
-                done.extend(tree.finish().into_iter().filter(|(rel, _)| !rel.is_empty()));
+                // The root's own listing is fresh already (it started the walk), unless the
+                // walk revalidates it.
+                let root = walk.revalidating.is_some();
+                done.extend(
+                    tree.finish()
+                        .into_iter()
+                        .filter(|(rel, _)| root || !rel.is_empty()),
+                );
                 walk.progress.lock().last = String::from("\u{10ffff}");
             }
             self.cache_walked(walk, token, done).await;
@@ -400,6 +423,9 @@ impl Fs {
     /// Waits while the walk is `budget` keys ahead and no opendir waits for it (4.); false
     /// for a walk nobody took from for a TTL.
     async fn walk_room(&self, walk: &Walk) -> bool {
+        if walk.revalidating.is_some() {
+            return true;
+        }
         let idle = self.config.metadata_ttl.max(Duration::from_secs(1));
         loop {
             let room = walk.room.notified();
@@ -418,7 +444,17 @@ impl Fs {
     }
 
     /// Caches the directories a page of the walk completed (2., 6.).
-    async fn cache_walked(&self, walk: &Walk, token: super::meta::ListToken, done: Vec<Completed>) {
+    async fn cache_walked(
+        &self,
+        walk: &Walk,
+        token: super::meta::ListToken,
+        mut done: Vec<Completed>,
+    ) {
+        if let Some(revalidating) = &walk.revalidating {
+            // Only the directories answered from the snapshot: nobody asked for the others.
+            let wanted = revalidating.lock();
+            done.retain(|(rel, _)| wanted.contains_key(&join(&walk.root, rel)));
+        }
         // Their empty objects' headers are read in one go (list.rs, 5.).
         let mut batch: Vec<(String, Child)> = Vec::new();
         let mut dirs = Vec::with_capacity(done.len());
@@ -435,6 +471,20 @@ impl Fs {
         for (rel, len) in dirs {
             let children: Vec<(String, Child)> = rest.by_ref().take(len).collect();
             let path = join(&walk.root, &rel);
+            if let Some(revalidating) = &walk.revalidating {
+                let Some((ino, old)) = revalidating.lock().remove(&path) else {
+                    continue; // not answered from the snapshot: nothing to check
+                };
+                let start = std::time::SystemTime::now();
+                let new = self
+                    .listed_page(ino, &path, children, true, token)
+                    .and_then(|entries| {
+                        self.cache_whole(ino, &path, token, entries);
+                        self.tables.lock().meta.listing_since(ino, start)
+                    });
+                self.revalidated(ino, &old, new);
+                continue;
+            }
             let ino = {
                 let mut t = self.tables.lock();
                 let ino = t.meta.ino_for(&path);
