@@ -77,7 +77,7 @@ const QUIET: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// A directory answered from the snapshot, the entries it was answered with, and when.
-type Revalidation = (Ino, Arc<Vec<DirEntry>>, Instant);
+pub(super) type Revalidation = (Ino, Arc<Vec<DirEntry>>, Instant);
 
 /// The snapshot as this mount uses it.
 #[derive(Debug)]
@@ -451,7 +451,8 @@ async fn revalidate_loop(fs: Weak<Fs>, mut queue: mpsc::UnboundedReceiver<Revali
 }
 
 /// One revalidation to run.
-enum Job {
+#[derive(Debug)]
+pub(super) enum Job {
     /// A directory listed again on its own.
     One(Ino, Arc<Vec<DirEntry>>),
     /// A walked subtree listed flat from its top directory.
@@ -463,7 +464,7 @@ impl Fs {
     /// (every subdirectory its saved listings name was answered so too) whose keys fit in
     /// fewer pages than it has directories is one flat listing from its top; every other
     /// directory is listed on its own.
-    fn plan(&self, batch: Vec<Revalidation>) -> Vec<Job> {
+    pub(super) fn plan(&self, batch: Vec<Revalidation>) -> Vec<Job> {
         let mut by_path: Revalidating = HashMap::new();
         for (dir, old, _) in batch {
             if let Ok(path) = self.path_of(dir) {

@@ -779,3 +779,73 @@ async fn an_ls_of_one_subdirectory_costs_at_most_a_page_more() {
     let lists = store.counts.list.load(Ordering::Relaxed) - lists;
     assert!(lists <= 5, "{lists} LISTs");
 }
+
+/// A saved listing of `names` as the snapshot would answer it.
+fn saved(fs: &Fs, names: &[(&str, Kind)]) -> Arc<Vec<DirEntry>> {
+    let entries = names
+        .iter()
+        .map(|(name, kind)| {
+            let mut attr = fs.root_attr();
+            attr.kind = *kind;
+            DirEntry {
+                name: name.to_string(),
+                attr,
+            }
+        })
+        .collect();
+    Arc::new(entries)
+}
+
+#[tokio::test]
+async fn a_walked_subtree_is_revalidated_flat_and_the_rest_one_by_one() {
+    use remount::Job;
+    let store = Arc::new(MemoryStore::new());
+    let fs = fs_over(&store, "");
+    let files: Vec<(String, Kind)> = (0..1500).map(|i| (format!("f{i}"), Kind::File)).collect();
+    let mut a: Vec<(&str, Kind)> = files.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+    a.extend([("1", Kind::Dir), ("2", Kind::Dir)]);
+    let listings: Vec<(&str, Vec<(&str, Kind)>)> = vec![
+        // The root names `x`, which was not answered from the snapshot: not a whole subtree.
+        (
+            "",
+            vec![("a", Kind::Dir), ("b", Kind::Dir), ("x", Kind::Dir)],
+        ),
+        ("a", a),
+        ("a/1", vec![("f", Kind::File)]),
+        ("a/2", vec![("g", Kind::File)]),
+        ("b", vec![("h", Kind::File)]),
+    ];
+    let batch = listings
+        .iter()
+        .map(|(path, names)| {
+            let ino = fs.tables.lock().meta.ino_for(path);
+            (ino, saved(&fs, names), std::time::Instant::now())
+        })
+        .collect();
+    let ino = |path: &str| fs.tables.lock().meta.ino(path).unwrap();
+    let mut one = Vec::new();
+    let mut flat = Vec::new();
+    for job in fs.plan(batch) {
+        match job {
+            Job::One(dir, _) => one.push(dir),
+            Job::Flat(root, dirs) => {
+                let mut paths: Vec<String> = dirs.into_keys().collect();
+                paths.sort();
+                flat.push((root, paths));
+            }
+        }
+    }
+    one.sort();
+    let mut want = vec![ino(""), ino("b")];
+    want.sort();
+    // `a` and its two subdirectories: 1,503 keys in 2 pages, fewer than its 3 directories.
+    assert_eq!(
+        flat,
+        vec![(
+            "a".to_string(),
+            vec!["a".into(), "a/1".into(), "a/2".into()]
+        )]
+    );
+    // `b` alone: one page is not fewer than its one directory.
+    assert_eq!(one, want);
+}
