@@ -69,8 +69,10 @@ const TRIED: NonZeroUsize = match NonZeroUsize::new(1 << 20) {
     None => NonZeroUsize::MIN,
 };
 
-/// Revalidation waits until no directory was answered from the snapshot for this long (7.).
-const QUIET: Duration = Duration::from_millis(250);
+/// Revalidation waits until no directory was answered from the snapshot for this long (7.):
+/// `find` over a million keys from the snapshot does pause for 250 ms at times (the flat
+/// revalidation then ran within the walk: 24.5 s against 20.3 s with 1 s).
+const QUIET: Duration = Duration::from_secs(1);
 
 /// ...but a directory answered from the snapshot is listed again this long after, at the
 /// latest (7.).
