@@ -594,18 +594,7 @@ fn find_tree(m: &Mount) -> Vec<String> {
 
 /// What `bucketfs status --json` says of `m`'s metadata snapshot.
 fn snapshot_status(m: &Mount) -> serde_json::Value {
-    let out = std::process::Command::new(bucketfs_bin())
-        .args(["status", "--json"])
-        .arg(&m.path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["snapshot"].clone()
+    status_json(&m.path)["snapshot"].clone()
 }
 
 /// Waits until the proxy has seen no request for a second; returns the requests counted.

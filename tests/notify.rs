@@ -485,14 +485,7 @@ fn a_kept_queue_proves_the_saved_listings_across_a_remount() {
         eventually(BACKLOG_WITHIN, || shows(&m.path.join("d01"), "new")),
         "a key added while unmounted: {:?}\n{}\n{}",
         names(&m.path.join("d01")),
-        String::from_utf8_lossy(
-            &Command::new(bucketfs_bin())
-                .args(["status", "--json"])
-                .arg(&m.path)
-                .output()
-                .unwrap()
-                .stdout
-        ),
+        common::status_json(&m.path),
         log_of(&m)
     );
     assert!(eventually(BACKLOG_WITHIN, || gone(&m.path.join("d02/f0"))));
@@ -508,12 +501,7 @@ fn a_kept_queue_proves_the_saved_listings_across_a_remount() {
     );
     let log = log_of(&m);
     assert!(log.contains("are trusted"), "{}", tail(&log));
-    let out = Command::new(bucketfs_bin())
-        .args(["status", "--json"])
-        .arg(&m.path)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::status_json(&m.path);
     let proven = v["snapshot"]["proven"].as_u64().unwrap_or(0);
     assert!(proven >= 17, "{v}");
 
@@ -529,15 +517,7 @@ fn a_kept_queue_proves_the_saved_listings_across_a_remount() {
     let _ = walk(&m);
     // Every directory answered from the snapshot is listed again (the walked tree with one
     // flat listing), none proven.
-    let snapshot = || {
-        let out = Command::new(bucketfs_bin())
-            .args(["status", "--json"])
-            .arg(&m.path)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["snapshot"].clone()
-    };
+    let snapshot = || common::status_json(&m.path)["snapshot"].clone();
     assert!(
         eventually(Duration::from_secs(20), || {
             snapshot()["revalidated"].as_u64().unwrap_or(0) >= 20

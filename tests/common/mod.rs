@@ -760,3 +760,18 @@ pub fn proxy() -> proxy::Proxy {
     let upstream = server().endpoint.trim_start_matches("http://").to_string();
     proxy::Proxy::start(&upstream)
 }
+
+/// What `bucketfs status --json` says of the mount at `mountpoint`.
+pub fn status_json(mountpoint: &Path) -> serde_json::Value {
+    let out = Command::new(bucketfs_bin())
+        .args(["status", "--json"])
+        .arg(mountpoint)
+        .output()
+        .expect("run bucketfs status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+}
