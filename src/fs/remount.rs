@@ -41,7 +41,6 @@
 //!    too big to cache, one gone, a failure) is listed on its own.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -50,6 +49,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Semaphore};
 
+use super::inode::path_hash;
 use super::list::PAGE_SIZE;
 use super::list::{valid_name, Child};
 use super::meta::{KernelNote, SnapshotWork};
@@ -104,12 +104,6 @@ pub(super) struct Saved {
 /// What a queue's retention must still cover after the mount was down, for the backlog to
 /// be read before messages expire (6.).
 const RETENTION_MARGIN: Duration = Duration::from_secs(3600);
-
-fn path_hash(path: &str) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut hasher);
-    hasher.finish()
-}
 
 impl Fs {
     /// Serves and keeps listings through `snaps` from now on; the writer and the revalidation
