@@ -47,10 +47,11 @@ use std::time::{Duration, Instant, SystemTime};
 use lru::LruCache;
 
 use super::inode::{Ino, InodeTable};
+use super::packed::{Expected, PackedObject};
 use super::probe::Known;
 use super::snapshot::{SavedEntry, SavedListing, SavedObject};
 use super::{join, split, Attr, DirEntry, Kind};
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, UserMetadata};
 
 /// Listed entries kept in all: about 100 bytes each, so at most ~25 MiB of listings.
 const MAX_LISTED_ENTRIES: usize = 256 << 10;
@@ -60,11 +61,11 @@ const MAX_MISSES: usize = 64 << 10;
 /// Directories whose last change number is kept (see 5.).
 const MAX_CHANGED_DIRS: usize = 64 << 10;
 
-/// What is known about a node's object, with an expiry.
+/// What is known about a node's object, with an expiry; kept in the node's inode slot.
 #[derive(Debug, Clone)]
 struct NodeState {
     kind: Kind,
-    meta: Option<ObjectMeta>,
+    object: Option<PackedObject>,
     expires: Instant,
 }
 
@@ -159,8 +160,10 @@ pub struct MetaStats {
 pub struct Meta {
     ttl: Duration,
     negative_ttl: Duration,
-    inodes: InodeTable,
-    nodes: HashMap<Ino, NodeState>,
+    /// Inode numbers, each with what is known of its node.
+    inodes: InodeTable<NodeState>,
+    /// The mount's key prefix: a node's key is not kept when its path implies it.
+    key_prefix: String,
     listings: LruCache<Ino, Listing>,
     listed_entries: usize,
     misses: LruCache<(Ino, String), Instant>,
@@ -179,7 +182,7 @@ impl Meta {
             ttl,
             negative_ttl,
             inodes: InodeTable::new(),
-            nodes: HashMap::new(),
+            key_prefix: String::new(),
             listings: LruCache::unbounded(),
             listed_entries: 0,
             misses: LruCache::unbounded(),
@@ -188,6 +191,12 @@ impl Meta {
             seq: 0,
             dirty: None,
         }
+    }
+
+    /// Keys of this mount start with `prefix`.
+    pub fn with_key_prefix(mut self, prefix: &str) -> Self {
+        self.key_prefix = prefix.to_string();
+        self
     }
 
     /// Marks directories for the snapshot writer from now on (see 8.).
@@ -234,20 +243,52 @@ impl Meta {
 
     /// Kind and object of `ino` while fresh.
     pub fn fresh_node(&self, ino: Ino) -> Option<(Kind, Option<ObjectMeta>)> {
-        self.nodes
-            .get(&ino)
+        self.node(ino)
             .filter(|n| n.expires > Instant::now())
-            .map(|n| (n.kind, n.meta.clone()))
+            .map(|n| (n.kind, self.known_meta(ino)))
     }
 
     /// The kind `ino` was last seen as, however long ago.
     pub fn known_kind(&self, ino: Ino) -> Option<Kind> {
-        self.nodes.get(&ino).map(|n| n.kind)
+        self.node(ino).map(|n| n.kind)
     }
 
     /// The object last seen for `ino`, however old.
-    pub fn known_meta(&self, ino: Ino) -> Option<&ObjectMeta> {
-        self.nodes.get(&ino).and_then(|n| n.meta.as_ref())
+    pub fn known_meta(&self, ino: Ino) -> Option<ObjectMeta> {
+        let object = self.node(ino)?.object.as_ref()?;
+        let path = self.inodes.path(ino)?;
+        Some(object.unpack(self.expected(&path)))
+    }
+
+    /// The user metadata last read for `ino` (a HEAD), if that was of object `key` at version
+    /// `etag`: what a listing of that version does not say.
+    pub fn headers_of_version(&self, ino: Ino, key: &str, etag: &str) -> Option<UserMetadata> {
+        let object = self.node(ino)?.object.as_ref()?;
+        let path = self.inodes.path(ino)?;
+        let same = object.etag_is(etag) && object.key_is(key, self.expected(&path));
+        same.then(|| object.metadata()).flatten()
+    }
+
+    /// The directory marker object (`dir/`) last seen for `ino`, if it has one.
+    pub fn known_marker(&self, ino: Ino) -> Option<ObjectMeta> {
+        let object = self.node(ino)?.object.as_ref()?;
+        object.is_marker().then(|| self.known_meta(ino)).flatten()
+    }
+
+    fn node(&self, ino: Ino) -> Option<&NodeState> {
+        self.inodes.data(ino)
+    }
+
+    fn expected<'a>(&'a self, path: &'a str) -> Expected<'a> {
+        Expected {
+            prefix: &self.key_prefix,
+            path,
+        }
+    }
+
+    /// Forgets what is known of `ino`'s node; returns it.
+    fn take_node(&mut self, ino: Ino) -> Option<NodeState> {
+        self.inodes.take_data(ino)
     }
 
     /// What `path` was last seen as, however long ago (for the probe, probe.rs).
@@ -257,7 +298,7 @@ impl Meta {
         };
         match self.known_kind(ino) {
             None => Known::Nothing,
-            Some(Kind::Dir) => Known::Dir(self.known_meta(ino).cloned().map(Box::new)),
+            Some(Kind::Dir) => Known::Dir(self.known_meta(ino).map(Box::new)),
             Some(_) => Known::File,
         }
     }
@@ -265,15 +306,15 @@ impl Meta {
     /// The key of the object that holds directory `ino` in another tool's format (s3fs's
     /// legacy `name`, Hadoop's `name_$folder$`), if that is what it was last seen as.
     pub fn dir_object(&self, ino: Ino) -> Option<String> {
-        let meta = self.known_meta(ino)?;
-        let legacy = self.known_kind(ino) == Some(Kind::Dir) && !meta.key.ends_with('/');
-        legacy.then(|| meta.key.clone())
+        let node = self.node(ino)?;
+        let legacy = node.kind == Kind::Dir && !node.object.as_ref()?.is_marker();
+        legacy.then(|| self.known_meta(ino).map(|m| m.key)).flatten()
     }
 
     /// True when the headers of version `etag` of the object at `path` are known.
     pub fn headers_known(&self, path: &str, etag: &str) -> bool {
-        let known = self.ino(path).and_then(|ino| self.known_meta(ino));
-        known.is_some_and(|k| k.metadata.is_some() && super::same_etag(&k.etag, etag))
+        let known = self.ino(path).and_then(|ino| self.node(ino)?.object.as_ref());
+        known.is_some_and(|k| k.headers_known() && k.etag_is(etag))
     }
 
     /// The cached listing of `dir`, while fresh.
@@ -321,7 +362,7 @@ impl Meta {
     pub fn stats(&self) -> MetaStats {
         MetaStats {
             inodes: self.inodes.len(),
-            nodes: self.nodes.len(),
+            nodes: self.inodes.data_count(),
             listings: self.listings.len(),
             listed_entries: self.listed_entries,
             misses: self.misses.len(),
@@ -341,11 +382,15 @@ impl Meta {
     /// Like `seen`, for a number `ino_for` just gave.
     pub fn seen_ino(&mut self, ino: Ino, kind: Kind, meta: Option<ObjectMeta>) {
         let expires = Instant::now() + self.ttl;
-        self.nodes.insert(
+        let Some(path) = self.inodes.path(ino) else {
+            return;
+        };
+        let object = meta.map(|m| PackedObject::pack(m, self.expected(&path)));
+        self.inodes.set_data(
             ino,
             NodeState {
                 kind,
-                meta,
+                object,
                 expires,
             },
         );
@@ -492,7 +537,7 @@ impl Meta {
     /// `path` is gone (unlink, rmdir, a failed file's end).
     pub fn removed(&mut self, path: &str) {
         if let Some(ino) = self.inodes.get(path) {
-            let dir = self.nodes.remove(&ino).is_some_and(|n| n.kind == Kind::Dir);
+            let dir = self.take_node(ino).is_some_and(|n| n.kind == Kind::Dir);
             self.drop_listing(ino);
             if dir {
                 self.mark(ino, Dirty::Gone);
@@ -518,7 +563,7 @@ impl Meta {
     /// forgets it, and the name is free for a new file with a number of its own.
     pub fn unlinked_open(&mut self, path: &str) {
         if let Some(ino) = self.inodes.get(path) {
-            self.nodes.remove(&ino);
+            self.take_node(ino);
         }
         self.name_gone(path);
         self.inodes.orphan(path);
@@ -526,14 +571,15 @@ impl Meta {
 
     /// The last handle of unlinked file `ino` closed: its number may go.
     pub fn orphan_closed(&mut self, ino: Ino) {
-        self.nodes.remove(&ino);
+        self.take_node(ino);
         self.inodes.unpin(ino);
     }
 
     /// `from` was renamed to `to`, which shows `attr` now: the moved inodes keep their numbers.
     pub fn renamed(&mut self, from: &str, to: &str, attr: Attr) {
-        for ino in self.inodes.rename(from, to) {
-            let dir = self.nodes.remove(&ino).is_some_and(|n| n.kind == Kind::Dir);
+        let moves_dir = attr.kind == Kind::Dir;
+        for ino in self.inodes.rename(from, to, moves_dir) {
+            let dir = self.take_node(ino).is_some_and(|n| n.kind == Kind::Dir);
             self.drop_listing(ino);
             // Saved under its old path (and the new one may hold an older tree's).
             if let Some(path) = self
@@ -564,7 +610,7 @@ impl Meta {
     /// its parent's listing go, so the next lookup asks the store.
     pub fn stale(&mut self, path: &str) {
         if let Some(ino) = self.inodes.get(path) {
-            self.nodes.remove(&ino);
+            self.take_node(ino);
         }
         let (parent_path, name) = split(path);
         if let Some(parent) = self.inodes.get(parent_path) {
@@ -584,8 +630,8 @@ impl Meta {
         let ino = self.inodes.get(path);
         let agrees = match change {
             Elsewhere::Created { etag: Some(etag) } => ino
-                .and_then(|i| self.known_meta(i))
-                .is_some_and(|m| super::same_etag(&m.etag, etag)),
+                .and_then(|i| self.node(i)?.object.as_ref())
+                .is_some_and(|m| m.etag_is(etag)),
             Elsewhere::Created { etag: None } => false,
             Elsewhere::Removed => {
                 parent.is_some_and(|p| self.cached_child(p, name) == Cached::Missing)
@@ -630,13 +676,13 @@ impl Meta {
             // its parent is judged as if it were the changed child.
             return false;
         };
-        let node = self.nodes.get(&ino);
+        let node = self.node(ino);
         match change {
             // A new key below it: it exists now, and did already if it was known as one.
             Elsewhere::Created { .. } => node.is_some_and(|n| n.kind == Kind::Dir),
             // It stays if it has an object of its own, or other entries.
             Elsewhere::Removed => {
-                let marker = node.is_some_and(|n| n.kind == Kind::Dir && n.meta.is_some());
+                let marker = node.is_some_and(|n| n.kind == Kind::Dir && n.object.is_some());
                 marker
                     || self
                         .fresh_listing(ino)
@@ -667,9 +713,7 @@ impl Meta {
         self.ttl = ttl;
         self.negative_ttl = negative_ttl;
         let now = Instant::now();
-        for node in self.nodes.values_mut() {
-            node.expires = node.expires.min(now + ttl);
-        }
+        self.inodes.for_each_data(|node| node.expires = node.expires.min(now + ttl));
         for (_, listing) in self.listings.iter_mut() {
             listing.expires = listing.expires.min(now + ttl);
         }
@@ -746,7 +790,7 @@ impl Meta {
         if self.inodes.lookups(ino) == 0 {
             // Its listing first, while its path still names its children.
             self.drop_listing(ino);
-            self.nodes.remove(&ino);
+            self.take_node(ino);
             self.inodes.remove_unheld(ino);
         }
     }
@@ -894,9 +938,9 @@ impl Meta {
         let mut entries = Vec::with_capacity(listing.entries.len());
         for entry in listing.entries.iter() {
             let ino = self.inodes.get(&join(path, &entry.name))?;
-            let node = self.nodes.get(&ino)?;
-            let object = match &node.meta {
-                Some(meta) => Some(SavedObject::of(meta, prefix)?),
+            let node = self.node(ino)?;
+            let object = match self.known_meta(ino) {
+                Some(meta) => Some(SavedObject::of(&meta, prefix)?),
                 None if node.kind == Kind::Dir => None,
                 None => return None,
             };

@@ -42,6 +42,7 @@ pub mod meta;
 mod names;
 mod namespace;
 mod open;
+mod packed;
 pub mod posix;
 mod probe;
 pub mod remote;
@@ -258,17 +259,17 @@ impl Tables {
             }
             let child_path = join(path, &name);
             let child_ino = self.meta.ino_for(&child_path);
-            let known = self.meta.known_meta(child_ino);
             let (kind, meta) = match child {
                 // A directory keeps the marker headers it was seen with.
-                Child::Dir => (Kind::Dir, known.filter(|m| m.key.ends_with('/')).cloned()),
+                Child::Dir => (Kind::Dir, self.meta.known_marker(child_ino)),
                 Child::DirObject(meta) => (Kind::Dir, Some(meta)),
                 Child::File(mut meta) => {
                     // Headers read earlier for this very version still hold.
-                    if let Some(old) =
-                        known.filter(|m| same_etag(&m.etag, &meta.etag) && m.key == meta.key)
-                    {
-                        meta.metadata.clone_from(&old.metadata);
+                    let known = self
+                        .meta
+                        .headers_of_version(child_ino, &meta.key, &meta.etag);
+                    if known.is_some() {
+                        meta.metadata = known;
                     }
                     (object_kind(&meta), Some(meta))
                 }
@@ -422,7 +423,8 @@ impl Fs {
         config: FsConfig,
         writes: Writes,
     ) -> Self {
-        let meta = Meta::new(config.metadata_ttl, config.negative_ttl);
+        let meta =
+            Meta::new(config.metadata_ttl, config.negative_ttl).with_key_prefix(&config.prefix);
         let record = writes
             .owed_record
             .clone()

@@ -201,7 +201,7 @@ impl Fs {
             None if ino == Ino::ROOT => None,
             None => {
                 let t = self.tables.lock();
-                match t.meta.known_meta(ino).map(|m| m.metadata.clone()) {
+                match t.meta.known_meta(ino).map(|m| m.metadata) {
                     Some(Some(headers)) => Some(headers),
                     // Seen, headers unknown (a listing, a directory without marker).
                     _ if asked_of_every_entry(name) && t.meta.path(ino).is_some() => None,
