@@ -183,6 +183,12 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
 
+    /// Memory the metadata of names may take (inode numbers, attributes, listings): past it,
+    /// cached listings go, least recently used first, and then the kernel is asked to forget
+    /// the directories used longest ago (at least 1MiB)
+    #[arg(long, value_parser = parse_metadata_memory, default_value = "256MiB")]
+    pub metadata_memory: u64,
+
     /// SQS queue URL that receives the bucket's S3 event notifications (directly, through SNS
     /// or EventBridge): changes made elsewhere show within about a second, and metadata is
     /// cached for long. One queue per mount
@@ -342,6 +348,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "allow-other",
     "metadata-ttl",
     "negative-ttl",
+    "metadata-memory",
     "notify-queue",
     "notify-topic",
     "content-type-default",
@@ -645,6 +652,14 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
     }
 }
 
+/// Parses `--metadata-memory`: a size of at least 1MiB.
+fn parse_metadata_memory(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        n if n < 1 << 20 => Err(format!("'{s}' is below the least metadata memory, 1MiB")),
+        n => Ok(n),
+    }
+}
+
 /// Parses a byte size with an optional binary unit: `512MiB`, `512M`, `2GiB`, `65536`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
@@ -799,6 +814,7 @@ impl Args {
             copy_limit: None,
             content_type_default: self.content_type_default,
             xattr: !self.no_xattr,
+            metadata_memory: self.metadata_memory,
         };
         let mut notices = Vec::new();
         if self.cache_dir.is_some() || self.cache_dir_limit.is_some() {

@@ -246,7 +246,13 @@ pub struct FsConfig {
     pub content_type_default: String,
     /// Extended attributes are served (else the kernel is told, once, there are none).
     pub xattr: bool,
+    /// Bytes the metadata in memory may take (fs/meta.rs, 9.).
+    pub metadata_memory: u64,
 }
+
+/// Default of `--metadata-memory`: about 1.1 million paths at 226 bytes each
+/// (docs/SEMANTICS.md, "Memory per path").
+pub const DEFAULT_METADATA_MEMORY: u64 = 256 << 20;
 
 /// What S3 and s3fs use for bytes of unknown type.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -265,6 +271,7 @@ impl Default for FsConfig {
             copy_limit: None,
             content_type_default: DEFAULT_CONTENT_TYPE.to_string(),
             xattr: true,
+            metadata_memory: DEFAULT_METADATA_MEMORY,
         }
     }
 }

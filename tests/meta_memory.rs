@@ -122,12 +122,22 @@ fn a_path_the_kernel_holds_costs_under_250_bytes() {
     let per_path = bytes / paths;
     let stats = meta.stats();
     println!(
-        "{paths} paths: {} MiB, {per_path} bytes per path ({stats:?})",
-        bytes >> 20
+        "{paths} paths: {} MiB, {per_path} bytes per path, {} MiB estimated ({stats:?})",
+        bytes >> 20,
+        stats.bytes >> 20
     );
-    assert!(stats.inodes > paths, "the kernel holds every path: {stats:?}");
+    assert!(
+        stats.inodes > paths,
+        "the kernel holds every path: {stats:?}"
+    );
     assert!(
         per_path < MAX_BYTES_PER_PATH,
         "{per_path} bytes per path, at most {MAX_BYTES_PER_PATH} wanted"
+    );
+    // `--metadata-memory` is held to the daemon's own estimate: it must be near the truth.
+    let estimate = stats.bytes as f64;
+    assert!(
+        (estimate / bytes as f64 - 1.0).abs() < 0.15,
+        "estimated {estimate} bytes, malloc gave {bytes}"
     );
 }

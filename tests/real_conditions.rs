@@ -395,3 +395,62 @@ fn find_over_many_small_directories_lists_the_tree_flat() {
     ));
     assert_eq!(dirs.trim(), "211");
 }
+
+/// `find` over more paths than `--metadata-memory` holds: the walk is complete and right, and
+/// the daemon stays near its bound by asking the kernel to forget the directories it walked
+/// first (without the bound the kernel holds every path, and so does the daemon).
+#[test]
+fn a_walk_past_the_metadata_bound_stays_within_it() {
+    let b = Bucket::new("meta-bound");
+    let mut keys = Vec::new();
+    for d in 0..50 {
+        for f in 0..200 {
+            keys.push(format!("t/d{d:02}/file-with-a-longer-name-{f:03}"));
+        }
+    }
+    b.put_many(&keys, b"x");
+    let budget: u64 = 1 << 20;
+    let m = Mount::new(
+        &b.name,
+        "meta-bound",
+        &["--metadata-memory", "1MiB", "--metadata-ttl", "1h"],
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("find {}/t -type f | sort", m.path.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let found = String::from_utf8(out.stdout).unwrap();
+    let mut expected: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}/{k}", m.path.display()))
+        .collect();
+    expected.sort();
+    assert_eq!(found.lines().collect::<Vec<_>>(), expected);
+    let meta = |m: &Mount| common::status_json(&m.path)["metadata"].clone();
+    let mut last = meta(&m);
+    let within_bound = eventually(Duration::from_secs(10), || {
+        last = meta(&m);
+        last["bytes"].as_u64().unwrap() <= budget
+    });
+    assert!(within_bound, "over the bound after the walk: {last}");
+    assert!(last["shed"].as_u64().unwrap() > 0, "{last}");
+    assert!(
+        last["inodes"].as_u64().unwrap() < 10_000 / 2,
+        "the kernel still holds most paths: {last}"
+    );
+    // What was shed is found again.
+    let again = m.path.join("t/d00/file-with-a-longer-name-000");
+    assert_eq!(fs::read(&again).unwrap(), b"x");
+
+    // Without the bound, the same walk keeps every path.
+    drop(m);
+    let m = Mount::new(&b.name, "meta-bound", &["--metadata-ttl", "1h"]);
+    sh(&format!("find {}/t -type f > /dev/null", m.path.display()));
+    let held = meta(&m);
+    assert!(
+        held["inodes"].as_u64().unwrap() > 10_000 && held["shed"].as_u64().unwrap() == 0,
+        "{held}"
+    );
+}

@@ -163,9 +163,9 @@ pub(super) fn serve(
         }
     };
     let stop_notifications = tokio_util::sync::CancellationToken::new();
-    // Notifications and the snapshot's revalidation tell the kernel what changed.
-    let kernel = (notifications.is_some() || config.cache.metadata.is_some())
-        && attach_kernel(&fs, &session);
+    // Notifications and the snapshot's revalidation tell the kernel what changed; the bound
+    // of metadata memory asks it to forget directories (fs/meta.rs, 9.).
+    let kernel = attach_kernel(&fs, &session);
     let notify_stats = notifications
         .as_ref()
         .map(|n| consume_notifications(&rt, &config, n, &fs, kernel, stop_notifications.clone()));

@@ -84,8 +84,14 @@ impl<T> Slot<T> {
     }
 }
 
+/// What malloc takes for an `Arc<str>` of `path`: its two counts and the bytes, in a chunk
+/// of 16-byte steps with an 8-byte header, 32 bytes at least (glibc).
+pub fn heap_bytes(path: &str) -> usize {
+    ((16 + path.len() + 8 + 15) & !15).max(32)
+}
+
 /// Slots per chunk: the table grows by this many, never by doubling.
-const CHUNK: usize = 4096;
+const CHUNK: usize = 1024;
 
 /// Two-way map between paths (relative to the mount root, no leading or trailing `/`) and inode
 /// numbers, with the kernel's lookup count of each and a `T` its owner may keep per number
@@ -97,6 +103,8 @@ pub struct InodeTable<T = ()> {
     free: Vec<u32>,
     /// Slots holding a `T`.
     with_data: usize,
+    /// Heap bytes of the paths.
+    path_bytes: usize,
     by_ino: HashTable<u32>,
     by_path: HashTable<u32>,
     keys: std::collections::hash_map::RandomState,
@@ -115,6 +123,7 @@ impl<T> InodeTable<T> {
             chunks: Vec::new(),
             free: Vec::new(),
             with_data: 0,
+            path_bytes: 0,
             by_ino: HashTable::new(),
             by_path: HashTable::new(),
             keys: std::collections::hash_map::RandomState::new(),
@@ -170,6 +179,16 @@ impl<T> InodeTable<T> {
     /// Numbers holding a `T`.
     pub fn data_count(&self) -> usize {
         self.with_data
+    }
+
+    /// Bytes the table takes for the numbers it holds: their slots, both indexes and the
+    /// paths (a `T`'s own heap aside). Slots freed stay allocated for the next numbers, so
+    /// the chunks follow the most numbers ever held at once, which this bounds too.
+    pub fn bytes(&self) -> usize {
+        let slots = self.by_ino.len() * std::mem::size_of::<Slot<T>>();
+        // A 4-byte index and a control byte per bucket, 8 buckets for every 7 it may fill.
+        let indexes = (self.by_ino.capacity() + self.by_path.capacity()) * 5 * 8 / 7;
+        slots + indexes + self.free.capacity() * 4 + self.path_bytes
     }
 
     /// Calls `f` on every `T` kept.
@@ -340,10 +359,7 @@ impl<T> InodeTable<T> {
     }
 
     fn slots(&self) -> impl Iterator<Item = &Slot<T>> {
-        self.chunks
-            .iter()
-            .flatten()
-            .filter(|s| s.ino != Ino::NONE)
+        self.chunks.iter().flatten().filter(|s| s.ino != Ino::NONE)
     }
 
     fn index(&self, ino: Ino) -> Option<u32> {
@@ -394,6 +410,7 @@ impl<T> InodeTable<T> {
     /// Gives slot `i` (which has no path) the path `path`.
     fn name(&mut self, i: u32, path: Arc<str>) {
         let hash = self.keys.hash_one(&*path);
+        self.path_bytes += heap_bytes(&path);
         self.slot_mut(i).path = Some(path);
         let Self {
             chunks,
@@ -410,6 +427,7 @@ impl<T> InodeTable<T> {
     /// Takes slot `i`'s path away; returns it.
     fn unname(&mut self, i: u32) -> Option<Arc<str>> {
         let path = self.slot_mut(i).path.take()?;
+        self.path_bytes -= heap_bytes(&path);
         let hash = self.keys.hash_one(&*path);
         if let Ok(entry) = self.by_path.find_entry(hash, |&j| j == i) {
             entry.remove();
@@ -430,7 +448,10 @@ impl<T> InodeTable<T> {
         self.unname(i);
         self.take_slot_data(i);
         let ino = self.slot(i).ino;
-        if let Ok(entry) = self.by_ino.find_entry(self.keys.hash_one(ino.0), |&j| j == i) {
+        if let Ok(entry) = self
+            .by_ino
+            .find_entry(self.keys.hash_one(ino.0), |&j| j == i)
+        {
             entry.remove();
         }
         *self.slot_mut(i) = Slot::new(Ino::NONE);

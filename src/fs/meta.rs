@@ -39,6 +39,14 @@
 //!    while marked dirty (changed since it was saved) has its saved file deleted. A change elsewhere
 //!    marks gone the saved listings of its directory and ancestors not in memory
 //!    (`changed_unlisted`): nothing judged them, and a later mount must not trust them.
+//! 9. Memory is bounded by `--metadata-memory` (`with_memory`), on an estimate kept from the
+//!    maps' own sizes (`estimated_bytes`; tests/meta_memory.rs checks it against what malloc
+//!    hands out). Past the bound, `shed` drops cached listings, least recently used first,
+//!    down to 90%; what is still over is what the kernel holds, which only the kernel can
+//!    let go: directories whose entries it was given are kept in use order (`gave_entries`),
+//!    and the kernel is told to forget those used longest ago (their entries in their
+//!    parents), enough of them for the excess, at most every `SHED_PAUSE`. Its FORGETs free
+//!    them here. The root's own entries cannot be shed this way (it has no parent entry).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +68,14 @@ const MAX_LISTED_ENTRIES: usize = 256 << 10;
 const MAX_MISSES: usize = 64 << 10;
 /// Directories whose last change number is kept (see 5.).
 const MAX_CHANGED_DIRS: usize = 64 << 10;
+/// Least time between two requests to the kernel to forget directories (see 9.): its FORGETs
+/// come back within it, so the excess is not counted twice.
+const SHED_PAUSE: Duration = Duration::from_millis(100);
+/// Estimated bytes of one listed entry besides its name: the entry and its name's chunk.
+const LISTED_ENTRY_BYTES: usize = std::mem::size_of::<DirEntry>() + 32;
+/// Estimated bytes of one entry of the smaller maps (misses, change numbers, directories in
+/// use order), with their hash tables.
+const SMALL_ENTRY_BYTES: usize = 96;
 
 /// What is known about a node's object, with an expiry; kept in the node's inode slot.
 #[derive(Debug, Clone)]
@@ -153,6 +169,10 @@ pub struct MetaStats {
     pub listed_entries: usize,
     /// Misses remembered.
     pub misses: usize,
+    /// Estimated bytes of it all (see 9.).
+    pub bytes: usize,
+    /// Directories the kernel was asked to forget to stay within the bound.
+    pub shed: u64,
 }
 
 /// Inodes, attributes, listings and misses, changed only through events.
@@ -173,6 +193,14 @@ pub struct Meta {
     seq: u64,
     /// Directories the snapshot writer must visit, by path; `None` without a snapshot (8.).
     dirty: Option<HashMap<Arc<str>, Dirty>>,
+    /// The bound of `estimated_bytes` (see 9.).
+    budget: usize,
+    /// Directories whose entries the kernel was given, least recently first (see 9.).
+    given: LruCache<Ino, ()>,
+    /// No directory is shed before this.
+    shed_after: Instant,
+    /// Directories shed.
+    shed: u64,
 }
 
 impl Meta {
@@ -190,7 +218,17 @@ impl Meta {
             changed_floor: 0,
             seq: 0,
             dirty: None,
+            budget: usize::MAX,
+            given: LruCache::unbounded(),
+            shed_after: Instant::now(),
+            shed: 0,
         }
+    }
+
+    /// Bounds memory to about `bytes` (see 9.).
+    pub fn with_memory(mut self, bytes: u64) -> Self {
+        self.budget = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
     }
 
     /// Keys of this mount start with `prefix`.
@@ -308,12 +346,16 @@ impl Meta {
     pub fn dir_object(&self, ino: Ino) -> Option<String> {
         let node = self.node(ino)?;
         let legacy = node.kind == Kind::Dir && !node.object.as_ref()?.is_marker();
-        legacy.then(|| self.known_meta(ino).map(|m| m.key)).flatten()
+        legacy
+            .then(|| self.known_meta(ino).map(|m| m.key))
+            .flatten()
     }
 
     /// True when the headers of version `etag` of the object at `path` are known.
     pub fn headers_known(&self, path: &str, etag: &str) -> bool {
-        let known = self.ino(path).and_then(|ino| self.node(ino)?.object.as_ref());
+        let known = self
+            .ino(path)
+            .and_then(|ino| self.node(ino)?.object.as_ref());
         known.is_some_and(|k| k.headers_known() && k.etag_is(etag))
     }
 
@@ -366,6 +408,8 @@ impl Meta {
             listings: self.listings.len(),
             listed_entries: self.listed_entries,
             misses: self.misses.len(),
+            bytes: self.estimated_bytes(),
+            shed: self.shed,
         }
     }
 
@@ -713,7 +757,8 @@ impl Meta {
         self.ttl = ttl;
         self.negative_ttl = negative_ttl;
         let now = Instant::now();
-        self.inodes.for_each_data(|node| node.expires = node.expires.min(now + ttl));
+        self.inodes
+            .for_each_data(|node| node.expires = node.expires.min(now + ttl));
         for (_, listing) in self.listings.iter_mut() {
             listing.expires = listing.expires.min(now + ttl);
         }
@@ -768,6 +813,8 @@ impl Meta {
             return;
         }
         self.drop_listing(ino);
+        // Nothing the kernel holds in it came through it any more.
+        self.given.pop(&ino);
         let listed = self.inodes.path(ino).is_some_and(|path| {
             let (parent, name) = split(&path);
             self.inodes.get(parent).is_some_and(|p| {
@@ -783,6 +830,77 @@ impl Meta {
         }
     }
 
+    // ---- the bound (see 9.) ----
+
+    /// The kernel was given entries of directory `dir` (a lookup, a readdirplus reply).
+    pub fn gave_entries(&mut self, dir: Ino) {
+        if self.budget != usize::MAX {
+            self.given.put(dir, ());
+        }
+    }
+
+    /// What the maps take, estimated from their sizes.
+    pub fn estimated_bytes(&self) -> usize {
+        let small = self.misses.len() + self.changed.len() + self.given.len() + self.listings.len();
+        self.inodes.bytes() + self.listed_entries * LISTED_ENTRY_BYTES + small * SMALL_ENTRY_BYTES
+    }
+
+    /// Brings memory back within the bound: drops listings, least recently used first, and
+    /// returns the directories the kernel must forget for the rest (never `keep`, the one
+    /// in use now).
+    pub fn shed(&mut self, keep: Ino) -> Vec<KernelNote> {
+        if self.budget == usize::MAX {
+            return Vec::new();
+        }
+        let mut bytes = self.estimated_bytes();
+        if bytes <= self.budget {
+            return Vec::new();
+        }
+        let target = self.budget / 10 * 9;
+        while bytes > target {
+            let Some(lru) = self.listings.peek_lru().map(|(ino, _)| *ino) else {
+                break;
+            };
+            self.drop_listing(lru);
+            bytes = self.estimated_bytes();
+        }
+        let now = Instant::now();
+        if bytes <= target || now < self.shed_after {
+            return Vec::new();
+        }
+        self.shed_after = now + SHED_PAUSE;
+        // The kernel's entries are spread over the directories it got them in: forget the
+        // share of them the excess is, at least one.
+        let share = (bytes - target) as f64 / bytes as f64;
+        let count = ((self.given.len() as f64 * share).ceil() as usize).max(1);
+        let mut notes = Vec::new();
+        while notes.len() < count {
+            let Some((dir, ())) = self.given.pop_lru() else {
+                break;
+            };
+            if dir == keep || dir == Ino::ROOT {
+                continue;
+            }
+            let Some(path) = self.inodes.path(dir) else {
+                continue;
+            };
+            let (parent_path, name) = split(&path);
+            if let Some(parent) = self.inodes.get(parent_path) {
+                notes.push(KernelNote::Entry {
+                    parent,
+                    name: name.to_string(),
+                    deleted: None,
+                });
+            }
+        }
+        self.given.put(keep, ());
+        self.shed += notes.len() as u64;
+        if !notes.is_empty() {
+            tracing::debug!(bytes, budget = self.budget, dirs = notes.len(), "shedding");
+        }
+        notes
+    }
+
     // ---- internals ----
 
     /// Frees `ino` if the kernel does not hold it, with its attributes and its listing.
@@ -791,6 +909,7 @@ impl Meta {
             // Its listing first, while its path still names its children.
             self.drop_listing(ino);
             self.take_node(ino);
+            self.given.pop(&ino);
             self.inodes.remove_unheld(ino);
         }
     }

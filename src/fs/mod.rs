@@ -423,8 +423,9 @@ impl Fs {
         config: FsConfig,
         writes: Writes,
     ) -> Self {
-        let meta =
-            Meta::new(config.metadata_ttl, config.negative_ttl).with_key_prefix(&config.prefix);
+        let meta = Meta::new(config.metadata_ttl, config.negative_ttl)
+            .with_key_prefix(&config.prefix)
+            .with_memory(config.metadata_memory);
         let record = writes
             .owed_record
             .clone()
@@ -524,7 +525,21 @@ impl Fs {
     /// Looks up `name` in directory `parent` for the kernel: the entry is counted until the
     /// kernel forgets it.
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
-        self.find(parent, name, true).await
+        let found = self.find(parent, name, true).await;
+        if found.is_ok() {
+            self.gave_entries(parent);
+        }
+        found
+    }
+
+    /// The kernel was given entries of `dir`: memory past the bound is let go (meta.rs, 9.).
+    fn gave_entries(&self, dir: Ino) {
+        let notes = {
+            let mut t = self.tables.lock();
+            t.meta.gave_entries(dir);
+            t.meta.shed(dir)
+        };
+        self.kernel.tell(notes);
     }
 
     /// Looks up `name` in `parent`; `to_kernel` counts the entry handed out.
@@ -615,6 +630,10 @@ impl Fs {
                 t.meta.looked_up(&join(&dir_path, &entry.name));
                 true
             });
+        }
+        drop(t);
+        if !sent.is_empty() {
+            self.gave_entries(dir);
         }
     }
 

@@ -304,6 +304,8 @@ pub fn report(
             "listings": a.meta.listings,
             "listed_entries": a.meta.listed_entries,
             "misses": a.meta.misses,
+            "bytes": a.meta.bytes,
+            "shed": a.meta.shed,
         },
         "snapshot": a.snapshot.map(|s| json!({
             "served": s.served,
