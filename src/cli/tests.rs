@@ -207,6 +207,19 @@ fn metadata_cache_options() {
 }
 
 #[test]
+fn metadata_memory_option() {
+    let default = parse(&["b", "/m"]).unwrap().into_config().unwrap();
+    assert_eq!(default.fs.metadata_memory, 256 << 20);
+    let set = parse(&["b", "/m", "-o", "metadata_memory=1GiB"])
+        .unwrap()
+        .into_config()
+        .unwrap();
+    assert_eq!(set.fs.metadata_memory, 1 << 30);
+    let small = parse(&["b", "/m", "--metadata-memory", "4096"]);
+    assert!(small.is_err(), "below 1MiB");
+}
+
+#[test]
 fn disk_cache_options() {
     // On by default, in the user's cache directory, sized from free space.
     let default = parse(&["b", "/m"]).unwrap().into_config().unwrap();
