@@ -383,7 +383,7 @@ fn posix_of(meta: Option<&ObjectMeta>) -> Posix {
 
 /// ETags compare without their quotes: some servers quote them in listings and not in
 /// CopyObject results.
-fn same_etag(a: &str, b: &str) -> bool {
+pub(crate) fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
 

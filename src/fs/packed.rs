@@ -63,18 +63,22 @@ enum Etag {
 impl Etag {
     fn pack(etag: String) -> Self {
         match Self::parse(&etag) {
-            Some(packed) if packed.render() == etag => packed,
-            _ => Etag::Other(etag.into_boxed_str()),
+            Some(packed) => packed,
+            None => Etag::Other(etag.into_boxed_str()),
         }
     }
 
+    /// The packed form of `etag` when rendering it gives `etag` back: lower-case hex, a part
+    /// count without sign or leading zero.
     fn parse(etag: &str) -> Option<Self> {
         let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
         let (hex, parts) = match inner.split_once('-') {
-            Some((hex, n)) => (hex, n.parse::<u32>().ok().filter(|n| *n > 0)?),
+            Some((_, n)) if n.starts_with(['0', '+']) => return None,
+            Some((hex, n)) => (hex, n.parse::<u32>().ok()?),
             None => (inner, 0),
         };
-        if hex.len() != 32 {
+        let lower = |c: u8| matches!(c, b'0'..=b'9' | b'a'..=b'f');
+        if hex.len() != 32 || !hex.bytes().all(lower) {
             return None;
         }
         let mut digest = [0u8; 16];
@@ -190,11 +194,34 @@ impl PackedObject {
         }
     }
 
-    /// True when its ETag is `etag`, quotes aside.
+    /// True when its ETag is `etag`, quotes aside (asked for every listed entry: no
+    /// allocation).
     pub fn etag_is(&self, etag: &str) -> bool {
         match &self.etag {
             Etag::Other(own) => super::same_etag(own, etag),
-            packed => super::same_etag(&packed.render(), etag),
+            Etag::Md5 { digest, parts } => {
+                let inner = etag.trim_matches('"');
+                let (hex, count) = match inner.split_once('-') {
+                    Some((hex, count)) => (hex, Some(count)),
+                    None => (inner, None),
+                };
+                let same_parts = match count {
+                    None => *parts == 0,
+                    // As rendered: decimal, no sign, no leading zero.
+                    Some(count) => {
+                        *parts > 0
+                            && !count.starts_with(['0', '+'])
+                            && count.parse::<u32>() == Ok(*parts)
+                    }
+                };
+                same_parts && hex.len() == 32 && {
+                    let lower = |c: u8| matches!(c, b'0'..=b'9' | b'a'..=b'f');
+                    hex.bytes().all(lower)
+                        && digest.iter().enumerate().all(|(i, byte)| {
+                            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) == Ok(*byte)
+                        })
+                }
+            }
         }
     }
 
@@ -292,6 +319,13 @@ mod tests {
             before_1970,
         ];
         for meta in cases {
+            if let Some(parsed) = Etag::parse(&meta.etag) {
+                assert_eq!(
+                    parsed.render(),
+                    meta.etag,
+                    "packed only when it renders back"
+                );
+            }
             let packed = PackedObject::pack(meta.clone(), AT);
             assert_eq!(packed.unpack(AT), meta);
             assert!(packed.key_is(&meta.key, AT), "{}", meta.key);
@@ -300,6 +334,19 @@ mod tests {
             assert!(packed.etag_is(&meta.etag));
             assert!(packed.etag_is(meta.etag.trim_matches('"')));
             assert!(!packed.etag_is("\"ffff\""));
+            for other in [
+                "\"0123456789abcdef0123456789abcdee\"",
+                "\"0123456789abcdef0123456789abcdef-13\"",
+                "\"0123456789abcdef0123456789abcdef-012\"",
+                "\"0123456789ABCDEF0123456789ABCDEF\"",
+            ] {
+                assert_eq!(
+                    packed.etag_is(other),
+                    crate::fs::same_etag(&meta.etag, other),
+                    "{} against {other}",
+                    meta.etag
+                );
+            }
             assert_eq!(packed.headers_known(), meta.metadata.is_some());
         }
     }

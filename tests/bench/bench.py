@@ -237,6 +237,15 @@ def proc_stats(pid):
     return hwm, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def rss_now(pid):
+    """Resident set size (KiB) of a live process now."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def mounted(path):
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == path for line in f)
@@ -707,7 +716,19 @@ class Bench:
         seconds, out = run_cmd(["sh", "-c", f"find {m.path}/find -type f | wc -l"], timeout)
         if int(out.strip() or 0) != n:
             raise RuntimeError(f"find saw {out.strip()} of {n} files")
-        return dict(value=seconds)
+        result = dict(value=seconds)
+        if m.system == "bucketfs":
+            # What the daemon holds once the walk is done: its RSS now and its own estimate of
+            # the metadata (`--metadata-memory` bounds that), with the paths it knows.
+            result["rss_now_kib"] = rss_now(m.proc.pid)
+            status = subprocess.run([BUCKETFS, "status", "--json", m.path], capture_output=True,
+                                    text=True, timeout=60)
+            if status.returncode == 0:
+                meta = json.loads(status.stdout).get("metadata", {})
+                result["meta"] = {k: meta.get(k) for k in ("inodes", "bytes", "shed")}
+            log(f"after the walk: RSS {result['rss_now_kib'] // 1024} MiB, "
+                f"metadata {result.get('meta')}")
+        return result
 
     def remount_find(self, m, r):
         """The find-* walk after a remount: a first walk on a fresh mount, then the system
