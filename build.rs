@@ -1,4 +1,5 @@
-//! Names the commit the binary was built from, for `bucketfs --version`.
+//! Names the commit the binary was built from, for `bucketfs --version`, and compiles the
+//! CSI specification's proto (src/csi/csi.proto) for the node plugin, without protoc.
 
 use std::process::Command;
 
@@ -16,5 +17,13 @@ fn main() {
     // A new commit moves HEAD or the branch it names.
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         println!("cargo:rerun-if-changed={path}");
+    }
+    println!("cargo:rerun-if-changed=src/csi/csi.proto");
+    let descriptors = match protox::compile(["csi.proto"], ["src/csi"]) {
+        Ok(descriptors) => descriptors,
+        Err(e) => panic!("src/csi/csi.proto: {e}"),
+    };
+    if let Err(e) = tonic_prost_build::configure().compile_fds(descriptors) {
+        panic!("generating the CSI code: {e}");
     }
 }

@@ -417,6 +417,39 @@ pub fn is_takeover_command(argv: &[std::ffi::OsString]) -> bool {
     argv.get(1).is_some_and(|a| a == "takeover")
 }
 
+/// `bucketfs csi`: the Kubernetes CSI node plugin (docs/KUBERNETES.md).
+#[derive(Debug, Parser)]
+#[command(name = "bucketfs csi", version = VERSION)]
+pub struct CsiArgs {
+    /// Where to serve CSI: unix:///PATH/csi.sock (default: $CSI_ENDPOINT)
+    #[arg(long, env = "CSI_ENDPOINT", value_name = "URL")]
+    pub csi_endpoint: String,
+
+    /// This node's name, as NodeGetInfo reports it (default: $KUBE_NODE_NAME)
+    #[arg(long, env = "KUBE_NODE_NAME", value_name = "NAME")]
+    pub node_id: String,
+
+    /// The plugin's own directory: each volume's mount and record (kept across restarts of
+    /// the plugin)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/bucketfs-csi")]
+    pub state_dir: PathBuf,
+
+    /// The bucketfs binary each volume is mounted with (default: this one)
+    #[arg(long, value_name = "PATH")]
+    pub bucketfs: Option<PathBuf>,
+
+    /// Mount options for every volume, as bucketfs takes them (`--endpoint-url URL`,
+    /// `--region R`, `--notify-topic ARN`...), after `--`
+    #[arg(last = true, value_name = "OPTIONS")]
+    pub mount_options: Vec<String>,
+}
+
+/// True when argv asks for `bucketfs csi`. (To mount a bucket named `csi`, write it
+/// `s3://csi`.)
+pub fn is_csi_command(argv: &[std::ffi::OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == "csi")
+}
+
 /// `bucketfs status`: what mounts are doing (docs/STATUS.md).
 #[derive(Debug, Parser)]
 #[command(name = "bucketfs status", version = VERSION)]

@@ -35,6 +35,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod csi;
 pub mod daemon;
 pub mod error;
 pub mod fs;

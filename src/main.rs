@@ -1,5 +1,5 @@
 //! The `bucketfs` command: parse, validate, mount; or `bucketfs status`, `bucketfs takeover`,
-//! or print the completion script or the manual page.
+//! `bucketfs csi` (the Kubernetes node plugin), or print the completion script or the manual page.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,20 @@ fn main() -> ExitCode {
             Err(e) => e.exit(),
         };
         return bucketfs::status::client::run(&args);
+    }
+    if bucketfs::cli::is_csi_command(&argv) {
+        bucketfs::daemon::close_inherited();
+        let args = match bucketfs::cli::CsiArgs::try_parse_from(&argv[1..]) {
+            Ok(args) => args,
+            Err(e) => e.exit(),
+        };
+        return match bucketfs::csi::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bucketfs csi: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if bucketfs::cli::is_takeover_command(&argv) {
         bucketfs::daemon::close_inherited();

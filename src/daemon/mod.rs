@@ -265,6 +265,21 @@ fn secrets_capped() -> tracing_subscriber::filter::Targets {
         )
 }
 
+/// Logs to stderr at info (`bucketfs csi`, which runs in the foreground under its
+/// supervisor), secret-bearing targets capped as for the daemon.
+pub fn init_plain_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::new("info");
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_filter(filter)
+        .with_filter(secrets_capped());
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
 fn init_logging(config: &Config, foreground: bool) -> Result<()> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::layer::SubscriberExt;

@@ -1,0 +1,282 @@
+//! The CSI Identity and Node services over the plugin's Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::options;
+use super::proto::identity_server::{Identity, IdentityServer};
+use super::proto::node_server::{Node, NodeServer};
+use super::proto::node_service_capability::rpc::Type as RpcType;
+use super::proto::node_service_capability::{Rpc, Type as CapabilityType};
+use super::proto::volume_capability::access_mode::Mode;
+use super::proto::volume_capability::AccessType;
+use super::proto::volume_usage::Unit;
+use super::proto::*;
+use super::volume::{is_mountpoint, Target, Volumes};
+
+/// The plugin: this node's name and its volumes.
+#[derive(Debug)]
+pub struct Plugin {
+    node_id: String,
+    volumes: Volumes,
+}
+
+impl Plugin {
+    /// A plugin for node `node_id` over `volumes`.
+    pub fn new(node_id: String, volumes: Volumes) -> Self {
+        Self { node_id, volumes }
+    }
+}
+
+/// Serves `plugin` on `socket` until SIGTERM or SIGINT.
+pub async fn serve(plugin: Arc<Plugin>, socket: &Path) -> Result<()> {
+    // A socket left by an earlier run is replaced; anything else at the path is not.
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing the old socket {}", socket.display()))?;
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a socket", socket.display()),
+        Err(_) => {}
+    }
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let (volumes, targets) = plugin.volumes.count();
+    tracing::info!(
+        socket = %socket.display(),
+        node = plugin.node_id,
+        volumes,
+        targets,
+        "serving CSI"
+    );
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let stop = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("stopping; published volumes stay mounted");
+    };
+    tonic::transport::Server::builder()
+        .add_service(IdentityServer::from_arc(Arc::clone(&plugin)))
+        .add_service(NodeServer::from_arc(plugin))
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+        .context("serving CSI")?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Identity for Plugin {
+    async fn get_plugin_info(
+        &self,
+        _: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
+        Ok(Response::new(GetPluginInfoResponse {
+            name: super::DRIVER_NAME.to_string(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        // A node-only plugin: no controller service, volumes reachable from every node.
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities: Vec::new(),
+        }))
+    }
+
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse { ready: Some(true) }))
+    }
+}
+
+fn required<'a>(value: &'a str, what: &str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} is required")));
+    }
+    Ok(value)
+}
+
+fn absolute(path: &str, what: &str) -> Result<PathBuf, Status> {
+    let path = Path::new(required(path, what)?);
+    if !path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
+        return Err(Status::invalid_argument(format!(
+            "{what} {} must be an absolute path",
+            path.display()
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+#[tonic::async_trait]
+impl Node for Plugin {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?;
+        let target = absolute(&req.target_path, "target_path")?;
+        let capability = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let mount = match &capability.access_type {
+            Some(AccessType::Mount(mount)) => mount,
+            Some(AccessType::Block(_)) => {
+                return Err(Status::invalid_argument(
+                    "block volumes are not supported: a bucket is a filesystem",
+                ))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "volume_capability.access_type is required",
+                ))
+            }
+        };
+        if !mount.fs_type.is_empty() && mount.fs_type != "fuse.bucketfs" {
+            return Err(Status::invalid_argument(format!(
+                "fs_type {} is not served (a bucketfs volume is fuse.bucketfs)",
+                mount.fs_type
+            )));
+        }
+        let mode = capability
+            .access_mode
+            .as_ref()
+            .and_then(|m| Mode::try_from(m.mode).ok())
+            .filter(|m| *m != Mode::Unknown)
+            .ok_or_else(|| Status::invalid_argument("volume_capability.access_mode is required"))?;
+        let spec = options::spec(&options::Request {
+            volume_id: id,
+            context: &req.volume_context,
+            mount_flags: &mount.mount_flags,
+            mount_group: &mount.volume_mount_group,
+        })
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let readonly =
+            req.readonly || matches!(mode, Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly);
+        // Every parameter but the secrets, for the idempotency rules of the specification.
+        let params = {
+            let mut context: Vec<_> = req.volume_context.iter().collect();
+            context.sort();
+            let mut flags = mount.mount_flags.clone();
+            flags.sort();
+            let digest = Sha256::digest(
+                format!(
+                    "{id}\0{readonly}\0{mode:?}\0{}\0{flags:?}\0{context:?}",
+                    mount.volume_mount_group
+                )
+                .as_bytes(),
+            );
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let _busy = self.volumes.begin(id)?;
+        if mode == Mode::SingleNodeSingleWriter && self.volumes.has_other_target(id, &target) {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is single-writer and published at another target on this node"
+            )));
+        }
+        self.volumes
+            .publish(id, spec, &target, Target { readonly, params }, &req.secrets)
+            .await?;
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?;
+        let target = absolute(&req.target_path, "target_path")?;
+        let _busy = self.volumes.begin(id)?;
+        self.volumes.unpublish(id, &target).await?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?;
+        let path = absolute(&req.volume_path, "volume_path")?;
+        if !self.volumes.is_target(id, &path) || !is_mountpoint(&path) {
+            return Err(Status::not_found(format!(
+                "volume {id} is not published at {}",
+                path.display()
+            )));
+        }
+        let stat = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("statfs: {e}")))?;
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let block = stat.fragment_size();
+        let bytes = VolumeUsage {
+            total: clamp(stat.blocks().saturating_mul(block)),
+            available: clamp(stat.blocks_available().saturating_mul(block)),
+            used: clamp(
+                stat.blocks()
+                    .saturating_sub(stat.blocks_free())
+                    .saturating_mul(block),
+            ),
+            unit: Unit::Bytes as i32,
+        };
+        let inodes = VolumeUsage {
+            total: clamp(stat.files()),
+            available: clamp(stat.files_available()),
+            used: clamp(stat.files().saturating_sub(stat.files_free())),
+            unit: Unit::Inodes as i32,
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage: vec![bytes, inodes],
+            volume_condition: None,
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        let capability = |t: RpcType| NodeServiceCapability {
+            r#type: Some(CapabilityType::Rpc(Rpc { r#type: t as i32 })),
+        };
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                capability(RpcType::GetVolumeStats),
+                capability(RpcType::VolumeMountGroup),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}

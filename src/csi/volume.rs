@@ -1,0 +1,488 @@
+//! The volumes this node publishes: one bucketfs daemon per volume, mounted in the plugin's
+//! directory, bind-mounted at each target path (mod.rs, 1. and 2.).
+//!
+//! Layout of `--state-dir` (the plugin's own, mode 0700, checked like the daemon's):
+//! `volumes/<sha256 of the volume id>.json`, the record (volume id, spec, daemon pid, targets
+//! with their publish parameters, never a secret), and `mnt/<same>/`, where the daemon mounts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use super::options::Spec;
+use crate::owned_dir::OwnedDir;
+
+/// How long a daemon may take to mount (it checks the bucket first).
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a daemon may take to exit once its mount is gone (it finishes its uploads).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One target path of a volume, with what it was published with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Target {
+    /// Bound read-only.
+    pub readonly: bool,
+    /// The publish's parameters but the secrets, digested (a second publish at the same
+    /// target must ask the same).
+    pub params: String,
+}
+
+/// A volume this node publishes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Volume {
+    id: String,
+    spec: Spec,
+    /// The daemon serving it.
+    pid: Option<u32>,
+    targets: BTreeMap<PathBuf, Target>,
+}
+
+/// The volumes, their records and their daemons.
+#[derive(Debug)]
+pub struct Volumes {
+    records: OwnedDir,
+    mounts: OwnedDir,
+    bucketfs: PathBuf,
+    plugin_args: Vec<String>,
+    known: Mutex<HashMap<String, Volume>>,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// A call on a volume in progress; others on it get ABORTED until it is dropped.
+pub struct Busy<'a> {
+    volumes: &'a Volumes,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.volumes.busy.lock().remove(&self.id);
+    }
+}
+
+fn name_of(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+impl Volumes {
+    /// Opens the state directory and takes back the volumes a previous run published that are
+    /// still mounted (mod.rs, 2.).
+    pub fn open(state_dir: &Path, bucketfs: PathBuf, plugin_args: Vec<String>) -> Result<Self> {
+        let state = OwnedDir::open_or_create(state_dir)?;
+        let records = state.subdir("volumes")?;
+        let mounts = state.subdir("mnt")?;
+        let volumes = Self {
+            records,
+            mounts,
+            bucketfs,
+            plugin_args,
+            known: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+        };
+        volumes.recover()?;
+        Ok(volumes)
+    }
+
+    fn recover(&self) -> Result<()> {
+        let dir = self.records.path().to_path_buf();
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))?;
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let bytes = self.records.read_file(&name)?.unwrap_or_default();
+            let mut volume: Volume = match serde_json::from_slice(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("dropping the unreadable volume record {name}: {e}");
+                    self.records.remove_file(&name)?;
+                    continue;
+                }
+            };
+            if name_of(&volume.id) != stem {
+                tracing::warn!("dropping the volume record {name}: it names another volume");
+                self.records.remove_file(&name)?;
+                continue;
+            }
+            volume.targets.retain(|target, _| is_mountpoint(target));
+            let serving = is_mountpoint(&self.mount_dir(&volume.id));
+            if !serving && volume.targets.is_empty() {
+                self.records.remove_file(&name)?;
+                continue;
+            }
+            tracing::info!(
+                volume = volume.id,
+                targets = volume.targets.len(),
+                serving,
+                "volume taken back"
+            );
+            self.known.lock().insert(volume.id.clone(), volume);
+        }
+        Ok(())
+    }
+
+    /// Marks volume `id` busy for one call; ABORTED if a call on it is in progress.
+    pub fn begin(&self, id: &str) -> Result<Busy<'_>, Status> {
+        if !self.busy.lock().insert(id.to_string()) {
+            return Err(Status::aborted(format!(
+                "an operation on volume {id} is in progress"
+            )));
+        }
+        Ok(Busy {
+            volumes: self,
+            id: id.to_string(),
+        })
+    }
+
+    fn mount_dir(&self, id: &str) -> PathBuf {
+        self.mounts.path().join(name_of(id))
+    }
+
+    fn save(&self, volume: &Volume) -> Result<(), Status> {
+        let bytes = serde_json::to_vec(volume).map_err(|e| internal("recording the volume", e))?;
+        self.records
+            .replace_file(&format!("{}.json", name_of(&volume.id)), &bytes)
+            .map_err(|e| internal("recording the volume", e))
+    }
+
+    /// Publishes volume `id` as `spec` at `target` (the caller holds `begin(id)`).
+    pub async fn publish(
+        &self,
+        id: &str,
+        spec: Spec,
+        target: &Path,
+        wanted: Target,
+        secrets: &HashMap<String, String>,
+    ) -> Result<(), Status> {
+        let known = self.known.lock().get(id).cloned();
+        let mut volume = match known {
+            Some(volume) if volume.spec != spec => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is published on this node with other attributes"
+                )));
+            }
+            Some(volume) => volume,
+            None => Volume {
+                id: id.to_string(),
+                spec,
+                pid: None,
+                targets: BTreeMap::new(),
+            },
+        };
+        if let Some(had) = volume.targets.get(target) {
+            if *had != wanted {
+                return Err(Status::already_exists(format!(
+                    "volume {id} is published at {} with other parameters",
+                    target.display()
+                )));
+            }
+            if is_mountpoint(target) {
+                return Ok(());
+            }
+        }
+        let mnt = self.mount_dir(id);
+        if !is_mountpoint(&mnt) {
+            volume.pid = Some(self.start_daemon(&volume, &mnt, secrets).await?);
+        }
+        // Recorded before the bind, so a plugin killed in between finds it to unmount.
+        volume.targets.insert(target.to_path_buf(), wanted.clone());
+        self.save(&volume)?;
+        self.known.lock().insert(id.to_string(), volume);
+        let (source, dest) = (mnt.clone(), target.to_path_buf());
+        let bound = tokio::task::spawn_blocking(move || bind(&source, &dest, wanted.readonly))
+            .await
+            .map_err(|e| internal("bind mount", e))?;
+        if let Err(e) = bound {
+            self.forget_target(id, target)?;
+            return Err(internal(&format!("bind mount at {}", target.display()), e));
+        }
+        tracing::info!(volume = id, target = %target.display(), readonly = wanted.readonly, "published");
+        Ok(())
+    }
+
+    fn forget_target(&self, id: &str, target: &Path) -> Result<(), Status> {
+        let volume = {
+            let mut known = self.known.lock();
+            let Some(volume) = known.get_mut(id) else {
+                return Ok(());
+            };
+            volume.targets.remove(target);
+            volume.clone()
+        };
+        self.save(&volume)
+    }
+
+    /// Starts the daemon of `volume` at `mnt`; returns its pid once the mount answers.
+    async fn start_daemon(
+        &self,
+        volume: &Volume,
+        mnt: &Path,
+        secrets: &HashMap<String, String>,
+    ) -> Result<u32, Status> {
+        let name = name_of(&volume.id);
+        self.mounts
+            .subdir(&name)
+            .map_err(|e| internal("the volume's mount directory", e))?;
+        let mut cmd = tokio::process::Command::new(&self.bucketfs);
+        cmd.args(&self.plugin_args)
+            .args(&volume.spec.args)
+            .arg("--allow-other")
+            .arg(&volume.spec.source)
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, var) in [
+            ("accessKeyId", "AWS_ACCESS_KEY_ID"),
+            ("secretAccessKey", "AWS_SECRET_ACCESS_KEY"),
+            ("sessionToken", "AWS_SESSION_TOKEN"),
+        ] {
+            if let Some(value) = secrets.get(key) {
+                cmd.env(var, value);
+            }
+        }
+        if secrets.contains_key("accessKeyId") {
+            // The secret's keys, not a profile of the node's.
+            cmd.env_remove("AWS_PROFILE");
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| internal(&format!("starting {}", self.bucketfs.display()), e))?;
+        let out = match tokio::time::timeout(MOUNT_TIMEOUT, child.wait_with_output()).await {
+            Ok(out) => out.map_err(|e| internal("the mount", e))?,
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "mounting {} took longer than {MOUNT_TIMEOUT:?}",
+                    volume.spec.source
+                )))
+            }
+        };
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let message = format!("mounting {}: {message}", volume.spec.source);
+            // 2: the options were refused (the daemon's usage error).
+            return Err(if out.status.code() == Some(2) {
+                Status::invalid_argument(message)
+            } else {
+                Status::internal(message)
+            });
+        }
+        daemon_pid(&self.bucketfs, mnt).await.ok_or_else(|| {
+            Status::internal(format!("{} mounted but does not answer", mnt.display()))
+        })
+    }
+
+    /// Unpublishes volume `id` at `target`; the last target unmounts the daemon (the caller
+    /// holds `begin(id)`).
+    pub async fn unpublish(&self, id: &str, target: &Path) -> Result<(), Status> {
+        let dest = target.to_path_buf();
+        tokio::task::spawn_blocking(move || unbind(&dest))
+            .await
+            .map_err(|e| internal("unmount", e))?
+            .map_err(|e| internal(&format!("unmounting {}", target.display()), e))?;
+        let Some(mut volume) = self.known.lock().get(id).cloned() else {
+            return Ok(());
+        };
+        volume.targets.remove(target);
+        if !volume.targets.is_empty() {
+            self.save(&volume)?;
+            self.known.lock().insert(id.to_string(), volume);
+            tracing::info!(volume = id, target = %target.display(), "unpublished");
+            return Ok(());
+        }
+        let mnt = self.mount_dir(id);
+        let pid = volume.pid;
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            unbind(&mnt)?;
+            if let Some(pid) = pid {
+                wait_exit(pid, EXIT_TIMEOUT);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| internal("unmount", e))?
+        .map_err(|e| internal("unmounting the volume's daemon", e))?;
+        let name = name_of(id);
+        let _ = std::fs::remove_dir(self.mounts.path().join(&name));
+        self.records
+            .remove_file(&format!("{name}.json"))
+            .map_err(|e| internal("dropping the volume record", e))?;
+        self.known.lock().remove(id);
+        tracing::info!(volume = id, target = %target.display(), "unpublished; daemon stopped");
+        Ok(())
+    }
+
+    /// True when volume `id` is published here at a target other than `target`.
+    pub fn has_other_target(&self, id: &str, target: &Path) -> bool {
+        self.known
+            .lock()
+            .get(id)
+            .is_some_and(|v| v.targets.keys().any(|t| t != target))
+    }
+
+    /// True when `path` is a target of volume `id` here.
+    pub fn is_target(&self, id: &str, path: &Path) -> bool {
+        self.known
+            .lock()
+            .get(id)
+            .is_some_and(|v| v.targets.contains_key(path))
+    }
+
+    /// Volumes published, with their targets (for the log and the tests' figures).
+    pub fn count(&self) -> (usize, usize) {
+        let known = self.known.lock();
+        (known.len(), known.values().map(|v| v.targets.len()).sum())
+    }
+}
+
+/// The pid of the bucketfs daemon serving `mnt`, through `bucketfs status`.
+async fn daemon_pid(bucketfs: &Path, mnt: &Path) -> Option<u32> {
+    let out = tokio::process::Command::new(bucketfs)
+        .args(["status", "--json"])
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    status["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// Bind-mounts `source` at `target` (created if missing), read-only if asked.
+fn bind(source: &Path, target: &Path, readonly: bool) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let (src, dst) = (c_path(source)?, c_path(target)?);
+    // SAFETY: both are NUL-terminated paths; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if readonly {
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = unbind(target);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts `target` if it is mounted (lazily if busy) and removes the directory; what is
+/// not there is fine (unpublish is idempotent).
+fn unbind(target: &Path) -> std::io::Result<()> {
+    if is_mountpoint(target) {
+        let path = c_path(target)?;
+        // SAFETY: a NUL-terminated path.
+        let rc = unsafe { libc::umount2(path.as_ptr(), 0) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(e);
+            }
+            // SAFETY: as above.
+            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    match std::fs::remove_dir(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits up to `limit` for process `pid` to exit.
+fn wait_exit(pid: u32, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when `path` is a mount point (in this process's mount table).
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    table.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|field| Path::new(&unescape(field)) == path)
+    })
+}
+
+/// A mountinfo field with its `\NNN` octal escapes undone.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if let Some(n) = field
+                .get(i + 1..i + 4)
+                .and_then(|octal| u8::from_str_radix(octal, 8).ok())
+            {
+                out.push(n);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/end\\"), "/end\\");
+        assert!(is_mountpoint(Path::new("/")));
+        assert!(!is_mountpoint(Path::new("/no/such/mount")));
+    }
+}

@@ -1,0 +1,615 @@
+//! The CSI node plugin as kubelet drives it: a gRPC client on the plugin's Unix socket, the
+//! real binary, real mounts, SeaweedFS behind them. No cluster: the target paths are
+//! directories of the test run, as kubelet's pod volume directories would be.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucketfs::csi::proto::identity_client::IdentityClient;
+use bucketfs::csi::proto::node_client::NodeClient;
+use bucketfs::csi::proto::volume_capability::access_mode::Mode;
+use bucketfs::csi::proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use bucketfs::csi::proto::*;
+use common::{bucketfs_bin, eventually, is_mounted, run_dir, server, wait_gone, Bucket};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// A running `bucketfs csi`, its directories, and a runtime for the client; on drop the
+/// plugin is killed and whatever it left mounted is unmounted.
+struct Plugin {
+    dir: PathBuf,
+    child: Option<Child>,
+    rt: tokio::runtime::Runtime,
+    channel: Channel,
+}
+
+impl Plugin {
+    fn start(name: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = run_dir().join(format!("csi-{name}-{}", N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(dir.join("pods")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (child, channel) = Self::spawn(&dir, &rt);
+        Self {
+            dir,
+            child: Some(child),
+            rt,
+            channel,
+        }
+    }
+
+    fn spawn(dir: &Path, rt: &tokio::runtime::Runtime) -> (Child, Channel) {
+        let socket = dir.join("csi.sock");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("plugin.log"))
+            .unwrap();
+        let child = Command::new(bucketfs_bin())
+            .arg("csi")
+            .arg("--csi-endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--node-id")
+            .arg("node-1")
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--")
+            .arg("--endpoint-url")
+            .arg(&server().endpoint)
+            .arg("--force-path-style")
+            .arg("--staging-dir")
+            .arg(run_dir().join("staging"))
+            // No credentials but the publish's secret: item 3's path is the one tested.
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bucketfs csi");
+        // The socket of a killed predecessor may still be there: wait until one answers.
+        let mut channel = None;
+        let listening = eventually(Duration::from_secs(20), || {
+            let socket = socket.clone();
+            channel = rt
+                .block_on(
+                    Endpoint::try_from("http://[::]:50051")
+                        .unwrap()
+                        .connect_with_connector(tower::service_fn(move |_| {
+                            let socket = socket.clone();
+                            async move {
+                                let stream = tokio::net::UnixStream::connect(socket).await?;
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                            }
+                        })),
+                )
+                .ok();
+            channel.is_some()
+        });
+        assert!(
+            listening,
+            "the plugin did not listen: {}",
+            std::fs::read_to_string(dir.join("plugin.log")).unwrap_or_default()
+        );
+        (child, channel.unwrap())
+    }
+
+    /// Kills the plugin (SIGKILL) and starts it again over the same directories.
+    fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        let (child, channel) = Self::spawn(&self.dir, &self.rt);
+        self.child = Some(child);
+        self.channel = channel;
+    }
+
+    fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel.clone())
+    }
+
+    fn target(&self, pod: &str) -> PathBuf {
+        self.dir.join("pods").join(pod).join("mount")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("plugin.log")).unwrap_or_default()
+    }
+
+    fn publish(&self, req: NodePublishVolumeRequest) -> Result<(), tonic::Status> {
+        let mut node = self.node();
+        self.rt.block_on(node.node_publish_volume(req)).map(|_| ())
+    }
+
+    fn unpublish(&self, volume: &str, target: &Path) -> Result<(), tonic::Status> {
+        let mut node = self.node();
+        self.rt
+            .block_on(node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: volume.to_string(),
+                target_path: target.display().to_string(),
+            }))
+            .map(|_| ())
+    }
+
+    /// Mount points under the plugin's directory.
+    fn mounts(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&dir))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Targets first, then the daemons' own mounts.
+        let mut left = self.mounts();
+        left.sort_by_key(|p| std::cmp::Reverse(p.contains("/pods/")));
+        for path in left {
+            let _ = Command::new("umount").arg("-l").arg(&path).status();
+        }
+    }
+}
+
+fn capability(mode: Mode) -> Option<VolumeCapability> {
+    Some(VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    })
+}
+
+fn secrets() -> HashMap<String, String> {
+    HashMap::from([
+        ("accessKeyId".to_string(), common::ACCESS_KEY.to_string()),
+        (
+            "secretAccessKey".to_string(),
+            common::SECRET_KEY.to_string(),
+        ),
+    ])
+}
+
+fn publish_request(volume: &str, target: &Path, readonly: bool) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: volume.to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: capability(Mode::MultiNodeMultiWriter),
+        readonly,
+        secrets: secrets(),
+        ..Default::default()
+    }
+}
+
+/// Daemons serving a mount under the plugin's directory.
+fn daemons(plugin: &Plugin) -> Vec<u32> {
+    let dir = plugin.dir.join("state").join("mnt");
+    let want = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&want) && !cmdline.contains(" csi ") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn identity_and_node_info_answer_as_the_spec_says() {
+    let p = Plugin::start("identity");
+    let mut identity = IdentityClient::new(p.channel.clone());
+    let info =
+        p.rt.block_on(identity.get_plugin_info(GetPluginInfoRequest {}))
+            .unwrap()
+            .into_inner();
+    assert_eq!(info.name, bucketfs::csi::DRIVER_NAME);
+    assert!(!info.vendor_version.is_empty());
+    let probe =
+        p.rt.block_on(identity.probe(ProbeRequest {}))
+            .unwrap()
+            .into_inner();
+    assert_eq!(probe.ready, Some(true));
+    let mut node = p.node();
+    let node_info =
+        p.rt.block_on(node.node_get_info(NodeGetInfoRequest {}))
+            .unwrap()
+            .into_inner();
+    assert_eq!(node_info.node_id, "node-1");
+    let caps =
+        p.rt.block_on(node.node_get_capabilities(NodeGetCapabilitiesRequest {}))
+            .unwrap()
+            .into_inner();
+    assert_eq!(caps.capabilities.len(), 2, "{caps:?}");
+}
+
+#[test]
+fn a_volume_is_shared_by_two_pods_and_stops_after_the_last() {
+    let b = Bucket::new("csi-share");
+    b.put("hello.txt", b"hello from s3".to_vec());
+    let p = Plugin::start("share");
+    let (t1, t2) = (p.target("pod-a"), p.target("pod-b"));
+
+    p.publish(publish_request(&b.name, &t1, false)).unwrap();
+    assert!(is_mounted(&t1));
+    assert_eq!(
+        std::fs::read(t1.join("hello.txt")).unwrap(),
+        b"hello from s3"
+    );
+    std::fs::write(t1.join("from-pod-a.txt"), b"written by pod a").unwrap();
+    assert_eq!(b.get("from-pod-a.txt"), b"written by pod a");
+
+    // The same call again: nothing changes (idempotent). Other parameters at the same
+    // target: ALREADY_EXISTS.
+    p.publish(publish_request(&b.name, &t1, false)).unwrap();
+    let err = p.publish(publish_request(&b.name, &t1, true)).unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    // A second pod shares the daemon.
+    p.publish(publish_request(&b.name, &t2, false)).unwrap();
+    assert_eq!(
+        std::fs::read(t2.join("from-pod-a.txt")).unwrap(),
+        b"written by pod a"
+    );
+    let pids = daemons(&p);
+    assert_eq!(pids.len(), 1, "one daemon per volume: {pids:?}");
+
+    // The secret went through the daemon's environment, never its command line or a log.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(!cmdline.contains(common::SECRET_KEY), "{cmdline}");
+    assert!(!p.log().contains(common::SECRET_KEY));
+
+    // One pod goes; the other keeps working.
+    p.unpublish(&b.name, &t1).unwrap();
+    assert!(!is_mounted(&t1));
+    assert!(!t1.exists(), "the target directory is removed");
+    p.unpublish(&b.name, &t1).unwrap();
+    std::fs::write(t2.join("from-pod-b.txt"), b"b").unwrap();
+    assert_eq!(b.get("from-pod-b.txt"), b"b");
+
+    // The last one goes: the daemon exits, nothing is left mounted.
+    p.unpublish(&b.name, &t2).unwrap();
+    assert!(
+        wait_gone(pids[0], Duration::from_secs(30)),
+        "the daemon exits"
+    );
+    assert!(p.mounts().is_empty(), "left mounted: {:?}", p.mounts());
+    p.unpublish(&b.name, &t2).unwrap();
+}
+
+#[test]
+fn a_read_only_publish_refuses_writes() {
+    let b = Bucket::new("csi-ro");
+    b.put("data.bin", b"data".to_vec());
+    let p = Plugin::start("ro");
+    let t = p.target("reader");
+    p.publish(publish_request(&b.name, &t, true)).unwrap();
+    assert_eq!(std::fs::read(t.join("data.bin")).unwrap(), b"data");
+    let err = std::fs::write(t.join("new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // A writer pod of the same volume shares the daemon and can write.
+    let w = p.target("writer");
+    p.publish(publish_request(&b.name, &w, false)).unwrap();
+    std::fs::write(w.join("new.txt"), b"x").unwrap();
+    assert_eq!(
+        std::fs::write(t.join("other.txt"), b"x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS)
+    );
+    p.unpublish(&b.name, &t).unwrap();
+    p.unpublish(&b.name, &w).unwrap();
+    assert!(p.mounts().is_empty(), "{:?}", p.mounts());
+}
+
+#[test]
+fn bad_requests_get_the_codes_of_the_spec() {
+    let b = Bucket::new("csi-errors");
+    let p = Plugin::start("errors");
+    let t = p.target("pod");
+    let code = |r: Result<(), tonic::Status>| r.unwrap_err().code();
+
+    let mut req = publish_request(&b.name, &t, false);
+    req.volume_id.clear();
+    assert_eq!(code(p.publish(req)), Code::InvalidArgument);
+    let mut req = publish_request(&b.name, &t, false);
+    req.target_path.clear();
+    assert_eq!(code(p.publish(req)), Code::InvalidArgument);
+    let mut req = publish_request(&b.name, &t, false);
+    req.target_path = "relative/path".to_string();
+    assert_eq!(code(p.publish(req)), Code::InvalidArgument);
+    let mut req = publish_request(&b.name, &t, false);
+    req.volume_capability = None;
+    assert_eq!(code(p.publish(req)), Code::InvalidArgument);
+    let mut req = publish_request(&b.name, &t, false);
+    req.volume_capability = Some(VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    });
+    assert_eq!(code(p.publish(req)), Code::InvalidArgument);
+    // A pod author cannot point the node's daemon at its own paths or endpoints.
+    for key in [
+        "staging-dir",
+        "log-file",
+        "disk-cache",
+        "endpoint-url",
+        "metrics-addr",
+    ] {
+        let mut req = publish_request(&b.name, &t, false);
+        req.volume_context = HashMap::from([(key.to_string(), "/tmp/x".to_string())]);
+        let err = p.publish(req).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{key}: {err:?}");
+    }
+    // A handle that is not a bucket name.
+    let req = publish_request("--log-file=/etc/x", &t, false);
+    assert_eq!(code(p.publish(req)), Code::InvalidArgument);
+    // A bucket that does not exist: an error, and nothing left mounted.
+    let req = publish_request("no-such-bucket-csi", &t, false);
+    let err = p.publish(req).unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    assert!(p.mounts().is_empty(), "{:?}", p.mounts());
+
+    assert_eq!(code(p.unpublish("", &t)), Code::InvalidArgument);
+    assert_eq!(
+        code(p.unpublish(&b.name, Path::new(""))),
+        Code::InvalidArgument
+    );
+    // Unpublishing what is not published succeeds (a retried call after a crash).
+    p.unpublish(&b.name, &t).unwrap();
+
+    let node = p.node();
+    let stats = |volume: &str, path: &Path| {
+        p.rt.block_on(
+            node.clone()
+                .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                    volume_id: volume.to_string(),
+                    volume_path: path.display().to_string(),
+                    staging_target_path: String::new(),
+                }),
+        )
+    };
+    assert_eq!(stats("", &t).unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(stats(&b.name, &t).unwrap_err().code(), Code::NotFound);
+    p.publish(publish_request(&b.name, &t, false)).unwrap();
+    let usage = stats(&b.name, &t).unwrap().into_inner().usage;
+    assert_eq!(usage.len(), 2, "bytes and inodes: {usage:?}");
+    p.unpublish(&b.name, &t).unwrap();
+}
+
+/// Kubelet may call twice at once for one volume (after its own restart): the second call
+/// gets ABORTED while the first mounts, or succeeds after it; never a second daemon.
+#[test]
+fn concurrent_calls_on_one_volume_do_not_start_two_daemons() {
+    let b = Bucket::new("csi-concurrent");
+    let p = Plugin::start("concurrent");
+    let targets: Vec<PathBuf> = (0..4).map(|i| p.target(&format!("pod-{i}"))).collect();
+    let results: Vec<Result<(), tonic::Status>> = p.rt.block_on(async {
+        let calls = targets.iter().map(|t| {
+            let mut node = p.node();
+            let req = publish_request(&b.name, t, false);
+            async move { node.node_publish_volume(req).await.map(|_| ()) }
+        });
+        futures::future::join_all(calls).await
+    });
+    let mut published = Vec::new();
+    for (t, r) in targets.iter().zip(&results) {
+        match r {
+            Ok(()) => published.push(t.clone()),
+            Err(e) => assert_eq!(e.code(), Code::Aborted, "{e:?}"),
+        }
+    }
+    assert!(!published.is_empty(), "{results:?}");
+    assert_eq!(daemons(&p).len(), 1);
+    for t in &published {
+        p.unpublish(&b.name, t).unwrap();
+    }
+    assert!(p.mounts().is_empty(), "{:?}", p.mounts());
+}
+
+/// A DaemonSet's rolling update kills the plugin: the pods' mounts keep serving, and the new
+/// plugin unpublishes them cleanly.
+#[test]
+fn a_killed_plugin_leaves_the_pods_reading() {
+    let b = Bucket::new("csi-restart");
+    let body = common::pseudo_random(1 << 20, 7);
+    b.put("big.bin", body.clone());
+    let mut p = Plugin::start("restart");
+    let t = p.target("pod");
+    p.publish(publish_request(&b.name, &t, false)).unwrap();
+    let pids = daemons(&p);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, path, body) = (Arc::clone(&stop), t.join("big.bin"), body.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let got = std::fs::read(&path).map_err(|e| e.to_string())?;
+                if got != body {
+                    return Err("read other bytes".to_string());
+                }
+                reads += 1;
+            }
+            Ok(reads)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    p.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join().unwrap().expect("reads through the restart");
+    assert!(reads > 0);
+    assert_eq!(daemons(&p), pids, "the same daemon serves");
+    assert!(p.log().contains("taken back"), "{}", p.log());
+
+    p.unpublish(&b.name, &t).unwrap();
+    assert!(wait_gone(pids[0], Duration::from_secs(30)));
+    assert!(p.mounts().is_empty(), "{:?}", p.mounts());
+}
+
+/// deploy/kubernetes parses, and its names, socket paths and mount propagation agree with
+/// each other and with the plugin.
+#[test]
+fn deploy_manifests_agree() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut docs: Vec<Yaml> = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed = YamlLoader::load_from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for doc in &parsed {
+                assert!(
+                    doc["apiVersion"].as_str().is_some() && doc["kind"].as_str().is_some(),
+                    "{}: a document without apiVersion or kind",
+                    path.display()
+                );
+            }
+            docs.extend(parsed);
+        }
+    }
+    assert!(dir.join("Containerfile").exists());
+    let kind = |k: &str| -> Vec<&Yaml> {
+        docs.iter()
+            .filter(|d| d["kind"].as_str() == Some(k))
+            .collect()
+    };
+    let driver = bucketfs::csi::DRIVER_NAME;
+
+    let csidriver = kind("CSIDriver");
+    assert_eq!(csidriver.len(), 1);
+    let spec = &csidriver[0]["spec"];
+    assert_eq!(csidriver[0]["metadata"]["name"].as_str(), Some(driver));
+    assert_eq!(spec["attachRequired"].as_bool(), Some(false));
+    assert_eq!(spec["podInfoOnMount"].as_bool(), Some(true));
+    let modes: Vec<&str> = spec["volumeLifecycleModes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(modes, ["Persistent", "Ephemeral"]);
+
+    let ds = kind("DaemonSet");
+    assert_eq!(ds.len(), 1);
+    let pod = &ds[0]["spec"]["template"]["spec"];
+    let host_path = |name: &str| -> String {
+        pod["volumes"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or_else(|| panic!("no hostPath volume {name}"))
+            .to_string()
+    };
+    let container = |name: &str| -> &Yaml {
+        pod["containers"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no container {name}"))
+    };
+    let mount = |c: &Yaml, volume: &str| -> (String, Option<String>) {
+        let m = c["volumeMounts"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"].as_str() == Some(volume))
+            .unwrap_or_else(|| panic!("{volume} is not mounted"));
+        (
+            m["mountPath"].as_str().unwrap().to_string(),
+            m["mountPropagation"].as_str().map(str::to_string),
+        )
+    };
+    let args = |c: &Yaml| -> Vec<String> {
+        c["args"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect()
+    };
+    let plugin = container("bucketfs-csi");
+    let registrar = container("node-driver-registrar");
+    let plugin_dir = host_path("plugin-dir");
+    assert_eq!(plugin_dir, format!("/var/lib/kubelet/plugins/{driver}"));
+    let (plugin_mount, _) = mount(plugin, "plugin-dir");
+    let (registrar_mount, _) = mount(registrar, "plugin-dir");
+    assert_eq!(plugin_mount, registrar_mount);
+    let socket = format!("{plugin_mount}/csi.sock");
+    assert!(args(plugin).contains(&format!("--csi-endpoint=unix://{socket}")));
+    assert!(args(registrar).contains(&format!("--csi-address={socket}")));
+    assert!(args(registrar).contains(&format!(
+        "--kubelet-registration-path={plugin_dir}/csi.sock"
+    )));
+    assert_eq!(
+        host_path("registration-dir"),
+        "/var/lib/kubelet/plugins_registry"
+    );
+    assert_eq!(mount(registrar, "registration-dir").0, "/registration");
+    assert_eq!(host_path("pods-dir"), "/var/lib/kubelet/pods");
+    assert_eq!(
+        mount(plugin, "pods-dir"),
+        (
+            "/var/lib/kubelet/pods".to_string(),
+            Some("Bidirectional".to_string())
+        )
+    );
+    assert_eq!(host_path("fuse"), "/dev/fuse");
+    assert_eq!(
+        plugin["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
+    // The plugin's own options parse as the binary takes them.
+    let plugin_args = args(plugin);
+    let after = plugin_args
+        .iter()
+        .skip_while(|a| *a != "--")
+        .skip(1)
+        .cloned()
+        .collect::<Vec<_>>();
+    bucketfs::csi::options::check_plugin_options(&after).unwrap();
+
+    // The examples use the driver.
+    let pv = kind("PersistentVolume");
+    assert_eq!(pv[0]["spec"]["csi"]["driver"].as_str(), Some(driver));
+    let inline = kind("Pod")
+        .into_iter()
+        .flat_map(|p| p["spec"]["volumes"].as_vec().unwrap().iter())
+        .filter_map(|v| v["csi"]["driver"].as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(inline, [driver]);
+}
