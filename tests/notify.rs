@@ -501,9 +501,17 @@ fn a_kept_queue_proves_the_saved_listings_across_a_remount() {
     );
     let log = log_of(&m);
     assert!(log.contains("are trusted"), "{}", tail(&log));
+    // Every directory answered from the snapshot is proven, none listed again. How many are
+    // answered so depends on when the backlog's event lands: once it has dropped d01's saved
+    // listing, the opendir of d01 starts one flat listing of the tree (walk.rs), which
+    // answers the directories after it fresh (a full run saw 2 answered from the snapshot
+    // and 3 LISTs in all; a run alone, 20).
     let v = common::status_json(&m.path);
-    let proven = v["snapshot"]["proven"].as_u64().unwrap_or(0);
-    assert!(proven >= 17, "{v}");
+    let snapshot = &v["snapshot"];
+    let proven = snapshot["proven"].as_u64().unwrap_or(0);
+    assert!(proven >= 1, "{v}");
+    assert_eq!(snapshot["served"].as_u64(), Some(proven), "{v}");
+    assert_eq!(snapshot["revalidated"].as_u64(), Some(0), "{v}");
 
     // A crash proves nothing: every saved listing is listed again.
     let pid = m.daemon_pid().expect("daemon pid");

@@ -436,8 +436,9 @@ fn a_walk_past_the_metadata_bound_stays_within_it() {
     });
     assert!(within_bound, "over the bound after the walk: {last}");
     assert!(last["shed"].as_u64().unwrap() > 0, "{last}");
+    // 1 MiB holds about 5,000 paths at about 200 bytes each: far fewer than the 10,050 walked.
     assert!(
-        last["inodes"].as_u64().unwrap() < 10_000 / 2,
+        last["inodes"].as_u64().unwrap() < 6_000,
         "the kernel still holds most paths: {last}"
     );
     // What was shed is found again.
