@@ -504,8 +504,8 @@ fn a_kept_queue_proves_the_saved_listings_across_a_remount() {
     // Every directory answered from the snapshot is proven, none listed again. How many are
     // answered so depends on when the backlog's event lands: once it has dropped d01's saved
     // listing, the opendir of d01 starts one flat listing of the tree (walk.rs), which
-    // answers the directories after it fresh (a full run saw 2 answered from the snapshot
-    // and 3 LISTs in all; a run alone, 20).
+    // answers the directories after it fresh (a loaded full run saw 2 answered from the
+    // snapshot and 3 LISTs in all).
     let v = common::status_json(&m.path);
     let snapshot = &v["snapshot"];
     let proven = snapshot["proven"].as_u64().unwrap_or(0);

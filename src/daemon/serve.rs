@@ -166,6 +166,7 @@ pub(super) fn serve(
     // Notifications and the snapshot's revalidation tell the kernel what changed; the bound
     // of metadata memory asks it to forget directories (fs/meta.rs, 9.).
     let kernel = attach_kernel(&fs, &session);
+    rt.spawn(Fs::hold_memory_bound(Arc::downgrade(&fs)));
     let notify_stats = notifications
         .as_ref()
         .map(|n| consume_notifications(&rt, &config, n, &fs, kernel, stop_notifications.clone()));

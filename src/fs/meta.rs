@@ -47,6 +47,8 @@
 //!    and the kernel is told to forget those used longest ago (their entries in their
 //!    parents), enough of them for the excess, at most every `SHED_PAUSE`. Its FORGETs free
 //!    them here. The root's own entries cannot be shed this way (it has no parent entry).
+//!    `shed` runs after each lookup and readdirplus reply, and on a timer (Fs's
+//!    `hold_memory_bound`), so a walk that stops over the bound is brought back within it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -542,6 +542,21 @@ impl Fs {
         self.kernel.tell(notes);
     }
 
+    /// Keeps metadata within its bound once the lookups that grew it have stopped (a walk
+    /// that ended over it, between two sheds): checks four times a second while `fs` lives.
+    pub async fn hold_memory_bound(fs: std::sync::Weak<Fs>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(fs) = fs.upgrade() else {
+                return;
+            };
+            let notes = fs.tables.lock().meta.shed(Ino::ROOT);
+            fs.kernel.tell(notes);
+        }
+    }
+
     /// Looks up `name` in `parent`; `to_kernel` counts the entry handed out.
     async fn find(&self, parent: Ino, name: &str, to_kernel: bool) -> FsResult<Attr> {
         names::check_length(name)?;
