@@ -385,6 +385,21 @@ fn bad_requests_get_the_codes_of_the_spec() {
     );
     // Unpublishing what is not published succeeds (a retried call after a crash).
     p.unpublish(&b.name, &t).unwrap();
+    // A target reached through a symbolic link is refused: the bind mount would land
+    // wherever the link points.
+    let elsewhere = p.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, p.dir.join("pods").join("linked")).unwrap();
+    let linked = p.dir.join("pods").join("linked").join("mount");
+    let err = p
+        .publish(publish_request(&b.name, &linked, false))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(p.mounts().is_empty(), "{:?}", p.mounts());
+    assert!(
+        daemons(&p).is_empty(),
+        "a daemon started for a refused publish stops"
+    );
 
     let node = p.node();
     let stats = |volume: &str, path: &Path| {
@@ -471,8 +486,24 @@ fn a_killed_plugin_leaves_the_pods_reading() {
     assert_eq!(daemons(&p), pids, "the same daemon serves");
     assert!(p.log().contains("taken back"), "{}", p.log());
 
+    // The volume's daemon dies: the next publish mounts the volume with a new one.
+    unsafe {
+        libc::kill(pids[0] as i32, libc::SIGKILL);
+    }
+    assert!(wait_gone(pids[0], Duration::from_secs(10)));
+    let t2 = p.target("pod-2");
+    p.publish(publish_request(&b.name, &t2, false)).unwrap();
+    assert_eq!(std::fs::read(t2.join("big.bin")).unwrap(), body);
+    let new = daemons(&p);
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, pids);
+
+    // Another volume's id does not unmount this target.
+    let err = p.unpublish("other-volume", &t2).unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     p.unpublish(&b.name, &t).unwrap();
-    assert!(wait_gone(pids[0], Duration::from_secs(30)));
+    p.unpublish(&b.name, &t2).unwrap();
+    assert!(wait_gone(new[0], Duration::from_secs(30)));
     assert!(p.mounts().is_empty(), "{:?}", p.mounts());
 }
 

@@ -195,6 +195,16 @@ impl Volumes {
             }
         }
         let mnt = self.mount_dir(id);
+        if is_mountpoint(&mnt) && !answers(&mnt).await {
+            // Its daemon died (ENOTCONN): the dead mount goes and a new daemon serves. Targets
+            // bound to the dead one stay dead until their pods are restarted.
+            tracing::warn!(
+                volume = id,
+                "the volume's daemon is gone; mounting it again"
+            );
+            let dead = mnt.clone();
+            let _ = tokio::task::spawn_blocking(move || detach(&dead)).await;
+        }
         if !is_mountpoint(&mnt) {
             volume.pid = Some(self.start_daemon(&volume, &mnt, secrets).await?);
         }
@@ -208,7 +218,17 @@ impl Volumes {
             .map_err(|e| internal("bind mount", e))?;
         if let Err(e) = bound {
             self.forget_target(id, target)?;
-            return Err(internal(&format!("bind mount at {}", target.display()), e));
+            // A daemon started for this publish alone does not outlive it.
+            let unused = self.known.lock().get(id).map(|v| v.targets.is_empty());
+            if unused == Some(true) {
+                self.stop_daemon(id).await?;
+            }
+            let message = format!("bind mount at {}: {e}", target.display());
+            return Err(if e.kind() == std::io::ErrorKind::InvalidInput {
+                Status::invalid_argument(message)
+            } else {
+                Status::internal(message)
+            });
         }
         tracing::info!(volume = id, target = %target.display(), readonly = wanted.readonly, "published");
         Ok(())
@@ -290,6 +310,18 @@ impl Volumes {
     /// Unpublishes volume `id` at `target`; the last target unmounts the daemon (the caller
     /// holds `begin(id)`).
     pub async fn unpublish(&self, id: &str, target: &Path) -> Result<(), Status> {
+        let owner = self
+            .known
+            .lock()
+            .values()
+            .find(|v| v.targets.contains_key(target))
+            .map(|v| v.id.clone());
+        if let Some(owner) = owner.filter(|owner| owner != id) {
+            return Err(Status::invalid_argument(format!(
+                "{} is a target of volume {owner}, not {id}",
+                target.display()
+            )));
+        }
         let dest = target.to_path_buf();
         tokio::task::spawn_blocking(move || unbind(&dest))
             .await
@@ -305,8 +337,15 @@ impl Volumes {
             tracing::info!(volume = id, target = %target.display(), "unpublished");
             return Ok(());
         }
+        self.stop_daemon(id).await?;
+        tracing::info!(volume = id, target = %target.display(), "unpublished; daemon stopped");
+        Ok(())
+    }
+
+    /// Unmounts volume `id`'s daemon, waits for it to exit, and drops its record.
+    async fn stop_daemon(&self, id: &str) -> Result<(), Status> {
         let mnt = self.mount_dir(id);
-        let pid = volume.pid;
+        let pid = self.known.lock().get(id).and_then(|v| v.pid);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             unbind(&mnt)?;
             if let Some(pid) = pid {
@@ -323,7 +362,6 @@ impl Volumes {
             .remove_file(&format!("{name}.json"))
             .map_err(|e| internal("dropping the volume record", e))?;
         self.known.lock().remove(id);
-        tracing::info!(volume = id, target = %target.display(), "unpublished; daemon stopped");
         Ok(())
     }
 
@@ -368,9 +406,53 @@ fn c_path(path: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
+/// True when the mount at `mnt` answers (its daemon is alive), within a few seconds: a
+/// statfs, which the kernel always asks the daemon (a stat may be answered from its cache).
+async fn answers(mnt: &Path) -> bool {
+    let path = mnt.to_path_buf();
+    let look = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&path).is_ok());
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), look).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Detaches whatever is mounted at `path`.
+fn detach(path: &Path) -> std::io::Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The target must be where it says: no symlink in its path (mount(2) follows them, and a
+/// bind mount must not land anywhere else on the node).
+fn check_no_symlink(target: &Path) -> std::io::Result<()> {
+    let mut prefix = PathBuf::new();
+    for part in target.components() {
+        prefix.push(part);
+        match std::fs::symlink_metadata(&prefix) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is a symbolic link", prefix.display()),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Bind-mounts `source` at `target` (created if missing), read-only if asked.
 fn bind(source: &Path, target: &Path, readonly: bool) -> std::io::Result<()> {
+    check_no_symlink(target)?;
     std::fs::create_dir_all(target)?;
+    check_no_symlink(target)?;
     let (src, dst) = (c_path(source)?, c_path(target)?);
     // SAFETY: both are NUL-terminated paths; no data argument.
     let rc = unsafe {
@@ -441,36 +523,7 @@ fn wait_exit(pid: u32, limit: Duration) {
 
 /// True when `path` is a mount point (in this process's mount table).
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    table.lines().any(|line| {
-        line.split(' ')
-            .nth(4)
-            .is_some_and(|field| Path::new(&unescape(field)) == path)
-    })
-}
-
-/// A mountinfo field with its `\NNN` octal escapes undone.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            if let Some(n) = field
-                .get(i + 1..i + 4)
-                .and_then(|octal| u8::from_str_radix(octal, 8).ok())
-            {
-                out.push(n);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::daemon::mounted_fstype(path).is_some()
 }
 
 #[cfg(test)]
@@ -478,10 +531,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/end\\"), "/end\\");
+    fn a_target_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let err = check_no_symlink(&dir.path().join("link/pod/mount")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        check_no_symlink(&real.join("pod/mount")).unwrap();
+    }
+
+    #[test]
+    fn the_root_is_a_mount_point() {
         assert!(is_mountpoint(Path::new("/")));
         assert!(!is_mountpoint(Path::new("/no/such/mount")));
     }

@@ -374,7 +374,7 @@ fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
 }
 
 /// The filesystem type mounted exactly at `mountpoint`, from /proc/self/mountinfo.
-fn mounted_fstype(mountpoint: &Path) -> Option<String> {
+pub fn mounted_fstype(mountpoint: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let wanted = mountpoint.to_str()?;
     info.lines().rev().find_map(|line| {

@@ -772,14 +772,7 @@ impl Meta {
         }
         let mut notes = Vec::new();
         for (ino, path) in self.inodes.held() {
-            let (parent_path, name) = split(&path);
-            if let Some(parent) = self.inodes.get(parent_path) {
-                notes.push(KernelNote::Entry {
-                    parent,
-                    name: name.to_string(),
-                    deleted: None,
-                });
-            }
+            notes.extend(self.entry_note(&path));
             notes.push(KernelNote::Inode(ino));
         }
         notes
@@ -886,14 +879,7 @@ impl Meta {
             let Some(path) = self.inodes.path(dir) else {
                 continue;
             };
-            let (parent_path, name) = split(&path);
-            if let Some(parent) = self.inodes.get(parent_path) {
-                notes.push(KernelNote::Entry {
-                    parent,
-                    name: name.to_string(),
-                    deleted: None,
-                });
-            }
+            notes.extend(self.entry_note(&path));
         }
         self.given.put(keep, ());
         self.shed += notes.len() as u64;
@@ -904,6 +890,17 @@ impl Meta {
     }
 
     // ---- internals ----
+
+    /// The note that makes the kernel forget the entry of `path` in its parent.
+    fn entry_note(&self, path: &str) -> Option<KernelNote> {
+        let (parent_path, name) = split(path);
+        let parent = self.inodes.get(parent_path)?;
+        Some(KernelNote::Entry {
+            parent,
+            name: name.to_string(),
+            deleted: None,
+        })
+    }
 
     /// Frees `ino` if the kernel does not hold it, with its attributes and its listing.
     fn free(&mut self, ino: Ino) {
