@@ -439,9 +439,40 @@ pub struct CsiArgs {
     pub bucketfs: Option<PathBuf>,
 
     /// Mount options for every volume, as bucketfs takes them (`--endpoint-url URL`,
-    /// `--region R`, `--notify-topic ARN`...), after `--`
+    /// `--region R`, `--notify-topic ARN`...), among the plugin's own or after `--`
     #[arg(last = true, value_name = "OPTIONS")]
     pub mount_options: Vec<String>,
+}
+
+impl CsiArgs {
+    /// Parses `bucketfs csi ARGS`: the plugin's own options, and every other argument (or
+    /// all after `--`) as mount options for every volume, checked later by the daemon's parser.
+    pub fn parse_argv(argv: &[std::ffi::OsString]) -> Result<Self, clap::Error> {
+        const OWN: &[&str] = &["--csi-endpoint", "--node-id", "--state-dir", "--bucketfs"];
+        const ALONE: &[&str] = &["-h", "--help", "-V", "--version"];
+        let mut own: Vec<std::ffi::OsString> = vec!["bucketfs csi".into()];
+        let mut rest = Vec::new();
+        let mut args = argv.iter().skip(2);
+        while let Some(arg) = args.next() {
+            let text = arg.to_string_lossy();
+            let name = text.split('=').next().unwrap_or_default();
+            if text == "--" {
+                rest.extend(args.by_ref().map(|a| a.to_string_lossy().into_owned()));
+            } else if ALONE.contains(&name) {
+                own.push(arg.clone());
+            } else if OWN.contains(&name) {
+                own.push(arg.clone());
+                if !text.contains('=') {
+                    own.extend(args.next().cloned());
+                }
+            } else {
+                rest.push(text.into_owned());
+            }
+        }
+        let mut parsed = Self::try_parse_from(own)?;
+        parsed.mount_options.extend(rest);
+        Ok(parsed)
+    }
 }
 
 /// True when argv asks for `bucketfs csi`. (To mount a bucket named `csi`, write it

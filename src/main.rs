@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     }
     if bucketfs::cli::is_csi_command(&argv) {
         bucketfs::daemon::close_inherited();
-        let args = match bucketfs::cli::CsiArgs::try_parse_from(&argv[1..]) {
+        let args = match bucketfs::cli::CsiArgs::parse_argv(&argv) {
             Ok(args) => args,
             Err(e) => e.exit(),
         };

@@ -525,3 +525,36 @@ fn metrics_on_a_non_loopback_address_warn_that_they_have_no_authentication() {
         );
     }
 }
+
+#[test]
+fn csi_options_mix_the_plugins_and_the_volumes() {
+    let argv: Vec<std::ffi::OsString> = [
+        "bucketfs",
+        "csi",
+        "--csi-endpoint",
+        "unix:///csi/csi.sock",
+        "--region",
+        "eu-west-1",
+        "--node-id=n1",
+        "--force-path-style",
+        "--",
+        "--notify-topic",
+        "arn:aws:sns:eu-west-1:1:t",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let args = CsiArgs::parse_argv(&argv).unwrap();
+    assert_eq!(args.csi_endpoint, "unix:///csi/csi.sock");
+    assert_eq!(args.node_id, "n1");
+    assert_eq!(
+        args.mount_options,
+        [
+            "--region",
+            "eu-west-1",
+            "--force-path-style",
+            "--notify-topic",
+            "arn:aws:sns:eu-west-1:1:t"
+        ]
+    );
+}
