@@ -93,6 +93,12 @@ pub fn heap_bytes(path: &str) -> usize {
 /// Slots per chunk: the table grows by this many, never by doubling.
 const CHUNK: usize = 1024;
 
+/// Slot `i` of `chunks`.
+fn slot_in<T>(chunks: &[Vec<Slot<T>>], i: u32) -> &Slot<T> {
+    let i = i as usize;
+    &chunks[i / CHUNK][i % CHUNK]
+}
+
 /// Two-way map between paths (relative to the mount root, no leading or trailing `/`) and inode
 /// numbers, with the kernel's lookup count of each and a `T` its owner may keep per number
 /// (fs::meta keeps the node's attributes there); a number dropped drops its `T`.
@@ -349,8 +355,7 @@ impl<T> InodeTable<T> {
     // ---- internals ----
 
     fn slot(&self, i: u32) -> &Slot<T> {
-        let i = i as usize;
-        &self.chunks[i / CHUNK][i % CHUNK]
+        slot_in(&self.chunks, i)
     }
 
     fn slot_mut(&mut self, i: u32) -> &mut Slot<T> {
@@ -399,8 +404,9 @@ impl<T> InodeTable<T> {
             keys,
             ..
         } = self;
-        let at = |j: u32| &chunks[j as usize / CHUNK][j as usize % CHUNK];
-        by_ino.insert_unique(keys.hash_one(ino.0), i, |&j| keys.hash_one(at(j).ino.0));
+        by_ino.insert_unique(keys.hash_one(ino.0), i, |&j| {
+            keys.hash_one(slot_in(chunks, j).ino.0)
+        });
         if let Some(path) = path {
             self.name(i, path);
         }
@@ -418,9 +424,8 @@ impl<T> InodeTable<T> {
             keys,
             ..
         } = self;
-        let at = |j: u32| &chunks[j as usize / CHUNK][j as usize % CHUNK];
         by_path.insert_unique(hash, i, |&j| {
-            keys.hash_one(at(j).path.as_deref().unwrap_or_default())
+            keys.hash_one(slot_in(chunks, j).path.as_deref().unwrap_or_default())
         });
     }
 
