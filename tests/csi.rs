@@ -644,3 +644,39 @@ fn deploy_manifests_agree() {
         .collect::<Vec<_>>();
     assert_eq!(inline, [driver]);
 }
+
+/// An inline volume names its bucket in its attributes; the pod's fsGroup (the volume mount
+/// group) owns its files, group-writable, as the pod's processes need.
+#[test]
+fn an_inline_volume_with_a_mount_group() {
+    use std::os::unix::fs::MetadataExt;
+    let b = Bucket::new("csi-inline");
+    b.put("team/notes.txt", b"notes".to_vec());
+    let p = Plugin::start("inline");
+    let t = p.target("inline-pod");
+    let mut req = publish_request("csi-4f9e0c", &t, false);
+    req.volume_context = HashMap::from([
+        ("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string()),
+        ("csi.storage.k8s.io/pod.name".to_string(), "web-0".to_string()),
+        ("bucket".to_string(), b.name.clone()),
+        ("prefix".to_string(), "team/".to_string()),
+    ]);
+    req.volume_capability = Some(VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            volume_mount_group: "2000".to_string(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    });
+    p.publish(req).unwrap();
+    let meta = std::fs::metadata(t.join("notes.txt")).unwrap();
+    assert_eq!(meta.gid(), 2000);
+    assert_eq!(meta.mode() & 0o777, 0o664);
+    assert_eq!(std::fs::metadata(&t).unwrap().mode() & 0o777, 0o775);
+    std::fs::write(t.join("new.txt"), b"n").unwrap();
+    assert_eq!(b.get("team/new.txt"), b"n");
+    p.unpublish("csi-4f9e0c", &t).unwrap();
+    assert!(p.mounts().is_empty(), "{:?}", p.mounts());
+}
