@@ -656,8 +656,14 @@ fn an_inline_volume_with_a_mount_group() {
     let t = p.target("inline-pod");
     let mut req = publish_request("csi-4f9e0c", &t, false);
     req.volume_context = HashMap::from([
-        ("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string()),
-        ("csi.storage.k8s.io/pod.name".to_string(), "web-0".to_string()),
+        (
+            "csi.storage.k8s.io/ephemeral".to_string(),
+            "true".to_string(),
+        ),
+        (
+            "csi.storage.k8s.io/pod.name".to_string(),
+            "web-0".to_string(),
+        ),
         ("bucket".to_string(), b.name.clone()),
         ("prefix".to_string(), "team/".to_string()),
     ]);
