@@ -98,6 +98,14 @@ fn describe() {
         "bucketfs_metadata_entries",
         "Names with attributes, listings' entries and remembered misses held"
     );
+    describe_gauge!(
+        "bucketfs_metadata_bytes",
+        "Memory the metadata takes, estimated (bounded by --metadata-memory)"
+    );
+    describe_counter!(
+        "bucketfs_metadata_shed_total",
+        "Directories the kernel was asked to forget to stay within --metadata-memory"
+    );
 }
 
 /// Publishes the state gauges and the block cache's counters (see 4.).
@@ -120,6 +128,8 @@ pub fn publish(a: &Activity) {
     gauge!("bucketfs_metadata_inodes").set(a.meta.inodes as f64);
     let entries = a.meta.nodes + a.meta.listed_entries + a.meta.misses;
     gauge!("bucketfs_metadata_entries").set(entries as f64);
+    gauge!("bucketfs_metadata_bytes").set(a.meta.bytes as f64);
+    counter!("bucketfs_metadata_shed_total").absolute(a.meta.shed);
 }
 
 /// Counts one FUSE operation of kind `op`.

@@ -406,7 +406,11 @@ fn metrics_count_the_requests_the_server_saw() {
             .any(|(l, _)| label(l, "op") == "lookup" && label(l, "errno") == "ENOENT"),
         "{errors:?}"
     );
-    for gauge in ["bucketfs_cache_misses_total", "bucketfs_metadata_inodes"] {
+    for gauge in [
+        "bucketfs_cache_misses_total",
+        "bucketfs_metadata_inodes",
+        "bucketfs_metadata_bytes",
+    ] {
         let v = samples(&text, gauge);
         assert!(v.len() == 1 && v[0].1 >= 1.0, "{gauge}: {v:?}");
     }

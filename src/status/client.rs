@@ -270,9 +270,14 @@ fn header(a: &Value) -> Vec<String> {
             HumanBytes(num(&cache, "capacity_blocks") * num(&cache, "block_size")),
         ),
         format!(
-            "  metadata: {} inodes, {} listings",
+            "  metadata: {} inodes, {} listings, {}{}",
             num(&a["metadata"], "inodes"),
-            num(&a["metadata"], "listings")
+            num(&a["metadata"], "listings"),
+            HumanBytes(num(&a["metadata"], "bytes")),
+            match num(&a["metadata"], "shed") {
+                0 => String::new(),
+                n => format!(" ({n} directories shed to stay within --metadata-memory)"),
+            }
         ),
         requests_line(&a["s3"]),
     ];
