@@ -764,11 +764,25 @@ class Bench:
             run_cmd(["ls", "-lR", f"{m.path}/meta/t{tree}"], timeout)
             return m.stats()[0]
 
+        def held(when):
+            # What the daemon holds (bucketfs: its own count and estimate), for the log.
+            if m.system == "bucketfs":
+                status = subprocess.run([BUCKETFS, "status", "--json", m.path],
+                                        capture_output=True, text=True, timeout=60)
+                if status.returncode == 0:
+                    meta = json.loads(status.stdout).get("metadata", {})
+                    log(f"meta-rss {when}: RSS {rss_now(m.proc.pid) // 1024} MiB, "
+                        f"{meta.get('inodes')} inodes, {meta.get('listed_entries')} listed, "
+                        f"{meta.get('bytes', 0) // 1024} KiB of metadata")
+
         first = walk(1)
+        held("after the first tree")
         drop_caches()
         # The kernel queues the FORGETs of the dropped inodes; give the daemon time to take them.
         time.sleep(2)
+        held("after dropping caches")
         second = walk(2)
+        held("after the second tree")
         log(f"meta-rss: peak RSS {first // 1024} MiB after the first tree, "
             f"{second // 1024} MiB after the second")
         return dict(value=(second / first - 1) * 100, rss_first_kib=first)
