@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::options;
@@ -16,7 +15,7 @@ use super::proto::volume_capability::access_mode::Mode;
 use super::proto::volume_capability::AccessType;
 use super::proto::volume_usage::Unit;
 use super::proto::*;
-use super::volume::{is_mountpoint, Target, Volumes};
+use super::volume::{is_mountpoint, sha256_hex, Target, Volumes};
 
 /// The plugin: this node's name and its volumes.
 #[derive(Debug)]
@@ -180,14 +179,13 @@ impl Node for Plugin {
             context.sort();
             let mut flags = mount.mount_flags.clone();
             flags.sort();
-            let digest = Sha256::digest(
+            sha256_hex(
                 format!(
                     "{id}\0{readonly}\0{mode:?}\0{}\0{flags:?}\0{context:?}",
                     mount.volume_mount_group
                 )
                 .as_bytes(),
-            );
-            digest.iter().map(|b| format!("{b:02x}")).collect()
+            )
         };
         let _busy = self.volumes.begin(id)?;
         if mode == Mode::SingleNodeSingleWriter && self.volumes.has_other_target(id, &target) {

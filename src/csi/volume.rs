@@ -68,9 +68,13 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// The hex SHA-256 of `bytes`: a volume's file names, a publish's parameters.
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 fn name_of(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(id.as_bytes())
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {

@@ -45,10 +45,12 @@
 //!    down to 90%; what is still over is what the kernel holds, which only the kernel can
 //!    let go: directories whose entries it was given are kept in use order (`gave_entries`),
 //!    and the kernel is told to forget those used longest ago (their entries in their
-//!    parents), enough of them for the excess, at most every `SHED_PAUSE`. Its FORGETs free
+//!    parents), enough of them for the excess. Its FORGETs free
 //!    them here. The root's own entries cannot be shed this way (it has no parent entry).
-//!    `shed` runs after each lookup and readdirplus reply, and on a timer (Fs's
-//!    `hold_memory_bound`), so a walk that stops over the bound is brought back within it.
+//!    `shed` runs on a timer (Fs's `hold_memory_bound`, every 250 ms), not in lookups: the
+//!    bound may be passed by what a walk adds in that time; the FORGETs of one round come back
+//!    before the next, so the excess is not counted twice; a walk that stops over the bound
+//!    is brought back within it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,9 +72,6 @@ const MAX_LISTED_ENTRIES: usize = 256 << 10;
 const MAX_MISSES: usize = 64 << 10;
 /// Directories whose last change number is kept (see 5.).
 const MAX_CHANGED_DIRS: usize = 64 << 10;
-/// Least time between two requests to the kernel to forget directories (see 9.): its FORGETs
-/// come back within it, so the excess is not counted twice.
-const SHED_PAUSE: Duration = Duration::from_millis(100);
 /// Estimated bytes of one listed entry besides its name: the entry and its name's chunk.
 const LISTED_ENTRY_BYTES: usize = std::mem::size_of::<DirEntry>() + 32;
 /// Estimated bytes of one entry of the smaller maps (misses, change numbers, directories in
@@ -199,8 +198,6 @@ pub struct Meta {
     budget: usize,
     /// Directories whose entries the kernel was given, least recently first (see 9.).
     given: LruCache<Ino, ()>,
-    /// No directory is shed before this.
-    shed_after: Instant,
     /// Directories shed.
     shed: u64,
 }
@@ -222,7 +219,6 @@ impl Meta {
             dirty: None,
             budget: usize::MAX,
             given: LruCache::unbounded(),
-            shed_after: Instant::now(),
             shed: 0,
         }
     }
@@ -841,9 +837,8 @@ impl Meta {
     }
 
     /// Brings memory back within the bound: drops listings, least recently used first, and
-    /// returns the directories the kernel must forget for the rest (never `keep`, the one
-    /// in use now).
-    pub fn shed(&mut self, keep: Ino) -> Vec<KernelNote> {
+    /// returns the directories the kernel must forget for the rest.
+    pub fn shed(&mut self) -> Vec<KernelNote> {
         if self.budget == usize::MAX {
             return Vec::new();
         }
@@ -859,11 +854,9 @@ impl Meta {
             self.drop_listing(lru);
             bytes = self.estimated_bytes();
         }
-        let now = Instant::now();
-        if bytes <= target || now < self.shed_after {
+        if bytes <= target {
             return Vec::new();
         }
-        self.shed_after = now + SHED_PAUSE;
         // The kernel's entries are spread over the directories it got them in: forget the
         // share of them the excess is, at least one.
         let share = (bytes - target) as f64 / bytes as f64;
@@ -873,7 +866,7 @@ impl Meta {
             let Some((dir, ())) = self.given.pop_lru() else {
                 break;
             };
-            if dir == keep || dir == Ino::ROOT {
+            if dir == Ino::ROOT {
                 continue;
             }
             let Some(path) = self.inodes.path(dir) else {
@@ -881,7 +874,6 @@ impl Meta {
             };
             notes.extend(self.entry_note(&path));
         }
-        self.given.put(keep, ());
         self.shed += notes.len() as u64;
         if !notes.is_empty() {
             tracing::debug!(bytes, budget = self.budget, dirs = notes.len(), "shedding");

@@ -525,25 +525,11 @@ impl Fs {
     /// Looks up `name` in directory `parent` for the kernel: the entry is counted until the
     /// kernel forgets it.
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
-        let found = self.find(parent, name, true).await;
-        if found.is_ok() {
-            self.gave_entries(parent);
-        }
-        found
+        self.find(parent, name, true).await
     }
 
-    /// The kernel was given entries of `dir`: memory past the bound is let go (meta.rs, 9.).
-    fn gave_entries(&self, dir: Ino) {
-        let notes = {
-            let mut t = self.tables.lock();
-            t.meta.gave_entries(dir);
-            t.meta.shed(dir)
-        };
-        self.kernel.tell(notes);
-    }
-
-    /// Keeps metadata within its bound once the lookups that grew it have stopped (a walk
-    /// that ended over it, between two sheds): checks four times a second while `fs` lives.
+    /// Keeps metadata within its bound (meta.rs, 9.): checks four times a second while `fs`
+    /// lives, so lookups pay nothing for it.
     pub async fn hold_memory_bound(fs: std::sync::Weak<Fs>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -552,7 +538,7 @@ impl Fs {
             let Some(fs) = fs.upgrade() else {
                 return;
             };
-            let notes = fs.tables.lock().meta.shed(Ino::ROOT);
+            let notes = fs.tables.lock().meta.shed();
             fs.kernel.tell(notes);
         }
     }
@@ -583,6 +569,7 @@ impl Fs {
                         }
                         if to_kernel {
                             attr.ino = t.meta.looked_up(&path);
+                            t.meta.gave_entries(parent);
                         }
                         return Ok(attr);
                     }
@@ -612,10 +599,12 @@ impl Fs {
         };
         match self.prober.probe(&path, known).await? {
             Some((kind, meta)) => {
-                Ok(self
-                    .tables
-                    .lock()
-                    .remember(&self.attrs, &path, kind, meta, to_kernel, token))
+                let mut t = self.tables.lock();
+                let attr = t.remember(&self.attrs, &path, kind, meta, to_kernel, token);
+                if to_kernel {
+                    t.meta.gave_entries(parent);
+                }
+                Ok(attr)
             }
             None => {
                 self.tables.lock().meta.missed_since(parent, name, token);
@@ -646,9 +635,8 @@ impl Fs {
                 true
             });
         }
-        drop(t);
         if !sent.is_empty() {
-            self.gave_entries(dir);
+            t.meta.gave_entries(dir);
         }
     }
 

@@ -295,9 +295,7 @@ impl Snapshots {
 
     /// The file name of directory `path`'s listing.
     fn file_name(&self, path: &str) -> String {
-        let digest = Sha256::digest(format!("{}\0{path}", self.ns));
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{hex}.snap")
+        format!("{:x}.snap", Sha256::digest(format!("{}\0{path}", self.ns)))
     }
 
     /// The saved listing of directory `path`, if there is a good one (1., 2.).
@@ -367,9 +365,7 @@ impl Snapshots {
     }
 
     fn watch_name(&self) -> String {
-        let digest = Sha256::digest(format!("{}\0watch", self.ns));
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{hex}.watch")
+        format!("{:x}.watch", Sha256::digest(format!("{}\0watch", self.ns)))
     }
 
     /// Writes `bytes` as file `name`, in place of the one there (4., 5.).
