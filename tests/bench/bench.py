@@ -92,9 +92,10 @@ def clean_env(extra=None):
 
 
 def free_base():
-    """A port base with base..base+5 and the gRPC ports SeaweedFS adds (+10000) free."""
+    """A port base with base..base+5 and the gRPC ports SeaweedFS adds (+10000) free, all below
+    the kernel's usual ephemeral range (32768 and up), where outgoing connections take ports."""
     for _ in range(200):
-        base = 20000 + random.randrange(0, 1000) * 10
+        base = 12000 + random.randrange(0, 1000) * 10
         ports = [base + i for i in range(6)] + [base + 10000 + i for i in range(6)]
         try:
             for port in ports:

@@ -62,11 +62,13 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A base port such that base..base+5 and the gRPC ports 10000 above are free.
+/// A base port such that base..base+5 and the gRPC ports 10000 above are free, all below the
+/// kernel's usual ephemeral range (32768 and up), so no outgoing connection takes one of them
+/// between this check and the server's bind.
 fn free_base_port() -> u16 {
     let seed = std::process::id() as u16;
     for attempt in 0..200u16 {
-        let base = 20000 + (seed.wrapping_add(attempt.wrapping_mul(97)) % 2000) * 10;
+        let base = 12000 + (seed.wrapping_add(attempt.wrapping_mul(97)) % 1000) * 10;
         if (0..5).all(|i| port_free(base + i) && port_free(base + i + 10000)) {
             return base;
         }
