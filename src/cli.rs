@@ -438,6 +438,11 @@ pub struct CsiArgs {
     #[arg(long, value_name = "PATH")]
     pub bucketfs: Option<PathBuf>,
 
+    /// A file made once the plugin has taken charge of the node's volumes and listens (for
+    /// a readiness probe: a rolling update stops the old plugin only after)
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
     /// Mount options for every volume, as bucketfs takes them (`--endpoint-url URL`,
     /// `--region R`, `--notify-topic ARN`...), among the plugin's own or after `--`
     #[arg(last = true, value_name = "OPTIONS")]
@@ -448,7 +453,13 @@ impl CsiArgs {
     /// Parses `bucketfs csi ARGS`: the plugin's own options, and every other argument (or
     /// all after `--`) as mount options for every volume, checked later by the daemon's parser.
     pub fn parse_argv(argv: &[std::ffi::OsString]) -> Result<Self, clap::Error> {
-        const OWN: &[&str] = &["--csi-endpoint", "--node-id", "--state-dir", "--bucketfs"];
+        const OWN: &[&str] = &[
+            "--csi-endpoint",
+            "--node-id",
+            "--state-dir",
+            "--bucketfs",
+            "--ready-file",
+        ];
         const ALONE: &[&str] = &["-h", "--help", "-V", "--version"];
         let mut own: Vec<std::ffi::OsString> = vec!["bucketfs csi".into()];
         let mut rest = Vec::new();

@@ -256,6 +256,14 @@ impl OwnedDir {
         Ok(Some(bytes))
     }
 
+    /// File `name` in this directory, opened for reading and writing and made (mode 0600) if
+    /// missing, not following a symlink: a lock file.
+    pub fn open_file(&self, name: &str) -> io::Result<File> {
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(&self.fd, name, flags, Mode::S_IRUSR | Mode::S_IWUSR)?;
+        Ok(File::from(fd))
+    }
+
     /// Removes file `name` from this directory, if it is there.
     pub fn remove_file(&self, name: &str) -> io::Result<()> {
         match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {

@@ -27,10 +27,22 @@ struct Plugin {
     child: Option<Child>,
     rt: tokio::runtime::Runtime,
     channel: Channel,
+    /// Each plugin runs as the first process of a pid namespace of its own, as in a
+    /// container: killing it (`unshare --kill-child`) kills every process it started.
+    contained: bool,
 }
 
 impl Plugin {
     fn start(name: &str) -> Self {
+        Self::start_as(name, false)
+    }
+
+    /// A plugin in a "container" (see `contained`).
+    fn start_contained(name: &str) -> Self {
+        Self::start_as(name, true)
+    }
+
+    fn start_as(name: &str, contained: bool) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = run_dir().join(format!("csi-{name}-{}", N.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(dir.join("pods")).unwrap();
@@ -38,30 +50,41 @@ impl Plugin {
             .enable_all()
             .build()
             .unwrap();
-        let (child, channel) = Self::spawn(&dir, &rt);
+        let child = Self::spawn(&dir, contained, "ready");
+        let channel = Self::connect(&dir, &rt, &dir.join("ready"));
         Self {
             dir,
             child: Some(child),
             rt,
             channel,
+            contained,
         }
     }
 
-    fn spawn(dir: &Path, rt: &tokio::runtime::Runtime) -> (Child, Channel) {
+    fn spawn(dir: &Path, contained: bool, ready: &str) -> Child {
         let socket = dir.join("csi.sock");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("plugin.log"))
             .unwrap();
-        let child = Command::new(bucketfs_bin())
-            .arg("csi")
+        let _ = std::fs::remove_file(dir.join(ready));
+        let mut cmd = if contained {
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--pid", "--kill-child"]).arg(bucketfs_bin());
+            cmd
+        } else {
+            Command::new(bucketfs_bin())
+        };
+        cmd.arg("csi")
             .arg("--csi-endpoint")
             .arg(format!("unix://{}", socket.display()))
             .arg("--node-id")
             .arg("node-1")
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .arg("--ready-file")
+            .arg(dir.join(ready))
             .arg("--")
             .arg("--endpoint-url")
             .arg(&server().endpoint)
@@ -80,8 +103,19 @@ impl Plugin {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start bucketfs csi");
-        // The socket of a killed predecessor may still be there: wait until one answers.
+            .expect("start bucketfs csi")
+    }
+
+    /// A channel to the plugin that made `ready` (the socket of a predecessor may still be
+    /// there, killed or running).
+    fn connect(dir: &Path, rt: &tokio::runtime::Runtime, ready: &Path) -> Channel {
+        let socket = dir.join("csi.sock");
+        let made = eventually(Duration::from_secs(60), || ready.exists());
+        assert!(
+            made,
+            "the plugin did not become ready: {}",
+            std::fs::read_to_string(dir.join("plugin.log")).unwrap_or_default()
+        );
         let mut channel = None;
         let listening = eventually(Duration::from_secs(20), || {
             let socket = socket.clone();
@@ -105,7 +139,7 @@ impl Plugin {
             "the plugin did not listen: {}",
             std::fs::read_to_string(dir.join("plugin.log")).unwrap_or_default()
         );
-        (child, channel.unwrap())
+        channel.unwrap()
     }
 
     /// Kills the plugin (SIGKILL) and starts it again over the same directories.
@@ -114,9 +148,19 @@ impl Plugin {
             child.kill().unwrap();
             child.wait().unwrap();
         }
-        let (child, channel) = Self::spawn(&self.dir, &self.rt);
-        self.child = Some(child);
-        self.channel = channel;
+        self.child = Some(Self::spawn(&self.dir, self.contained, "ready"));
+        self.channel = Self::connect(&self.dir, &self.rt, &self.dir.join("ready"));
+    }
+
+    /// A rolling update with a surge: a new plugin starts beside the running one and, once
+    /// ready, replaces it here; the old one is returned with a channel to it, still running.
+    fn roll(&mut self) -> (Child, Channel) {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let ready = format!("ready-{}", N.fetch_add(1, Ordering::Relaxed));
+        let child = Self::spawn(&self.dir, self.contained, &ready);
+        let channel = Self::connect(&self.dir, &self.rt, &self.dir.join(&ready));
+        let old = self.child.replace(child).unwrap();
+        (old, std::mem::replace(&mut self.channel, channel))
     }
 
     fn node(&self) -> NodeClient<Channel> {
@@ -483,8 +527,15 @@ fn a_killed_plugin_leaves_the_pods_reading() {
     stop.store(true, Ordering::Relaxed);
     let reads = reader.join().unwrap().expect("reads through the restart");
     assert!(reads > 0);
-    assert_eq!(daemons(&p), pids, "the same daemon serves");
+    // The new plugin took the daemon over: one daemon serves, a process of the new plugin's.
+    let pids = {
+        let now = daemons(&p);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_ne!(now, pids, "the daemon was not taken over");
+        now
+    };
     assert!(p.log().contains("taken back"), "{}", p.log());
+    assert!(p.log().contains("daemon taken over"), "{}", p.log());
 
     // The volume's daemon dies: the next publish mounts the volume with a new one.
     unsafe {
@@ -504,6 +555,109 @@ fn a_killed_plugin_leaves_the_pods_reading() {
     p.unpublish(&b.name, &t).unwrap();
     p.unpublish(&b.name, &t2).unwrap();
     assert!(wait_gone(new[0], Duration::from_secs(30)));
+    assert!(p.mounts().is_empty(), "{:?}", p.mounts());
+}
+
+/// A rolling update as the DaemonSet makes it (deploy/kubernetes/node.yaml: a surge, the new
+/// pod first): each plugin is a "container" (its own pid namespace: killing it kills all it
+/// started). The new plugin takes every daemon over before it is ready, the old one refuses
+/// calls from then on, and killing the old container leaves the pods reading and writing.
+#[test]
+fn a_rolling_update_hands_every_mount_to_the_new_plugin_before_the_old_container_goes() {
+    let b = Bucket::new("csi-roll");
+    let body = common::pseudo_random(1 << 20, 9);
+    b.put("big.bin", body.clone());
+    let other = Bucket::new("csi-roll-other");
+    other.put("small.txt", b"small".to_vec());
+    let mut p = Plugin::start_contained("roll");
+    let t = p.target("pod");
+    let t2 = p.target("pod-2");
+    p.publish(publish_request(&b.name, &t, false)).unwrap();
+    p.publish(publish_request(&other.name, &t2, false)).unwrap();
+    let before = daemons(&p);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, path, body) = (Arc::clone(&stop), t.join("big.bin"), body.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let got = std::fs::read(&path).map_err(|e| format!("read {reads}: {e}"))?;
+                if got != body {
+                    return Err("read other bytes".to_string());
+                }
+                reads += 1;
+            }
+            Ok(reads)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut old, old_channel) = p.roll();
+
+    // The old plugin, still running, refuses calls: the new one is in charge.
+    let mut old_node = NodeClient::new(old_channel);
+    let err = p
+        .rt
+        .block_on(old_node.node_publish_volume(publish_request(&b.name, &p.target("pod-3"), false)))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err =
+        p.rt.block_on(old_node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: b.name.clone(),
+            target_path: t.display().to_string(),
+        }))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        t.join("big.bin").exists(),
+        "the refused unpublish unmounted"
+    );
+
+    // The old container goes as kubelet stops it: SIGTERM to its first process (the plugin),
+    // which ends it, and with it every process the container ever started.
+    let children = format!("/proc/{0}/task/{0}/children", old.id());
+    let plugin: i32 = std::fs::read_to_string(&children)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .expect("the old plugin's pid");
+    unsafe {
+        libc::kill(plugin, libc::SIGTERM);
+    }
+    let ended = eventually(Duration::from_secs(20), || {
+        old.try_wait().ok().flatten().is_some()
+    });
+    assert!(ended, "the old plugin did not stop at SIGTERM");
+    let _ = old.kill();
+    let _ = old.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join().unwrap().expect("reads through the update");
+    assert!(reads > 0);
+    assert!(p.log().contains("daemon taken over"), "{}", p.log());
+    let after = daemons(&p);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "{before:?} {after:?}"
+    );
+    assert_eq!(std::fs::read(t2.join("small.txt")).unwrap(), b"small");
+    std::fs::write(t.join("written.txt"), b"after the update").unwrap();
+    assert_eq!(b.get("written.txt"), b"after the update");
+    // The old plugin, on its way out, left the new one's socket alone.
+    assert!(p.dir.join("csi.sock").exists());
+
+    // The new plugin unpublishes cleanly: its daemons exit and nothing stays mounted.
+    p.unpublish(&b.name, &t).unwrap();
+    p.unpublish(&other.name, &t2).unwrap();
+    for pid in after {
+        assert!(
+            wait_gone(pid, Duration::from_secs(30)),
+            "daemon {pid} still runs"
+        );
+    }
     assert!(p.mounts().is_empty(), "{:?}", p.mounts());
 }
 

@@ -8,14 +8,24 @@
 //!    directory at its target path (read-only for a read-only publish), and the last
 //!    unpublish unmounts it, which ends the daemon (volume.rs).
 //! 2. The daemons are processes of their own, not the plugin's threads: a plugin killed or
-//!    restarted (a DaemonSet's rolling update) leaves every mount serving. What the plugin
-//!    knows of its volumes is written to `--state-dir` (one record per volume, never a
-//!    secret) and read back at start, against the system's mount table.
+//!    restarted leaves every mount serving. What the plugin knows of its volumes is written
+//!    to `--state-dir` (one record per volume, never a secret) and read back at start,
+//!    against the system's mount table.
 //! 3. Secrets (the node-publish secret) reach the daemon through its environment, never
 //!    its argv, the log or an error; volume attributes are an allow-list (options.rs): a pod
 //!    author never names a path, an endpoint or a port of the node.
 //! 4. One call at a time per volume: another call on a volume busy with one gets ABORTED,
 //!    as the specification allows, rather than waiting behind a mount that may take long.
+//! 5. A container takes its processes with it, the daemons it started included. So a
+//!    DaemonSet's rolling update starts the new plugin's pod before the old one goes
+//!    (`maxSurge`), and the new plugin takes charge before it listens: it waits for the old
+//!    one's calls under way (a lock on `plugin.lock` in `--state-dir`, shared by each call,
+//!    exclusive while taking charge), writes its generation there, so the old one refuses
+//!    every later call with UNAVAILABLE, and takes every live daemon over (`bucketfs
+//!    takeover`, docs/RESTART.md) through the status sockets in `/run/bucketfs` (a host
+//!    directory in the DaemonSet). Only then does it listen and write its `--ready-file`, and
+//!    only then does Kubernetes stop the old pod, whose daemons have already handed over and
+//!    exited. The old plugin leaves the socket path alone when it is no longer its socket.
 
 pub mod options;
 mod service;
@@ -69,7 +79,8 @@ pub fn run(args: CsiArgs) -> Result<()> {
     crate::daemon::init_plain_logging();
     rt.block_on(async move {
         let volumes = volume::Volumes::open(&args.state_dir, bucketfs, args.mount_options.clone())?;
+        volumes.take_charge().await?;
         let plugin = Arc::new(service::Plugin::new(args.node_id.clone(), volumes));
-        service::serve(plugin, &socket).await
+        service::serve(plugin, &socket, args.ready_file.as_deref()).await
     })
 }

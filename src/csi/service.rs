@@ -17,6 +17,9 @@ use super::proto::volume_usage::Unit;
 use super::proto::*;
 use super::volume::{is_mountpoint, sha256_hex, Target, Volumes};
 
+/// How long a stopping plugin waits for its clients' connections to end.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The plugin: this node's name and its volumes.
 #[derive(Debug)]
 pub struct Plugin {
@@ -31,8 +34,9 @@ impl Plugin {
     }
 }
 
-/// Serves `plugin` on `socket` until SIGTERM or SIGINT.
-pub async fn serve(plugin: Arc<Plugin>, socket: &Path) -> Result<()> {
+/// Serves `plugin` on `socket` until SIGTERM or SIGINT; once it listens, makes `ready` (a
+/// readiness probe's file) if given.
+pub async fn serve(plugin: Arc<Plugin>, socket: &Path, ready: Option<&Path>) -> Result<()> {
     // A socket left by an earlier run is replaced; anything else at the path is not.
     match std::fs::symlink_metadata(socket) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
@@ -49,6 +53,11 @@ pub async fn serve(plugin: Arc<Plugin>, socket: &Path) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
     std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let ours = std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(socket)?);
+    if let Some(ready) = ready {
+        std::fs::write(ready, b"")
+            .with_context(|| format!("writing the ready file {}", ready.display()))?;
+    }
     let (volumes, targets) = plugin.volumes.count();
     tracing::info!(
         socket = %socket.display(),
@@ -58,25 +67,43 @@ pub async fn serve(plugin: Arc<Plugin>, socket: &Path) -> Result<()> {
         "serving CSI"
     );
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let stop = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let stop = {
+        let stopping = Arc::clone(&stopping);
+        async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("stopping; published volumes stay mounted");
+            stopping.notify_one();
         }
-        tracing::info!("stopping; published volumes stay mounted");
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::from_arc(Arc::clone(&plugin)))
         .add_service(NodeServer::from_arc(plugin))
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await
-        .context("serving CSI")?;
-    let _ = std::fs::remove_file(socket);
+        .serve_with_incoming_shutdown(incoming, stop);
+    // A graceful stop waits for the clients' connections to end, and a client may keep an
+    // idle one open (a sidecar, a successor's caller): calls under way get `STOP_GRACE`.
+    let grace = async {
+        stopping.notified().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.context("serving CSI")?,
+        _ = grace => tracing::info!("connections still open after {STOP_GRACE:?}; stopping"),
+    }
+    // A successor's socket at the same path (mod.rs, 5.) stays.
+    let still_ours = std::fs::symlink_metadata(socket)
+        .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ours);
+    if still_ours {
+        let _ = std::fs::remove_file(socket);
+    }
     Ok(())
 }
 
@@ -187,7 +214,7 @@ impl Node for Plugin {
                 .as_bytes(),
             )
         };
-        let _busy = self.volumes.begin(id)?;
+        let _busy = self.volumes.begin(id).await?;
         if mode == Mode::SingleNodeSingleWriter && self.volumes.has_other_target(id, &target) {
             return Err(Status::failed_precondition(format!(
                 "volume {id} is single-writer and published at another target on this node"
@@ -206,7 +233,7 @@ impl Node for Plugin {
         let req = request.into_inner();
         let id = required(&req.volume_id, "volume_id")?;
         let target = absolute(&req.target_path, "target_path")?;
-        let _busy = self.volumes.begin(id)?;
+        let _busy = self.volumes.begin(id).await?;
         self.volumes.unpublish(id, &target).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }

@@ -3,7 +3,8 @@
 //!
 //! Layout of `--state-dir` (the plugin's own, mode 0700, checked like the daemon's):
 //! `volumes/<sha256 of the volume id>.json`, the record (volume id, spec, daemon pid, targets
-//! with their publish parameters, never a secret), and `mnt/<same>/`, where the daemon mounts.
+//! with their publish parameters, never a secret), `mnt/<same>/`, where the daemon mounts, and
+//! `plugin.lock`, which names the plugin in charge (mod.rs, 5.).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
@@ -13,6 +14,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tonic::Status;
@@ -24,6 +27,11 @@ use crate::owned_dir::OwnedDir;
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a daemon may take to exit once its mount is gone (it finishes its uploads).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long taking one volume's daemon over may take (the old one drains its requests first).
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(90);
+/// The file a plugin locks exclusively while it takes charge and shared during each call; it
+/// holds the generation of the plugin in charge (mod.rs, 5.).
+const CHARGE_FILE: &str = "plugin.lock";
 
 /// One target path of a volume, with what it was published with.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +56,9 @@ struct Volume {
 /// The volumes, their records and their daemons.
 #[derive(Debug)]
 pub struct Volumes {
+    state: OwnedDir,
+    /// This plugin's generation: its calls are refused once `CHARGE_FILE` names another.
+    generation: String,
     records: OwnedDir,
     mounts: OwnedDir,
     bucketfs: PathBuf,
@@ -56,10 +67,12 @@ pub struct Volumes {
     busy: Mutex<HashSet<String>>,
 }
 
-/// A call on a volume in progress; others on it get ABORTED until it is dropped.
+/// A call on a volume in progress; others on it get ABORTED until it is dropped. It holds
+/// `CHARGE_FILE` shared, so a successor takes charge only between calls.
 pub struct Busy<'a> {
     volumes: &'a Volumes,
     id: String,
+    _charge: Option<Flock<std::fs::File>>,
 }
 
 impl Drop for Busy<'_> {
@@ -82,22 +95,97 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
 }
 
 impl Volumes {
-    /// Opens the state directory and takes back the volumes a previous run published that are
-    /// still mounted (mod.rs, 2.).
+    /// Opens the state directory; `take_charge` then takes the volumes over.
     pub fn open(state_dir: &Path, bucketfs: PathBuf, plugin_args: Vec<String>) -> Result<Self> {
         let state = OwnedDir::open_or_create(state_dir)?;
         let records = state.subdir("volumes")?;
         let mounts = state.subdir("mnt")?;
-        let volumes = Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Self {
+            state,
+            generation: format!("{}-{}", std::process::id(), since_epoch.as_nanos()),
             records,
             mounts,
             bucketfs,
             plugin_args,
             known: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Takes charge of this node's volumes (mod.rs, 2. and 5.): once a running predecessor's
+    /// calls are over, names this plugin in `CHARGE_FILE` (the predecessor refuses every call
+    /// after that), reads the records back against the mount table, and takes every live
+    /// daemon over (`bucketfs takeover`), so that it runs under this plugin and the
+    /// predecessor, its container with it, can go.
+    pub async fn take_charge(&self) -> Result<()> {
+        let file = self
+            .state
+            .open_file(CHARGE_FILE)
+            .with_context(|| format!("opening {CHARGE_FILE}"))?;
+        let charge = tokio::task::spawn_blocking(move || lock(file, FlockArg::LockExclusive))
+            .await?
+            .with_context(|| format!("locking {CHARGE_FILE}"))?;
+        charge.set_len(0)?;
+        std::os::unix::fs::FileExt::write_all_at(&*charge, self.generation.as_bytes(), 0)?;
+        charge.sync_data()?;
+        self.recover()?;
+        let serving: Vec<String> = self.known.lock().keys().cloned().collect();
+        for id in serving {
+            self.take_over(&id).await;
+        }
+        drop(charge);
+        Ok(())
+    }
+
+    /// Takes the daemon of volume `id` over, when its mount answers; one that cannot be taken
+    /// over keeps serving where it runs (a warning says so).
+    async fn take_over(&self, id: &str) {
+        let mnt = self.mount_dir(id);
+        if !is_mountpoint(&mnt) || !answers(&mnt).await {
+            // Nothing to take: a dead daemon is replaced at the next publish.
+            if let Some(volume) = self.known.lock().get_mut(id) {
+                volume.pid = None;
+            }
+            return;
+        }
+        let run = tokio::process::Command::new(&self.bucketfs)
+            .arg("takeover")
+            .arg(&mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let failed = match tokio::time::timeout(TAKEOVER_TIMEOUT, run).await {
+            Ok(Ok(out)) if out.status.success() => None,
+            Ok(Ok(out)) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            Ok(Err(e)) => Some(format!("starting {}: {e}", self.bucketfs.display())),
+            Err(_) => Some(format!("no answer within {TAKEOVER_TIMEOUT:?}")),
         };
-        volumes.recover()?;
-        Ok(volumes)
+        let pid = daemon_pid(&self.bucketfs, &mnt).await;
+        let volume = {
+            let mut known = self.known.lock();
+            let Some(volume) = known.get_mut(id) else {
+                return;
+            };
+            // A daemon left where it was may be in another pid namespace: its pid means
+            // nothing here, and its unmount ends it all the same.
+            volume.pid = if failed.is_none() { pid } else { None };
+            volume.clone()
+        };
+        match failed {
+            None => tracing::info!(volume = id, pid, "daemon taken over"),
+            Some(why) => tracing::warn!(
+                volume = id,
+                "the daemon could not be taken over; it keeps serving where it runs, and ends with the previous plugin's container: {why}"
+            ),
+        }
+        if let Err(e) = self.save(&volume) {
+            tracing::warn!(volume = id, "{e}");
+        }
     }
 
     fn recover(&self) -> Result<()> {
@@ -139,17 +227,37 @@ impl Volumes {
         Ok(())
     }
 
-    /// Marks volume `id` busy for one call; ABORTED if a call on it is in progress.
-    pub fn begin(&self, id: &str) -> Result<Busy<'_>, Status> {
+    /// Marks volume `id` busy for one call; ABORTED if a call on it is in progress,
+    /// UNAVAILABLE once a successor has taken charge (kubelet calls again, and reaches it).
+    pub async fn begin(&self, id: &str) -> Result<Busy<'_>, Status> {
         if !self.busy.lock().insert(id.to_string()) {
             return Err(Status::aborted(format!(
                 "an operation on volume {id} is in progress"
             )));
         }
-        Ok(Busy {
+        let mut busy = Busy {
             volumes: self,
             id: id.to_string(),
-        })
+            _charge: None,
+        };
+        let file = self
+            .state
+            .open_file(CHARGE_FILE)
+            .map_err(|e| internal(CHARGE_FILE, e))?;
+        let charge = tokio::task::spawn_blocking(move || lock(file, FlockArg::LockShared))
+            .await
+            .map_err(|e| internal(CHARGE_FILE, e))?
+            .map_err(|e| internal(CHARGE_FILE, e))?;
+        let mut named = Vec::new();
+        std::io::Read::read_to_end(&mut &*charge, &mut named)
+            .map_err(|e| internal(CHARGE_FILE, e))?;
+        if named != self.generation.as_bytes() {
+            return Err(Status::unavailable(
+                "a newer plugin has taken charge of this node's volumes",
+            ));
+        }
+        busy._charge = Some(charge);
+        Ok(busy)
     }
 
     fn mount_dir(&self, id: &str) -> PathBuf {
@@ -517,11 +625,37 @@ fn unbind(target: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Waits up to `limit` for process `pid` to exit.
+/// Waits up to `limit` for process `pid` (of this pid namespace) to exit. A daemon is this
+/// plugin's child when the plugin is its namespace's init (a container's first process): it
+/// is reaped here, or it would stay a zombie, which looks alive.
 fn wait_exit(pid: u32, limit: Duration) {
     let deadline = std::time::Instant::now() + limit;
-    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    loop {
+        // SAFETY: waitpid with WNOHANG and kill with signal 0 only look at process `raw`; a
+        // pid that is not our child gives ECHILD.
+        let alive = unsafe {
+            libc::waitpid(raw, std::ptr::null_mut(), libc::WNOHANG);
+            libc::kill(raw, 0) == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        };
+        if !alive || std::time::Instant::now() >= deadline {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Locks `file` as `how`, waiting (and again after a signal).
+fn lock(mut file: std::fs::File, how: FlockArg) -> std::io::Result<Flock<std::fs::File>> {
+    loop {
+        match Flock::lock(file, how) {
+            Ok(locked) => return Ok(locked),
+            Err((back, Errno::EINTR)) => file = back,
+            Err((_, e)) => return Err(e.into()),
+        }
     }
 }
 
