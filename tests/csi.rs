@@ -774,6 +774,34 @@ fn deploy_manifests_agree() {
         )
     );
     assert_eq!(host_path("fuse"), "/dev/fuse");
+    // Updates surge and the old pod stops once the new one is ready (mod.rs, 5.): its
+    // readiness is the file the plugin makes, and the daemons' sockets are the host's.
+    let update = &ds[0]["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(update["maxUnavailable"].as_i64(), Some(0));
+    assert!(update["maxSurge"].as_i64().unwrap_or(0) >= 1);
+    let ready = args(plugin)
+        .iter()
+        .find_map(|a| a.strip_prefix("--ready-file=").map(str::to_string))
+        .expect("--ready-file");
+    let probe: Vec<&str> = plugin["readinessProbe"]["exec"]["command"]
+        .as_vec()
+        .expect("a readiness probe")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(probe.last(), Some(&ready.as_str()), "{probe:?}");
+    assert_eq!(host_path("run-dir"), "/run/bucketfs");
+    assert_eq!(mount(plugin, "run-dir").0, "/run/bucketfs");
+    let health = args(registrar)
+        .iter()
+        .find_map(|a| a.strip_prefix("--http-endpoint=:").map(str::to_string))
+        .expect("the registrar's --http-endpoint");
+    assert_eq!(
+        registrar["livenessProbe"]["httpGet"]["port"]
+            .as_i64()
+            .map(|p| p.to_string()),
+        Some(health)
+    );
     assert_eq!(
         plugin["securityContext"]["privileged"].as_bool(),
         Some(true)
