@@ -129,22 +129,11 @@ async fn main() -> Result<()> {
     ]);
     std::fs::create_dir_all(args.dir.join("pods"))?;
     let socket = args.dir.join("csi.sock");
-    let mut plugin = Command::new(&args.bucketfs)
-        .arg("csi")
-        .arg("--csi-endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .args(["--node-id", "bench"])
-        .arg("--state-dir")
-        .arg(args.dir.join("state"))
-        .args(["--", "--endpoint-url", &args.endpoint, "--force-path-style"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the plugin")?;
+    let mut plugin = spawn_plugin(&args, &socket, &args.dir.join("ready"))?;
     let result = measure(&args, &socket, &secrets).await;
     let _ = plugin.kill();
     let _ = plugin.wait();
-    let (times, plugin_rss, daemons_rss) = result?;
+    let (times, plugin_rss, daemons_rss, handover_ms) = result?;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     println!(
@@ -155,16 +144,37 @@ async fn main() -> Result<()> {
             "volumes": args.volumes,
             "plugin_rss_kib": plugin_rss,
             "daemons_rss_kib": daemons_rss,
+            "update_handover_ms": handover_ms,
         })
     );
     Ok(())
 }
 
+/// `bucketfs csi` on `socket`, making `ready` once it serves.
+fn spawn_plugin(args: &Args, socket: &Path, ready: &Path) -> Result<std::process::Child> {
+    Command::new(&args.bucketfs)
+        .arg("csi")
+        .arg("--csi-endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["--node-id", "bench"])
+        .arg("--state-dir")
+        .arg(args.dir.join("state"))
+        .arg("--ready-file")
+        .arg(ready)
+        .args(["--", "--endpoint-url", &args.endpoint, "--force-path-style"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the plugin")
+}
+
+/// Publish times (ms), the plugin's and the daemons' RSS (KiB) with `args.volumes`
+/// published, and how long a new plugin (a rolling update's) takes to take them over.
 async fn measure(
     args: &Args,
     socket: &Path,
     secrets: &HashMap<String, String>,
-) -> Result<(Vec<f64>, u64, u64)> {
+) -> Result<(Vec<f64>, u64, u64, f64)> {
     let mut node = NodeClient::new(connect(socket).await?);
     let mut times = Vec::new();
     for i in 0..args.publishes.max(1) {
@@ -206,6 +216,28 @@ async fn measure(
         .into_iter()
         .map(rss_kib)
         .sum();
+    // A rolling update: a second plugin beside the first, ready once it has taken every
+    // volume's daemon over.
+    let ready = args.dir.join("ready-successor");
+    let started = Instant::now();
+    let mut successor = spawn_plugin(args, socket, &ready)?;
+    while !ready.exists() {
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = successor.kill();
+            bail!("the successor did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let handover_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let result = unpublish_all(socket, published).await;
+    let _ = successor.kill();
+    let _ = successor.wait();
+    result?;
+    Ok((times, plugin_rss, daemons_rss, handover_ms))
+}
+
+async fn unpublish_all(socket: &Path, published: Vec<(String, PathBuf)>) -> Result<()> {
+    let mut node = NodeClient::new(connect(socket).await?);
     for (volume, target) in published {
         node.node_unpublish_volume(NodeUnpublishVolumeRequest {
             volume_id: volume,
@@ -214,5 +246,5 @@ async fn measure(
         .await
         .context("unpublish")?;
     }
-    Ok((times, plugin_rss, daemons_rss))
+    Ok(())
 }

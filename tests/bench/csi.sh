@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CSI node plugin's figures (as root): publish-to-ready time of a volume (median of 20) and
-# the plugin's RSS with 10 volumes published, against SeaweedFS on 127.0.0.1. Prints one JSON
+# the plugin's RSS with 10 volumes published, and how long a rolling update's new plugin takes to
+# take those 10 over, against SeaweedFS on 127.0.0.1. Prints one JSON
 # line (tests/bench/csi.rs); docs/benchmarks.md records it with this command.
 #   bash tests/bench/csi.sh [--publishes N] [--volumes N]
 set -euo pipefail
