@@ -496,6 +496,31 @@ fn concurrent_calls_on_one_volume_do_not_start_two_daemons() {
 
 /// A DaemonSet's rolling update kills the plugin: the pods' mounts keep serving, and the new
 /// plugin unpublishes them cleanly.
+/// Reads `path` in a loop, expecting `body`, until the flag is set; the thread returns the
+/// number of reads, or the first error.
+fn read_loop(
+    path: PathBuf,
+    body: Vec<u8>,
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<Result<u32, String>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut reads = 0u32;
+        while !flag.load(Ordering::Relaxed) {
+            let got = std::fs::read(&path).map_err(|e| format!("read {reads}: {e}"))?;
+            if got != body {
+                return Err("read other bytes".to_string());
+            }
+            reads += 1;
+        }
+        Ok(reads)
+    });
+    (stop, reader)
+}
+
 #[test]
 fn a_killed_plugin_leaves_the_pods_reading() {
     let b = Bucket::new("csi-restart");
@@ -506,21 +531,7 @@ fn a_killed_plugin_leaves_the_pods_reading() {
     p.publish(publish_request(&b.name, &t, false)).unwrap();
     let pids = daemons(&p);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (stop, path, body) = (Arc::clone(&stop), t.join("big.bin"), body.clone());
-        std::thread::spawn(move || {
-            let mut reads = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let got = std::fs::read(&path).map_err(|e| e.to_string())?;
-                if got != body {
-                    return Err("read other bytes".to_string());
-                }
-                reads += 1;
-            }
-            Ok(reads)
-        })
-    };
+    let (stop, reader) = read_loop(t.join("big.bin"), body.clone());
     std::thread::sleep(Duration::from_millis(500));
     p.restart();
     std::thread::sleep(Duration::from_millis(500));
@@ -577,21 +588,7 @@ fn a_rolling_update_hands_every_mount_to_the_new_plugin_before_the_old_container
     let before = daemons(&p);
     assert_eq!(before.len(), 2, "{before:?}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (stop, path, body) = (Arc::clone(&stop), t.join("big.bin"), body.clone());
-        std::thread::spawn(move || {
-            let mut reads = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let got = std::fs::read(&path).map_err(|e| format!("read {reads}: {e}"))?;
-                if got != body {
-                    return Err("read other bytes".to_string());
-                }
-                reads += 1;
-            }
-            Ok(reads)
-        })
-    };
+    let (stop, reader) = read_loop(t.join("big.bin"), body);
     std::thread::sleep(Duration::from_millis(300));
     let (mut old, old_channel) = p.roll();
 
