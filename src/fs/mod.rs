@@ -529,17 +529,32 @@ impl Fs {
     }
 
     /// Keeps metadata within its bound (meta.rs, 9.): checks four times a second while `fs`
-    /// lives, so lookups pay nothing for it.
+    /// lives, so lookups pay nothing for it. Once `TRIM_AFTER` bytes of metadata are freed
+    /// (the kernel forgot a tree), the allocator gives its free pages back to the system, so
+    /// what is forgotten leaves the RSS too.
     pub async fn hold_memory_bound(fs: std::sync::Weak<Fs>) {
+        const TRIM_AFTER: usize = 8 << 20;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut high = 0;
         loop {
             tick.tick().await;
             let Some(fs) = fs.upgrade() else {
                 return;
             };
-            let notes = fs.tables.lock().meta.shed();
+            let (notes, bytes) = {
+                let mut t = fs.tables.lock();
+                let notes = t.meta.shed();
+                (notes, t.meta.estimated_bytes())
+            };
             fs.kernel.tell(notes);
+            high = bytes.max(high);
+            if high - bytes >= TRIM_AFTER {
+                high = bytes;
+                // SAFETY: malloc_trim only returns free memory to the kernel.
+                #[cfg(target_env = "gnu")]
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            }
         }
     }
 
