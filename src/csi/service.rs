@@ -55,8 +55,8 @@ pub async fn serve(plugin: Arc<Plugin>, socket: &Path, ready: Option<&Path>) -> 
     std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let ours = std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(socket)?);
     if let Some(ready) = ready {
-        std::fs::write(ready, b"")
-            .with_context(|| format!("writing the ready file {}", ready.display()))?;
+        make_ready_file(ready)
+            .with_context(|| format!("making the ready file {}", ready.display()))?;
     }
     let (volumes, targets) = plugin.volumes.count();
     tracing::info!(
@@ -105,6 +105,34 @@ pub async fn serve(plugin: Arc<Plugin>, socket: &Path, ready: Option<&Path>) -> 
         let _ = std::fs::remove_file(socket);
     }
     Ok(())
+}
+
+/// Makes the empty file `path` (mode 0644), or leaves one an earlier run of this user made.
+/// Never through a symlink, and never writing into a file that was there: the path may be in
+/// a directory others write to (`/tmp`), where a planted link would make root truncate or
+/// create a file of its choosing, and a file of another user's would fake readiness.
+fn make_ready_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(path);
+    match made {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(path)?;
+            if m.file_type().is_file() && m.uid() == crate::owned_dir::euid() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(
+                    "something else is at that path (a link, or another user's file)",
+                ))
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[tonic::async_trait]
@@ -303,5 +331,33 @@ impl Node for Plugin {
             max_volumes_per_node: 0,
             accessible_topology: None,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_file_is_never_made_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("bucketfs-ready-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let planted = dir.join("ready-link");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        assert!(make_ready_file(&planted).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let dangling = dir.join("ready-dangling");
+        std::os::unix::fs::symlink(dir.join("made-elsewhere"), &dangling).unwrap();
+        assert!(make_ready_file(&dangling).is_err());
+        assert!(!dir.join("made-elsewhere").exists());
+        // A fresh path, and the same path again (an earlier run's file).
+        let ready = dir.join("ready");
+        make_ready_file(&ready).unwrap();
+        make_ready_file(&ready).unwrap();
+        assert_eq!(std::fs::read(&ready).unwrap(), b"");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
