@@ -396,6 +396,53 @@ fn find_over_many_small_directories_lists_the_tree_flat() {
     assert_eq!(dirs.trim(), "211");
 }
 
+/// `find` over a tree of big directories: the flat listing runs in lanes, each over its own
+/// range of the tree's directories, and the walk costs what one flat listing does (walk.rs,
+/// 7.). Ranges of several directories start after a `name/` key: SeaweedFS skips the whole
+/// directory `name` when asked to start after the key `name`.
+#[test]
+fn find_over_big_directories_lists_their_ranges_in_lanes() {
+    let b = Bucket::new("walk-lanes");
+    let mut keys = Vec::new();
+    for a in 0..9 {
+        for d in 0..10 {
+            for f in 0..120 {
+                keys.push(format!("t/a{a}/d{d}/f{f:03}"));
+            }
+        }
+    }
+    b.put_many(&keys, b"x");
+    let p = proxy();
+    let m = Mount::new(&b.name, "walk-lanes", &["--endpoint-url", &p.endpoint]);
+    let c = p.counts();
+    let (before, heads) = (c.list.load(Ordering::SeqCst), p.heads().len());
+    let found = common::sh(&format!(
+        "cd '{}' && find . -type f",
+        m.path.join("t").display()
+    ));
+    let lists = c.list.load(Ordering::SeqCst) - before;
+    let mut found: Vec<&str> = found.lines().collect();
+    found.sort_unstable();
+    let want: Vec<String> = keys.iter().map(|k| format!("./{}", &k[2..])).collect();
+    assert_eq!(found, want);
+    let starts: Vec<String> = p.heads()[heads..]
+        .iter()
+        .filter_map(|h| {
+            let line = h.lines().next()?;
+            let at = line.find("start-after=")? + "start-after=".len();
+            Some(line[at..].split(['&', ' ']).next()?.to_string())
+        })
+        .collect();
+    eprintln!("find over 10,800 keys in 9 directories of 10: {lists} LISTs, lanes from {starts:?}");
+    // The first lane's first page lies in a0: the next lanes take a1-a4 and a5-a8.
+    assert!(starts.contains(&"t%2Fa1%2F".to_string()), "{starts:?}");
+    assert!(starts.contains(&"t%2Fa5%2F".to_string()), "{starts:?}");
+    // 11 pages at least and one more per range; each big directory the walker reaches before
+    // its lane completed it is listed on its own (9); a range that skipped its first
+    // directory would list its 10 subdirectories on their own.
+    assert!(lists <= 30, "{lists} LISTs");
+}
+
 /// `find` over more paths than `--metadata-memory` holds: the walk is complete and right, and
 /// the daemon stays near its bound by asking the kernel to forget the directories it walked
 /// first (without the bound the kernel holds every path, and so does the daemon).

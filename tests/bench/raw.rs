@@ -79,6 +79,10 @@ enum Command {
     List {
         #[arg(long)]
         flat: bool,
+        /// With --flat: one flat listing per first-level directory, this many at once (a
+        /// delimited listing of PREFIX first)
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
         prefix: String,
     },
     /// Server-side copy of SOURCE to DEST: one CopyObject, or with --part-size UploadPartCopy
@@ -245,7 +249,11 @@ async fn main() -> Result<()> {
         Command::RandRead { bs, seconds, key } => rand_read(store, &key, bs, seconds).await?,
         Command::Ttfb { key } => ttfb(store, &key).await?,
         Command::TtfbFile { .. } => unreachable!("handled above"),
-        Command::List { flat, prefix } => list(store, &prefix, flat).await?,
+        Command::List {
+            flat,
+            parallel,
+            prefix,
+        } => list(store, &prefix, flat, parallel).await?,
         Command::Copy {
             part_size,
             concurrency,
@@ -560,17 +568,46 @@ async fn copy(
     })
 }
 
-async fn list(store: Arc<dyn ObjectStore>, prefix: &str, flat: bool) -> Result<Report> {
+async fn list(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    flat: bool,
+    parallel: usize,
+) -> Result<Report> {
     let start = Instant::now();
-    let pages = list_all(&store, prefix, (!flat).then_some("/")).await?;
-    let entries: usize = pages
-        .iter()
-        .map(|page| page.objects.len() + page.common_prefixes.len())
-        .sum();
+    let count = |pages: &[ListPage]| -> (u64, u64) {
+        let entries = pages
+            .iter()
+            .map(|page| page.objects.len() + page.common_prefixes.len())
+            .sum::<usize>();
+        (pages.len() as u64, entries as u64)
+    };
+    let (ops, entries) = if flat && parallel > 1 {
+        // The first level delimited, then each of its directories flat, `parallel` at once.
+        let top = list_all(&store, prefix, Some("/")).await?;
+        let (mut ops, mut entries) = count(&top);
+        let dirs: Vec<String> = top.into_iter().flat_map(|p| p.common_prefixes).collect();
+        entries -= dirs.len() as u64;
+        let counts: Vec<(u64, u64)> = stream::iter(dirs)
+            .map(|dir| {
+                let store = store.clone();
+                async move { Ok::<_, anyhow::Error>(count(&list_all(&store, &dir, None).await?)) }
+            })
+            .buffer_unordered(parallel)
+            .try_collect()
+            .await?;
+        for (o, e) in counts {
+            ops += o;
+            entries += e;
+        }
+        (ops, entries)
+    } else {
+        count(&list_all(&store, prefix, (!flat).then_some("/")).await?)
+    };
     Ok(Report {
         seconds: start.elapsed().as_secs_f64(),
         bytes: 0,
-        ops: pages.len() as u64,
+        ops,
         extra: vec![("entries", entries as f64)],
     })
 }
