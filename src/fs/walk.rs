@@ -624,6 +624,11 @@ impl Fs {
         let mut tree = Tree::default();
         let mut last_key: Option<String> = None;
         let mut keys = 0;
+        // A lane's range waits for room like its next pages: a wrong guess of a walk (an `ls`
+        // of one subdirectory) costs the first lane's page or two, not one per lane.
+        if !self.walk_room(walk, lane).await {
+            return Ok(Stop::Idle);
+        }
         let mut page = self.store.list_objects_v2(&request(first)).await?;
         loop {
             let listed = page.objects.len();
