@@ -355,11 +355,51 @@ fn a_server_stalled_during_sigterm_then_revived_leaves_no_multipart_upload() {
     }
 }
 
+/// A walked tree: `keys` put into a new bucket, mounted through a counting proxy, and `find
+/// -type f` of `t/` run once, checked to find every key.
+struct Walked {
+    proxy: common::proxy::Proxy,
+    mount: Mount,
+    /// Requests of the `find`: LISTs, all, and the first request head it sent.
+    lists: u64,
+    all: u64,
+    heads_from: usize,
+}
+
+fn walk_tree(name: &str, keys: &[String]) -> Walked {
+    let b = Bucket::new(name);
+    b.put_many(keys, b"x");
+    let proxy = proxy();
+    let mount = Mount::new(&b.name, name, &["--endpoint-url", &proxy.endpoint]);
+    let c = proxy.counts();
+    let before = (
+        c.list.load(Ordering::SeqCst),
+        c.total(),
+        proxy.heads().len(),
+    );
+    let found = common::sh(&format!(
+        "cd '{}' && find . -type f",
+        mount.path.join("t").display()
+    ));
+    let lists = c.list.load(Ordering::SeqCst) - before.0;
+    let all = c.total() - before.1;
+    let mut found: Vec<&str> = found.lines().collect();
+    found.sort_unstable();
+    let want: Vec<String> = keys.iter().map(|k| format!("./{}", &k[2..])).collect();
+    assert_eq!(found, want);
+    Walked {
+        proxy,
+        mount,
+        lists,
+        all,
+        heads_from: before.2,
+    }
+}
+
 /// `find` over a tree of many small directories: one flat listing of the tree (a LIST per
 /// 1,000 keys) instead of a delimited listing per directory; and `du` and `ls -R` see the same.
 #[test]
 fn find_over_many_small_directories_lists_the_tree_flat() {
-    let b = Bucket::new("walk-flat");
     let mut keys = Vec::new();
     for a in 0..10 {
         for d in 0..20 {
@@ -368,22 +408,9 @@ fn find_over_many_small_directories_lists_the_tree_flat() {
             }
         }
     }
-    b.put_many(&keys, b"x");
-    let p = proxy();
-    let m = Mount::new(&b.name, "walk-flat", &["--endpoint-url", &p.endpoint]);
-    let c = p.counts();
-    let before = (c.list.load(Ordering::SeqCst), c.total());
-    let found = common::sh(&format!(
-        "cd '{}' && find . -type f",
-        m.path.join("t").display()
-    ));
-    let lists = c.list.load(Ordering::SeqCst) - before.0;
-    let all = c.total() - before.1;
+    let w = walk_tree("walk-flat", &keys);
+    let (lists, all) = (w.lists, w.all);
     eprintln!("find over 3,000 keys in 211 directories: {lists} LISTs, {all} requests in all");
-    let mut found: Vec<&str> = found.lines().collect();
-    found.sort_unstable();
-    let want: Vec<String> = keys.iter().map(|k| format!("./{}", &k[2..])).collect();
-    assert_eq!(found, want);
     // Delimited, one per directory: 211. Flat: 3 pages, plus the directories opened before
     // the walk reached them.
     assert!(lists <= 20, "{lists} LISTs");
@@ -391,7 +418,7 @@ fn find_over_many_small_directories_lists_the_tree_flat() {
     // Directories too: every one, and nothing else.
     let dirs = common::sh(&format!(
         "cd '{}' && find . -type d | wc -l",
-        m.path.join("t").display()
+        w.mount.path.join("t").display()
     ));
     assert_eq!(dirs.trim(), "211");
 }
@@ -402,7 +429,6 @@ fn find_over_many_small_directories_lists_the_tree_flat() {
 /// directory `name` when asked to start after the key `name`.
 #[test]
 fn find_over_big_directories_lists_their_ranges_in_lanes() {
-    let b = Bucket::new("walk-lanes");
     let mut keys = Vec::new();
     for a in 0..9 {
         for d in 0..10 {
@@ -411,21 +437,9 @@ fn find_over_big_directories_lists_their_ranges_in_lanes() {
             }
         }
     }
-    b.put_many(&keys, b"x");
-    let p = proxy();
-    let m = Mount::new(&b.name, "walk-lanes", &["--endpoint-url", &p.endpoint]);
-    let c = p.counts();
-    let (before, heads) = (c.list.load(Ordering::SeqCst), p.heads().len());
-    let found = common::sh(&format!(
-        "cd '{}' && find . -type f",
-        m.path.join("t").display()
-    ));
-    let lists = c.list.load(Ordering::SeqCst) - before;
-    let mut found: Vec<&str> = found.lines().collect();
-    found.sort_unstable();
-    let want: Vec<String> = keys.iter().map(|k| format!("./{}", &k[2..])).collect();
-    assert_eq!(found, want);
-    let starts: Vec<String> = p.heads()[heads..]
+    let w = walk_tree("walk-lanes", &keys);
+    let lists = w.lists;
+    let starts: Vec<String> = w.proxy.heads()[w.heads_from..]
         .iter()
         .filter_map(|h| {
             let line = h.lines().next()?;
