@@ -211,8 +211,6 @@ struct Progress {
     range_dirs: usize,
     /// Keys per directory guessed from the first page, until a range is listed.
     guess: usize,
-    /// Pages read by every lane.
-    pages: u64,
     /// Ended (listed to the end, failed, or stopped).
     ended: bool,
     /// Directories cached by the walk and not opened since, and their entries.
@@ -233,6 +231,14 @@ impl Progress {
         self.lanes
             .iter()
             .position(|l| !l.done && l.range.holds(key))
+    }
+
+    /// Pages read by lane `lane`, or by every lane.
+    fn pages(&self, lane: Option<usize>) -> u64 {
+        match lane.and_then(|i| self.lanes.get(i)) {
+            Some(l) => l.pages,
+            None => self.lanes.iter().map(|l| l.pages).sum(),
+        }
     }
 
     /// True once the walk is past directory `rel`: it completed it, or never will.
@@ -483,12 +489,12 @@ impl Fs {
     /// Runs lane `lane` of a walk in a task of its own: its range, then the next ones (7.).
     fn spawn_lane(self: Arc<Self>, walk: Arc<Ended>, lane: usize) {
         tokio::spawn(async move {
+            let spread = |new: Vec<usize>| {
+                for lane in new {
+                    Arc::clone(&self).spawn_lane(Arc::clone(&walk), lane);
+                }
+            };
             loop {
-                let spread = |new: Vec<usize>| {
-                    for lane in new {
-                        Arc::clone(&self).spawn_lane(Arc::clone(&walk), lane);
-                    }
-                };
                 match self.list_range(&walk.0, lane, &spread).await {
                     Ok(Stop::Listed) => {}
                     Ok(Stop::Idle) => {
@@ -536,10 +542,7 @@ impl Fs {
         let (lane, start) = {
             let p = walk.progress.lock();
             let lane = p.lane_of(&format!("{rel}/"));
-            let pages = lane
-                .and_then(|i| p.lanes.get(i))
-                .map_or(p.pages, |l| l.pages);
-            (lane, pages)
+            (lane, p.pages(lane))
         };
         let waiting = Waiting::new(&walk, lane);
         let found = loop {
@@ -551,10 +554,7 @@ impl Fs {
             }
             {
                 let p = walk.progress.lock();
-                let pages = lane
-                    .and_then(|i| p.lanes.get(i))
-                    .map_or(p.pages, |l| l.pages);
-                if p.passed(&rel) || pages > start {
+                if p.passed(&rel) || p.pages(lane) > start {
                     break None;
                 }
             }
@@ -649,9 +649,6 @@ impl Fs {
                 else {
                     continue;
                 };
-                if rel < from {
-                    continue;
-                }
                 if to.as_ref().is_some_and(|to| rel >= *to) {
                     past_end = true;
                     break;
@@ -661,23 +658,21 @@ impl Fs {
                 last_rel = Some(rel);
             }
             walk.progress.lock().ahead += listed;
-            if tree.too_big() {
+            let too_big = tree.too_big();
+            if too_big {
                 tracing::debug!(
                     root = walk.root,
                     "walk gave up a range: a directory too big"
                 );
-                self.cache_walked(walk, token, done).await;
-                walk.progress.lock().range_listed(lane, keys);
-                walk.moved.notify_waiters();
-                return Ok(Stop::Listed);
             }
             let next = match page.next_continuation_token.take() {
                 Some(token) => Some(ListStart::Token(token)),
                 None if full => last_key.clone().map(ListStart::After),
                 None => None,
             };
-            let end = past_end || next.is_none();
-            if end {
+            let end = too_big || past_end || next.is_none();
+            // The directories still open are complete, unless the range was given up.
+            if end && !too_big {
                 // The root's own listing is fresh already (it started the walk), unless the
                 // walk revalidates it; a lane's range holds only part of it anyway.
                 let root = walk.revalidating.is_some();
@@ -691,7 +686,6 @@ impl Fs {
             {
                 // Past a directory only once what it completed is cached (3.).
                 let mut p = walk.progress.lock();
-                p.pages += 1;
                 if let Some(l) = p.lanes.get_mut(lane) {
                     l.pages += 1;
                     if let Some(rel) = &last_rel {
