@@ -254,6 +254,23 @@ async fn random_reads_of_blocks_on_disk_are_served_at_once_without_gets() {
         assert_eq!(&got[..], &d[from as usize..to as usize], "{from}+{len}");
     }
     assert_eq!(store.counts.get.load(Ordering::Relaxed), gets);
+    // A read that happens to continue a random one is still random: served from disk. A
+    // second continuation in a row is a sequential reader, left to the async path.
+    let state = Mutex::default();
+    for (i, from) in [3 * BLOCK + 5, 3 * BLOCK + 4101, 3 * BLOCK + 8197]
+        .into_iter()
+        .enumerate()
+    {
+        let got = cache.read_on_disk(&obj, size, &state, (from, 4096), <[u8]>::to_vec);
+        if i < 2 {
+            assert_eq!(
+                got.as_deref(),
+                Some(&d[from as usize..from as usize + 4096])
+            );
+        } else {
+            assert!(got.is_none(), "the second continuation reads ahead");
+        }
+    }
     // Nothing to read: the ordinary path answers.
     assert!(cache
         .read_on_disk(&obj, size, &state, (size + 1, 10), <[u8]>::to_vec)
