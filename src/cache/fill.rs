@@ -20,6 +20,10 @@
 //! 4. It stops, quietly, when a GET fails (a replaced object fails its `If-Match`: the fill
 //!    was of the version the reader opened) or when the tier does not keep what it wrote (a
 //!    full disk pauses inserts): nothing is retried in a loop.
+//! 5. Each GET lands in a buffer of the fill's own, reused by its next GET: a fresh 8 MiB
+//!    buffer per GET comes from `mmap` (daemon/mod.rs) and faults in page by page, 262,144
+//!    faults and 128 `munmap`s for 1 GiB, about a tenth of a fill's CPU. The fill holds at most
+//!    one buffer per GET at once (its bound above) and frees them when it ends.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -109,6 +113,8 @@ pub struct Fill {
     pub block_size: u64,
     /// Blocks per GET.
     pub get_blocks: u64,
+    /// The buffers of GETs that ended, for the next ones (see 5.).
+    pub buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Fill {
@@ -132,7 +138,7 @@ impl Fill {
     }
 
     /// One run: skipped when on disk, else one GET, holding one of the shared permits until
-    /// its blocks are written.
+    /// its blocks are written, into a buffer of the fill's own (see 5.).
     async fn run_of(&self, fills: &Fills, run: std::ops::Range<u64>) -> FsResult<()> {
         let (disk, object, size) = (Arc::clone(&self.disk), Arc::clone(&self.object), self.size);
         let blocks = run.clone();
@@ -147,18 +153,30 @@ impl Fill {
             .map_err(|_| FsError::new(libc::ECANCELED, "fills closed"))?;
         let bs = self.block_size;
         let range = run.start * bs..(run.end * bs).min(size);
+        let mut buffer = self.buffers.lock().pop().unwrap_or_default();
+        buffer.resize((range.end - range.start) as usize, 0);
         let got = self
             .store
-            .get_object_pieces(&self.object.key, &self.object.etag, range, bs)
+            .get_object_into(&self.object.key, &self.object.etag, range, &mut buffer)
             .await
             .map_err(FsError::from)?;
+        buffer.truncate(got);
         let (disk, object) = (Arc::clone(&self.disk), Arc::clone(&self.object));
         let kept = tokio::task::spawn_blocking(move || {
-            write_blocks(&disk, &object, (size, bs), run.start, &got);
-            disk.present(&object, size, run)
+            write_blocks(
+                &disk,
+                &object,
+                (size, bs),
+                run.start,
+                buffer.chunks(bs as usize),
+            );
+            (disk.present(&object, size, run), buffer)
         });
         match kept.await {
-            Ok(true) => Ok(()),
+            Ok((true, buffer)) => {
+                self.buffers.lock().push(buffer);
+                Ok(())
+            }
             _ => Err(FsError::new(
                 libc::ENOSPC,
                 "the disk cache kept none of it (full or paused)",

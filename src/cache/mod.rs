@@ -456,6 +456,7 @@ impl BlockCache {
             size,
             block_size: self.block_size,
             get_blocks: self.get_blocks,
+            buffers: Mutex::default(),
         };
         tokio::spawn(Arc::clone(&self.fills).run(fill));
     }
@@ -657,14 +658,15 @@ fn shrunk(object: &ObjectId, got: u64, expected: u64) -> FsError {
 
 /// Writes `blocks`, block `first` of `object` (of `size` bytes, in blocks of `block_size`) on,
 /// to `disk`; a short block (the object shrank) is never kept: a read reports it. Blocking.
-fn write_blocks(
+fn write_blocks<B: AsRef<[u8]>>(
     disk: &DiskCache,
     object: &ObjectId,
     (size, block_size): (u64, u64),
     first: u64,
-    blocks: &[Bytes],
+    blocks: impl IntoIterator<Item = B>,
 ) {
     for (index, block) in (first..).zip(blocks) {
+        let block = block.as_ref();
         if block.len() as u64 == block_len(size, block_size, index) {
             disk.write_block(object, size, index, block);
         }

@@ -167,7 +167,23 @@ async fn ranged_gets(store: &dyn ObjectStore, p: &str) -> CaseResult {
     let lens: Vec<usize> = pieces.iter().map(Bytes::len).collect();
     check(lens == [30, 30, 30, 10] && pieces.concat() == body, || {
         format!("pieces of 30: {lens:?}")
-    })
+    })?;
+    // Into a caller's buffer: a range past the end fills what the object holds.
+    let mut out = vec![0xEEu8; 40];
+    let got = store
+        .get_object_into(&key, &etag, 80..120, &mut out)
+        .await
+        .map_err(err)?;
+    check(got == 20 && out[..20] == body[80..], || {
+        format!("bytes 80- into a buffer of 40: {got} bytes")
+    })?;
+    expect_kind(
+        store
+            .get_object_into(&key, "\"other\"", 0..10, &mut out)
+            .await,
+        StoreErrorKind::PreconditionFailed,
+        "a GET into a buffer of another version",
+    )
 }
 
 async fn an_empty_object_has_no_range(store: &dyn ObjectStore, p: &str) -> CaseResult {

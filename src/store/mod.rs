@@ -302,6 +302,23 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(pieces.finish())
     }
 
+    /// GetObject of `range` like `get_object_range`, copied into `out` (at most its length);
+    /// returns the bytes written, fewer when the object ends first. A caller that reads many
+    /// ranges reuses one buffer instead of a fresh one per GET (a fill: `cache/fill.rs`).
+    /// The default copies one body.
+    async fn get_object_into(
+        &self,
+        key: &str,
+        etag: &str,
+        range: std::ops::Range<u64>,
+        out: &mut [u8],
+    ) -> Result<usize, StoreError> {
+        let body = self.get_object_range(key, etag, range).await?;
+        let n = body.len().min(out.len());
+        out[..n].copy_from_slice(&body[..n]);
+        Ok(n)
+    }
+
     /// PutObject of a whole body; returns the new ETag.
     async fn put_object(
         &self,

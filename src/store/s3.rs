@@ -545,6 +545,64 @@ fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 }
 
 impl S3Store {
+    /// GetObject of `range`, its body handed to `sink` chunk by chunk as the connection reads
+    /// it, in order; a body cut short or stalled is resumed where it broke (up to
+    /// `max_attempts` requests), so `sink` sees every byte once.
+    async fn get_body(
+        &self,
+        key: &str,
+        etag: &str,
+        range: std::ops::Range<u64>,
+        mut sink: impl FnMut(&[u8]) + Send,
+    ) -> Result<(), StoreError> {
+        let what = format!("GetObject {key} bytes={}-{}", range.start, range.end - 1);
+        let mut next = range.start;
+        let mut resumes = 0;
+        loop {
+            let mut out = self
+                .within(&what, async {
+                    self.client
+                        .get_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .range(format!("bytes={next}-{}", range.end - 1))
+                        .if_match(etag)
+                        .send()
+                        .await
+                        .map_err(|e| classify(&what, e))
+                })
+                .await?;
+            // The body arrives in chunks of the connection's reads; each is copied once, where
+            // the caller keeps it (what collecting it into one buffer would cost too).
+            let broken = loop {
+                match tokio::time::timeout(self.stall_timeout, out.body.try_next()).await {
+                    Ok(Ok(Some(chunk))) => {
+                        next += chunk.len() as u64;
+                        sink(&chunk);
+                    }
+                    Ok(Ok(None)) => break None,
+                    Ok(Err(e)) => break Some(format!("body: {e}")),
+                    Err(_) => break Some(format!("no byte for {:?}", self.stall_timeout)),
+                }
+            };
+            match broken {
+                // The whole answer (a range past the end is cut there, as S3 does); a body
+                // cut short by the connection is an error above, not an end.
+                None => return Ok(()),
+                Some(why) if resumes + 1 < self.max_attempts => {
+                    resumes += 1;
+                    tracing::debug!("{what}: {why}; resuming at byte {next}");
+                }
+                Some(why) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        format!("{what}: {why}, after {resumes} resumes"),
+                    ))
+                }
+            }
+        }
+    }
+
     /// The `--checksum` of `body`, when uploads carry one.
     fn checksum_of(&self, body: &[u8]) -> Option<String> {
         self.checksum.map(|c| checksum_of(c, body))
@@ -711,53 +769,27 @@ impl ObjectStore for S3Store {
         range: std::ops::Range<u64>,
         piece: u64,
     ) -> Result<Vec<Bytes>, StoreError> {
-        let what = format!("GetObject {key} bytes={}-{}", range.start, range.end - 1);
         let mut pieces = Pieces::new(range.end - range.start, piece);
-        let mut next = range.start;
-        let mut resumes = 0;
-        loop {
-            let mut out = self
-                .within(&what, async {
-                    self.client
-                        .get_object()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .range(format!("bytes={next}-{}", range.end - 1))
-                        .if_match(etag)
-                        .send()
-                        .await
-                        .map_err(|e| classify(&what, e))
-                })
-                .await?;
-            // The body arrives in chunks of the connection's reads; each is copied once, into
-            // the piece it belongs to (what collecting it into one buffer would cost too).
-            let broken = loop {
-                match tokio::time::timeout(self.stall_timeout, out.body.try_next()).await {
-                    Ok(Ok(Some(chunk))) => {
-                        next += chunk.len() as u64;
-                        pieces.push(&chunk);
-                    }
-                    Ok(Ok(None)) => break None,
-                    Ok(Err(e)) => break Some(format!("body: {e}")),
-                    Err(_) => break Some(format!("no byte for {:?}", self.stall_timeout)),
-                }
-            };
-            match broken {
-                // The whole answer (a range past the end is cut there, as S3 does); a body
-                // cut short by the connection is an error above, not an end.
-                None => return Ok(pieces.finish()),
-                Some(why) if resumes + 1 < self.max_attempts => {
-                    resumes += 1;
-                    tracing::debug!("{what}: {why}; resuming at byte {next}");
-                }
-                Some(why) => {
-                    return Err(StoreError::new(
-                        StoreErrorKind::Timeout,
-                        format!("{what}: {why}, after {resumes} resumes"),
-                    ))
-                }
-            }
-        }
+        self.get_body(key, etag, range, |chunk| pieces.push(chunk))
+            .await?;
+        Ok(pieces.finish())
+    }
+
+    async fn get_object_into(
+        &self,
+        key: &str,
+        etag: &str,
+        range: std::ops::Range<u64>,
+        out: &mut [u8],
+    ) -> Result<usize, StoreError> {
+        let mut at = 0;
+        self.get_body(key, etag, range, |chunk| {
+            let take = chunk.len().min(out.len() - at);
+            out[at..at + take].copy_from_slice(&chunk[..take]);
+            at += take;
+        })
+        .await?;
+        Ok(at)
     }
 
     async fn put_object(
