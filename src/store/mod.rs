@@ -171,6 +171,14 @@ pub struct ListRequest {
     pub max_keys: i32,
 }
 
+/// Copies what fits of `chunk` into `out` from `at`; returns how much (a body longer than the
+/// buffer is cut at its end: S3 never sends more than the range asked for).
+pub fn copy_at(out: &mut [u8], at: usize, chunk: &[u8]) -> usize {
+    let n = chunk.len().min(out.len().saturating_sub(at));
+    out[at..at + n].copy_from_slice(&chunk[..n]);
+    n
+}
+
 /// Cuts a body arriving in chunks into pieces of a fixed size, each in a buffer of its own,
 /// copying every byte once.
 #[derive(Debug)]
@@ -314,9 +322,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         out: &mut [u8],
     ) -> Result<usize, StoreError> {
         let body = self.get_object_range(key, etag, range).await?;
-        let n = body.len().min(out.len());
-        out[..n].copy_from_slice(&body[..n]);
-        Ok(n)
+        Ok(copy_at(out, 0, &body))
     }
 
     /// PutObject of a whole body; returns the new ETag.

@@ -62,8 +62,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective, StorageClas
 
 use super::requests::{CountRequests, RequestStats};
 use super::{
-    CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore, Pieces,
-    PutOptions, StandardHeaders, StoreError, StoreErrorKind, UserMetadata,
+    copy_at, CompletedPart, CopySource, ListPage, ListRequest, ListStart, ObjectMeta, ObjectStore,
+    Pieces, PutOptions, StandardHeaders, StoreError, StoreErrorKind, UserMetadata,
 };
 use crate::config::{Checksum, NetworkConfig, StoreConfig};
 
@@ -783,12 +783,8 @@ impl ObjectStore for S3Store {
         out: &mut [u8],
     ) -> Result<usize, StoreError> {
         let mut at = 0;
-        self.get_body(key, etag, range, |chunk| {
-            let take = chunk.len().min(out.len() - at);
-            out[at..at + take].copy_from_slice(&chunk[..take]);
-            at += take;
-        })
-        .await?;
+        self.get_body(key, etag, range, |chunk| at += copy_at(out, at, chunk))
+            .await?;
         Ok(at)
     }
 
