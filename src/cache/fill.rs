@@ -20,10 +20,10 @@
 //! 4. It stops, quietly, when a GET fails (a replaced object fails its `If-Match`: the fill
 //!    was of the version the reader opened) or when the tier does not keep what it wrote (a
 //!    full disk pauses inserts): nothing is retried in a loop.
-//! 5. Each GET lands in a buffer of the fill's own, reused by its next GET: a fresh 8 MiB
-//!    buffer per GET comes from `mmap` (daemon/mod.rs) and faults in page by page, 262,144
-//!    faults and 128 `munmap`s for 1 GiB, about a tenth of a fill's CPU. The fill holds at most
-//!    one buffer per GET at once (its bound above) and frees them when it ends.
+//! 5. Each GET lands in a buffer of the fill's own, reused by its next GET: fresh 1 MiB pieces
+//!    per block come from `mmap` (daemon/mod.rs) and fault in page by page, 262,144 faults
+//!    and 1,024 `munmap`s for 1 GiB, about a tenth of a fill's CPU. The fill holds at most one
+//!    buffer per GET at once (its bound above) and frees them when it ends.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -113,8 +113,6 @@ pub struct Fill {
     pub block_size: u64,
     /// Blocks per GET.
     pub get_blocks: u64,
-    /// The buffers of GETs that ended, for the next ones (see 5.).
-    pub buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Fill {
@@ -130,8 +128,10 @@ impl Fill {
         let runs = (0..blocks)
             .step_by(step as usize)
             .map(|start| start..(start + step).min(blocks));
+        // The buffers of GETs that ended, for the next ones (see 5.).
+        let buffers = Mutex::new(Vec::new());
         futures::stream::iter(runs)
-            .map(|run| self.run_of(fills, run))
+            .map(|run| self.run_of(fills, &buffers, run))
             .buffer_unordered(fills.parallel)
             .try_collect::<()>()
             .await
@@ -139,7 +139,12 @@ impl Fill {
 
     /// One run: skipped when on disk, else one GET, holding one of the shared permits until
     /// its blocks are written, into a buffer of the fill's own (see 5.).
-    async fn run_of(&self, fills: &Fills, run: std::ops::Range<u64>) -> FsResult<()> {
+    async fn run_of(
+        &self,
+        fills: &Fills,
+        buffers: &Mutex<Vec<Vec<u8>>>,
+        run: std::ops::Range<u64>,
+    ) -> FsResult<()> {
         let (disk, object, size) = (Arc::clone(&self.disk), Arc::clone(&self.object), self.size);
         let blocks = run.clone();
         let present = tokio::task::spawn_blocking(move || disk.present(&object, size, blocks));
@@ -153,7 +158,7 @@ impl Fill {
             .map_err(|_| FsError::new(libc::ECANCELED, "fills closed"))?;
         let bs = self.block_size;
         let range = run.start * bs..(run.end * bs).min(size);
-        let mut buffer = self.buffers.lock().pop().unwrap_or_default();
+        let mut buffer = buffers.lock().pop().unwrap_or_default();
         buffer.resize((range.end - range.start) as usize, 0);
         let got = self
             .store
@@ -174,7 +179,7 @@ impl Fill {
         });
         match kept.await {
             Ok((true, buffer)) => {
-                self.buffers.lock().push(buffer);
+                buffers.lock().push(buffer);
                 Ok(())
             }
             _ => Err(FsError::new(

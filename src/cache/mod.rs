@@ -29,11 +29,12 @@
 //!    fetched into it in the background (`fill.rs`), at the rate and memory of one sequential
 //!    reader; its later reads come from disk as the blocks land.
 //! 9. A random reader's next read lands within a block of where its last one ended now and
-//!    then (1 in 512 reads of a 1 GiB object): taken for the start of a sequential run, it went through the
-//!    async path, which read its block and the next one whole from disk into memory, 2 MiB
-//!    read and checksummed for 4 KiB: 7-9% of the daemon's samples in cold random reads. Only a
-//!    second continuation in a row counts as sequential now; the first is served from disk
-//!    like any random read, and a real sequential reader starts its read-ahead one read later.
+//!    then (1 in 512 reads of a 1 GiB object). Taken for the start of a sequential run, it went
+//!    through the async path, which read its block and the next one whole from disk into
+//!    memory, 2 MiB read and checksummed for 4 KiB: 7-9% of the daemon's samples in cold random
+//!    reads. For a read on disk, only a second continuation in a row counts as sequential now;
+//!    the first is served from disk like any random read, and a real sequential reader starts
+//!    its read-ahead one read later.
 
 pub mod disk;
 mod fill;
@@ -338,17 +339,9 @@ impl BlockCache {
             continues
         };
         let value = disk.read_range_with(object, size, offset..end, f)?;
-        // What `plan_readahead` records for a random read; a continued one ends the run of
-        // random reads, so that the next continuation starts the read-ahead.
-        let mut s = state.lock();
-        s.window = 0;
-        s.prefetched_until = 0;
-        s.next_offset = end;
-        s.random = if continues {
-            0
-        } else {
-            s.random.saturating_add(1)
-        };
+        // A continued read ends the run of random reads, so that the next continuation
+        // starts the read-ahead.
+        record_random(&mut state.lock(), end, !continues);
         Some(value)
     }
 
@@ -404,10 +397,7 @@ impl BlockCache {
         let ahead = {
             let mut s = state.lock();
             if !self.sequential(&s, offset) {
-                s.window = 0;
-                s.prefetched_until = 0;
-                s.next_offset = end;
-                s.random = s.random.saturating_add(1);
+                record_random(&mut s, end, true);
                 return false;
             }
             s.random = 0;
@@ -456,7 +446,6 @@ impl BlockCache {
             size,
             block_size: self.block_size,
             get_blocks: self.get_blocks,
-            buffers: Mutex::default(),
         };
         tokio::spawn(Arc::clone(&self.fills).run(fill));
     }
@@ -654,6 +643,19 @@ fn shrunk(object: &ObjectId, got: u64, expected: u64) -> FsError {
             object.key
         ),
     )
+}
+
+/// Records a random read ending at `end` in a reader's state: no read-ahead window, and one
+/// more random read in a row when `counted` (else the run of them ends).
+fn record_random(s: &mut ReadState, end: u64, counted: bool) {
+    s.window = 0;
+    s.prefetched_until = 0;
+    s.next_offset = end;
+    s.random = if counted {
+        s.random.saturating_add(1)
+    } else {
+        0
+    };
 }
 
 /// Writes `blocks`, block `first` of `object` (of `size` bytes, in blocks of `block_size`) on,

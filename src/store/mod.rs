@@ -173,7 +173,7 @@ pub struct ListRequest {
 
 /// Copies what fits of `chunk` into `out` from `at`; returns how much (a body longer than the
 /// buffer is cut at its end: S3 never sends more than the range asked for).
-pub fn copy_at(out: &mut [u8], at: usize, chunk: &[u8]) -> usize {
+fn copy_at(out: &mut [u8], at: usize, chunk: &[u8]) -> usize {
     let n = chunk.len().min(out.len().saturating_sub(at));
     out[at..at + n].copy_from_slice(&chunk[..n]);
     n
